@@ -1,0 +1,17 @@
+"""Per-process runtime handle: the core client of this process (driver or worker), or None."""
+
+from __future__ import annotations
+
+from typing import Any
+
+client: Any = None  # mpray.client.Client once init() ran (or in a worker process)
+session: Any = None  # mpray.api._Session in the driver
+
+
+def client_or_raise() -> Any:
+    if client is None:
+        raise RuntimeError(
+            "mpray is not initialized: call mpray.init() first (or submit a task, which "
+            "initializes it)"
+        )
+    return client

@@ -1,0 +1,384 @@
+"""The public API: init/shutdown, remote, get/put/wait/cancel and cluster queries.
+
+Data flow of ``init()``::
+
+    driver: resolve Config ─▶ memfd arena (mapped, fd closed) ─▶ shared control block
+            (doorbells + driver⇄node rings) ─▶ fork node ─▶ Client(proc=0)
+    node:   forks num_cpus workers at once, more when tasks block or queue
+
+Nothing here is on the per-task hot path except thin argument checks.
+"""
+
+from __future__ import annotations
+
+import atexit
+import inspect
+import mmap
+import os
+import socket
+import threading
+import time
+from typing import Any, Sequence
+
+from . import _global
+from . import config as C
+from . import exceptions as exc
+from . import protocol as P
+from .client import Client
+from .node import NodeSetup, node_main
+from .object_ref import ObjectRef
+from .remote_function import RemoteFunction
+from .rings import Doorbell, Ring, anonymous_shared, ring_bytes
+
+_init_lock = threading.RLock()
+
+
+class _Session:
+    def __init__(self, cfg: C.Config, node_pid: int, node_pidfd: int, setup: NodeSetup,
+                 session_dir: str) -> None:
+        self.cfg = cfg
+        self.node_pid = node_pid
+        self.node_pidfd = node_pidfd
+        self.setup = setup
+        self.session_dir = session_dir
+        self.node_id = format(hash((socket.gethostname(), node_pid, time.time_ns())) & (2**64 - 1), "016x")
+        self.started = time.time()
+
+
+class RayContext(dict):
+    """What init() returns: a dict of address info, usable as a context manager."""
+
+    def __enter__(self) -> "RayContext":
+        return self
+
+    def __exit__(self, *a) -> None:
+        shutdown()
+
+    @property
+    def address_info(self) -> dict:
+        return dict(self)
+
+
+def _make_session_dir(tmpdir: str) -> str:
+    base = os.path.join(tmpdir, f"mpray-{os.getuid()}")
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    job = os.environ.get("SLURM_JOB_ID")
+    prefix = f"j{job}-" if job else ""
+    path = os.path.join(base, f"{prefix}{os.getpid()}-{os.urandom(3).hex()}")
+    os.mkdir(path, 0o700)
+    return path
+
+
+def init(address: str | None = None, *, num_cpus: int | None = None,
+         num_gpus: int | None = None, resources: dict | None = None,
+         object_store_memory: int | None = None, ignore_reinit_error: bool = False,
+         namespace: str | None = None, include_dashboard: bool | None = None,
+         log_to_driver: bool = True, logging_level: Any = None,
+         configure_logging: bool = True, runtime_env: dict | None = None,
+         **settings: Any) -> RayContext:
+    """Start mpray on this host (or join the MPI job, once that backend exists)."""
+    with _init_lock:
+        if _global.session is not None:
+            if ignore_reinit_error:
+                return _context()
+            raise RuntimeError(
+                "Maybe you called mpray.init twice by accident? This error can be suppressed "
+                "by passing in 'ignore_reinit_error=True' or by calling 'mpray.shutdown()' "
+                "prior to 'mpray.init()'."
+            )
+        if address not in (None, "local", "auto"):
+            raise ValueError(f"address={address!r}: mpray starts its own node; use None or 'local'")
+        unknown = set(settings) - {name for name, _e, _h in C.SETTINGS} - {"tmpdir"}
+        if unknown:
+            raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+        args = dict(settings, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                    object_store_memory=object_store_memory)
+        cfg = C.resolve(args)
+        _start(cfg, namespace)
+        return _context()
+
+
+def _start(cfg: C.Config, namespace: str | None) -> None:
+    session_dir = _make_session_dir(cfg.tmpdir)
+    fd = os.memfd_create("mpray-arena", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, cfg.object_store_memory)
+        arena = mmap.mmap(fd, cfg.object_store_memory, flags=mmap.MAP_SHARED)
+    finally:
+        os.close(fd)  # the mapping keeps the memory; it dies with the last process
+    cap = cfg.driver_ring_bytes
+    ctrl = anonymous_shared(128 + 2 * ring_bytes(cap))
+    node_bell = Doorbell.create(ctrl, 0)
+    driver_bell = Doorbell.create(ctrl, 64)
+    up = Ring(ctrl, 128, cap)
+    down = Ring(ctrl, 128 + ring_bytes(cap), cap)
+    setup = NodeSetup(
+        arena=arena, ctrl=ctrl, node_bell=node_bell, driver_bell=driver_bell,
+        driver_up=up, driver_down=down, resources=cfg.node_resources(),
+        gpu_ids=cfg.gpu_ids, arena_size=cfg.object_store_memory, inline_max=cfg.inline_max,
+        worker_ring_bytes=cfg.worker_ring_bytes, max_workers=cfg.max_workers,
+        idle_timeout=cfg.idle_worker_timeout, session_dir=session_dir,
+    )
+    driver_pid = os.getpid()
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # ---- the node process
+        code = 0
+        try:
+            node_main(setup, driver_pid)
+        except BaseException:  # noqa: BLE001
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    node_pidfd = os.pidfd_open(pid)
+    client = Client(
+        proc=0, rank=0, up=up, down=down, my_bell=driver_bell, node_bell=node_bell,
+        arena=arena, inline_max=cfg.inline_max, node_pid=pid, node_pidfd=node_pidfd,
+        id_start=_next_driver_id(),
+    )
+    _global.session = _Session(cfg, pid, node_pidfd, setup, session_dir)
+    _global.session.namespace = namespace
+    _global.client = client
+    atexit.register(shutdown)
+
+
+_last_driver_id = 0
+
+
+def _next_driver_id() -> int:
+    # ids keep growing across init/shutdown cycles so a stale ObjectRef from an earlier
+    # session can never alias an object of this one
+    return _last_driver_id + 1
+
+
+def _context() -> RayContext:
+    s = _global.session
+    return RayContext(node_ip_address="127.0.0.1", session_dir=s.session_dir,
+                      node_id=s.node_id, address="local")
+
+
+def _auto_init() -> Client:
+    with _init_lock:
+        if _global.client is None:
+            init()
+        return _global.client
+
+
+def is_initialized() -> bool:
+    return _global.session is not None
+
+
+def shutdown(_exiting_interpreter: bool = False) -> None:
+    """Stop the node and every worker; leaves no process, memory or file behind."""
+    global _last_driver_id
+    with _init_lock:
+        s = _global.session
+        client = _global.client
+        if s is None:
+            return
+        _last_driver_id = client._next_id
+        try:
+            client.send([(P.SHUTDOWN,)])
+        except Exception:  # noqa: BLE001 - the node may already be gone
+            pass
+        client.close()
+        _global.client = None
+        _global.session = None
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                done, _ = os.waitpid(s.node_pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(s.node_pid, 9)
+                deadline = time.monotonic() + 5.0
+            time.sleep(0.0005)
+        os.close(s.node_pidfd)
+        st = s.setup
+        st.node_bell.close()
+        st.driver_bell.close()
+        for r in (st.driver_up, st.driver_down):
+            r.release()
+        client._arena_mv = None
+        try:
+            st.ctrl.close()
+        except BufferError:
+            pass
+        try:
+            st.arena.close()
+        except BufferError:
+            pass  # live zero-copy views still use it; it is unmapped when they go
+        import shutil
+
+        shutil.rmtree(s.session_dir, ignore_errors=True)
+        try:
+            atexit.unregister(shutdown)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+# ---------------------------------------------------------------------- remote
+def remote(*args: Any, **kwargs: Any):
+    """``@remote`` or ``@remote(num_cpus=…, …)`` on a function (or, later, a class)."""
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError(
+            "The @mpray.remote decorator must be applied either with no arguments and no "
+            "parentheses, for example '@mpray.remote', or it must be applied using some of "
+            "the arguments in the list ['num_returns', 'num_cpus', 'num_gpus', 'memory', "
+            "'resources', 'max_retries', ...], for example '@mpray.remote(num_returns=2, "
+            "resources={\"CustomResource\": 1})'."
+        )
+    return lambda fn: _make_remote(fn, kwargs)
+
+
+def _make_remote(obj: Any, options: dict):
+    if inspect.isclass(obj):
+        from .actor import make_actor_class  # noqa: F401 - arrives with actor support
+
+        return make_actor_class(obj, options)
+    if not callable(obj):
+        raise TypeError(f"@mpray.remote needs a function or a class, not {type(obj).__name__}")
+    return RemoteFunction(obj, options)
+
+
+# ---------------------------------------------------------------------- objects
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+        if timeout < 0:
+            raise ValueError(f"timeout must be non-negative, not {timeout!r}")
+
+
+def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+    _check_timeout(timeout)
+    client = _global.client_or_raise()
+    if type(object_refs) is ObjectRef:
+        return client.get([object_refs.id], timeout)[0]
+    if isinstance(object_refs, (list, tuple)):
+        for r in object_refs:
+            if type(r) is not ObjectRef:
+                raise TypeError(
+                    f"get() expects an ObjectRef or a list of ObjectRefs; the list holds a "
+                    f"{type(r).__name__}"
+                )
+        return client.get([r.id for r in object_refs], timeout)
+    raise ValueError(
+        f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, "
+        f"not {type(object_refs).__name__}"
+    )
+
+
+def put(value: Any, *, _owner: Any = None) -> ObjectRef:
+    if type(value) is ObjectRef:
+        raise TypeError(
+            "Calling 'put' on an ObjectRef is not allowed. If you really want to do this, "
+            "you can wrap the ObjectRef in a list and call 'put' on it."
+        )
+    client = _global.client
+    if client is None:
+        client = _auto_init()
+    return ObjectRef(client.put(value), owned=True)
+
+
+def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
+         timeout: float | None = None, fetch_local: bool = True
+         ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    if type(object_refs) is ObjectRef or not isinstance(object_refs, (list, tuple)):
+        raise TypeError(f"wait() expects a list of ObjectRefs, not {type(object_refs).__name__}")
+    for r in object_refs:
+        if type(r) is not ObjectRef:
+            raise TypeError(f"wait() expects a list of ObjectRefs; it holds a {type(r).__name__}")
+    _check_timeout(timeout)
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
+        raise ValueError(f"num_returns must be a positive integer, not {num_returns!r}")
+    if len(set(object_refs)) != len(object_refs):
+        raise ValueError("wait() requires a list of unique ObjectRefs")
+    if num_returns > len(object_refs):
+        raise ValueError(
+            f"num_returns ({num_returns}) cannot be greater than the number of ObjectRefs "
+            f"({len(object_refs)})"
+        )
+    client = _global.client_or_raise()
+    ids = [r.id for r in object_refs]
+    done = client.wait(ids, num_returns, timeout)
+    ready, not_ready = [], []
+    for r in object_refs:
+        (ready if r.id in done and len(ready) < num_returns else not_ready).append(r)
+    return ready, not_ready
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    if type(ref) is not ObjectRef:
+        raise TypeError(f"cancel() expects an ObjectRef, not {type(ref).__name__}")
+    if ref._tid is None:
+        raise TypeError(f"{ref} was created by put(); only task results can be cancelled")
+    client = _global.client_or_raise()
+    client.send([(P.CANCEL, ref._tid, bool(force), bool(recursive))])
+
+
+# ---------------------------------------------------------------------- cluster
+def cluster_resources() -> dict[str, float]:
+    s = _session_or_raise()
+    return s.cfg.node_resources()
+
+
+def available_resources() -> dict[str, float]:
+    _session_or_raise()
+    reply = _global.client.request(lambda req: (P.QUERY, req, "available"))
+    return {k: v for k, v in reply[2].items() if v > 0}
+
+
+def nodes() -> list[dict]:
+    s = _session_or_raise()
+    return [{
+        "NodeID": s.node_id, "Alive": True, "NodeManagerAddress": "127.0.0.1",
+        "NodeManagerHostname": socket.gethostname(), "NodeName": socket.gethostname(),
+        "Resources": s.cfg.node_resources(), "alive": True, "MPIRank": 0,
+        "ObjectStoreSocketName": s.session_dir, "RayletSocketName": s.session_dir,
+    }]
+
+
+def _session_or_raise():
+    if _global.session is None:
+        raise RuntimeError("mpray is not initialized: call mpray.init() first")
+    return _global.session
+
+
+def _node_stats() -> dict:
+    """Internal counters of the node (tests and benchmarks use them)."""
+    _session_or_raise()
+    return _global.client.request(lambda req: (P.QUERY, req, "stats"))[2]
+
+
+def timeline(filename: str | None = None) -> list:
+    raise NotImplementedError("timeline() arrives with the control store")
+
+
+def kill(actor: Any, *, no_restart: bool = True) -> None:
+    from .actor import kill_actor
+
+    kill_actor(actor, no_restart=no_restart)
+
+
+def get_actor(name: str, namespace: str | None = None) -> Any:
+    from .actor import lookup_actor
+
+    return lookup_actor(name, namespace)
+
+
+def method(*args: Any, **kwargs: Any):
+    from .actor import method as _method
+
+    return _method(*args, **kwargs)

@@ -1,0 +1,416 @@
+"""The core client: one per process (the driver and every worker).
+
+Data flow::
+
+    user code ──submit/put/get/wait──▶ Client ──frames──▶ up ring ──▶ node
+                                          ▲                             │
+        zero-copy views ◀── arena ◀───────┴──── OBJ/ALLOC_OK/REPLY ◀── down ring
+
+The client owns the refs it creates: it keeps a local count per object id and tells the
+node only about 0→1 (INCREF, for borrowed refs) and 1→0 (DECREF) transitions, batched
+into the next frame it sends.  Values the node pushes (results of this process's tasks,
+objects it subscribed to) are cached as (kind, payload) until the last local ref goes.
+
+Only one thread drains the down ring at a time (``_pump_lock``); others wait on a
+condition the pumping thread notifies.  ``ObjectRef.__del__`` can run anywhere (GC), so
+it only appends to a list that is flushed with the next frame, or at once when the send
+lock is free.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import threading
+import time
+import weakref
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import exceptions as exc
+from . import protocol as P
+from . import serialization as ser
+from .rings import Doorbell, Ring, RingClosed
+
+_HOST = socket.gethostname()
+
+
+class Client:
+    def __init__(
+        self,
+        proc: int,
+        rank: int,
+        up: Ring,
+        down: Ring,
+        my_bell: Doorbell,
+        node_bell: Doorbell,
+        arena,
+        inline_max: int,
+        node_pid: int,
+        node_pidfd: int | None,
+        id_start: int | None = None,
+    ) -> None:
+        self.proc = proc
+        self.token = (os.getpid(), proc, time.monotonic_ns())  # unique per client instance
+        self.rank = rank
+        self.is_worker = proc != 0
+        self._up = up
+        self._down = down
+        self._bell = my_bell
+        self._node_bell = node_bell
+        self._arena = arena
+        self._arena_mv = memoryview(arena) if arena is not None else None
+        self.inline_max = inline_max
+        self.node_pid = node_pid
+        self._node_pidfd = node_pidfd
+        base = P.id_base(rank, proc)
+        self._next_id = max(base + 1, id_start or 0)
+        self._id_lock = threading.Lock()
+        self._refs: dict[int, int] = {}
+        self._values: dict[int, tuple[int, Any]] = {}
+        self._subscribed: set[int] = set()
+        self._reborrowed: set[int] = set()
+        self._mapped: dict[int, weakref.ref] = {}
+        self._pending: list[tuple] = []  # small messages waiting for the next frame
+        self._incref: list[int] = []
+        self._decref: list[int] = []
+        self._unpin: list[int] = []
+        self._send_lock = threading.Lock()
+        self._pump_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._replies: dict[int, Any] = {}
+        self._futures: dict[int, list] = {}
+        self._future_thread: threading.Thread | None = None
+        self.exec_queue: list[tuple] = []
+        self.closed = False
+        self.node_dead = False
+        self.blocked = False
+        self.current_task: int | None = None
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------ ids
+    def new_ids(self, n: int) -> int:
+        """Reserve ``n + 1`` consecutive ids; returns the first (a task id)."""
+        with self._id_lock:
+            first = self._next_id
+            self._next_id = first + n + 1
+        return first
+
+    # ------------------------------------------------------------------ sending
+    def send(self, msgs: list) -> None:
+        with self._send_lock:
+            self._send_locked(msgs)
+
+    def _send_locked(self, msgs: list) -> None:
+        if self.closed:
+            raise exc.RaySystemError("mpray is shut down")
+        if self._incref or self._decref:
+            msgs.insert(0, (P.REFS, self._incref, self._decref))
+            self._incref, self._decref = [], []
+        if self._unpin:
+            msgs.insert(0, (P.UNPIN, self._unpin))
+            self._unpin = []
+        if self._pending:
+            msgs[:0] = self._pending
+            self._pending = []
+        frame = pickle.dumps(msgs, protocol=5)
+        try:
+            self._up.push(frame, wake=self._node_bell.force, deadline=self._push_deadline())
+        except RingClosed as e:
+            raise exc.RaySystemError(f"the mpray node (pid {self.node_pid}) stopped reading") from e
+        self._node_bell.ring()
+
+    def _push_deadline(self) -> float:
+        return time.monotonic() + 60.0
+
+    def _flush_soon(self) -> None:
+        """Called from __del__/finalizers: flush now if no other send is under way."""
+        if self.closed:
+            return
+        if self._send_lock.acquire(False):
+            try:
+                if self._incref or self._decref or self._unpin:
+                    self._send_locked([])
+            except Exception:
+                pass
+            finally:
+                self._send_lock.release()
+
+    # ------------------------------------------------------------------ refs
+    def add_ref(self, oid: int, borrowed: bool) -> None:
+        refs = self._refs
+        n = refs.get(oid, 0)
+        refs[oid] = n + 1
+        if borrowed and n == 0:
+            self._incref.append(oid)
+            if not self._not_owner(oid):
+                self._reborrowed.add(oid)  # our own ref came back: values are not pushed
+
+    def remove_ref(self, oid: int) -> None:
+        refs = self._refs
+        n = refs.get(oid)
+        if n is None:
+            return
+        if n > 1:
+            refs[oid] = n - 1
+            return
+        del refs[oid]
+        self._values.pop(oid, None)
+        self._subscribed.discard(oid)
+        self._reborrowed.discard(oid)
+        self._decref.append(oid)
+        if len(self._decref) >= 1:
+            self._flush_soon()
+
+    def _unpin_later(self, oid: int) -> None:
+        self._mapped.pop(oid, None)
+        self._unpin.append(oid)
+        self._flush_soon()
+
+    # ------------------------------------------------------------------ receiving
+    def _handle(self, msg: tuple) -> None:
+        op = msg[0]
+        if op == P.OBJ:
+            oid = msg[1]
+            if oid in self._refs or oid in self._subscribed or oid in self._futures:
+                self._values[oid] = (msg[2], msg[3])
+                futs = self._futures.pop(oid, None)
+                if futs:
+                    self._resolve_futures(oid, futs)
+        elif op == P.EXEC:
+            self.exec_queue.append(msg)
+        elif op == P.ALLOC_OK or op == P.REPLY:
+            self._replies[msg[1]] = msg
+        elif op == P.STOP:
+            self.stop_requested = True
+
+    def _drain(self) -> bool:
+        frames = self._down.pop_all()
+        if not frames:
+            return False
+        handle = self._handle
+        for f in frames:
+            for m in pickle.loads(f):
+                handle(m)
+        return True
+
+    def pump(self, timeout: float | None) -> bool:
+        """Handle what has arrived; if nothing has, block up to ``timeout`` for more."""
+        if self._drain():
+            return True
+        if timeout is not None and timeout <= 0:
+            return False
+        bell = self._bell
+        bell.sleep_begin()
+        if self._down.has_data():
+            bell.sleep_end()
+            return self._drain()
+        extra = (self._node_pidfd,) if self._node_pidfd is not None else ()
+        dead = bell.wait(min(timeout, 1.0) if timeout is not None else 1.0, extra)
+        if dead or (self.is_worker and os.getppid() != self.node_pid):
+            self.node_dead = True
+        got = self._drain()
+        if self.node_dead and not got:
+            raise exc.RaySystemError(
+                f"the mpray node process (pid {self.node_pid}) on {_HOST} died; "
+                "this session can no longer run tasks (call mpray.shutdown())"
+            )
+        return got
+
+    def wait_until(self, pred, deadline: float | None) -> bool:
+        """Pump (or wait for the pumping thread) until ``pred()`` or the deadline."""
+        while not pred():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            remaining = None if deadline is None else deadline - now
+            if self._pump_lock.acquire(False):
+                try:
+                    self.pump(remaining)
+                finally:
+                    self._pump_lock.release()
+                    with self._cond:
+                        self._cond.notify_all()
+            else:
+                with self._cond:
+                    self._cond.wait(0.002 if remaining is None else min(remaining, 0.002))
+        return True
+
+    def request(self, msg_builder, timeout: float | None = 60.0):
+        """Send a request carrying a fresh request id; return the node's reply."""
+        req = self.new_ids(0)
+        self.send([msg_builder(req)])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._blocking_wait(lambda: req in self._replies, deadline):
+            raise exc.GetTimeoutError(f"no reply from the mpray node within {timeout} s")
+        return self._replies.pop(req)
+
+    def _blocking_wait(self, pred, deadline) -> bool:
+        if pred():
+            return True
+        if self.is_worker and not self.blocked and self.current_task is not None:
+            self.blocked = True
+            self.send([(P.BLOCKED,)])
+            try:
+                return self.wait_until(pred, deadline)
+            finally:
+                self.blocked = False
+                self.send([(P.UNBLOCKED,)])
+        return self.wait_until(pred, deadline)
+
+    # ------------------------------------------------------------------ objects
+    def _subscribe(self, oids: Iterable[int]) -> None:
+        need = [o for o in oids if o not in self._values and o not in self._subscribed]
+        if need:
+            self._subscribed.update(need)
+            self.send([(P.SUBSCRIBE, need)])
+
+    def store_value(self, value: Any) -> tuple[int, Any, list[int]]:
+        """Serialise a value, writing it into the arena when large: (kind, payload, refs)."""
+        kind, payload, contained, nbytes = ser.serialize(value, self.inline_max)
+        if kind == ser.INLINE:
+            return kind, payload, contained
+        header, raws = payload
+        total, places = ser.arena_layout(header, raws)
+        reply = self.request(lambda req: (P.ALLOC, req, total), timeout=None)
+        off, err = reply[2], reply[3]
+        if off is None:
+            raise exc.ObjectStoreFullError(
+                f"cannot store an object of {total} bytes in the object store: {err}. "
+                "Free some references, or pass a larger object_store_memory to mpray.init()"
+            )
+        try:
+            ser.write_arena(self._arena_mv, off, header, raws, places)
+        except BaseException:
+            self.send([(P.FREE_RANGE, off)])
+            raise
+        return ser.ARENA, (off, len(header), places, total), contained
+
+    def put(self, value: Any) -> int:
+        kind, payload, contained = self.store_value(value)
+        oid = self.new_ids(0)
+        self.add_ref(oid, borrowed=False)
+        self._values[oid] = (kind, payload)
+        self.send([(P.PUT, oid, kind, payload, contained)])
+        return oid
+
+    def materialize(self, oid: int, kind: int, payload) -> Any:
+        """Turn a cached (kind, payload) into the user's value; raise stored errors."""
+        if kind == ser.INLINE:
+            return pickle.loads(payload)
+        if kind == ser.ARENA:
+            return ser.loads_arena(self._arena_base(oid, payload), payload)
+        err = pickle.loads(payload)
+        if isinstance(err, exc.RayTaskError):
+            raise err.as_instanceof_cause()
+        raise err
+
+    def _arena_base(self, oid: int, desc) -> np.ndarray:
+        """A read-only view of the object's range; pinned while any view of it lives."""
+        wr = self._mapped.get(oid)
+        base = wr() if wr is not None else None
+        if base is None:
+            off, total = desc[0], desc[3]
+            # an ndarray whose base is a (read-only) memoryview, not another ndarray: views
+            # numpy derives from it keep *this* object alive, so its finalizer fires when
+            # the user dropped the last view (numpy collapses ndarray->ndarray base chains)
+            base = np.frombuffer(self._arena_mv[off : off + total].toreadonly(), np.uint8)
+            self._mapped[oid] = weakref.ref(base)
+            self._pending.append((P.PIN, [oid]))
+            weakref.finalize(base, self._unpin_later, oid)
+        return base
+
+    def get(self, oids: list[int], timeout: float | None) -> list[Any]:
+        values = self._values
+        missing = [o for o in oids if o not in values]
+        if missing:
+            self._subscribe([o for o in missing if self._needs_subscription(o)])
+            deadline = None if timeout is None else time.monotonic() + timeout
+            pos = [0]
+
+            def arrived() -> bool:  # resumes where the last call stopped: O(n) in total
+                i = pos[0]
+                while i < len(missing) and missing[i] in values:
+                    i += 1
+                pos[0] = i
+                return i == len(missing)
+
+            if not self._blocking_wait(arrived, deadline):
+                n = sum(1 for o in missing if o not in values)
+                raise exc.GetTimeoutError(
+                    f"get timed out after {timeout} s: {n} of {len(oids)} objects not ready"
+                )
+        return [self.materialize(o, *values[o]) for o in oids]
+
+    def _not_owner(self, oid: int) -> bool:
+        return P.id_proc(oid) != self.proc or P.id_rank(oid) != self.rank
+
+    def _needs_subscription(self, oid: int) -> bool:
+        return self._not_owner(oid) or oid in self._reborrowed
+
+    def wait(self, oids: list[int], num_returns: int, timeout: float | None) -> set[int]:
+        values = self._values
+        self._subscribe([o for o in oids if o not in values and self._needs_subscription(o)])
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def enough() -> bool:
+            return sum(1 for o in oids if o in values) >= num_returns
+
+        if timeout is None or timeout > 0:
+            self._blocking_wait(enough, deadline)
+        else:
+            self._drain()
+        return {o for o in oids if o in values}
+
+    # ------------------------------------------------------------------ futures
+    def future(self, oid: int):
+        import concurrent.futures
+
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        if oid in self._values:
+            self._resolve_futures(oid, [fut])
+            return fut
+        self._futures.setdefault(oid, []).append(fut)
+        self._subscribe([oid] if self._needs_subscription(oid) else [])
+        if oid in self._values:  # arrived meanwhile
+            futs = self._futures.pop(oid, [])
+            self._resolve_futures(oid, futs)
+        self._ensure_future_thread()
+        return fut
+
+    def _resolve_futures(self, oid: int, futs: list) -> None:
+        kind, payload = self._values[oid]
+        for f in futs:
+            if f.done():
+                continue
+            try:
+                f.set_result(self.materialize(oid, kind, payload))
+            except BaseException as e:  # noqa: BLE001 - delivered to the future
+                f.set_exception(e)
+
+    def _ensure_future_thread(self) -> None:
+        t = self._future_thread
+        if t is not None and t.is_alive():
+            return
+
+        def run() -> None:
+            while self._futures and not self.closed:
+                try:
+                    self.wait_until(lambda: not self._futures or self.closed,
+                                    time.monotonic() + 0.05)
+                except Exception as e:  # noqa: BLE001 - fail every pending future
+                    for futs in list(self._futures.values()):
+                        for f in futs:
+                            if not f.done():
+                                f.set_exception(e)
+                    self._futures.clear()
+                    return
+
+        self._future_thread = threading.Thread(target=run, name="mpray-futures", daemon=True)
+        self._future_thread.start()
+
+    # ------------------------------------------------------------------ misc
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,153 @@
+"""Settings: every one is an ``init()`` argument and an ``MPRAY_*`` environment variable.
+
+An explicit ``init()`` argument wins over the environment, which wins over detection
+(affinity, cgroups and SLURM for CPUs; cgroup-aware available memory for the store).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from . import resources as R
+
+KB = 1024
+MB = 1024 * KB
+
+
+def _env_float(env: Mapping[str, str], name: str) -> float | None:
+    v = env.get(name)
+    if v is None or v == "":
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        raise ValueError(f"{name}={v!r} is not a number") from None
+
+
+def _env_int(env: Mapping[str, str], name: str) -> int | None:
+    v = _env_float(env, name)
+    if v is None:
+        return None
+    if v != int(v) or v < 0:
+        raise ValueError(f"{name}={env[name]!r} must be a non-negative integer")
+    return int(v)
+
+
+# name, type, default, help: the README's configuration table is generated from this list
+SETTINGS: list[tuple[str, str, str]] = [
+    ("num_cpus", "MPRAY_NUM_CPUS", "CPUs of the allocation: min(affinity, cgroup quota, SLURM)"),
+    ("num_gpus", "MPRAY_NUM_GPUS", "GPUs from CUDA_VISIBLE_DEVICES / nvidia-smi"),
+    ("resources", "MPRAY_RESOURCES", "custom resources, JSON object, e.g. {\"disk\": 2}"),
+    ("object_store_memory", "MPRAY_OBJECT_STORE_MEMORY", "store size, e.g. 2GiB; default 30 % of available memory"),
+    ("inline_max", "MPRAY_INLINE_MAX", "values up to this many bytes travel inline (100 KiB)"),
+    ("max_workers", "MPRAY_MAX_WORKERS", "cap on non-blocked workers (default 2 × CPUs, at least 4)"),
+    ("idle_worker_timeout", "MPRAY_IDLE_WORKER_TIMEOUT", "seconds before an extra idle worker exits (10)"),
+    ("tmpdir", "MPRAY_TMPDIR", "parent of the session directory (TMPDIR, else /tmp)"),
+    ("driver_ring_bytes", "MPRAY_DRIVER_RING_BYTES", "ring size driver <-> node (8 MiB)"),
+    ("worker_ring_bytes", "MPRAY_WORKER_RING_BYTES", "ring size worker <-> node (1 MiB)"),
+]
+
+
+@dataclass
+class Config:
+    num_cpus: int = 1
+    num_gpus: int = 0
+    gpu_ids: list[str] = field(default_factory=list)
+    resources: dict[str, float] = field(default_factory=dict)
+    object_store_memory: int = 256 * MB
+    inline_max: int = 100 * KB
+    max_workers: int = 0
+    idle_worker_timeout: float = 10.0
+    tmpdir: str = "/tmp"
+    driver_ring_bytes: int = 8 * MB
+    worker_ring_bytes: int = 1 * MB
+    task_memory: int = 0
+
+    def node_resources(self) -> dict[str, float]:
+        res: dict[str, float] = {"CPU": float(self.num_cpus)}
+        if self.num_gpus:
+            res["GPU"] = float(self.num_gpus)
+        res["memory"] = float(self.task_memory)  # Ray reports heap memory for tasks too
+        res["object_store_memory"] = float(self.object_store_memory)
+        res.update(self.resources)
+        return res
+
+
+def _pow2_at_least(n: int) -> int:
+    p = 1
+    while p < n:
+        p <<= 1
+    return p
+
+
+def resolve(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    """Build the session's Config from init() arguments, the environment and detection."""
+    env = os.environ if env is None else env
+    c = Config()
+    n = args.get("num_cpus")
+    if n is None:
+        c.num_cpus = R.detect_num_cpus(env)
+    else:
+        if not isinstance(n, (int, float)) or isinstance(n, bool) or n < 0 or n != int(n):
+            raise ValueError(f"num_cpus must be a non-negative integer, not {n!r}")
+        c.num_cpus = int(n)
+    gpus = R.detect_gpus(env)
+    g = args.get("num_gpus")
+    if g is None:
+        g = _env_int(env, "MPRAY_NUM_GPUS")
+    if g is None:
+        c.num_gpus, c.gpu_ids = len(gpus), list(gpus)
+    else:
+        if not isinstance(g, (int, float)) or isinstance(g, bool) or g < 0 or g != int(g):
+            raise ValueError(f"num_gpus must be a non-negative integer, not {g!r}")
+        c.num_gpus = int(g)
+        c.gpu_ids = (list(gpus) + [str(i) for i in range(len(gpus), c.num_gpus)])[: c.num_gpus]
+    res = args.get("resources")
+    if res is None and env.get("MPRAY_RESOURCES"):
+        import json
+
+        try:
+            res = json.loads(env["MPRAY_RESOURCES"])
+        except ValueError as e:
+            raise ValueError(f"MPRAY_RESOURCES is not a JSON object: {e}") from None
+    if res is not None:
+        if not isinstance(res, dict):
+            raise TypeError(f"resources must be a dict of name -> amount, not {type(res).__name__}")
+        for k, v in res.items():
+            if k in ("CPU", "GPU"):
+                raise ValueError(f"use num_cpus/num_gpus instead of resources[{k!r}]")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"resource {k!r} must be a non-negative number, not {v!r}")
+        c.resources = {str(k): float(v) for k, v in res.items()}
+    osm = args.get("object_store_memory")
+    if osm is None and env.get("MPRAY_OBJECT_STORE_MEMORY"):
+        osm = R.parse_size(env["MPRAY_OBJECT_STORE_MEMORY"])
+    if osm is None:
+        osm = R.default_object_store_bytes()
+    if not isinstance(osm, int) or isinstance(osm, bool) or osm < MB:
+        raise ValueError(f"object_store_memory must be an integer of at least 1 MiB, not {osm!r}")
+    c.object_store_memory = osm
+    c.task_memory = max(R.detect_memory_bytes() - osm, 0)
+    for name, envname in (("inline_max", "MPRAY_INLINE_MAX"), ("max_workers", "MPRAY_MAX_WORKERS")):
+        v = args.get(name)
+        if v is None:
+            v = _env_int(env, envname)
+        if v is not None:
+            setattr(c, name, int(v))
+    t = args.get("idle_worker_timeout")
+    if t is None:
+        t = _env_float(env, "MPRAY_IDLE_WORKER_TIMEOUT")
+    if t is not None:
+        c.idle_worker_timeout = float(t)
+    c.tmpdir = args.get("tmpdir") or env.get("MPRAY_TMPDIR") or tempfile.gettempdir()
+    for name, envname in (("driver_ring_bytes", "MPRAY_DRIVER_RING_BYTES"),
+                          ("worker_ring_bytes", "MPRAY_WORKER_RING_BYTES")):
+        v = args.get(name)
+        if v is None and env.get(envname):
+            v = R.parse_size(env[envname])
+        if v is not None:
+            setattr(c, name, _pow2_at_least(max(int(v), 4096)))
+    return c

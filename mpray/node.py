@@ -1,0 +1,353 @@
+"""The node process: a thin I/O loop around the pure ``Scheduler``.
+
+Data flow::
+
+            driver                      node (this loop, one thread)                workers
+    up ring ─────────▶ ┐                                                  ┌◀──────── up rings
+                       ├─ pop_all ─▶ unpickle ─▶ Scheduler events ─▶ out ─┤
+    down ring ◀─────── ┘     ▲                        │                   └────────▶ down rings
+                             │                        ▼
+                  doorbell (eventfd) + SIGCHLD    actions: fork worker / kill / interrupt / warn
+
+The node is forked from the driver at ``init()`` (so it is warm: numpy, cloudpickle and
+mpray are imported) and forks every worker itself.  It sleeps in ``poll()`` on its
+doorbell when there is nothing to do, so an idle session costs no CPU.  It watches the
+driver through a pidfd and exits (killing its workers) when the driver is gone, so a
+SIGKILLed driver leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+from . import protocol as P
+from .rings import Doorbell, Outbox, Ring, anonymous_shared, ring_bytes
+from .scheduler import Scheduler
+
+_PR_SET_PDEATHSIG = 1
+_FLAG_BYTES = 64
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except Exception:  # noqa: BLE001 - best effort; the getppid() checks remain
+        pass
+
+
+@dataclass
+class Channel:
+    """The node's end of one process's rings."""
+
+    up: Ring
+    out: Outbox
+    bell: Doorbell
+    mem: object = None
+    pid: int = 0
+
+
+@dataclass
+class NodeSetup:
+    """Everything the driver creates before forking the node (inherited by fork)."""
+
+    arena: object
+    ctrl: object
+    node_bell: Doorbell
+    driver_bell: Doorbell
+    driver_up: Ring
+    driver_down: Ring
+    resources: dict
+    gpu_ids: list
+    arena_size: int
+    inline_max: int
+    worker_ring_bytes: int
+    max_workers: int
+    idle_timeout: float
+    session_dir: str
+    rank: int = 0
+
+
+class Node:
+    def __init__(self, setup: NodeSetup, driver_pid: int) -> None:
+        self.setup = setup
+        self.driver_pid = driver_pid
+        self.sched = Scheduler(
+            setup.resources, setup.gpu_ids, setup.arena_size,
+            max_workers=setup.max_workers, idle_timeout=setup.idle_timeout,
+        )
+        self.bell = setup.node_bell
+        self.channels: dict[int, Channel] = {
+            0: Channel(setup.driver_up, Outbox(setup.driver_down), setup.driver_bell)
+        }
+        self.pids: dict[int, int] = {}  # pid -> wid
+        self.next_wid = 1
+        self.running = True
+        self._child_exited = False
+        self._driver_pidfd = os.pidfd_open(driver_pid)
+        self._last_tick = time.monotonic()
+        self._interrupt_slot = None
+
+    # ------------------------------------------------------------------ workers
+    def start_worker(self) -> None:
+        from .worker import worker_main  # imported here: the node module stays small
+
+        wid = self.next_wid
+        self.next_wid += 1
+        cap = self.setup.worker_ring_bytes
+        mem = anonymous_shared(2 * _FLAG_BYTES + 2 * ring_bytes(cap))
+        up = Ring(mem, 2 * _FLAG_BYTES, cap)
+        down = Ring(mem, 2 * _FLAG_BYTES + ring_bytes(cap), cap)
+        bell = Doorbell.create(mem, 0)
+        # the worker's cancel slot: the task id the node wants interrupted
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # ---- child
+            code = 0
+            try:
+                keep = {self.bell.fd, bell.fd}
+                for ch in self.channels.values():
+                    if ch.bell.fd not in keep:
+                        os.close(ch.bell.fd)
+                os.close(self._driver_pidfd)
+                worker_main(self.setup, wid, os.getppid(), up, down, bell, self.bell, mem)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 0
+            except BaseException:  # noqa: BLE001 - last resort: report and die
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        self.channels[wid] = Channel(up, Outbox(down), bell, mem, pid)
+        self.pids[pid] = wid
+        self.sched.worker_started(wid, time.monotonic())
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            wid = self.pids.pop(pid, None)
+            if wid is None:
+                continue
+            if os.WIFSIGNALED(status):
+                sig = os.WTERMSIG(status)
+                reason = f"worker pid {pid} was killed by signal {signal.Signals(sig).name}"
+            else:
+                reason = f"worker pid {pid} exited with code {os.WEXITSTATUS(status)}"
+            self._drop_channel(wid)
+            self.sched.worker_died(wid, reason)
+
+    def _drop_channel(self, wid: int) -> None:
+        ch = self.channels.pop(wid, None)
+        if ch is not None:
+            # drain what the worker sent before dying (its last PIN/REFS/DONE)
+            self._handle(wid, ch.up.pop_all())
+            ch.up.release()
+            ch.out.ring.release()
+            ch.bell.close()
+
+    # ------------------------------------------------------------------ events
+    def _handle(self, proc: int, frames: list[bytes]) -> None:
+        s = self.sched
+        for frame in frames:
+            for m in pickle.loads(frame):
+                op = m[0]
+                if op == P.SUBMIT:
+                    s.submit(proc, m[1])
+                elif op == P.REFS:
+                    s.refs(proc, m[1], m[2])
+                elif op == P.DONE:
+                    if proc in s.workers:
+                        s.task_done(proc, m[1], m[2], m[3], m[4])
+                elif op == P.PUT:
+                    s.put(proc, m[1], m[2], m[3], m[4])
+                elif op == P.SUBSCRIBE:
+                    s.subscribe(proc, m[1])
+                elif op == P.PIN:
+                    s.pin(proc, m[1])
+                elif op == P.UNPIN:
+                    s.unpin(proc, m[1])
+                elif op == P.ALLOC:
+                    s.allocate(proc, m[1], m[2])
+                elif op == P.FREE_RANGE:
+                    s.free_range(proc, m[1])
+                elif op == P.BLOCKED:
+                    s.worker_blocked(proc)
+                elif op == P.UNBLOCKED:
+                    s.worker_unblocked(proc)
+                elif op == P.FUNC:
+                    s.register_function(m[1], m[2])
+                elif op == P.CANCEL:
+                    s.cancel(m[1], m[2], m[3])
+                elif op == P.QUERY:
+                    s.out[proc].append((P.REPLY, m[1], self._query(m[2])))
+                elif op == P.SHUTDOWN:
+                    self.running = False
+
+    def _query(self, what: str):
+        s = self.sched
+        if what == "available":
+            return s.available()
+        if what == "stats":
+            return {
+                **s.stats, "workers": len(s.workers), "objects": len(s.objs),
+                "tasks": len(s.tasks), "arena_used": s.alloc.used,
+                "pids": sorted(self.pids),
+            }
+        return None
+
+    def _act(self) -> None:
+        s = self.sched
+        while s.actions:
+            acts, s.actions = s.actions, []
+            for a in acts:
+                kind = a[0]
+                if kind == "start_worker":
+                    self.start_worker()
+                elif kind == "kill":
+                    ch = self.channels.get(a[1])
+                    if ch is not None:
+                        _kill(ch.pid, signal.SIGKILL)
+                elif kind == "interrupt":
+                    ch = self.channels.get(a[1])
+                    if ch is not None:
+                        ch.mem[_FLAG_BYTES : _FLAG_BYTES + 8] = int(a[2] & (2**63 - 1)).to_bytes(8, "little")
+                        _kill(ch.pid, signal.SIGUSR1)
+                elif kind == "warn":
+                    print(a[1], file=sys.stderr, flush=True)
+            s.schedule()
+
+    def _flush(self) -> bool:
+        """Send queued messages; True when everything went out."""
+        s = self.sched
+        all_out = True
+        if s.out:
+            out, s.out = s.out, {}
+            s.out = type(out)(list)
+            for proc, msgs in out.items():
+                ch = self.channels.get(proc)
+                if ch is None or not msgs:
+                    continue
+                ch.out.send(pickle.dumps(msgs, protocol=5))
+                ch.bell.ring()
+        for ch in self.channels.values():
+            if ch.out.pending:
+                if not ch.out.flush():
+                    all_out = False
+                ch.bell.ring()
+        return all_out
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        s = self.sched
+        signal.signal(signal.SIGCHLD, self._on_sigchld)
+        for _ in range(int(s.total.get("CPU", 1))):
+            self.start_worker()
+        bell = self.bell
+        while self.running:
+            busy = False
+            for proc, ch in list(self.channels.items()):
+                frames = ch.up.pop_all()
+                if frames:
+                    busy = True
+                    self._handle(proc, frames)
+            if self._child_exited:
+                self._child_exited = False
+                self._reap()
+                busy = True
+            s.schedule()
+            self._act()
+            flushed = self._flush()
+            now = time.monotonic()
+            if now - self._last_tick > 1.0:
+                self._last_tick = now
+                s.tick(now)
+                self._act()
+                if os.getppid() != self.driver_pid:
+                    break
+            if busy:
+                continue
+            bell.sleep_begin()
+            if any(ch.up.has_data() for ch in self.channels.values()) or self._child_exited:
+                bell.sleep_end()
+                continue
+            dead = bell.wait(0.001 if not flushed else 1.0, (self._driver_pidfd,))
+            if dead:
+                break  # the driver is gone: clean up below
+        self.shutdown()
+
+    def _on_sigchld(self, signum, frame) -> None:
+        self._child_exited = True
+        try:
+            os.eventfd_write(self.bell.fd, 1)
+        except OSError:
+            pass
+
+    def shutdown(self) -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for pid in list(self.pids):
+            _kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        for pid in list(self.pids):
+            while time.monotonic() < deadline:
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if done:
+                    break
+                time.sleep(0.001)
+        self.pids.clear()
+        _remove_tree(self.setup.session_dir)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    if path and os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _exit_on_term(signum, frame) -> None:
+    raise SystemExit(0)
+
+
+def node_main(setup: NodeSetup, driver_pid: int) -> None:
+    """Entry point of the forked node process."""
+    from . import _global
+
+    # the fork copied the driver's client; it must never touch the driver's rings from here
+    _global.client = None
+    # Ctrl-C in a terminal reaches the whole process group; the driver decides what
+    # happens (its shutdown stops us), so the node and workers ignore SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_term)
+    if os.getppid() != driver_pid:
+        _remove_tree(setup.session_dir)
+        return
+    node = Node(setup, driver_pid)
+    try:
+        node.run()
+    except SystemExit:
+        node.shutdown()

@@ -1,0 +1,87 @@
+"""Message opcodes and id layout shared by the client, the node and the workers.
+
+Every frame on a ring is ``pickle.dumps(list_of_messages)``; a message is a tuple whose
+first item is one of the opcodes below.  Tuples of ints/bytes pickle and unpickle in
+about a microsecond, which keeps the per-message cost at the level FACTS.md measured.
+
+Upstream (driver/worker ─▶ node)                 Downstream (node ─▶ driver/worker)
+  SUBMIT  (op, spec)                               OBJ        (op, oid, kind, payload)
+  PUT     (op, oid, kind, payload, contained)      EXEC       (op, tid, fid, fblob, name, args,
+  REFS    (op, increfs, decrefs)                               deps, returns, gpus, retry_exc)
+  SUBSCRIBE (op, oids)                             ALLOC_OK   (op, req, offset | None, error)
+  PIN / UNPIN (op, oids)                           REPLY      (op, req, data)
+  ALLOC   (op, req, nbytes)                        STOP       (op,)
+  DONE    (op, tid, status, results, retryable)
+  BLOCKED / UNBLOCKED (op,)
+  CANCEL  (op, tid, force, recursive)
+  FUNC    (op, fid, blob)
+  QUERY   (op, req, what)
+  SHUTDOWN (op,)
+
+Ids are Python ints: ``(rank << 56) | (proc << 36) | counter``.  A task id ``t`` owns the
+return ids ``t+1 … t+num_returns``, so an object's producing task is known without a
+lookup table on the client side.
+"""
+
+from __future__ import annotations
+
+# upstream
+SUBMIT = 1
+PUT = 2
+REFS = 3
+SUBSCRIBE = 4
+PIN = 5
+UNPIN = 6
+ALLOC = 7
+DONE = 8
+BLOCKED = 9
+UNBLOCKED = 10
+CANCEL = 11
+FUNC = 12
+QUERY = 13
+SHUTDOWN = 14
+FREE_RANGE = 15  # (op, offset): an ALLOC whose value was never sealed
+
+# downstream
+OBJ = 32
+EXEC = 33
+ALLOC_OK = 34
+REPLY = 35
+STOP = 36
+
+# DONE status
+OK = 0
+APP_ERROR = 1  # results hold one ERROR payload for every return
+
+# spec tuple field positions (client builds it, node reads a few fields, worker runs it)
+S_TID = 0
+S_FID = 1
+S_NAME = 2
+S_ARGS = 3
+S_DEPS = 4  # tuple of (position, oid): top-level ObjectRef arguments
+S_NRET = 5
+S_RES = 6  # dict of resources, e.g. {"CPU": 1.0}
+S_RETRIES = 7
+S_RETRY_EXC = 8  # False, True, or pickled tuple of exception classes
+S_CONTAINED = 9  # ObjectRef ids pickled anywhere inside the arguments
+S_STRATEGY = 10
+
+PROC_BITS = 36
+RANK_SHIFT = 56
+COUNTER_MASK = (1 << PROC_BITS) - 1
+
+
+def id_base(rank: int, proc: int) -> int:
+    return (rank << RANK_SHIFT) | (proc << PROC_BITS)
+
+
+def id_proc(oid: int) -> int:
+    return (oid >> PROC_BITS) & ((1 << (RANK_SHIFT - PROC_BITS)) - 1)
+
+
+def id_rank(oid: int) -> int:
+    return oid >> RANK_SHIFT
+
+
+def id_hex(oid: int) -> str:
+    return format(oid, "016x")

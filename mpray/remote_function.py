@@ -1,0 +1,239 @@
+"""``@mpray.remote`` functions: option validation and the task submission fast path.
+
+Data flow of ``f.remote(*args)``::
+
+    args ─ top-level ObjectRefs become deps ─ pickle (ref ids recorded) ─▶ spec tuple
+    spec ─▶ Client.send([(SUBMIT, spec)]) ─▶ up ring        returns ObjectRef(tid + 1 …)
+
+The function itself is cloudpickled once per session and registered with the node
+(FUNC); specs carry only its id.  Large arguments (> inline_max) are put into the
+object store first and passed as refs, so messages stay small and the worker reads them
+zero-copy.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, Callable
+
+import cloudpickle
+
+from . import _global
+from . import protocol as P
+from . import serialization as ser
+from .object_ref import ObjectRef
+
+TASK_OPTIONS = {
+    "num_cpus", "num_gpus", "resources", "memory", "num_returns", "max_retries",
+    "retry_exceptions", "name", "scheduling_strategy", "runtime_env", "accelerator_type",
+    "label_selector", "enable_task_events", "_metadata", "placement_group",
+    "placement_group_bundle_index", "placement_group_capture_child_tasks", "max_calls",
+    "object_store_memory",
+}
+ACTOR_ONLY = {"max_restarts", "max_task_retries", "max_concurrency", "namespace",
+              "lifetime", "get_if_exists", "concurrency_groups", "max_pending_calls"}
+
+
+def _check_number(name: str, v: Any, integer: bool = False) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise ValueError(f"option {name} must be a non-negative number, not {v!r}")
+    if integer and v != int(v):
+        raise ValueError(f"option {name} must be an integer, not {v!r}")
+
+
+def validate_options(opts: dict, allowed: set[str], what: str) -> dict:
+    for k, v in opts.items():
+        if k not in allowed:
+            hint = " (that option is for actors)" if k in ACTOR_ONLY and what == "task" else ""
+            raise ValueError(f"invalid option {k!r} for a {what}{hint}; valid options: "
+                             f"{', '.join(sorted(allowed))}")
+        if v is None:
+            continue
+        if k in ("num_cpus", "num_gpus", "memory"):
+            _check_number(k, v)
+            if k == "num_gpus" and v > 1 and v != int(v):
+                raise ValueError(f"num_gpus above 1 must be a whole number, not {v!r}")
+        elif k in ("max_retries", "max_restarts", "max_task_retries"):
+            if isinstance(v, bool) or not isinstance(v, int) or v < -1:
+                raise ValueError(f"option {k} must be an integer >= -1, not {v!r}")
+        elif k == "num_returns":
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"num_returns must be a non-negative integer, not {v!r}")
+        elif k == "resources":
+            if not isinstance(v, dict):
+                raise TypeError(f"resources must be a dict, not {type(v).__name__}")
+            for rk, rv in v.items():
+                if rk in ("CPU", "GPU"):
+                    raise ValueError(f"use num_cpus/num_gpus instead of resources[{rk!r}]")
+                _check_number(f"resources[{rk!r}]", rv)
+        elif k == "retry_exceptions":
+            if not isinstance(v, bool) and not (
+                isinstance(v, (list, tuple))
+                and all(isinstance(c, type) and issubclass(c, BaseException) for c in v)
+            ):
+                raise TypeError("retry_exceptions must be a bool or a list of exception types")
+        elif k == "scheduling_strategy":
+            from .util.scheduling_strategies import check_strategy
+
+            check_strategy(v)
+    return opts
+
+
+def resource_request(opts: dict, default_cpus: float = 1.0) -> dict[str, float]:
+    cpus = opts.get("num_cpus")
+    res = {"CPU": float(default_cpus if cpus is None else cpus)}
+    if opts.get("num_gpus"):
+        res["GPU"] = float(opts["num_gpus"])
+    if opts.get("memory"):
+        res["memory"] = float(opts["memory"])
+    for k, v in (opts.get("resources") or {}).items():
+        res[k] = float(v)
+    return {k: v for k, v in res.items() if v}
+
+
+class _Prepared:
+    """Per-options constants computed once, not per call."""
+
+    __slots__ = ("nret", "res", "retries", "retry_exc", "name", "strategy")
+
+    def __init__(self, opts: dict, default_name: str) -> None:
+        self.nret = opts.get("num_returns", 1) if opts.get("num_returns") is not None else 1
+        self.res = resource_request(opts)
+        r = opts.get("max_retries")
+        self.retries = 3 if r is None else (10**9 if r == -1 else r)
+        rex = opts.get("retry_exceptions", False)
+        self.retry_exc = rex if isinstance(rex, bool) else pickle.dumps(tuple(rex))
+        self.name = opts.get("name") or default_name
+        self.strategy = opts.get("scheduling_strategy")
+
+
+def encode_args(client, args: tuple, kwargs: dict, fname: str) -> tuple[bytes, tuple, list]:
+    """Pickle call arguments; top-level refs become deps, big values go to the store."""
+    deps = []
+    a = list(args)
+    for i, x in enumerate(a):
+        if type(x) is ObjectRef:
+            deps.append((i, x.id))
+            a[i] = None
+    if kwargs:
+        kw = dict(kwargs)
+        for k, x in kw.items():
+            if type(x) is ObjectRef:
+                deps.append((k, x.id))
+                kw[k] = None
+    else:
+        kw = {}
+    try:
+        kind, blob, contained, _n = ser.serialize((a, kw), client.inline_max)
+    except TypeError:
+        _name_bad_argument(args, kwargs, fname)
+        raise
+    if kind != ser.INLINE:
+        # promote large arguments to the object store, then pickle the small rest
+        keep = []
+        for i, x in enumerate(a):
+            if x is not None and _too_big(x, client.inline_max):
+                ref = ObjectRef(client.put(x), owned=True)
+                keep.append(ref)
+                deps.append((i, ref.id))
+                a[i] = None
+        for k, x in kw.items():
+            if x is not None and _too_big(x, client.inline_max):
+                ref = ObjectRef(client.put(x), owned=True)
+                keep.append(ref)
+                deps.append((k, ref.id))
+                kw[k] = None
+        blob = ser.dumps_plain((a, kw))
+        return blob, tuple(deps), contained, keep
+    return blob, tuple(deps), contained, None
+
+
+def _too_big(x: Any, limit: int) -> bool:
+    kind, _p, _c, _n = ser.serialize(x, limit)
+    return kind != ser.INLINE
+
+
+def _name_bad_argument(args: tuple, kwargs: dict, fname: str) -> None:
+    for where, x in [(f"argument {i}", x) for i, x in enumerate(args)] + [
+        (f"keyword argument {k!r}", x) for k, x in kwargs.items()
+    ]:
+        try:
+            ser.serialize(x, 1 << 62)
+        except TypeError as e:
+            raise TypeError(
+                f"could not serialize {where} of {fname}() ({type(x).__name__}): {e}"
+            ) from e
+
+
+class RemoteFunction:
+    def __init__(self, fn: Callable, options: dict) -> None:
+        self._function = fn
+        self._options = validate_options(dict(options), TASK_OPTIONS, "task")
+        self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
+        self.__name__ = getattr(fn, "__name__", "remote_function")
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+        self._prepared = _Prepared(self._options, self._name)
+        self._blob: bytes | None = None
+        self._registered: tuple | None = None  # (client.token, fid)
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"Remote functions cannot be called directly. Instead of running "
+            f"'{self.__name__}()', try '{self.__name__}.remote()'."
+        )
+
+    def __reduce__(self):
+        return (_rebuild_remote_function, (cloudpickle.dumps(self._function), self._options))
+
+    def options(self, **opts) -> "_BoundOptions":
+        merged = {**self._options, **validate_options(dict(opts), TASK_OPTIONS, "task")}
+        return _BoundOptions(self, _Prepared(merged, self._name))
+
+    def remote(self, *args, **kwargs):
+        return self._submit(self._prepared, args, kwargs)
+
+    def _fid(self, client) -> int:
+        reg = self._registered
+        if reg is not None and reg[0] == client.token:
+            return reg[1]
+        if self._blob is None:
+            self._blob = cloudpickle.dumps(self._function, protocol=5)
+        fid = client.new_ids(0)
+        client.send([(P.FUNC, fid, self._blob)])
+        self._registered = (client.token, fid)
+        return fid
+
+    def _submit(self, prep: _Prepared, args: tuple, kwargs: dict):
+        client = _global.client
+        if client is None:
+            from .api import _auto_init
+
+            client = _auto_init()
+        fid = self._fid(client)
+        nret = prep.nret
+        tid = client.new_ids(nret)
+        blob, deps, contained, keep = encode_args(client, args, kwargs, self._name)
+        spec = (tid, fid, prep.name, blob, deps, nret, prep.res, prep.retries,
+                prep.retry_exc, contained, prep.strategy)
+        client.send([(P.SUBMIT, spec)])
+        del keep  # the task holds its promoted arguments now
+        if nret == 1:
+            return ObjectRef(tid + 1, True, tid)
+        return [ObjectRef(tid + 1 + i, True, tid) for i in range(nret)]
+
+
+class _BoundOptions:
+    def __init__(self, rf: RemoteFunction, prep: _Prepared) -> None:
+        self._rf = rf
+        self._prep = prep
+
+    def remote(self, *args, **kwargs):
+        return self._rf._submit(self._prep, args, kwargs)
+
+    def __call__(self, *args, **kwargs):
+        return self._rf(*args, **kwargs)
+
+
+def _rebuild_remote_function(blob: bytes, options: dict) -> RemoteFunction:
+    return RemoteFunction(pickle.loads(blob), options)

@@ -1,0 +1,289 @@
+"""Single-producer / single-consumer byte rings in shared memory, and doorbells.
+
+Data flow::
+
+    producer process                 shared mapping (MAP_SHARED)             consumer process
+    ─────────────────                ───────────────────────────             ────────────────
+    Ring.push(frame) ──memcpy──▶ [head | tail | data ........ ] ──memcpy──▶ Ring.pop_all()
+    Doorbell.ring()  ──eventfd_write (only if the consumer sleeps)──▶ Doorbell.wait() (poll)
+
+A ring carries *frames*: byte strings, each prefixed by an 8-byte header (length and a
+"more fragments follow" bit).  Frames are 8-byte aligned so a header never wraps.  A frame
+larger than a quarter of the ring is cut into fragments; the consumer reassembles them.
+
+Ordering: indices are plain 64-bit words written after the data.  That is correct on x86
+(TSO keeps store→store and load→load order).  The doorbell needs store→load ordering too
+(Dekker: "I published data, is the consumer asleep?" vs "I am asleep, is there data?"),
+which TSO does not give; ``_barrier()`` issues one locked instruction through an
+uncontended ``threading.Lock`` (glibc's sem_post/sem_trywait use ``lock``-prefixed
+atomics), a full fence on x86 for ~0.1 µs.  Consumers additionally wake up on a timeout,
+so even a lost wake-up could never hang a waiter.
+
+The consumer blocks in ``poll()`` on an eventfd (futex-style kernel wait queue): an idle
+engine uses no CPU.  Producers write the eventfd only when the consumer has announced
+that it is going to sleep, so a busy consumer is never woken by syscalls.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import select
+import struct
+import threading
+import time
+
+__all__ = ["Ring", "Doorbell", "Outbox", "ring_bytes", "RingClosed"]
+
+_HDR = 128  # head word at 0, tail word at 64 (separate cache lines)
+_MORE = 1 << 63
+_LEN_MASK = _MORE - 1
+_pack_q = struct.Struct("<Q").pack_into
+_unpack_q = struct.Struct("<Q").unpack_from
+
+_fence_lock = threading.Lock()
+
+
+def _barrier() -> None:
+    """Full memory fence on x86 (locked instructions inside sem_trywait/sem_post)."""
+    _fence_lock.acquire(False)
+    _fence_lock.release()
+
+
+def ring_bytes(capacity: int) -> int:
+    """Bytes of shared memory one ring of ``capacity`` data bytes occupies."""
+    return _HDR + capacity
+
+
+class RingClosed(Exception):
+    """The peer of a ring is gone."""
+
+
+class Ring:
+    """One SPSC ring over ``buf[offset : offset + ring_bytes(capacity)]``.
+
+    ``capacity`` must be a power of two and a multiple of 8.  The same object type serves
+    both ends; each end only calls its own half of the methods.
+    """
+
+    __slots__ = ("_idx", "_data", "_cap", "_mask", "_max_frag", "_partial", "_mv")
+
+    def __init__(self, buf, offset: int, capacity: int) -> None:
+        if capacity & (capacity - 1) or capacity < 64:
+            raise ValueError(f"ring capacity must be a power of two >= 64, not {capacity}")
+        mv = memoryview(buf)[offset : offset + _HDR + capacity]
+        self._mv = mv
+        self._idx = mv[:_HDR].cast("Q")  # [0] = head (producer), [8] = tail (consumer)
+        self._data = mv[_HDR:]
+        self._cap = capacity
+        self._mask = capacity - 1
+        self._max_frag = capacity // 4
+        self._partial: list[bytes] = []
+
+    # -- producer side -----------------------------------------------------------------
+    def free_bytes(self) -> int:
+        return self._cap - (self._idx[0] - self._idx[8])
+
+    def try_push(self, frame: bytes | memoryview) -> int:
+        """Write as much of ``frame`` as fits now; return how many payload bytes went in.
+
+        A frame that does not fit whole is written as fragments, so a caller that gets a
+        partial count must push the rest (``frame[n:]``) later, before any other frame.
+        """
+        idx = self._idx
+        head = idx[0]
+        free = self._cap - (head - idx[8])
+        n = len(frame)
+        done = 0
+        wrote = False
+        data = self._data
+        mask = self._mask
+        cap = self._cap
+        while True:
+            room = free - 8
+            if room <= 0:
+                break
+            rest = n - done
+            chunk = min(rest, self._max_frag, room)
+            if chunk < rest and chunk < 64 and rest > 64:
+                break  # not worth a tiny fragment; wait for space
+            pos = head & mask
+            last = chunk == rest
+            _pack_q(data, pos, chunk if last else chunk | _MORE)
+            pos = (pos + 8) & mask
+            end = pos + chunk
+            if end <= cap:
+                data[pos:end] = frame[done : done + chunk]
+            else:
+                first = cap - pos
+                data[pos:cap] = frame[done : done + first]
+                data[0 : chunk - first] = frame[done + first : done + chunk]
+            step = (8 + chunk + 7) & ~7
+            head += step
+            free -= step
+            done += chunk
+            wrote = True
+            if last:
+                break
+        if wrote:
+            idx[0] = head  # publish after the data (TSO keeps the order)
+        return done
+
+    def push(self, frame: bytes, wake=None, deadline: float | None = None) -> None:
+        """Write a whole frame, waiting for space (consumers always drain eventually)."""
+        mv = memoryview(frame)
+        done = self.try_push(mv)
+        delay = 20e-6
+        while done < len(mv):
+            if wake is not None:
+                wake()
+            time.sleep(delay)
+            delay = min(delay * 2, 2e-3)
+            if deadline is not None and time.monotonic() > deadline:
+                raise RingClosed("timed out waiting for ring space (peer not consuming)")
+            done += self.try_push(mv[done:])
+
+    # -- consumer side -----------------------------------------------------------------
+    def has_data(self) -> bool:
+        return self._idx[0] != self._idx[8]
+
+    def pop_all(self) -> list[bytes]:
+        """Return every complete frame available now (fragments reassembled)."""
+        idx = self._idx
+        head = idx[0]
+        tail = idx[8]
+        if head == tail:
+            return []
+        out: list[bytes] = []
+        data = self._data
+        mask = self._mask
+        cap = self._cap
+        partial = self._partial
+        while tail != head:
+            pos = tail & mask
+            word = _unpack_q(data, pos)[0]
+            n = word & _LEN_MASK
+            pos = (pos + 8) & mask
+            end = pos + n
+            if end <= cap:
+                chunk = bytes(data[pos:end])
+            else:
+                chunk = bytes(data[pos:cap]) + bytes(data[0 : end - cap])
+            tail += (8 + n + 7) & ~7
+            if word & _MORE:
+                partial.append(chunk)
+            elif partial:
+                partial.append(chunk)
+                out.append(b"".join(partial))
+                partial.clear()
+            else:
+                out.append(chunk)
+        idx[8] = tail
+        return out
+
+    def release(self) -> None:
+        """Drop the views so the underlying mapping can be closed."""
+        self._idx.release()
+        self._data.release()
+        self._mv.release()
+
+
+class Doorbell:
+    """An eventfd plus a shared "I am going to sleep" word for one consuming process."""
+
+    __slots__ = ("fd", "_flag")
+
+    def __init__(self, fd: int, flag_buf, flag_offset: int) -> None:
+        self.fd = fd
+        self._flag = memoryview(flag_buf)[flag_offset : flag_offset + 8].cast("q")
+
+    @classmethod
+    def create(cls, flag_buf, flag_offset: int) -> "Doorbell":
+        return cls(os.eventfd(0, os.EFD_NONBLOCK), flag_buf, flag_offset)
+
+    # producer
+    def ring(self) -> None:
+        _barrier()
+        if self._flag[0]:
+            self._flag[0] = 0
+            try:
+                os.eventfd_write(self.fd, 1)
+            except OSError:
+                pass
+
+    def force(self) -> None:
+        os.eventfd_write(self.fd, 1)
+
+    # consumer
+    def sleep_begin(self) -> None:
+        self._flag[0] = 1
+        _barrier()
+
+    def sleep_end(self) -> None:
+        self._flag[0] = 0
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            pass
+
+    def wait(self, timeout: float | None, extra_fds: tuple[int, ...] = ()) -> list[int]:
+        """Block until rung (or an extra fd is readable); returns the readable extra fds.
+
+        The caller must have called ``sleep_begin()`` and re-checked its rings first.
+        """
+        p = select.poll()
+        p.register(self.fd, select.POLLIN)
+        for fd in extra_fds:
+            p.register(fd, select.POLLIN)
+        ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        try:
+            ready = p.poll(ms)
+        finally:
+            self.sleep_end()
+        return [fd for fd, _ in ready if fd != self.fd]
+
+    def close(self) -> None:
+        self._flag.release()
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+class Outbox:
+    """Frames waiting for ring space, for a producer that must never block (the node)."""
+
+    __slots__ = ("ring", "pending", "_cur")
+
+    def __init__(self, ring: Ring) -> None:
+        self.ring = ring
+        self.pending: list[memoryview] = []
+        self._cur = 0
+
+    def send(self, frame: bytes) -> bool:
+        """Queue a frame and write what fits; True when everything is written."""
+        if self.pending:
+            self.pending.append(memoryview(frame))
+            return self.flush()
+        mv = memoryview(frame)
+        done = self.ring.try_push(mv)
+        if done < len(mv):
+            self.pending.append(mv[done:])
+            return False
+        return True
+
+    def flush(self) -> bool:
+        pending = self.pending
+        while pending:
+            mv = pending[0]
+            done = self.ring.try_push(mv)
+            if done < len(mv):
+                pending[0] = mv[done:]
+                return False
+            pending.pop(0)
+        return True
+
+
+def anonymous_shared(size: int) -> mmap.mmap:
+    """Shared anonymous memory: inherited by forked children, freed with the last user."""
+    return mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)

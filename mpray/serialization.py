@@ -1,0 +1,118 @@
+"""Values ⇄ bytes: pickle protocol 5 with out-of-band buffers, and the arena layout.
+
+Data flow::
+
+    put / task result                                   get / task argument
+    value ─ pickle(protocol 5, buffer_callback) ─▶ header + [PickleBuffer …]
+        small (≤ inline_max)  ─▶ INLINE payload: bytes (in-band pickle) ─▶ pickle.loads
+        large                 ─▶ ARENA: [header | pad | buf0 | pad | buf1 …] at an offset
+                                  descriptor (offset, header_len, ((rel, n), …))
+                                  ─▶ pickle.loads(header, buffers=read-only views)
+
+Plain ``pickle`` is tried first (≈1 µs for a small spec); ``cloudpickle`` only when pickle
+refuses (lambdas, closures, classes defined in ``__main__``…).  Every ``ObjectRef``
+pickled while a value is serialised is recorded, so the node can keep the objects it
+refers to alive for as long as the containing value lives.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from typing import Any
+
+import cloudpickle
+
+from .allocator import align_up
+
+INLINE = 0  # payload: bytes of an in-band pickle
+ARENA = 1  # payload: (offset, header_len, ((rel_offset, nbytes), ...), total)
+ERROR = 2  # payload: bytes of a pickled exception to raise at get()
+
+_tls = threading.local()
+
+
+def collecting() -> list | None:
+    """The list ObjectRef.__reduce__ appends to while a value is serialised, if any."""
+    return getattr(_tls, "refs", None)
+
+
+def dumps_plain(value: Any) -> bytes:
+    """In-band pickle; cloudpickle fallback.  Raises TypeError naming the problem."""
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:
+        pass
+    try:
+        return cloudpickle.dumps(value, protocol=5)
+    except Exception as e:  # noqa: BLE001 - reported with the type that failed
+        raise TypeError(f"cannot serialize {type(value).__name__} object: {e}") from e
+
+
+def serialize(value: Any, inline_max: int) -> tuple[int, Any, list[int], int]:
+    """Return (kind, payload_or_parts, contained_ref_ids, nbytes).
+
+    For INLINE, payload is bytes.  For a large value, kind is ARENA and payload is
+    ``(header, buffers)`` still to be written by ``write_arena``.
+    """
+    prev = getattr(_tls, "refs", None)
+    refs: list[int] = []
+    _tls.refs = refs
+    try:
+        bufs: list[pickle.PickleBuffer] = []
+        try:
+            header = pickle.dumps(value, protocol=5, buffer_callback=bufs.append)
+        except Exception:
+            bufs.clear()
+            refs.clear()
+            try:
+                header = cloudpickle.dumps(value, protocol=5, buffer_callback=bufs.append)
+            except Exception as e:  # noqa: BLE001
+                raise TypeError(
+                    f"cannot serialize {type(value).__name__} object: {type(e).__name__}: {e}"
+                ) from e
+    finally:
+        _tls.refs = prev
+    if not bufs:
+        if len(header) <= inline_max:
+            return INLINE, header, refs, len(header)
+        return ARENA, (header, []), refs, len(header)
+    raws = [b.raw() for b in bufs]
+    nbytes = len(header) + sum(r.nbytes for r in raws)
+    if nbytes <= inline_max:
+        # small arrays: keep them in-band so the message stays one bytes object
+        _tls.refs = []
+        try:
+            data = dumps_plain(value)
+        finally:
+            _tls.refs = prev
+        return INLINE, data, refs, len(data)
+    return ARENA, (header, raws), refs, nbytes
+
+
+def arena_layout(header: bytes, raws: list) -> tuple[int, tuple]:
+    """Total bytes and buffer placement (64-byte aligned) for an ARENA value."""
+    pos = align_up(len(header))
+    places = []
+    for r in raws:
+        places.append((pos, r.nbytes))
+        pos = align_up(pos + r.nbytes)
+    return max(pos, 1), tuple(places)
+
+
+def write_arena(arena_mv: memoryview, offset: int, header: bytes, raws: list, places) -> None:
+    arena_mv[offset : offset + len(header)] = header
+    for (rel, n), r in zip(places, raws):
+        if n:
+            arena_mv[offset + rel : offset + rel + n] = r.cast("B") if r.format != "B" else r
+
+
+def loads_inline(payload: bytes) -> Any:
+    return pickle.loads(payload)
+
+
+def loads_arena(base, desc) -> Any:
+    """Deserialize from ``base``: a read-only uint8 ndarray over the object's range."""
+    _offset, hlen, places, _total = desc
+    header = base[:hlen].tobytes() if hlen else b""
+    return pickle.loads(header, buffers=[base[rel : rel + n] for rel, n in places])

@@ -1,0 +1,177 @@
+"""Worker processes: forked from the node, run one task at a time.
+
+Data flow::
+
+    node ──EXEC (fid, [fblob], args, resolved deps)──▶ down ring ──▶ worker_main loop
+                                                                      │ resolve args (zero-copy)
+                                                                      │ fn(*args, **kwargs)
+                                                                      ▼ serialise returns
+    node ◀──────────────── DONE (tid, status, results) ◀── up ring ◀──┘ (ALLOC first if large)
+
+A task that calls ``get``/``wait`` on unfinished objects reports BLOCKED so the node can
+lend its CPU to another worker (nested tasks never deadlock), then UNBLOCKED.
+Cancellation arrives as SIGUSR1 with the target task id in a shared slot; the handler
+raises only while that very task runs user code, so a late signal is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import sys
+
+from . import _global
+from . import exceptions as exc
+from . import protocol as P
+from .client import Client
+from .serialization import ARENA, ERROR
+
+_MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPICH_", "I_MPI_", "PRTE_")
+
+
+class _Cancelled(KeyboardInterrupt):
+    """Raised inside a running task that mpray.cancel() interrupted."""
+
+
+def strip_mpi_environment() -> None:
+    """Workers must never initialise MPI (FACTS.md): hide the launcher's variables."""
+    for k in [k for k in os.environ if k.startswith(_MPI_ENV_PREFIXES)]:
+        del os.environ[k]
+
+
+def _retryable(e: BaseException, retry_exc) -> bool:
+    if retry_exc is True:
+        return isinstance(e, Exception)
+    if not retry_exc:
+        return False
+    try:
+        classes = pickle.loads(retry_exc)
+    except Exception:  # noqa: BLE001
+        return False
+    return isinstance(e, tuple(classes))
+
+
+class WorkerLoop:
+    def __init__(self, client: Client, wid: int, cancel_slot) -> None:
+        self.client = client
+        self.wid = wid
+        self.funcs: dict[int, object] = {}
+        self.cancel_slot = cancel_slot
+        self.in_user = False
+        self.pid = os.getpid()
+        self.host = socket.gethostname()
+        self.base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    def on_cancel_signal(self, signum, frame) -> None:
+        target = int.from_bytes(self.cancel_slot[:8], "little")
+        cur = self.client.current_task
+        if self.in_user and cur is not None and (cur & (2**63 - 1)) == target:
+            raise _Cancelled()
+
+    def serve(self) -> None:
+        client = self.client
+        q = client.exec_queue
+        while not client.stop_requested:
+            if not q:
+                client.pump(None)
+                continue
+            self.run(q.pop(0))
+
+    def run(self, msg: tuple) -> None:
+        _, tid, fid, fblob, name, args_blob, deps, nret, gpus, retry_exc = msg
+        client = self.client
+        client.current_task = tid
+        stored: list[tuple] = []
+        retryable = False
+        try:
+            fn = self.funcs.get(fid)
+            if fn is None:
+                if fblob is None:
+                    raise exc.RaySystemError(f"function {name} (id {fid}) was never registered")
+                fn = self.funcs[fid] = pickle.loads(fblob)
+            if gpus:
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+            args, kwargs = pickle.loads(args_blob)
+            for pos, oid, kind, payload in deps:
+                value = client.materialize(oid, kind, payload)
+                if isinstance(pos, int):
+                    args[pos] = value
+                else:
+                    kwargs[pos] = value
+            self.in_user = True
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                self.in_user = False
+            del args, kwargs
+            if nret == 1:
+                outs = (result,)
+            elif nret == 0:
+                outs = ()
+            else:
+                outs = tuple(result)
+                if len(outs) != nret:
+                    raise ValueError(
+                        f"task {name} declared num_returns={nret} but returned {len(outs)} values"
+                    )
+            del result
+            for i, v in enumerate(outs):
+                try:
+                    kind, payload, contained = client.store_value(v)
+                except TypeError as e:
+                    raise TypeError(
+                        f"could not serialize return value {i} of task {name} "
+                        f"({type(v).__name__}): {e}"
+                    ) from e
+                stored.append((tid + 1 + i, kind, payload, contained))
+            del outs
+            status = P.OK
+        except BaseException as e:  # noqa: BLE001 - every failure becomes the task's error
+            self.in_user = False
+            for _oid, kind, payload, _c in stored:
+                if kind == ARENA:
+                    client.send([(P.FREE_RANGE, payload[0])])
+            if isinstance(e, _Cancelled):
+                err: BaseException = exc.TaskCancelledError(P.id_hex(tid))
+            else:
+                err = exc.RayTaskError.from_exception(e, name, self.pid, self.host)
+                retryable = _retryable(e, retry_exc)
+            payload = pickle.dumps(err, protocol=5)
+            stored = [(tid + 1 + i, ERROR, payload, ()) for i in range(nret)]
+            status = P.APP_ERROR
+            e = None  # drop the traceback's frames (and the values they hold) now
+        finally:
+            client.current_task = None
+            if gpus:
+                if self.base_cuda is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = self.base_cuda
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001
+            pass
+        client.send([(P.DONE, tid, status, stored, retryable)])
+
+
+def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem) -> None:
+    from .node import set_parent_death_signal
+
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != node_pid:
+        return
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    strip_mpi_environment()
+    os.environ["MPRAY_WORKER_ID"] = str(wid)
+    client = Client(
+        proc=wid, rank=setup.rank, up=up, down=down, my_bell=bell, node_bell=node_bell,
+        arena=setup.arena, inline_max=setup.inline_max, node_pid=node_pid, node_pidfd=None,
+    )
+    _global.client = client
+    loop = WorkerLoop(client, wid, memoryview(mem)[64:72])
+    signal.signal(signal.SIGUSR1, loop.on_cancel_signal)
+    loop.serve()
