@@ -6,6 +6,7 @@ from typing import Any
 
 client: Any = None  # mpray.client.Client once init() ran (or in a worker process)
 session: Any = None  # mpray.api._Session in the driver
+node_id: str = ""  # hex id of the node this process belongs to
 
 
 def client_or_raise() -> Any:

@@ -56,7 +56,7 @@ class Allocator:
 
     def free(self, offset: int) -> int:
         """Release the range starting at ``offset``; returns its size."""
-        size = self._live.pop(offset)
+        released = size = self._live.pop(offset)
         self.used -= size
         starts, sizes = self._starts, self._sizes
         i = bisect.bisect_left(starts, offset)
@@ -70,7 +70,7 @@ class Allocator:
         else:
             starts.insert(i, offset)
             sizes[offset] = size
-        return size
+        return released
 
     def largest_free(self) -> int:
         return max(self._sizes.values(), default=0)

@@ -41,7 +41,7 @@ class _Session:
         self.node_pidfd = node_pidfd
         self.setup = setup
         self.session_dir = session_dir
-        self.node_id = format(hash((socket.gethostname(), node_pid, time.time_ns())) & (2**64 - 1), "016x")
+        self.node_id = setup.node_id
         self.started = time.time()
 
 
@@ -118,6 +118,7 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
         gpu_ids=cfg.gpu_ids, arena_size=cfg.object_store_memory, inline_max=cfg.inline_max,
         worker_ring_bytes=cfg.worker_ring_bytes, max_workers=cfg.max_workers,
         idle_timeout=cfg.idle_worker_timeout, session_dir=session_dir,
+        pipeline_depth=cfg.pipeline_depth, node_id=os.urandom(8).hex(),
     )
     driver_pid = os.getpid()
     import sys
@@ -143,6 +144,7 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
         id_start=_next_driver_id(),
     )
     _global.session = _Session(cfg, pid, node_pidfd, setup, session_dir)
+    _global.node_id = setup.node_id
     _global.session.namespace = namespace
     _global.client = client
     atexit.register(shutdown)

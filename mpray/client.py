@@ -131,7 +131,7 @@ class Client:
             return
         if self._send_lock.acquire(False):
             try:
-                if self._incref or self._decref or self._unpin:
+                if self._incref or self._decref or self._unpin or self._pending:
                     self._send_locked([])
             except Exception:
                 pass
@@ -180,7 +180,13 @@ class Client:
                 if futs:
                     self._resolve_futures(oid, futs)
         elif op == P.EXEC:
-            self.exec_queue.append(msg)
+            if self.blocked:  # never queue work behind a task that waits: hand it back
+                self._pending.append((P.RETURN, [msg[1]]))
+                self._flush_soon()
+            else:
+                self.exec_queue.append(msg)
+        elif op == P.DROP:
+            self.exec_queue[:] = [m for m in self.exec_queue if m[1] != msg[1]]
         elif op == P.ALLOC_OK or op == P.REPLY:
             self._replies[msg[1]] = msg
         elif op == P.STOP:
@@ -252,7 +258,10 @@ class Client:
             return True
         if self.is_worker and not self.blocked and self.current_task is not None:
             self.blocked = True
-            self.send([(P.BLOCKED,)])
+            self._drain()
+            returned = [m[1] for m in self.exec_queue]
+            self.exec_queue.clear()
+            self.send([(P.BLOCKED, returned)])
             try:
                 return self.wait_until(pred, deadline)
             finally:
@@ -290,8 +299,7 @@ class Client:
 
     def put(self, value: Any) -> int:
         kind, payload, contained = self.store_value(value)
-        oid = self.new_ids(0)
-        self.add_ref(oid, borrowed=False)
+        oid = self.new_ids(0)  # the caller wraps it in an ObjectRef, which counts it
         self._values[oid] = (kind, payload)
         self.send([(P.PUT, oid, kind, payload, contained)])
         return oid
@@ -365,13 +373,14 @@ class Client:
         return {o for o in oids if o in values}
 
     # ------------------------------------------------------------------ futures
-    def future(self, oid: int):
+    def future(self, oid: int, ref=None):
         import concurrent.futures
 
         fut: concurrent.futures.Future = concurrent.futures.Future()
         if oid in self._values:
             self._resolve_futures(oid, [fut])
             return fut
+        fut._mpray_ref = ref  # the future keeps its object alive until it resolves
         self._futures.setdefault(oid, []).append(fut)
         self._subscribe([oid] if self._needs_subscription(oid) else [])
         if oid in self._values:  # arrived meanwhile
@@ -389,6 +398,7 @@ class Client:
                 f.set_result(self.materialize(oid, kind, payload))
             except BaseException as e:  # noqa: BLE001 - delivered to the future
                 f.set_exception(e)
+            f._mpray_ref = None
 
     def _ensure_future_thread(self) -> None:
         t = self._future_thread

@@ -45,6 +45,7 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("inline_max", "MPRAY_INLINE_MAX", "values up to this many bytes travel inline (100 KiB)"),
     ("max_workers", "MPRAY_MAX_WORKERS", "cap on non-blocked workers (default 2 × CPUs, at least 4)"),
     ("idle_worker_timeout", "MPRAY_IDLE_WORKER_TIMEOUT", "seconds before an extra idle worker exits (10)"),
+    ("pipeline_depth", "MPRAY_PIPELINE_DEPTH", "tasks queued per busy worker, running one included (2)"),
     ("tmpdir", "MPRAY_TMPDIR", "parent of the session directory (TMPDIR, else /tmp)"),
     ("driver_ring_bytes", "MPRAY_DRIVER_RING_BYTES", "ring size driver <-> node (8 MiB)"),
     ("worker_ring_bytes", "MPRAY_WORKER_RING_BYTES", "ring size worker <-> node (1 MiB)"),
@@ -60,6 +61,7 @@ class Config:
     object_store_memory: int = 256 * MB
     inline_max: int = 100 * KB
     max_workers: int = 0
+    pipeline_depth: int = 2
     idle_worker_timeout: float = 10.0
     tmpdir: str = "/tmp"
     driver_ring_bytes: int = 8 * MB
@@ -131,7 +133,8 @@ def resolve(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Co
         raise ValueError(f"object_store_memory must be an integer of at least 1 MiB, not {osm!r}")
     c.object_store_memory = osm
     c.task_memory = max(R.detect_memory_bytes() - osm, 0)
-    for name, envname in (("inline_max", "MPRAY_INLINE_MAX"), ("max_workers", "MPRAY_MAX_WORKERS")):
+    for name, envname in (("inline_max", "MPRAY_INLINE_MAX"), ("max_workers", "MPRAY_MAX_WORKERS"),
+                          ("pipeline_depth", "MPRAY_PIPELINE_DEPTH")):
         v = args.get(name)
         if v is None:
             v = _env_int(env, envname)

@@ -72,6 +72,8 @@ class NodeSetup:
     max_workers: int
     idle_timeout: float
     session_dir: str
+    pipeline_depth: int = 2
+    node_id: str = ""
     rank: int = 0
 
 
@@ -82,6 +84,7 @@ class Node:
         self.sched = Scheduler(
             setup.resources, setup.gpu_ids, setup.arena_size,
             max_workers=setup.max_workers, idle_timeout=setup.idle_timeout,
+            pipeline_depth=setup.pipeline_depth,
         )
         self.bell = setup.node_bell
         self.channels: dict[int, Channel] = {
@@ -162,41 +165,53 @@ class Node:
 
     # ------------------------------------------------------------------ events
     def _handle(self, proc: int, frames: list[bytes]) -> None:
-        s = self.sched
         for frame in frames:
             for m in pickle.loads(frame):
-                op = m[0]
-                if op == P.SUBMIT:
-                    s.submit(proc, m[1])
-                elif op == P.REFS:
-                    s.refs(proc, m[1], m[2])
-                elif op == P.DONE:
-                    if proc in s.workers:
-                        s.task_done(proc, m[1], m[2], m[3], m[4])
-                elif op == P.PUT:
-                    s.put(proc, m[1], m[2], m[3], m[4])
-                elif op == P.SUBSCRIBE:
-                    s.subscribe(proc, m[1])
-                elif op == P.PIN:
-                    s.pin(proc, m[1])
-                elif op == P.UNPIN:
-                    s.unpin(proc, m[1])
-                elif op == P.ALLOC:
-                    s.allocate(proc, m[1], m[2])
-                elif op == P.FREE_RANGE:
-                    s.free_range(proc, m[1])
-                elif op == P.BLOCKED:
-                    s.worker_blocked(proc)
-                elif op == P.UNBLOCKED:
-                    s.worker_unblocked(proc)
-                elif op == P.FUNC:
-                    s.register_function(m[1], m[2])
-                elif op == P.CANCEL:
-                    s.cancel(m[1], m[2], m[3])
-                elif op == P.QUERY:
-                    s.out[proc].append((P.REPLY, m[1], self._query(m[2])))
-                elif op == P.SHUTDOWN:
-                    self.running = False
+                try:
+                    self._event(proc, m)
+                except Exception:  # noqa: BLE001 - a bug must be loud, not kill the node
+                    import traceback
+
+                    print(f"mpray node (pid {os.getpid()}): internal error handling "
+                          f"message {m[:2]!r} from process {proc}:", file=sys.stderr)
+                    traceback.print_exc()
+
+    def _event(self, proc: int, m: tuple) -> None:
+        s = self.sched
+        op = m[0]
+        if op == P.SUBMIT:
+            s.submit(proc, m[1])
+        elif op == P.REFS:
+            s.refs(proc, m[1], m[2])
+        elif op == P.DONE:
+            if proc in s.workers:
+                s.task_done(proc, m[1], m[2], m[3], m[4])
+        elif op == P.PUT:
+            s.put(proc, m[1], m[2], m[3], m[4])
+        elif op == P.SUBSCRIBE:
+            s.subscribe(proc, m[1])
+        elif op == P.PIN:
+            s.pin(proc, m[1])
+        elif op == P.UNPIN:
+            s.unpin(proc, m[1])
+        elif op == P.ALLOC:
+            s.allocate(proc, m[1], m[2])
+        elif op == P.FREE_RANGE:
+            s.free_range(proc, m[1])
+        elif op == P.BLOCKED:
+            s.worker_blocked(proc, m[1])
+        elif op == P.RETURN:
+            s.tasks_returned(proc, m[1])
+        elif op == P.UNBLOCKED:
+            s.worker_unblocked(proc)
+        elif op == P.FUNC:
+            s.register_function(m[1], m[2])
+        elif op == P.CANCEL:
+            s.cancel(m[1], m[2], m[3])
+        elif op == P.QUERY:
+            s.out[proc].append((P.REPLY, m[1], self._query(m[2])))
+        elif op == P.SHUTDOWN:
+            self.running = False
 
     def _query(self, what: str):
         s = self.sched
@@ -258,9 +273,11 @@ class Node:
         for _ in range(int(s.total.get("CPU", 1))):
             self.start_worker()
         bell = self.bell
+        channels = self.channels
+        flushed = True
         while self.running:
             busy = False
-            for proc, ch in list(self.channels.items()):
+            for proc, ch in list(channels.items()):
                 frames = ch.up.pop_all()
                 if frames:
                     busy = True
@@ -269,24 +286,26 @@ class Node:
                 self._child_exited = False
                 self._reap()
                 busy = True
-            s.schedule()
-            self._act()
-            flushed = self._flush()
+            if busy or not flushed:
+                s.schedule()
+                self._act()
+                flushed = self._flush()
             now = time.monotonic()
             if now - self._last_tick > 1.0:
                 self._last_tick = now
                 s.tick(now)
                 self._act()
+                flushed = self._flush()
                 if os.getppid() != self.driver_pid:
                     break
-            if busy:
-                continue
+            if not self.running:
+                break
+            # go to sleep unless something arrived meanwhile (announce first, then look)
             bell.sleep_begin()
-            if any(ch.up.has_data() for ch in self.channels.values()) or self._child_exited:
+            if self._child_exited or any(ch.up.has_data() for ch in channels.values()):
                 bell.sleep_end()
                 continue
-            dead = bell.wait(0.001 if not flushed else 1.0, (self._driver_pidfd,))
-            if dead:
+            if bell.wait(0.001 if not flushed else 1.0, (self._driver_pidfd,)):
                 break  # the driver is gone: clean up below
         self.shutdown()
 

@@ -65,7 +65,7 @@ class ObjectRef:
 
     def future(self):
         """A concurrent.futures.Future resolved with the object's value (or error)."""
-        return _global.client_or_raise().future(self.id)
+        return _global.client_or_raise().future(self.id, self)
 
     def __await__(self):
         return asyncio.wrap_future(self.future()).__await__()

@@ -12,7 +12,8 @@ Upstream (driver/worker ─▶ node)                 Downstream (node ─▶ dri
   PIN / UNPIN (op, oids)                           REPLY      (op, req, data)
   ALLOC   (op, req, nbytes)                        STOP       (op,)
   DONE    (op, tid, status, results, retryable)
-  BLOCKED / UNBLOCKED (op,)
+  BLOCKED (op, returned_tids) / UNBLOCKED (op,)
+  RETURN  (op, tids)                               DROP       (op, tid)
   CANCEL  (op, tid, force, recursive)
   FUNC    (op, fid, blob)
   QUERY   (op, req, what)
@@ -41,6 +42,7 @@ FUNC = 12
 QUERY = 13
 SHUTDOWN = 14
 FREE_RANGE = 15  # (op, offset): an ALLOC whose value was never sealed
+RETURN = 16  # (op, tids): pipelined tasks handed back unstarted
 
 # downstream
 OBJ = 32
@@ -48,6 +50,7 @@ EXEC = 33
 ALLOC_OK = 34
 REPLY = 35
 STOP = 36
+DROP = 37  # (op, tid): forget a queued task (it was cancelled)
 
 # DONE status
 OK = 0

@@ -79,7 +79,8 @@ def validate_options(opts: dict, allowed: set[str], what: str) -> dict:
     return opts
 
 
-def resource_request(opts: dict, default_cpus: float = 1.0) -> dict[str, float]:
+def resource_request(opts: dict, default_cpus: float = 1.0) -> tuple:
+    """The task's resource shape: sorted ((name, amount), ...), the scheduler's queue key."""
     cpus = opts.get("num_cpus")
     res = {"CPU": float(default_cpus if cpus is None else cpus)}
     if opts.get("num_gpus"):
@@ -88,7 +89,7 @@ def resource_request(opts: dict, default_cpus: float = 1.0) -> dict[str, float]:
         res["memory"] = float(opts["memory"])
     for k, v in (opts.get("resources") or {}).items():
         res[k] = float(v)
-    return {k: v for k, v in res.items() if v}
+    return tuple(sorted((k, v) for k, v in res.items() if v))
 
 
 class _Prepared:
@@ -169,7 +170,7 @@ class RemoteFunction:
     def __init__(self, fn: Callable, options: dict) -> None:
         self._function = fn
         self._options = validate_options(dict(options), TASK_OPTIONS, "task")
-        self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
+        self._name = getattr(fn, "__name__", "function")
         self.__name__ = getattr(fn, "__name__", "remote_function")
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -184,7 +185,9 @@ class RemoteFunction:
         )
 
     def __reduce__(self):
-        return (_rebuild_remote_function, (cloudpickle.dumps(self._function), self._options))
+        # the function object itself, not pre-pickled bytes: a recursive remote function
+        # (fib calling fib.remote) is a cycle the (cloud)pickler's memo resolves
+        return (_rebuild_remote_function, (self._function, self._options))
 
     def options(self, **opts) -> "_BoundOptions":
         merged = {**self._options, **validate_options(dict(opts), TASK_OPTIONS, "task")}
@@ -220,6 +223,8 @@ class RemoteFunction:
         del keep  # the task holds its promoted arguments now
         if nret == 1:
             return ObjectRef(tid + 1, True, tid)
+        if nret == 0:
+            return None
         return [ObjectRef(tid + 1 + i, True, tid) for i in range(nret)]
 
 
@@ -235,5 +240,5 @@ class _BoundOptions:
         return self._rf(*args, **kwargs)
 
 
-def _rebuild_remote_function(blob: bytes, options: dict) -> RemoteFunction:
-    return RemoteFunction(pickle.loads(blob), options)
+def _rebuild_remote_function(fn: Callable, options: dict) -> RemoteFunction:
+    return RemoteFunction(fn, options)

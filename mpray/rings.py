@@ -66,7 +66,7 @@ class Ring:
     both ends; each end only calls its own half of the methods.
     """
 
-    __slots__ = ("_idx", "_data", "_cap", "_mask", "_max_frag", "_partial", "_mv")
+    __slots__ = ("_idx", "_data", "_cap", "_mask", "_max_frag", "_min_frag", "_partial", "_mv")
 
     def __init__(self, buf, offset: int, capacity: int) -> None:
         if capacity & (capacity - 1) or capacity < 64:
@@ -78,6 +78,7 @@ class Ring:
         self._cap = capacity
         self._mask = capacity - 1
         self._max_frag = capacity // 4
+        self._min_frag = min(64, self._max_frag)  # smaller fragments of big frames: wait
         self._partial: list[bytes] = []
 
     # -- producer side -----------------------------------------------------------------
@@ -85,10 +86,12 @@ class Ring:
         return self._cap - (self._idx[0] - self._idx[8])
 
     def try_push(self, frame: bytes | memoryview) -> int:
-        """Write as much of ``frame`` as fits now; return how many payload bytes went in.
+        """Write as much of ``frame`` as fits now.
 
-        A frame that does not fit whole is written as fragments, so a caller that gets a
-        partial count must push the rest (``frame[n:]``) later, before any other frame.
+        Returns the payload bytes written, or -1 when nothing at all could be written
+        (so an empty frame reports 0 only once its header is in).  A frame that does not
+        fit whole goes in as fragments: the caller must push the rest (``frame[n:]``)
+        later, before any other frame.
         """
         idx = self._idx
         head = idx[0]
@@ -99,14 +102,12 @@ class Ring:
         data = self._data
         mask = self._mask
         cap = self._cap
-        while True:
+        while free >= 8:
             room = free - 8
-            if room <= 0:
-                break
             rest = n - done
             chunk = min(rest, self._max_frag, room)
-            if chunk < rest and chunk < 64 and rest > 64:
-                break  # not worth a tiny fragment; wait for space
+            if chunk < rest and (chunk <= 0 or (chunk < self._min_frag and rest > 64)):
+                break  # no room, or not worth a tiny fragment of a big frame: wait
             pos = head & mask
             last = chunk == rest
             _pack_q(data, pos, chunk if last else chunk | _MORE)
@@ -125,23 +126,28 @@ class Ring:
             wrote = True
             if last:
                 break
-        if wrote:
-            idx[0] = head  # publish after the data (TSO keeps the order)
+        if not wrote:
+            return -1
+        idx[0] = head  # publish after the data (TSO keeps the order)
         return done
 
     def push(self, frame: bytes, wake=None, deadline: float | None = None) -> None:
         """Write a whole frame, waiting for space (consumers always drain eventually)."""
         mv = memoryview(frame)
-        done = self.try_push(mv)
+        done = 0
         delay = 20e-6
-        while done < len(mv):
+        while True:
+            k = self.try_push(mv[done:])
+            if k >= 0:
+                done += k
+                if done == len(mv):
+                    return
             if wake is not None:
                 wake()
             time.sleep(delay)
             delay = min(delay * 2, 2e-3)
             if deadline is not None and time.monotonic() > deadline:
                 raise RingClosed("timed out waiting for ring space (peer not consuming)")
-            done += self.try_push(mv[done:])
 
     # -- consumer side -----------------------------------------------------------------
     def has_data(self) -> bool:
@@ -191,11 +197,13 @@ class Ring:
 class Doorbell:
     """An eventfd plus a shared "I am going to sleep" word for one consuming process."""
 
-    __slots__ = ("fd", "_flag")
+    __slots__ = ("fd", "_flag", "_poll", "_watched")
 
     def __init__(self, fd: int, flag_buf, flag_offset: int) -> None:
         self.fd = fd
         self._flag = memoryview(flag_buf)[flag_offset : flag_offset + 8].cast("q")
+        self._poll = None  # made lazily in the consuming process (after fork)
+        self._watched: tuple[int, ...] = ()
 
     @classmethod
     def create(cls, flag_buf, flag_offset: int) -> "Doorbell":
@@ -231,19 +239,33 @@ class Doorbell:
 
         The caller must have called ``sleep_begin()`` and re-checked its rings first.
         """
-        p = select.poll()
-        p.register(self.fd, select.POLLIN)
-        for fd in extra_fds:
-            p.register(fd, select.POLLIN)
+        p = self._poll
+        if p is None or extra_fds != self._watched:
+            p = self._poll = select.poll()
+            p.register(self.fd, select.POLLIN)
+            for fd in extra_fds:
+                p.register(fd, select.POLLIN)
+            self._watched = extra_fds
         ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
         try:
             ready = p.poll(ms)
         finally:
-            self.sleep_end()
-        return [fd for fd, _ in ready if fd != self.fd]
+            self._flag[0] = 0
+        fd0 = self.fd
+        out = []
+        for fd, _ in ready:
+            if fd == fd0:
+                try:
+                    os.eventfd_read(fd0)
+                except BlockingIOError:
+                    pass
+            else:
+                out.append(fd)
+        return out
 
     def close(self) -> None:
         self._flag.release()
+        self._poll = None
         try:
             os.close(self.fd)
         except OSError:
@@ -253,32 +275,26 @@ class Doorbell:
 class Outbox:
     """Frames waiting for ring space, for a producer that must never block (the node)."""
 
-    __slots__ = ("ring", "pending", "_cur")
+    __slots__ = ("ring", "pending")
 
     def __init__(self, ring: Ring) -> None:
         self.ring = ring
-        self.pending: list[memoryview] = []
-        self._cur = 0
+        self.pending: list[memoryview] = []  # pending[0] may be a frame's unwritten rest
 
     def send(self, frame: bytes) -> bool:
         """Queue a frame and write what fits; True when everything is written."""
-        if self.pending:
-            self.pending.append(memoryview(frame))
-            return self.flush()
-        mv = memoryview(frame)
-        done = self.ring.try_push(mv)
-        if done < len(mv):
-            self.pending.append(mv[done:])
-            return False
-        return True
+        self.pending.append(memoryview(frame))
+        return self.flush()
 
     def flush(self) -> bool:
         pending = self.pending
         while pending:
             mv = pending[0]
-            done = self.ring.try_push(mv)
-            if done < len(mv):
-                pending[0] = mv[done:]
+            k = self.ring.try_push(mv)
+            if k < 0:
+                return False
+            if k < len(mv):
+                pending[0] = mv[k:]
                 return False
             pending.pop(0)
         return True

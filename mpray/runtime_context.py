@@ -10,10 +10,7 @@ from .protocol import id_hex
 
 class RuntimeContext:
     def get_node_id(self) -> str:
-        s = _global.session
-        if s is not None:
-            return s.node_id
-        return os.environ.get("MPRAY_NODE_ID", "")
+        return _global.node_id
 
     def get_task_id(self) -> str | None:
         c = _global.client

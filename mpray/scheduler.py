@@ -34,6 +34,7 @@ from .serialization import ARENA, ERROR, INLINE
 
 
 class TaskState(enum.Enum):
+    __hash__ = object.__hash__  # Enum hashes by name in Python; identity is C-fast
     PENDING_ARGS = "PENDING_ARGS"
     READY = "READY"
     DISPATCHED = "DISPATCHED"
@@ -44,6 +45,7 @@ class TaskState(enum.Enum):
 
 
 class ObjState(enum.Enum):
+    __hash__ = object.__hash__  # Enum hashes by name in Python; identity is C-fast
     PENDING = "PENDING"
     INLINE = "INLINE"
     IN_ARENA = "IN_ARENA"
@@ -51,6 +53,7 @@ class ObjState(enum.Enum):
 
 
 class WorkerState(enum.Enum):
+    __hash__ = object.__hash__  # Enum hashes by name in Python; identity is C-fast
     STARTING = "STARTING"
     IDLE = "IDLE"
     BUSY = "BUSY"
@@ -62,7 +65,8 @@ T, O, W = TaskState, ObjState, WorkerState
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     T.PENDING_ARGS: frozenset({T.READY, T.FAILED, T.CANCELLED}),
     T.READY: frozenset({T.DISPATCHED, T.FAILED, T.CANCELLED}),
-    T.DISPATCHED: frozenset({T.FINISHED, T.FAILED, T.RETRYING, T.CANCELLED}),
+    # DISPATCHED -> READY: a pipelined task handed back unstarted (its worker blocked/died)
+    T.DISPATCHED: frozenset({T.READY, T.FINISHED, T.FAILED, T.RETRYING, T.CANCELLED}),
     T.RETRYING: frozenset({T.READY, T.CANCELLED}),
     T.FINISHED: frozenset(),
     T.FAILED: frozenset(),
@@ -83,6 +87,13 @@ WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
 }
 
 
+def _amount(shape: tuple, name: str) -> float:
+    for k, v in shape:
+        if k == name:
+            return v
+    return 0.0
+
+
 class TransitionError(RuntimeError):
     """An event asked for a transition the state table does not allow (a bug)."""
 
@@ -98,52 +109,62 @@ def _move(entity, new, table, what: str) -> None:
     entity.history.append(new)
 
 
-@dataclass(eq=False)
 class Task:
-    key: int
-    spec: tuple
-    owner: int
-    parent: int | None
-    resources: dict[str, float]
-    retries_left: int
-    state: TaskState = T.PENDING_ARGS
-    missing: int = 0
-    worker: int | None = None
-    cancel: bool = False
-    history: list = field(default_factory=lambda: [T.PENDING_ARGS])
+    __slots__ = ("key", "spec", "owner", "parent", "resources", "retries_left", "state",
+                 "missing", "worker", "cancel", "history")
 
-    @property
-    def shape(self) -> tuple:
-        return tuple(sorted(self.resources.items()))
+    def __init__(self, key: int, spec: tuple, owner: int, parent: int | None,
+                 resources: tuple, retries_left: int) -> None:
+        self.key = key
+        self.spec = spec
+        self.owner = owner
+        self.parent = parent
+        self.resources = resources  # ((name, amount), ...) sorted: the ready-queue key
+        self.retries_left = retries_left
+        self.state = T.PENDING_ARGS
+        self.missing = 0
+        self.worker: int | None = None
+        self.cancel = False
+        self.history = [T.PENDING_ARGS]
 
     @property
     def returns(self) -> range:
         return range(self.key + 1, self.key + 1 + self.spec[P.S_NRET])
 
 
-@dataclass(eq=False)
+_EMPTY: frozenset = frozenset()
+
+
 class Obj:
-    key: int
-    owner: int
-    state: ObjState = O.PENDING
-    kind: int = INLINE
-    payload: Any = None
-    procs: set = field(default_factory=set)
-    task_refs: int = 0
-    contained_in: int = 0
-    contains: tuple = ()
-    pins: dict = field(default_factory=dict)
-    subscribers: set = field(default_factory=set)
-    waiting_tasks: list = field(default_factory=list)
-    history: list = field(default_factory=lambda: [O.PENDING])
+    """One object's directory entry.  Rarely used containers start as shared empties and
+    are created on first write (most objects never get pins, subscribers or waiters)."""
+
+    __slots__ = ("key", "owner", "state", "kind", "payload", "procs", "task_refs",
+                 "contained_in", "contains", "pins", "subscribers", "waiting_tasks", "history")
+
+    def __init__(self, key: int, owner: int) -> None:
+        self.key = key
+        self.owner = owner
+        self.state = O.PENDING
+        self.kind = INLINE
+        self.payload: Any = None
+        self.procs: set = set()
+        self.task_refs = 0
+        self.contained_in = 0
+        self.contains: tuple = ()
+        self.pins: dict = {}
+        self.subscribers: set = _EMPTY  # type: ignore[assignment]
+        self.waiting_tasks: list = []
+        self.history = [O.PENDING]
 
 
 @dataclass(eq=False)
 class Worker:
     key: int
     state: WorkerState = W.STARTING
-    task: int | None = None
-    held: dict = field(default_factory=dict)
+    task: int | None = None  # the task running now: queue[0]
+    queue: collections.deque = field(default_factory=collections.deque)
+    held: tuple = ()  # the lease: resource shape of the running task
     gpus: tuple = ()
     fids: set = field(default_factory=set)
     idle_since: float = 0.0
@@ -161,6 +182,7 @@ class Scheduler:
         max_workers: int = 0,
         idle_keep: int | None = None,
         idle_timeout: float = 10.0,
+        pipeline_depth: int = 2,
     ) -> None:
         self.total = dict(resources)
         self.avail = dict(resources)
@@ -170,6 +192,9 @@ class Scheduler:
         self.max_workers = max_workers or max(2 * ncpu, 4)
         self.idle_keep = ncpu if idle_keep is None else idle_keep
         self.idle_timeout = idle_timeout
+        # tasks a busy worker may have queued behind its running one: hides the node's
+        # round trip between consecutive tasks at the cost of at most depth-1 waiting
+        self.depth = max(1, pipeline_depth)
         self.tasks: dict[int, Task] = {}
         self.objs: dict[int, Obj] = {}
         self.workers: dict[int, Worker] = {}
@@ -183,6 +208,7 @@ class Scheduler:
         self.out: dict[int, list] = collections.defaultdict(list)
         self.actions: list[tuple] = []
         self.starting = 0
+        self.retiring: set[int] = set()
         self._warned: set = set()
         self.stats = {"submitted": 0, "finished": 0, "failed": 0, "retried": 0}
 
@@ -201,6 +227,8 @@ class Scheduler:
         return o
 
     def _maybe_free(self, o: Obj) -> None:
+        if o.state is O.FREED:
+            return  # already released further down this same event
         if o.procs or o.task_refs or o.contained_in or o.pins or o.state is O.PENDING:
             return
         if o.state is O.IN_ARENA:
@@ -243,10 +271,11 @@ class Scheduler:
         msg = (P.OBJ, oid, kind, payload)
         if o.owner in o.procs:
             self._send(o.owner, msg)
-        for p in o.subscribers:
-            if p != o.owner or o.owner not in o.procs:
-                self._send(p, msg)
-        o.subscribers.clear()
+        if o.subscribers:
+            for p in o.subscribers:
+                if p != o.owner or o.owner not in o.procs:
+                    self._send(p, msg)
+            o.subscribers = _EMPTY
         waiting, o.waiting_tasks = o.waiting_tasks, []
         for tid in waiting:
             t = self.tasks.get(tid)
@@ -285,6 +314,8 @@ class Scheduler:
                 )
                 self._send(proc, (P.OBJ, oid, ERROR, self._error_payload(err)))
             elif o.state is O.PENDING:
+                if o.subscribers is _EMPTY:
+                    o.subscribers = set()
                 o.subscribers.add(proc)
             else:
                 self._send(proc, (P.OBJ, oid, o.kind, o.payload))
@@ -325,6 +356,8 @@ class Scheduler:
     def submit(self, proc: int, spec: tuple) -> None:
         tid = spec[P.S_TID]
         res = spec[P.S_RES]
+        if type(res) is dict:
+            res = tuple(sorted(res.items()))
         parent = None
         if proc != 0:
             w = self.workers.get(proc)
@@ -365,7 +398,7 @@ class Scheduler:
         self._check_feasible(t)
 
     def _check_feasible(self, t: Task) -> None:
-        for name, amount in t.resources.items():
+        for name, amount in t.resources:
             if amount > self.total.get(name, 0) + 1e-9:
                 key = (name, amount)
                 if key not in self._warned:
@@ -378,12 +411,19 @@ class Scheduler:
                     ))
                 return
 
-    def _fits(self, res: dict) -> bool:
+    def _fits(self, res: tuple) -> bool:
         avail = self.avail
-        for name, amount in res.items():
+        for name, amount in res:
             if amount and avail.get(name, 0) < amount - 1e-9:
                 return False
+            if name == "GPU" and amount and self.gpu_free and not self._gpus_fit(amount):
+                return False  # enough GPU in total, but split across devices
         return True
+
+    def _gpus_fit(self, amount: float) -> bool:
+        if amount < 1:
+            return any(free >= amount - 1e-9 for free in self.gpu_free.values())
+        return sum(1 for free in self.gpu_free.values() if free >= 1 - 1e-9) >= amount
 
     def _take_gpus(self, amount: float) -> tuple:
         if amount <= 0 or not self.gpu_free:
@@ -400,7 +440,7 @@ class Scheduler:
         return tuple((g, 1.0) for g in got)
 
     def _enqueue(self, t: Task, front: bool = False) -> None:
-        key = t.shape
+        key = t.resources
         q = self.ready.get(key)
         if q is None:
             q = self.ready[key] = collections.deque()
@@ -428,30 +468,55 @@ class Scheduler:
                     break
                 q.popleft()
                 self._dispatch(t, self.workers[self.idle.pop()])
+            if q and self.depth > 1 and len(q) >= 2 * len(self.workers):
+                # a backlog: queue behind running tasks.  Not for a short queue, where a
+                # task parked behind a long one would wait while another worker idles.
+                self._pipeline(key, q)
             if not q:
                 del self.ready[key]
-        if want:
+        want -= self.starting  # workers already being started will take some of them
+        if want > 0:
             active = sum(1 for w in self.workers.values() if w.state is not W.BLOCKED)
             want = min(want, self.max_workers - active - self.starting)
             for _ in range(max(0, want)):
                 self.starting += 1
                 self.actions.append(("start_worker",))
 
-    def _could_run(self, res: dict, queued: int) -> int:
+    def _pipeline(self, key: tuple, q: collections.deque) -> None:
+        """Queue ready tasks behind running ones of the same shape (bounded depth)."""
+        for w in self.workers.values():
+            if not q:
+                return
+            if w.state is not W.BUSY or len(w.queue) >= self.depth or w.gpus:
+                continue
+            if w.held != key:
+                continue
+            while q and len(w.queue) < self.depth:
+                t = self.tasks.get(q[0])
+                q.popleft()
+                if t is not None and t.state is T.READY:
+                    self._dispatch(t, w)
+
+    def _could_run(self, res: tuple, queued: int) -> int:
         """How many tasks of this shape the free resources admit (bounded by the queue)."""
         n = queued
-        for name, amount in res.items():
+        for name, amount in res:
             if amount:
                 n = min(n, int((self.avail.get(name, 0) + 1e-9) // amount))
         return n
 
     def _dispatch(self, t: Task, w: Worker) -> None:  # noqa: C901 - one message build
         spec = t.spec
-        for name, amount in t.resources.items():
-            if amount:
-                self.avail[name] = self.avail.get(name, 0) - amount
-        w.held = t.resources
-        w.gpus = self._take_gpus(t.resources.get("GPU", 0))
+        if w.state is W.IDLE:  # take a lease on the task's resources
+            for name, amount in t.resources:
+                if amount:
+                    self.avail[name] = self.avail.get(name, 0) - amount
+            w.held = t.resources
+            w.gpus = self._take_gpus(_amount(t.resources, "GPU"))
+            _move(w, W.BUSY, WORKER_TRANSITIONS, "worker")
+            w.idle_since = 0.0
+            w.task = t.key
+        w.queue.append(t.key)
         deps = []
         for pos, oid in spec[P.S_DEPS]:
             o = self.objs[oid]
@@ -461,9 +526,6 @@ class Scheduler:
         if fid not in w.fids:
             fblob = self.funcs.get(fid)
             w.fids.add(fid)
-        _move(w, W.BUSY, WORKER_TRANSITIONS, "worker")
-        w.idle_since = 0.0
-        w.task = t.key
         t.worker = w.key
         _move(t, T.DISPATCHED, TASK_TRANSITIONS, "task")
         self._send(w.key, (
@@ -472,12 +534,12 @@ class Scheduler:
         ))
 
     def _release_worker_resources(self, w: Worker) -> None:
-        for name, amount in w.held.items():
+        for name, amount in w.held:
             if amount and not (name == "CPU" and w.state is W.BLOCKED):
                 self.avail[name] = self.avail.get(name, 0) + amount
         for g, amount in w.gpus:
             self.gpu_free[g] = self.gpu_free.get(g, 0) + amount
-        w.held = {}
+        w.held = ()
         w.gpus = ()
 
     def _store_results(self, t: Task, proc: int, results) -> None:
@@ -499,12 +561,17 @@ class Scheduler:
     def task_done(self, wid: int, tid: int, status: int, results, retryable: bool) -> None:
         w = self.workers[wid]
         t = self.tasks.get(tid)
-        self._release_worker_resources(w)
-        w.task = None
-        if w.state is W.BLOCKED:
-            _move(w, W.BUSY, WORKER_TRANSITIONS, "worker")
-        _move(w, W.IDLE, WORKER_TRANSITIONS, "worker")
-        self.idle.append(wid)
+        if tid in w.queue:
+            w.queue.remove(tid)
+        if w.queue:  # the next pipelined task inherits the lease
+            w.task = w.queue[0]
+        else:
+            self._release_worker_resources(w)
+            w.task = None
+            if w.state is W.BLOCKED:
+                _move(w, W.BUSY, WORKER_TRANSITIONS, "worker")
+            _move(w, W.IDLE, WORKER_TRANSITIONS, "worker")
+            self.idle.append(wid)
         if t is None or t.state is not T.DISPATCHED:
             return
         t.worker = None
@@ -532,12 +599,29 @@ class Scheduler:
         w.idle_since = now
         self.idle.append(wid)
 
-    def worker_blocked(self, wid: int) -> None:
+    def _hand_back(self, w: Worker, tids) -> None:
+        """Pipelined tasks a worker returns unstarted go back to the front of the queue."""
+        for tid in reversed(list(tids)):
+            if tid in w.queue and tid != w.task:
+                w.queue.remove(tid)
+                t = self.tasks.get(tid)
+                if t is not None and t.state is T.DISPATCHED:
+                    t.worker = None
+                    _move(t, T.READY, TASK_TRANSITIONS, "task")
+                    self._enqueue(t, front=True)
+
+    def tasks_returned(self, wid: int, tids) -> None:
+        w = self.workers.get(wid)
+        if w is not None:
+            self._hand_back(w, tids)
+
+    def worker_blocked(self, wid: int, returned=()) -> None:
         w = self.workers[wid]
+        self._hand_back(w, returned)
         if w.state is not W.BUSY:
             return
         _move(w, W.BLOCKED, WORKER_TRANSITIONS, "worker")
-        cpu = w.held.get("CPU", 0)
+        cpu = _amount(w.held, "CPU")
         if cpu:
             self.avail["CPU"] = self.avail.get("CPU", 0) + cpu
 
@@ -546,12 +630,13 @@ class Scheduler:
         if w.state is not W.BLOCKED:
             return
         _move(w, W.BUSY, WORKER_TRANSITIONS, "worker")
-        cpu = w.held.get("CPU", 0)
+        cpu = _amount(w.held, "CPU")
         if cpu:  # may briefly oversubscribe, as Ray does
             self.avail["CPU"] = self.avail.get("CPU", 0) - cpu
 
     def worker_died(self, wid: int, reason: str) -> None:
         w = self.workers.get(wid)
+        self.retiring.discard(wid)
         if w is None or w.state is W.DEAD:
             return
         self._release_worker_resources(w)
@@ -560,6 +645,12 @@ class Scheduler:
         _move(w, W.DEAD, WORKER_TRANSITIONS, "worker")
         del self.workers[wid]
         self.out.pop(wid, None)
+        for tid in list(w.queue)[1:]:  # queued behind the running task: never started
+            q = self.tasks.get(tid)
+            if q is not None and q.state is T.DISPATCHED:
+                q.worker = None
+                _move(q, T.READY, TASK_TRANSITIONS, "task")
+                self._enqueue(q, front=True)
         t = self.tasks.get(w.task) if w.task is not None else None
         if t is not None and t.state is T.DISPATCHED:
             t.worker = None
@@ -583,18 +674,20 @@ class Scheduler:
             if wid in o.procs or wid in o.pins or wid in o.subscribers:
                 o.procs.discard(wid)
                 o.pins.pop(wid, None)
-                o.subscribers.discard(wid)
+                if wid in o.subscribers:
+                    o.subscribers = o.subscribers - {wid}
                 self._maybe_free(o)
 
     def tick(self, now: float) -> None:
         """Retire workers idle for longer than idle_timeout beyond the warm pool."""
-        extra = len(self.workers) - self.idle_keep
+        extra = len(self.workers) - len(self.retiring) - self.idle_keep
         for wid in list(self.idle):
             w = self.workers[wid]
             if not w.idle_since:
                 w.idle_since = now
             elif extra > 0 and now - w.idle_since > self.idle_timeout:
                 self.idle.remove(wid)  # never dispatch to a worker being retired
+                self.retiring.add(wid)
                 self.actions.append(("kill", wid))
                 extra -= 1
 
@@ -614,6 +707,12 @@ class Scheduler:
                     o.waiting_tasks.remove(tid)
             self._fail(t, err, T.CANCELLED)
         elif t.state is T.DISPATCHED and not t.cancel:
+            w = self.workers.get(t.worker)
+            if w is not None and t.key != w.task:  # queued at the worker, not started
+                w.queue.remove(t.key)
+                self._send(w.key, (P.DROP, t.key))
+                self._fail(t, err, T.CANCELLED)
+                return
             t.cancel = True
             if force:
                 self.actions.append(("kill", t.worker))

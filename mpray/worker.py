@@ -172,6 +172,7 @@ def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem) 
         arena=setup.arena, inline_max=setup.inline_max, node_pid=node_pid, node_pidfd=None,
     )
     _global.client = client
+    _global.node_id = setup.node_id
     loop = WorkerLoop(client, wid, memoryview(mem)[64:72])
     signal.signal(signal.SIGUSR1, loop.on_cancel_signal)
     loop.serve()

@@ -1,0 +1,320 @@
+"""Process faults: crashing workers, cancellation, and a SIGKILLed driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+import mpray
+from mpray import exceptions as exc
+
+from conftest import REPO, wait_for
+
+
+def _first_attempt(marker: str) -> bool:
+    """True exactly once per marker path (creates the marker atomically)."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _count(path) -> int:
+    try:
+        with open(path) as f:
+            return len(f.read().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def _log(path, text="x") -> None:
+    with open(path, "a") as f:
+        f.write(f"{text}\n")
+
+
+@mpray.remote
+def square(x):
+    return x * x
+
+
+@mpray.remote
+def sigkill_first(marker, log, value):
+    _log(log, os.getpid())
+    if _first_attempt(marker):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
+@mpray.remote
+def exit_first(marker, log, value):
+    _log(log, os.getpid())
+    if _first_attempt(marker):
+        os._exit(1)
+    return value
+
+
+def _engine_serves():
+    assert mpray.get([square.remote(i) for i in range(6)], timeout=30) == [i * i for i in range(6)]
+
+
+# --------------------------------------------------------------------- worker crashes
+def test_sigkilled_worker_task_is_retried(ray_start, tmp_path):
+    log = tmp_path / "log"
+    ref = sigkill_first.remote(str(tmp_path / "m"), str(log), "survived")
+    assert mpray.get(ref, timeout=30) == "survived"
+    pids = log.read_text().split()
+    assert len(pids) == 2
+    assert pids[0] != pids[1]  # the second attempt ran in a fresh worker
+    assert not psutil.pid_exists(int(pids[0])) or \
+        psutil.Process(int(pids[0])).status() == psutil.STATUS_ZOMBIE
+    _engine_serves()
+
+
+def test_sigkilled_worker_without_retries_raises_worker_crashed(ray_start, tmp_path):
+    log = tmp_path / "log"
+    ref = sigkill_first.options(max_retries=0).remote(str(tmp_path / "m"), str(log), 1)
+    with pytest.raises(exc.WorkerCrashedError):
+        mpray.get(ref, timeout=30)
+    assert _count(log) == 1
+    _engine_serves()
+
+
+def test_os_exit_worker_task_is_retried(ray_start, tmp_path):
+    log = tmp_path / "log"
+    ref = exit_first.remote(str(tmp_path / "m"), str(log), {"ok": True})
+    assert mpray.get(ref, timeout=30) == {"ok": True}
+    assert _count(log) == 2
+    _engine_serves()
+
+
+def test_os_exit_without_retries_raises_worker_crashed(ray_start, tmp_path):
+    log = tmp_path / "log"
+    ref = exit_first.options(max_retries=0).remote(str(tmp_path / "m"), str(log), 1)
+    with pytest.raises(exc.WorkerCrashedError):
+        mpray.get(ref, timeout=30)
+    assert _count(log) == 1
+    _engine_serves()
+
+
+def test_crash_fails_dependents(ray_start, tmp_path):
+    crashed = exit_first.options(max_retries=0).remote(str(tmp_path / "m"), str(tmp_path / "l"), 3)
+    dep = square.remote(crashed)
+    with pytest.raises(exc.WorkerCrashedError):
+        mpray.get(dep, timeout=30)
+    _engine_serves()
+
+
+def test_many_crashes_engine_keeps_serving(ray_start, tmp_path):
+    @mpray.remote(max_retries=0)
+    def die():
+        os._exit(3)
+
+    refs = [die.remote() for _ in range(6)]
+    for r in refs:
+        with pytest.raises(exc.WorkerCrashedError):
+            mpray.get(r, timeout=30)
+    _engine_serves()
+    # the dead workers were replaced, and no more than needed were kept
+    stats = mpray.api._node_stats()
+    assert 1 <= stats["workers"] <= 4
+    assert all(psutil.pid_exists(p) for p in stats["pids"])
+
+
+# --------------------------------------------------------------------- cancellation
+@mpray.remote
+def block(started_dir, name, seconds):
+    open(os.path.join(started_dir, name), "w").close()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+    return name
+
+
+def _started(d, n):
+    return lambda: len(os.listdir(d)) >= n
+
+
+def test_cancel_queued_task(ray_start, tmp_path):
+    started = tmp_path / "started"
+    started.mkdir()
+    ran = tmp_path / "victim-ran"
+    blockers = [block.remote(str(started), f"b{i}", 1.0) for i in range(2)]
+    assert wait_for(_started(str(started), 2), 10), "blockers did not start"
+
+    @mpray.remote
+    def victim(path):
+        open(path, "w").close()
+        return "ran"
+
+    v = victim.remote(str(ran))
+    time.sleep(0.05)
+    mpray.cancel(v)
+    with pytest.raises(exc.TaskCancelledError):
+        mpray.get(v, timeout=10)
+    assert mpray.get(blockers, timeout=30) == ["b0", "b1"]
+    # once the CPUs are free the cancelled task still does not run
+    _engine_serves()
+    time.sleep(0.2)
+    assert not ran.exists()
+
+
+def test_cancel_running_task_interrupts_it(ray_start, tmp_path):
+    started = tmp_path / "started"
+    started.mkdir()
+    pidfile = tmp_path / "pid"
+
+    @mpray.remote
+    def long_loop(d, pidpath):
+        with open(pidpath, "w") as f:
+            f.write(str(os.getpid()))
+        open(os.path.join(d, "go"), "w").close()
+        time.sleep(30)
+        return "finished"
+
+    ref = long_loop.remote(str(started), str(pidfile))
+    assert wait_for(_started(str(started), 1), 10)
+    t0 = time.monotonic()
+    mpray.cancel(ref)
+    with pytest.raises(exc.TaskCancelledError):
+        mpray.get(ref, timeout=10)
+    assert time.monotonic() - t0 < 5
+    # a non-force cancel interrupts the task; the worker process stays
+    pid = int(pidfile.read_text())
+    assert psutil.pid_exists(pid)
+    assert pid in mpray.api._node_stats()["pids"]
+    _engine_serves()
+
+
+def test_cancel_running_task_force_kills_worker(ray_start, tmp_path):
+    started = tmp_path / "started"
+    started.mkdir()
+    pidfile = tmp_path / "pid"
+
+    @mpray.remote
+    def stubborn(d, pidpath):
+        with open(pidpath, "w") as f:
+            f.write(str(os.getpid()))
+        open(os.path.join(d, "go"), "w").close()
+        while True:  # ignores interrupts
+            try:
+                time.sleep(30)
+            except BaseException:  # noqa: BLE001
+                pass
+
+    ref = stubborn.remote(str(started), str(pidfile))
+    assert wait_for(_started(str(started), 1), 10)
+    pid = int(pidfile.read_text())
+    mpray.cancel(ref, force=True)
+    with pytest.raises(exc.TaskCancelledError):
+        mpray.get(ref, timeout=10)
+
+    def gone():
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    assert wait_for(gone, 5), "force-cancel did not kill the worker"
+    assert pid not in mpray.api._node_stats()["pids"]
+    _engine_serves()
+
+
+def test_cancel_finished_task_is_noop(ray_start):
+    ref = square.remote(3)
+    assert mpray.get(ref) == 9
+    mpray.cancel(ref)
+    assert mpray.get(ref) == 9
+
+
+def test_cancel_put_ref_raises_type_error(ray_start):
+    with pytest.raises(TypeError):
+        mpray.cancel(mpray.put(1))
+
+
+# --------------------------------------------------------------------- driver death
+DRIVER = r"""
+import json, os, sys, time
+import psutil
+import mpray
+mpray.init(num_cpus=2, object_store_memory=64 * 1024 * 1024)
+
+@mpray.remote
+def long_task(path):
+    open(path, "w").close()
+    time.sleep(120)
+
+started = os.path.join(sys.argv[1], "started")
+ref = long_task.remote(started)
+deadline = time.monotonic() + 20
+while not os.path.exists(started) and time.monotonic() < deadline:
+    time.sleep(0.01)
+s = mpray.api._global.session
+node = psutil.Process(s.node_pid)
+pids = [node.pid] + [c.pid for c in node.children(recursive=True)]
+print(json.dumps({"pids": pids, "session_dir": s.session_dir,
+                  "started": os.path.exists(started)}), flush=True)
+time.sleep(120)
+"""
+
+
+def _dead(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_driver_sigkill_cleans_up(tmp_path):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(tmp_path)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=env, cwd=str(tmp_path), text=True,
+    )
+    info = None
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "the driver script printed nothing within 30 s"
+        line = proc.stdout.readline()
+        assert line, f"driver exited early: {proc.stderr.read()}"
+        info = json.loads(line)
+        assert info["started"], "the long task never started"
+        pids = info["pids"]
+        assert len(pids) >= 3  # the node and at least its two workers
+        assert os.path.isdir(info["session_dir"])
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        t0 = time.monotonic()
+        assert wait_for(lambda: all(_dead(p) for p in pids), 5), \
+            f"engine processes still alive 5 s after the driver died: " \
+            f"{[p for p in pids if not _dead(p)]}"
+        assert wait_for(lambda: not os.path.exists(info["session_dir"]),
+                        max(0.1, 5 - (time.monotonic() - t0))), \
+            f"session directory {info['session_dir']} was not removed"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
+        if info is not None:  # never leave engine processes behind, even on failure
+            for p in info["pids"]:
+                if _dead(p):
+                    continue
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            import shutil
+
+            shutil.rmtree(info["session_dir"], ignore_errors=True)

@@ -1,0 +1,118 @@
+"""Nested tasks: tasks that submit tasks, get and wait on them, and deep recursion on a
+2-CPU node (a worker blocked in get/wait lends its CPU)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+import mpray
+
+
+@mpray.remote
+def leaf(x):
+    return x * 10
+
+
+@mpray.remote
+def parent(n):
+    refs = [leaf.remote(i) for i in range(n)]
+    return sum(mpray.get(refs)), os.getpid()
+
+
+@mpray.remote
+def fib(n):
+    if n < 2:
+        return n
+    a, b = fib.remote(n - 1), fib.remote(n - 2)
+    return sum(mpray.get([a, b]))
+
+
+def _fib(n):
+    return n if n < 2 else _fib(n - 1) + _fib(n - 2)
+
+
+def test_task_submits_and_gets_tasks(ray_module):
+    total, pid = mpray.get(parent.remote(5), timeout=30)
+    assert total == sum(i * 10 for i in range(5))
+    assert pid != os.getpid()
+
+
+def test_many_parents_in_parallel(ray_module):
+    # more parents than CPUs: every parent blocks in get while its children need CPUs
+    out = mpray.get([parent.remote(k) for k in range(1, 7)], timeout=60)
+    assert [t for t, _ in out] == [sum(i * 10 for i in range(k)) for k in range(1, 7)]
+
+
+@pytest.mark.timeout(60)
+def test_recursive_fibonacci_depth_8(ray_module):
+    t0 = time.monotonic()
+    assert mpray.get(fib.remote(8), timeout=50) == _fib(8) == 21
+    assert time.monotonic() - t0 < 50
+
+
+def test_nested_put_and_pass_ref_down(ray_module):
+    @mpray.remote
+    def consume(ref_box):
+        return mpray.get(ref_box[0]) + 1
+
+    @mpray.remote
+    def produce():
+        r = mpray.put(41)
+        return mpray.get(consume.remote([r]))
+
+    assert mpray.get(produce.remote(), timeout=30) == 42
+
+
+def test_nested_task_returns_ref_to_driver(ray_module):
+    @mpray.remote
+    def make_ref():
+        return [leaf.remote(4), mpray.put("from worker")]
+
+    box = mpray.get(make_ref.remote(), timeout=30)
+    assert mpray.get(box, timeout=30) == [40, "from worker"]
+
+
+def test_wait_inside_task(ray_module):
+    @mpray.remote
+    def slow(x, s):
+        time.sleep(s)
+        return x
+
+    @mpray.remote
+    def waiter():
+        refs = [slow.remote("fast", 0), slow.remote("slow", 3)]
+        ready, not_ready = mpray.wait(refs, num_returns=1, timeout=10)
+        first = mpray.get(ready[0])
+        ready2, not_ready2 = mpray.wait(refs, num_returns=2, timeout=0.1)
+        return first, len(ready), len(not_ready), len(ready2), len(not_ready2)
+
+    assert mpray.get(waiter.remote(), timeout=30) == ("fast", 1, 1, 1, 1)
+
+
+def test_wait_inside_task_all(ray_module):
+    @mpray.remote
+    def waiter(n):
+        refs = [leaf.remote(i) for i in range(n)]
+        ready, not_ready = mpray.wait(refs, num_returns=n, timeout=20)
+        return ready == refs, not_ready, mpray.get(ready)
+
+    same_order, not_ready, values = mpray.get(waiter.remote(4), timeout=30)
+    assert same_order is True
+    assert not_ready == []
+    assert values == [0, 10, 20, 30]
+
+
+def test_nested_error_propagates(ray_module):
+    @mpray.remote
+    def bad():
+        raise ZeroDivisionError("inner failure")
+
+    @mpray.remote
+    def outer():
+        return mpray.get(bad.remote())
+
+    with pytest.raises(ZeroDivisionError, match="inner failure"):
+        mpray.get(outer.remote(), timeout=30)

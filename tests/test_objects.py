@@ -1,0 +1,270 @@
+"""The object store: inline and arena objects, zero-copy read-only views, reference
+counting (frees, pins, nested refs) and a full store."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+
+import numpy as np
+import pytest
+
+import mpray
+from mpray import exceptions as exc
+
+from conftest import MB, STORE, wait_for
+
+BIG = 20 * MB
+
+
+def big_array(seed: int = 0) -> np.ndarray:
+    a = np.arange(BIG // 8, dtype=np.float64)
+    a += seed
+    return a
+
+
+def digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def arena_used() -> int:
+    return mpray.api._node_stats()["arena_used"]
+
+
+def wait_arena(pred, timeout=5.0) -> int:
+    """Poll arena_used until ``pred(used)`` holds; return the last value seen."""
+    last = [None]
+
+    def check():
+        gc.collect()
+        last[0] = arena_used()
+        return pred(last[0])
+
+    wait_for(check, timeout, 0.02)
+    return last[0]
+
+
+@mpray.remote
+def checksum(a):
+    return digest(a), a.shape, str(a.dtype), bool(a.flags.writeable)
+
+
+@mpray.remote
+def make_big(seed):
+    return big_array(seed)
+
+
+# --------------------------------------------------------------------- values
+@pytest.mark.parametrize("value", [
+    np.arange(10, dtype=np.int32),
+    np.zeros((3, 4), dtype=np.complex64),
+    np.array(["a", "bc"]),
+    np.arange(12.0).reshape(3, 4).T,  # non-contiguous
+])
+def test_put_get_small_numpy(ray_start, value):
+    got = mpray.get(mpray.put(value))
+    assert isinstance(got, np.ndarray)
+    assert got.dtype == value.dtype and got.shape == value.shape
+    np.testing.assert_array_equal(got, value)
+
+
+def test_put_get_plain_values(ray_start):
+    values = [None, 1, "s" * 1000, b"\x00" * 300_000, {"k": [1, 2, (3, 4)]}, list(range(50_000))]
+    refs = [mpray.put(v) for v in values]
+    assert mpray.get(refs) == values
+
+
+def test_put_get_large_numpy(ray_start):
+    a = big_array(1)
+    ref = mpray.put(a)
+    assert arena_used() >= BIG
+    got = mpray.get(ref)
+    assert got.shape == a.shape and got.dtype == a.dtype
+    assert digest(got) == digest(a)
+
+
+def test_large_get_is_read_only_view(ray_start):
+    a = big_array(2)
+    ref = mpray.put(a)
+    got = mpray.get(ref)
+    assert got.flags.writeable is False
+    with pytest.raises(ValueError):
+        got[0] = 123.0
+    with pytest.raises(ValueError):
+        got.setflags(write=True)
+    # a copy is writable, and writing to it does not change the stored object
+    c = got.copy()
+    c[0] = -1.0
+    assert mpray.get(ref)[0] == a[0]
+    # getting twice gives the same data (zero-copy: no per-get copy of 20 MB)
+    again = mpray.get(ref)
+    assert np.shares_memory(got, again)
+
+
+def test_large_array_argument_arrives_intact(ray_start):
+    a = big_array(3)
+    d, shape, dtype, writeable = mpray.get(checksum.remote(a), timeout=60)
+    assert d == digest(a)
+    assert shape == a.shape and dtype == str(a.dtype)
+    assert writeable is False  # tasks get read-only zero-copy views too
+    # and as a ref argument
+    ref = mpray.put(a)
+    assert mpray.get(checksum.remote(ref), timeout=60)[0] == digest(a)
+
+
+def test_task_returns_large_array(ray_start):
+    got = mpray.get(make_big.remote(4), timeout=60)
+    assert got.shape == (BIG // 8,)
+    assert digest(got) == digest(big_array(4))
+
+
+def test_large_structured_value(ray_start):
+    value = {"x": big_array(5), "y": [np.ones(1000), "text"], "z": big_array(6)[::2]}
+    got = mpray.get(mpray.put(value))
+    assert digest(got["x"]) == digest(value["x"])
+    assert digest(got["z"]) == digest(value["z"])
+    np.testing.assert_array_equal(got["y"][0], value["y"][0])
+    assert got["y"][1] == "text"
+
+
+# --------------------------------------------------------------------- freeing
+def test_del_ref_frees_store_space(ray_start):
+    base = arena_used()
+    ref = mpray.put(big_array(7))
+    assert arena_used() >= base + BIG
+    del ref
+    assert wait_arena(lambda u: u == base) == base
+
+
+def test_del_ref_after_get_frees_store_space(ray_start):
+    base = arena_used()
+    ref = mpray.put(big_array(8))
+    got = mpray.get(ref)
+    assert got[1] == 1 + 8
+    del got, ref
+    assert wait_arena(lambda u: u == base) == base
+
+
+def test_task_result_freed_when_ref_dropped(ray_start):
+    base = arena_used()
+    ref = make_big.remote(9)
+    assert mpray.get(checksum.remote(ref), timeout=60)[0] == digest(big_array(9))
+    assert arena_used() >= base + BIG
+    del ref
+    assert wait_arena(lambda u: u == base) == base
+
+
+def test_promoted_argument_freed_after_task(ray_start):
+    base = arena_used()
+    assert mpray.get(checksum.remote(big_array(10)), timeout=60)[0] == digest(big_array(10))
+    assert wait_arena(lambda u: u == base) == base
+
+
+def test_repeated_puts_do_not_leak(ray_start):
+    base = arena_used()
+    for i in range(30):  # 30 x 20 MB through a 256 MB store
+        ref = mpray.put(big_array(i))
+        assert mpray.get(ref)[0] == i
+        del ref
+    assert wait_arena(lambda u: u == base) == base
+
+
+def test_live_view_pins_object(ray_start):
+    base = arena_used()
+    a = big_array(11)
+    expected = digest(a)
+    ref = mpray.put(a)
+    view = mpray.get(ref)
+    del ref
+    gc.collect()
+    # the object stays while the view lives, even with the ref gone
+    assert wait_arena(lambda u: u < base + BIG, timeout=0.5) >= base + BIG
+    # other objects come and go meanwhile and must not overwrite the pinned range
+    for i in range(12):
+        r = mpray.put(np.full(BIG // 8, -1.0 - i))
+        del r
+        gc.collect()
+    assert digest(view) == expected
+    # derived views keep it alive too
+    part = view[1000:2000]
+    del view
+    gc.collect()
+    assert wait_arena(lambda u: u < base + BIG, timeout=0.3) >= base + BIG
+    np.testing.assert_array_equal(part, a[1000:2000])
+    del part
+    assert wait_arena(lambda u: u == base) == base
+
+
+def test_nested_ref_keeps_inner_object_alive(ray_start):
+    base = arena_used()
+    a = big_array(12)
+    inner = mpray.put(a)
+    outer = mpray.put({"inner": [inner]})
+    del inner
+    gc.collect()
+    assert wait_arena(lambda u: u < base + BIG, timeout=0.5) >= base + BIG
+    box = mpray.get(outer)
+    got = mpray.get(box["inner"][0])
+    assert digest(got) == digest(a)
+    del got, box, outer
+    assert wait_arena(lambda u: u == base) == base
+
+
+def test_nested_ref_in_task_result_keeps_inner_alive(ray_start):
+    @mpray.remote
+    def wrap(seed):
+        return [mpray.put(big_array(seed))]
+
+    base = arena_used()
+    box_ref = wrap.remote(13)
+    box = mpray.get(box_ref, timeout=60)
+    del box_ref
+    gc.collect()
+    got = mpray.get(box[0], timeout=30)
+    assert digest(got) == digest(big_array(13))
+    del got, box
+    assert wait_arena(lambda u: u == base) == base
+
+
+# --------------------------------------------------------------------- full store
+def test_put_larger_than_store_raises(ray_start):
+    too_big = np.zeros(STORE // 8 + MB, dtype=np.float64)
+    with pytest.raises(exc.ObjectStoreFullError):
+        mpray.put(too_big)
+    del too_big
+    # the engine is still usable
+    a = big_array(14)
+    assert digest(mpray.get(mpray.put(a))) == digest(a)
+    assert mpray.get(checksum.remote(a), timeout=60)[0] == digest(a)
+    assert wait_arena(lambda u: u == 0) == 0
+
+
+def test_store_full_while_refs_held_then_freed(ray_start):
+    chunk = np.ones(100 * MB // 8)
+    r1 = mpray.put(chunk)
+    r2 = mpray.put(chunk)
+    with pytest.raises(exc.ObjectStoreFullError):
+        mpray.put(chunk)
+    del r1
+    gc.collect()
+    r3 = wait_for(lambda: _try_put(chunk), 5)
+    assert r3 is not None, "space freed by del was never reused"
+    assert float(mpray.get(r3)[-1]) == 1.0
+    del r2, r3
+
+
+def _try_put(v):
+    try:
+        return mpray.put(v)
+    except exc.ObjectStoreFullError:
+        return None
+
+
+def test_task_result_too_large_for_store_fails_task(ray_start):
+    @mpray.remote
+    def huge():
+        return np.zeros(STORE // 8 + MB)
+
+    with pytest.raises(exc.ObjectStoreFullError):
+        mpray.get(huge.remote(), timeout=60)
+    assert mpray.get(make_big.remote(15), timeout=60)[3] == 3 + 15

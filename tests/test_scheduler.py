@@ -1,0 +1,1049 @@
+"""Tests for mpray.scheduler: the node's pure state machine, driven event by event.
+
+No engine and no processes: each test feeds method calls (submit, put, task_done,
+worker_died, ...) into a Scheduler and checks what comes out (``out`` messages,
+``actions``), the resource books (``avail``, ``gpu_free``, ``alloc.used``), the state of
+tasks, objects and workers, and ``stats``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+
+import pytest
+
+from mpray import exceptions as exc
+from mpray import protocol as P
+from mpray.scheduler import (OBJ_TRANSITIONS, TASK_TRANSITIONS, WORKER_TRANSITIONS,
+                             ObjState, Scheduler, Task, TaskState, TransitionError,
+                             WorkerState, _move)
+from mpray.serialization import ARENA, ERROR, INLINE
+
+T, O, W = TaskState, ObjState, WorkerState
+FID = 7
+FBLOB = b"<pickled function>"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def spec(tid, *, fid=FID, name="f", args=b"args", deps=(), nret=1, res=None, retries=0,
+         retry_exc=False, contained=(), strategy=None) -> tuple:
+    """A task spec tuple laid out as protocol.S_* says (returns are tid+1 .. tid+nret)."""
+    s = (tid, fid, name, args, tuple(deps), nret, {"CPU": 1.0} if res is None else res,
+         retries, retry_exc, tuple(contained), strategy)
+    assert (s[P.S_TID], s[P.S_FID], s[P.S_NAME], s[P.S_ARGS], s[P.S_DEPS], s[P.S_NRET],
+            s[P.S_RES], s[P.S_RETRIES], s[P.S_RETRY_EXC], s[P.S_CONTAINED],
+            s[P.S_STRATEGY]) == s
+    return s
+
+
+def make(resources=None, *, workers=0, now=0.0, **kw) -> Scheduler:
+    s = Scheduler({"CPU": 2.0} if resources is None else resources, **kw)
+    s.register_function(FID, FBLOB)
+    for wid in range(1, workers + 1):
+        s.worker_started(wid, now)
+    return s
+
+
+def drain(s: Scheduler, proc: int, op: int | None = None) -> list[tuple]:
+    """Take the messages queued for ``proc`` (optionally only those with opcode ``op``;
+    the others stay queued)."""
+    msgs = s.out.pop(proc, [])
+    rest = [m for m in msgs if op is not None and m[0] != op]
+    if rest:
+        s.out[proc] = rest
+    return [m for m in msgs if op is None or m[0] == op]
+
+
+def execs(s: Scheduler) -> dict[int, list[tuple]]:
+    """Take every queued EXEC message, per worker."""
+    got = {}
+    for proc in list(s.out):
+        if proc == 0:
+            continue
+        ex = [m for m in s.out[proc] if m[0] == P.EXEC]
+        rest = [m for m in s.out[proc] if m[0] != P.EXEC]
+        if ex:
+            got[proc] = ex
+        if rest:
+            s.out[proc] = rest
+        else:
+            del s.out[proc]
+    return got
+
+
+def take_actions(s: Scheduler) -> list[tuple]:
+    acts, s.actions = s.actions, []
+    return acts
+
+
+def objs_sent(s: Scheduler, proc: int) -> dict[int, tuple[int, object]]:
+    """Take the OBJ messages queued for ``proc``: oid -> (kind, payload)."""
+    got = {}
+    for m in drain(s, proc):
+        assert m[0] == P.OBJ, m
+        assert m[1] not in got, f"OBJ {m[1]} sent twice to {proc}"
+        got[m[1]] = (m[2], m[3])
+    return got
+
+
+def error_of(kind_payload) -> BaseException:
+    kind, payload = kind_payload
+    assert kind == ERROR
+    e = pickle.loads(payload)
+    assert isinstance(e, BaseException)
+    return e
+
+
+def ok(oid, value=b"v", contained=()):
+    """One DONE result entry."""
+    return (oid, INLINE, value, tuple(contained))
+
+
+def app_error(t: Task | tuple, payload: bytes):
+    nret = (t.spec if isinstance(t, Task) else t)[P.S_NRET]
+    tid = (t.key if isinstance(t, Task) else t[P.S_TID])
+    return [(tid + 1 + i, ERROR, payload, ()) for i in range(nret)]
+
+
+APP_ERR = pickle.dumps(ValueError("boom"), protocol=5)
+
+
+def running_on(s: Scheduler, tid: int) -> int:
+    t = s.tasks[tid]
+    assert t.state is T.DISPATCHED
+    w = s.workers[t.worker]
+    assert w.state in (W.BUSY, W.BLOCKED) and w.task == tid
+    return t.worker
+
+
+# ------------------------------------------------------------------------- state tables
+
+
+@pytest.mark.parametrize("table,states,initial,terminal", [
+    (TASK_TRANSITIONS, TaskState, T.PENDING_ARGS, {T.FINISHED, T.FAILED, T.CANCELLED}),
+    (OBJ_TRANSITIONS, ObjState, O.PENDING, {O.FREED}),
+    (WORKER_TRANSITIONS, WorkerState, W.STARTING, {W.DEAD}),
+], ids=["task", "object", "worker"])
+def test_transition_tables_are_closed_and_reachable(table, states, initial, terminal):
+    assert set(table) == set(states), "every state must be a key"
+    for src, targets in table.items():
+        assert isinstance(targets, frozenset)
+        for dst in targets:
+            assert dst in states, f"{src} -> {dst!r} is not a valid state"
+            assert dst is not src, f"{src} has a self loop"
+    # every state is reachable from the initial one, and terminal states have no exits
+    seen, todo = {initial}, [initial]
+    while todo:
+        for nxt in table[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    assert seen == set(states)
+    assert {s for s, targets in table.items() if not targets} == terminal
+    # and every terminal state is reachable from every live one (nothing gets stuck)
+    for src in set(states) - terminal:
+        seen, todo = {src}, [src]
+        while todo:
+            for nxt in table[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        assert seen & terminal, f"{src} can never end"
+
+
+def test_entities_start_in_the_initial_state():
+    s = make(workers=1)
+    s.submit(0, spec(100))
+    t = s.tasks[100]
+    assert t.state is T.READY and t.history == [T.PENDING_ARGS, T.READY]
+    assert s.objs[101].state is O.PENDING and s.objs[101].history == [O.PENDING]
+    assert s.workers[1].history == [W.STARTING, W.IDLE]
+
+
+def test_impossible_transition_raises_with_history():
+    s = make(workers=1)
+    s.submit(0, spec(100))
+    s.schedule()
+    s.task_done(1, 100, P.OK, [ok(101)], False)
+    assert s.workers[1].state is W.IDLE
+    # a duplicate DONE is a protocol bug: the worker cannot go IDLE -> IDLE
+    with pytest.raises(TransitionError) as ei:
+        s.task_done(1, 100, P.OK, [ok(101)], False)
+    msg = str(ei.value)
+    assert "worker 1: IDLE -> IDLE is not allowed" in msg
+    assert "history: STARTING -> IDLE -> BUSY -> IDLE" in msg
+
+
+def test_move_refuses_transitions_outside_the_table():
+    t = Task(5, spec(5), 0, None, {"CPU": 1.0}, 0)
+    with pytest.raises(TransitionError, match=r"task 5: PENDING_ARGS -> FINISHED .*"
+                                              r"history: PENDING_ARGS$"):
+        _move(t, T.FINISHED, TASK_TRANSITIONS, "task")
+    assert t.state is T.PENDING_ARGS  # unchanged
+    _move(t, T.READY, TASK_TRANSITIONS, "task")
+    _move(t, T.DISPATCHED, TASK_TRANSITIONS, "task")
+    _move(t, T.FINISHED, TASK_TRANSITIONS, "task")
+    with pytest.raises(TransitionError, match="FINISHED -> READY.*"
+                                              "PENDING_ARGS -> READY -> DISPATCHED -> FINISHED"):
+        _move(t, T.READY, TASK_TRANSITIONS, "task")
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def test_dispatch_to_idle_worker_sends_exec_with_resolved_deps():
+    s = make({"CPU": 2.0}, workers=1)
+    s.put(0, 50, INLINE, b"x-value")
+    assert objs_sent(s, 0) == {50: (INLINE, b"x-value")}  # the putter learns it is sealed
+    s.submit(0, spec(100, args=b"A", deps=[(1, 50)], nret=2, retry_exc=True))
+    assert s.tasks[100].state is T.READY
+    assert s.ready_count() == 1
+    s.schedule()
+    assert execs(s) == {1: [(P.EXEC, 100, FID, FBLOB, "f", b"A", [(1, 50, INLINE, b"x-value")],
+                             2, (), True)]}
+    assert s.actions == []
+    assert s.avail == {"CPU": 1.0}
+    assert running_on(s, 100) == 1
+    assert s.idle == [] and s.ready_count() == 0
+    # the worker reports both returns; the owner (driver) gets them
+    s.task_done(1, 100, P.OK, [ok(101, b"r1"), ok(102, b"r2")], False)
+    assert objs_sent(s, 0) == {101: (INLINE, b"r1"), 102: (INLINE, b"r2")}
+    assert 100 not in s.tasks
+    assert s.objs[101].state is O.INLINE and s.objs[101].payload == b"r1"
+    assert s.objs[50].task_refs == 0
+    assert s.workers[1].state is W.IDLE and s.idle == [1]
+    assert s.avail == {"CPU": 2.0}
+    assert s.stats == {"submitted": 1, "finished": 1, "failed": 0, "retried": 0}
+    # the function blob travels once per worker
+    s.submit(0, spec(200))
+    s.schedule()
+    assert execs(s)[1][0][3] is None
+
+
+def test_task_waits_for_pending_dep_then_runs():
+    s = make({"CPU": 2.0}, workers=2)
+    s.submit(0, spec(100))  # produces 101
+    s.submit(0, spec(200, deps=[(0, 101), (2, 101)]))  # the same ref twice
+    s.submit(0, spec(300, deps=[(0, 101), (1, 201)]))
+    assert s.tasks[200].state is T.PENDING_ARGS and s.tasks[200].missing == 2
+    assert s.tasks[300].state is T.PENDING_ARGS and s.tasks[300].missing == 2
+    s.schedule()
+    ex = execs(s)
+    assert [m[1] for ms in ex.values() for m in ms] == [100]
+    w = running_on(s, 100)
+    s.task_done(w, 100, P.OK, [ok(101, b"one")], False)
+    assert s.tasks[200].state is T.READY
+    assert s.tasks[300].state is T.PENDING_ARGS and s.tasks[300].missing == 1
+    s.schedule()
+    (m,) = [m for ms in execs(s).values() for m in ms]
+    assert m[1] == 200 and m[6] == [(0, 101, INLINE, b"one"), (2, 101, INLINE, b"one")]
+    s.task_done(running_on(s, 200), 200, P.OK, [ok(201, b"two")], False)
+    s.schedule()
+    (m,) = [m for ms in execs(s).values() for m in ms]
+    assert m[1] == 300 and m[6] == [(0, 101, INLINE, b"one"), (1, 201, INLINE, b"two")]
+    assert s.tasks[300].history == [T.PENDING_ARGS, T.READY, T.DISPATCHED]
+
+
+def test_failed_dep_fails_dependents_with_the_same_payload():
+    s = make({"CPU": 1.0}, workers=1)
+    s.submit(0, spec(100))
+    s.submit(0, spec(200, deps=[(0, 101)], nret=2))
+    s.submit(0, spec(300, deps=[(0, 202)]))  # transitively dependent
+    s.schedule()
+    execs(s)
+    b, c = s.tasks[200], s.tasks[300]
+    s.task_done(1, 100, P.APP_ERROR, app_error(spec(100), APP_ERR), False)
+    sent = objs_sent(s, 0)
+    assert set(sent) == {101, 201, 202, 301}
+    for oid in sent:
+        assert sent[oid] == (ERROR, APP_ERR)  # byte-identical payload everywhere
+    assert b.state is T.FAILED and c.state is T.FAILED
+    assert b.history == [T.PENDING_ARGS, T.FAILED]
+    assert not s.tasks
+    s.schedule()
+    assert execs(s) == {}  # the dependents never ran
+    assert s.stats["failed"] == 3 and s.stats["finished"] == 0
+    # a task submitted later on the ERROR object fails at once, same payload
+    s.submit(0, spec(400, deps=[(0, 101)]))
+    assert objs_sent(s, 0) == {401: (ERROR, APP_ERR)}
+    assert 400 not in s.tasks
+
+
+def test_failed_dep_whose_ref_the_owner_already_dropped():
+    """``f.remote(g.remote())`` where g raises: the driver drops the intermediate ref right
+    after submitting f, so only f's task hold keeps 101 alive.  Sealing 101 as ERROR fails
+    f, which releases that hold and frees 101 inside seal(); seal()'s own final
+    _maybe_free(101) must then not try FREED -> FREED (regression: it raised
+    TransitionError)."""
+    s = make({"CPU": 1.0}, workers=1)
+    s.submit(0, spec(100))
+    s.submit(0, spec(200, deps=[(0, 101)]))
+    s.refs(0, [], [101])
+    assert 101 in s.objs  # pending: kept
+    s.schedule()
+    execs(s)
+    s.task_done(1, 100, P.APP_ERROR, app_error(spec(100), APP_ERR), False)
+    assert objs_sent(s, 0) == {201: (ERROR, APP_ERR)}
+    assert 101 not in s.objs and 200 not in s.tasks
+    assert s.stats["failed"] == 2
+
+
+def test_succeeded_dep_whose_ref_the_owner_dropped_lives_until_the_task_ends():
+    s = make({"CPU": 1.0}, workers=1)
+    s.submit(0, spec(100))
+    s.submit(0, spec(200, deps=[(0, 101)]))
+    s.refs(0, [], [101])
+    s.schedule()
+    execs(s)
+    s.task_done(1, 100, P.OK, [ok(101)], False)
+    assert objs_sent(s, 0) == {}  # nobody holds 101 any more: nothing to send
+    assert s.objs[101].task_refs == 1
+    s.schedule()
+    assert execs(s)[1][0][6] == [(0, 101, INLINE, b"v")]
+    s.task_done(1, 200, P.OK, [ok(201)], False)
+    assert 101 not in s.objs
+    assert objs_sent(s, 0) == {201: (INLINE, b"v")}
+
+
+def test_dep_already_freed_fails_the_task():
+    s = make(workers=1)
+    s.submit(0, spec(100, deps=[(0, 999)]))
+    e = error_of(objs_sent(s, 0)[101])
+    assert isinstance(e, exc.ObjectFreedError)
+    assert P.id_hex(999) in str(e.args)
+    assert 100 not in s.tasks
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def test_task_needing_two_cpus_waits_for_two_free_cpus():
+    s = make({"CPU": 2.0}, workers=2)
+    s.submit(0, spec(100))
+    s.schedule()
+    w1 = running_on(s, 100)
+    execs(s)
+    s.submit(0, spec(200, res={"CPU": 2.0}))
+    s.schedule()
+    assert execs(s) == {} and s.actions == []  # an idle worker exists, but 1 CPU is free
+    assert s.tasks[200].state is T.READY and s.avail["CPU"] == 1.0
+    s.task_done(w1, 100, P.OK, [ok(101)], False)
+    s.schedule()
+    assert list(execs(s)) in ([1], [2])
+    running_on(s, 200)
+    assert s.avail["CPU"] == 0.0
+    s.task_done(s.tasks[200].worker, 200, P.OK, [ok(201)], False)
+    assert s.avail["CPU"] == 2.0
+
+
+def test_custom_resources_are_accounted():
+    s = make({"CPU": 4.0, "accel": 1.0}, workers=3)
+    for tid in (100, 200):
+        s.submit(0, spec(tid, res={"CPU": 1.0, "accel": 1.0}))
+    s.submit(0, spec(300, res={"CPU": 1.0}))
+    s.schedule()
+    started = {m[1] for ms in execs(s).values() for m in ms}
+    assert started == {100, 300}  # 200 waits for "accel"; 300 is not blocked behind it
+    assert s.avail == {"CPU": 2.0, "accel": 0.0}
+    assert s.tasks[200].state is T.READY
+    s.task_done(running_on(s, 100), 100, P.OK, [ok(101)], False)
+    assert s.avail == {"CPU": 3.0, "accel": 1.0}
+    s.schedule()
+    assert [m[1] for ms in execs(s).values() for m in ms] == [200]
+    assert s.avail == {"CPU": 2.0, "accel": 0.0}
+    assert s.available() == s.avail and s.available() is not s.avail
+
+
+def test_zero_cpu_task_runs_without_cpu():
+    s = make({"CPU": 1.0}, workers=2)
+    s.submit(0, spec(100))
+    s.submit(0, spec(200, res={"CPU": 0}))
+    s.schedule()
+    assert {m[1] for ms in execs(s).values() for m in ms} == {100, 200}
+    assert s.avail["CPU"] == 0.0
+
+
+def test_gpu_ids_are_assigned_and_released():
+    s = make({"CPU": 4.0, "GPU": 2.0}, gpu_ids=["0", "1"], workers=3)
+    for tid in (100, 200, 300):
+        s.submit(0, spec(tid, res={"CPU": 1.0, "GPU": 1.0}))
+    s.schedule()
+    ex = {m[1]: m for ms in execs(s).values() for m in ms}
+    assert set(ex) == {100, 200}
+    assert {ex[100][8], ex[200][8]} == {("0",), ("1",)}  # distinct whole GPUs
+    assert s.avail["GPU"] == 0.0 and s.gpu_free == {"0": 0.0, "1": 0.0}
+    assert s.tasks[300].state is T.READY
+    freed = ex[200][8]
+    s.task_done(running_on(s, 200), 200, P.OK, [ok(201)], False)
+    assert s.gpu_free[freed[0]] == 1.0 and s.avail["GPU"] == 1.0
+    s.schedule()
+    (m,) = [m for ms in execs(s).values() for m in ms]
+    assert m[1] == 300 and m[8] == freed
+    for tid in (100, 300):
+        s.task_done(running_on(s, tid), tid, P.OK, [ok(tid + 1)], False)
+    assert s.gpu_free == {"0": 1.0, "1": 1.0} and s.avail == s.total
+    # a 2-GPU task gets both ids
+    s.submit(0, spec(400, res={"CPU": 1.0, "GPU": 2.0}))
+    s.schedule()
+    (m,) = [m for ms in execs(s).values() for m in ms]
+    assert sorted(m[8]) == ["0", "1"]
+
+
+def test_fractional_gpus_share_a_device():
+    s = make({"CPU": 8.0, "GPU": 2.0}, gpu_ids=["0", "1"], workers=5)
+    for tid in (100, 200, 300, 400, 500):
+        s.submit(0, spec(tid, res={"CPU": 1.0, "GPU": 0.5}))
+    s.schedule()
+    ex = {m[1]: m[8] for ms in execs(s).values() for m in ms}
+    assert len(ex) == 4 and s.tasks[500].state is T.READY
+    assert sorted(ex.values()) == [("0",), ("0",), ("1",), ("1",)]
+    assert s.avail["GPU"] == 0.0 and s.gpu_free == {"0": 0.0, "1": 0.0}
+    tid = next(t for t, g in ex.items() if g == ("1",))
+    s.task_done(running_on(s, tid), tid, P.OK, [ok(tid + 1)], False)
+    assert s.gpu_free == {"0": 0.0, "1": 0.5}
+    s.schedule()
+    assert [m[8] for ms in execs(s).values() for m in ms] == [("1",)]
+
+
+def test_fractional_gpu_request_waits_when_no_single_gpu_has_room():
+    """0.6 + 0.6 + 0.6 on two GPUs: the pool has 0.8 GPU left after two tasks, but no
+    device has 0.6 free, so the third task must wait (regression: _fits() checked only the
+    pooled ``avail["GPU"]`` and the task ran with no GPU id while being charged for one)."""
+    s = make({"CPU": 8.0, "GPU": 2.0}, gpu_ids=["0", "1"], workers=3)
+    for tid in (100, 200, 300):
+        s.submit(0, spec(tid, res={"CPU": 1.0, "GPU": 0.6}))
+    s.schedule()
+    ex = {m[1]: m[8] for ms in execs(s).values() for m in ms}
+    assert all(ex.values()), f"a GPU task was dispatched without a GPU: {ex}"
+    assert len(ex) == 2 and s.tasks[300].state is T.READY
+
+
+# --------------------------------------------------------------------- worker starting
+
+
+def test_start_worker_bounded_by_free_resources():
+    s = make({"CPU": 2.0}, max_workers=10)
+    for tid in range(100, 600, 100):
+        s.submit(0, spec(tid))
+    s.schedule()
+    assert take_actions(s) == [("start_worker",)] * 2
+    assert s.starting == 2
+    s.worker_started(1)
+    s.worker_started(2)
+    assert s.starting == 0
+    s.schedule()
+    assert len(execs(s)) == 2
+    assert take_actions(s) == []  # no CPU left for a third worker
+
+
+def test_start_worker_bounded_by_max_workers():
+    s = make({"CPU": 8.0}, max_workers=3)
+    for tid in range(100, 1100, 100):
+        s.submit(0, spec(tid))
+    s.schedule()
+    assert take_actions(s) == [("start_worker",)] * 3
+    for wid in (1, 2, 3):
+        s.worker_started(wid)
+    s.schedule()
+    assert len(execs(s)) == 3
+    assert take_actions(s) == []  # at max_workers, although 5 CPUs are free
+
+
+def test_start_worker_counts_existing_workers():
+    s = make({"CPU": 4.0}, max_workers=3, workers=2)
+    for tid in range(100, 600, 100):
+        s.submit(0, spec(tid))
+    s.schedule()
+    assert len(execs(s)) == 2
+    assert take_actions(s) == [("start_worker",)]  # 2 busy + 1 = max_workers
+
+
+def test_default_max_workers():
+    assert Scheduler({"CPU": 1.0}).max_workers == 4
+    assert Scheduler({"CPU": 6.0}).max_workers == 12
+    assert Scheduler({"CPU": 6.0}).idle_keep == 6
+
+
+def test_schedule_again_before_workers_start_does_not_overstart():
+    """Workers requested but not started yet (``starting``) will take the free CPUs, so a
+    second pass must not ask for the same CPUs again (regression: the resource-derived
+    count did not subtract ``starting``; latent with a node that starts workers
+    synchronously)."""
+    s = make({"CPU": 2.0}, max_workers=10)
+    for tid in range(100, 600, 100):
+        s.submit(0, spec(tid))
+    s.schedule()
+    assert take_actions(s) == [("start_worker",)] * 2
+    s.schedule()
+    assert take_actions(s) == []
+
+
+def test_nothing_started_for_work_that_does_not_fit():
+    s = make({"CPU": 1.0}, workers=1)
+    s.submit(0, spec(100))
+    s.schedule()
+    execs(s)
+    s.submit(0, spec(200))
+    s.schedule()
+    assert take_actions(s) == [] and execs(s) == {}
+
+
+# ---------------------------------------------------------------------- blocked workers
+
+
+def test_blocked_worker_releases_cpu_and_unblocked_takes_it_back():
+    s = make({"CPU": 1.0}, workers=1, max_workers=4)
+    s.submit(0, spec(100))
+    s.submit(0, spec(200))
+    s.schedule()
+    assert list(execs(s)) == [1]
+    assert take_actions(s) == []  # no CPU for a second worker
+    s.worker_blocked(1)  # e.g. ray.get inside the task
+    assert s.workers[1].state is W.BLOCKED and s.avail["CPU"] == 1.0
+    s.schedule()
+    assert take_actions(s) == [("start_worker",)]  # the blocked one does not count
+    s.worker_started(2)
+    s.schedule()
+    assert [m[1] for m in execs(s)[2]] == [200]
+    assert running_on(s, 200) == 2
+    assert s.avail["CPU"] == 0.0
+    s.worker_unblocked(1)
+    assert s.workers[1].state is W.BUSY
+    assert s.avail["CPU"] == -1.0  # briefly oversubscribed, as Ray does
+    s.task_done(2, 200, P.OK, [ok(201)], False)
+    s.task_done(1, 100, P.OK, [ok(101)], False)
+    assert s.avail["CPU"] == 1.0
+    # repeated or out-of-place block/unblock events are ignored
+    s.worker_unblocked(1)
+    s.worker_blocked(1)  # idle: ignored
+    assert s.workers[1].state is W.IDLE and s.avail["CPU"] == 1.0
+
+
+def test_blocked_worker_dispatches_to_an_existing_idle_worker():
+    s = make({"CPU": 1.0}, workers=2)
+    s.submit(0, spec(100))
+    s.schedule()
+    w = running_on(s, 100)
+    execs(s)
+    s.submit(0, spec(200))
+    s.schedule()
+    assert execs(s) == {}
+    s.worker_blocked(w)
+    s.worker_blocked(w)  # twice: the CPU is released once
+    assert s.avail["CPU"] == 1.0
+    s.schedule()
+    assert list(execs(s)) == [3 - w]
+
+
+def test_blocked_worker_finishing_or_dying_returns_cpu_once():
+    s = make({"CPU": 2.0}, workers=2)
+    s.submit(0, spec(100))
+    s.submit(0, spec(200))
+    s.schedule()
+    execs(s)
+    s.worker_blocked(1)
+    s.worker_blocked(2)
+    assert s.avail["CPU"] == 2.0
+    tid = s.workers[1].task
+    s.task_done(1, tid, P.OK, [ok(tid + 1)], False)
+    assert s.workers[1].state is W.IDLE
+    assert s.workers[1].history[-3:] == [W.BLOCKED, W.BUSY, W.IDLE]
+    assert s.avail["CPU"] == 2.0
+    s.worker_died(2, "killed")
+    assert s.avail["CPU"] == 2.0
+
+
+# ----------------------------------------------------------------------- worker deaths
+
+
+def test_worker_death_retries_on_another_worker_then_fails():
+    s = make({"CPU": 2.0}, workers=2)
+    s.submit(0, spec(100, retries=1, name="crashy"))
+    s.schedule()
+    w1 = running_on(s, 100)
+    assert execs(s)[w1][0][3] == FBLOB
+    s.submit(0, spec(900))  # lands behind the crashed task in the queue ...
+    s.worker_died(w1, "SIGSEGV")
+    assert w1 not in s.workers and w1 not in s.out and w1 not in s.idle
+    t = s.tasks[100]
+    assert t.state is T.READY and t.retries_left == 0
+    assert t.history == [T.PENDING_ARGS, T.READY, T.DISPATCHED, T.RETRYING, T.READY]
+    assert s.stats["retried"] == 1
+    assert s.avail["CPU"] == 2.0
+    assert objs_sent(s, 0) == {}  # nothing reported yet
+    s.schedule()
+    w2 = running_on(s, 100)  # ... but the retry goes first, on the surviving worker
+    assert w2 != w1
+    assert take_actions(s) == [("start_worker",)]  # for task 900: one CPU is free
+    (m,) = execs(s)[w2]
+    assert m[1] == 100 and m[3] == FBLOB  # a fresh worker gets the function too
+    s.worker_died(w2, "killed by signal SIGKILL")
+    e = error_of(objs_sent(s, 0)[101])
+    assert isinstance(e, exc.WorkerCrashedError)
+    assert "crashy" in str(e) and "SIGKILL" in str(e) and "max_retries=1" in str(e)
+    assert t.state is T.FAILED and 100 not in s.tasks
+    assert s.stats == {"submitted": 2, "finished": 0, "failed": 1, "retried": 1}
+    assert s.avail["CPU"] == 2.0
+    s.schedule()
+    assert execs(s) == {} and s.tasks[900].state is T.READY  # no worker left for it
+
+
+def test_worker_death_without_retries_fails_at_once():
+    s = make(workers=1)
+    s.submit(0, spec(100, retries=0))
+    s.schedule()
+    s.worker_died(1, "oom")
+    assert isinstance(error_of(objs_sent(s, 0)[101]), exc.WorkerCrashedError)
+    s.worker_died(1, "again")  # a second report for the same worker is ignored
+    assert s.stats["failed"] == 1
+
+
+def test_idle_worker_death_is_bookkeeping_only():
+    s = make(workers=2)
+    s.worker_died(2, "exit")
+    assert s.idle == [1] and set(s.workers) == {1}
+    s.submit(0, spec(100))
+    s.schedule()
+    assert list(execs(s)) == [1]
+    assert s.avail["CPU"] == 1.0
+
+
+def test_app_error_retried_only_when_retryable():
+    s = make(workers=1)
+    s.submit(0, spec(100, retries=2, retry_exc=True))
+    s.submit(0, spec(200, retries=2))
+    s.schedule()
+    assert running_on(s, 100) == 1
+    execs(s)
+    # retryable: back to the queue (behind 200), nothing reported
+    s.task_done(1, 100, P.APP_ERROR, app_error(spec(100), APP_ERR), True)
+    t = s.tasks[100]
+    assert t.state is T.READY and t.retries_left == 1 and t.history[-2:] == [T.RETRYING,
+                                                                              T.READY]
+    assert objs_sent(s, 0) == {} and s.stats["retried"] == 1
+    s.schedule()
+    assert running_on(s, 200) == 1
+    execs(s)
+    # not retryable (the exception is not in retry_exceptions): fails despite retries left
+    s.task_done(1, 200, P.APP_ERROR, app_error(spec(200), APP_ERR), False)
+    assert objs_sent(s, 0) == {201: (ERROR, APP_ERR)}
+    assert s.stats["failed"] == 1
+    # 100 retries until its retries run out, then its own error payload is stored
+    for left in (0, None):
+        s.schedule()
+        assert running_on(s, 100) == 1
+        execs(s)
+        s.task_done(1, 100, P.APP_ERROR, app_error(spec(100), APP_ERR), True)
+        if left is not None:
+            assert s.tasks[100].retries_left == left
+    assert objs_sent(s, 0) == {101: (ERROR, APP_ERR)}
+    assert s.stats == {"submitted": 2, "finished": 0, "failed": 2, "retried": 2}
+    assert s.avail["CPU"] == 2.0
+
+
+# ------------------------------------------------------------------------------ cancel
+
+
+def test_cancel_queued_task_never_dispatches():
+    s = make()
+    s.submit(0, spec(100))
+    t = s.tasks[100]
+    s.cancel(100, force=False, recursive=False)
+    e = error_of(objs_sent(s, 0)[101])
+    assert isinstance(e, exc.TaskCancelledError)
+    assert P.id_hex(100) in str(e)
+    assert t.state is T.CANCELLED and 100 not in s.tasks
+    s.worker_started(1)
+    s.schedule()
+    assert execs(s) == {} and take_actions(s) == []
+    s.cancel(100, force=True, recursive=True)  # unknown/finished task: no-op
+    assert take_actions(s) == [] and objs_sent(s, 0) == {}
+
+
+def test_cancel_task_waiting_for_args():
+    s = make()
+    s.submit(0, spec(100))
+    s.submit(0, spec(200, deps=[(0, 101)]))
+    s.cancel(200, force=False, recursive=False)
+    assert isinstance(error_of(objs_sent(s, 0)[201]), exc.TaskCancelledError)
+    assert s.objs[101].waiting_tasks == [] and s.objs[101].task_refs == 0
+    s.worker_started(1)
+    s.schedule()
+    w = running_on(s, 100)
+    execs(s)
+    s.task_done(w, 100, P.OK, [ok(101)], False)
+    s.schedule()
+    assert execs(s) == {}  # 200 stays cancelled
+
+
+def test_cancel_dispatched_task_interrupts_and_is_not_retried():
+    s = make(workers=1)
+    s.submit(0, spec(100, retries=3, retry_exc=True))
+    s.schedule()
+    execs(s)
+    s.cancel(100, force=False, recursive=False)
+    assert take_actions(s) == [("interrupt", 1, 100)]
+    s.cancel(100, force=False, recursive=False)  # already being cancelled
+    assert take_actions(s) == []
+    assert s.tasks[100].state is T.DISPATCHED  # until the worker reports
+    cancelled = pickle.dumps(exc.TaskCancelledError(P.id_hex(100)))
+    s.task_done(1, 100, P.APP_ERROR, app_error(spec(100), cancelled), True)
+    assert objs_sent(s, 0) == {101: (ERROR, cancelled)}  # retryable, but cancelled
+    assert 100 not in s.tasks and s.stats["retried"] == 0
+
+
+def test_force_cancel_kills_worker_and_stores_cancelled_error():
+    s = make(workers=1)
+    s.submit(0, spec(100, retries=3))
+    s.schedule()
+    execs(s)
+    t = s.tasks[100]
+    s.cancel(100, force=True, recursive=False)
+    assert take_actions(s) == [("kill", 1)]
+    s.worker_died(1, "killed by signal SIGKILL")
+    e = error_of(objs_sent(s, 0)[101])
+    assert isinstance(e, exc.TaskCancelledError) and not isinstance(e, exc.WorkerCrashedError)
+    assert t.state is T.CANCELLED and s.stats["retried"] == 0
+    assert t.history == [T.PENDING_ARGS, T.READY, T.DISPATCHED, T.CANCELLED]
+
+
+def test_recursive_cancel_reaches_child_tasks_submitted_from_workers():
+    s = make({"CPU": 3.0}, workers=2, max_workers=2)
+    s.submit(0, spec(100))  # parent, owned by the driver
+    s.schedule()
+    wp = running_on(s, 100)
+    execs(s)
+    s.submit(wp, spec(200))  # child submitted by the parent's worker
+    s.submit(wp, spec(300))  # a second child
+    s.schedule()
+    wc = running_on(s, 200)
+    execs(s)
+    assert s.tasks[200].parent == 100 and s.tasks[300].parent == 100
+    assert s.tasks[300].state is T.READY  # no worker left for it
+    s.submit(wc, spec(400))  # grandchild, queued
+    assert s.tasks[400].parent == 200
+    s.submit(0, spec(500))  # unrelated
+    s.cancel(100, force=False, recursive=True)
+    acts = take_actions(s)
+    assert sorted(acts) == sorted([("interrupt", wp, 100), ("interrupt", wc, 200)])
+    # queued descendants are cancelled right away; their owners (workers) are told
+    assert isinstance(error_of(objs_sent(s, wp)[301]), exc.TaskCancelledError)
+    assert isinstance(error_of(objs_sent(s, wc)[401]), exc.TaskCancelledError)
+    assert 300 not in s.tasks and 400 not in s.tasks
+    assert s.tasks[500].state is T.READY
+    assert objs_sent(s, 0) == {}
+
+
+def test_non_recursive_cancel_leaves_children_alone():
+    s = make({"CPU": 2.0}, workers=1)
+    s.submit(0, spec(100))
+    s.schedule()
+    execs(s)
+    s.submit(1, spec(200))
+    s.cancel(100, force=True, recursive=False)
+    assert take_actions(s) == [("kill", 1)]
+    assert s.tasks[200].state is T.READY
+
+
+# -------------------------------------------------------------------- reference counts
+
+
+def arena_put(s: Scheduler, proc: int, oid: int, nbytes: int = 1000, contained=()) -> int:
+    s.allocate(proc, 77, nbytes)
+    (m,) = drain(s, proc, P.ALLOC_OK)
+    _, req, off, err = m
+    assert req == 77 and err is None and off is not None
+    assert off in s.reserved[proc]
+    s.put(proc, oid, ARENA, (off, 16, ((64, nbytes - 64),), nbytes), contained)
+    assert off not in s.reserved[proc]  # sealed: no longer a loose reservation
+    return off
+
+
+def test_put_and_owner_decref_frees_inline_and_arena_objects():
+    s = make(arena_size=1 << 20)
+    s.put(0, 10, INLINE, b"small")
+    arena_put(s, 0, 11)
+    assert s.alloc.used == 1024
+    assert s.objs[10].state is O.INLINE and s.objs[11].state is O.IN_ARENA
+    # the owner put them: it already has the values, but is told they are sealed
+    assert objs_sent(s, 0) == {10: (INLINE, b"small"), 11: (ARENA, s.objs[11].payload)}
+    s.refs(0, [], [10, 11])
+    assert 10 not in s.objs and 11 not in s.objs
+    assert s.alloc.used == 0
+
+
+def test_refs_from_several_processes():
+    s = make(workers=1)
+    s.put(0, 10, INLINE, b"x")
+    s.refs(1, [10], [])  # the driver passed the ref to a worker
+    s.refs(0, [], [10])
+    assert 10 in s.objs
+    s.refs(1, [], [10])
+    assert 10 not in s.objs
+    s.refs(1, [10], [10])  # unknown ids are ignored
+    assert 10 not in s.objs
+
+
+RELEASES = ["owner", "task", "container", "pin"]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(RELEASES)),
+                         ids=lambda o: ">".join(o))
+def test_object_freed_only_when_every_holder_is_gone(order):
+    s = make(arena_size=1 << 20, workers=1)
+    off = arena_put(s, 0, 10)
+    s.put(0, 20, INLINE, b"[ref 10]", contained=(10,))  # a container holding ref 10
+    s.submit(0, spec(100, deps=[(0, 10)], res={"CPU": 99.0}))  # waits forever: holds 10
+    s.pin(1, [10])  # a worker maps the value zero-copy
+    o = s.objs[10]
+    assert (o.procs, o.task_refs, o.contained_in, o.pins) == ({0}, 1, 1, {1: 1})
+    release = {
+        "owner": lambda: s.refs(0, [], [10]),
+        "task": lambda: s.cancel(100, force=False, recursive=False),
+        "container": lambda: s.refs(0, [], [20]),
+        "pin": lambda: s.unpin(1, [10]),
+    }
+    for what in order:
+        assert 10 in s.objs and s.alloc.used == 1024, f"freed before releasing {what}"
+        release[what]()
+    assert 10 not in s.objs
+    assert o.state is O.FREED and o.history == [O.PENDING, O.IN_ARENA, O.FREED]
+    assert s.alloc.used == 0 and off not in s.alloc.live_ranges()
+    assert s.alloc.alloc(1000) == off  # the range is reusable
+
+
+def test_pins_are_counted_per_process():
+    s = make(arena_size=1 << 16, workers=2)
+    arena_put(s, 0, 10)
+    s.pin(1, [10])
+    s.pin(1, [10])
+    s.pin(2, [10])
+    s.refs(0, [], [10])
+    s.unpin(1, [10])
+    s.unpin(2, [10])
+    assert 10 in s.objs and s.objs[10].pins == {1: 1}
+    s.unpin(2, [10])  # not pinned by 2 any more: ignored
+    assert 10 in s.objs
+    s.unpin(1, [10])
+    assert 10 not in s.objs and s.alloc.used == 0
+
+
+def test_containment_chain_frees_inner_objects():
+    s = make(arena_size=1 << 16)
+    arena_put(s, 0, 10)
+    s.put(0, 20, INLINE, b"[10]", contained=(10,))
+    s.put(0, 30, INLINE, b"[20]", contained=(20,))
+    s.refs(0, [], [10, 20])
+    assert set(s.objs) == {10, 20, 30}
+    assert s.objs[10].contained_in == 1 and s.objs[20].contained_in == 1
+    s.refs(0, [], [30])
+    assert s.objs == {} and s.alloc.used == 0
+
+
+def test_refs_contained_in_task_args_are_held_until_the_task_ends():
+    s = make(workers=1)
+    s.put(0, 10, INLINE, b"x")
+    s.submit(0, spec(100, contained=(10,)))  # ref 10 pickled inside the arguments
+    s.refs(0, [], [10])
+    assert 10 in s.objs and s.objs[10].task_refs == 1
+    s.schedule()
+    assert execs(s)[1][0][6] == []  # not a top-level dependency
+    s.task_done(1, 100, P.OK, [ok(101)], False)
+    assert 10 not in s.objs
+
+
+def test_task_result_containing_refs_keeps_them_alive():
+    s = make(workers=1)
+    s.submit(0, spec(100))
+    s.schedule()
+    s.put(1, 50, INLINE, b"made inside", ())  # the worker puts an object ...
+    s.task_done(1, 100, P.OK, [ok(101, b"[ref 50]", contained=(50,))], False)
+    s.refs(1, [], [50])  # ... returns a ref to it, and drops its own ref
+    assert 50 in s.objs and s.objs[50].contained_in == 1
+    s.refs(0, [], [101])
+    assert 50 not in s.objs and 101 not in s.objs
+
+
+def test_dead_worker_holds_pins_reservations_and_subscriptions_are_dropped():
+    s = make(arena_size=1 << 20, workers=2)
+    arena_put(s, 0, 10)
+    s.put(0, 11, INLINE, b"y")
+    s.submit(0, spec(100))  # 101 stays pending
+    s.refs(1, [10, 11], [])
+    s.refs(0, [], [10, 11])
+    s.pin(1, [10])
+    s.subscribe(1, [101])
+    s.allocate(1, 5, 4000)  # a reservation the worker never sealed
+    assert drain(s, 1)[0][:2] == (P.ALLOC_OK, 5)
+    assert s.alloc.used == 1024 + 4032
+    s.worker_died(1, "exit")
+    assert 10 not in s.objs and 11 not in s.objs
+    assert s.alloc.used == 0
+    assert 1 not in s.reserved and 1 not in s.out
+    assert s.objs[101].subscribers == set()
+    s.schedule()
+    assert [m[1] for m in execs(s)[2]] == [100]  # only the live worker gets work
+    s.task_done(2, 100, P.OK, [ok(101)], False)
+    assert 1 not in s.out  # nothing is sent to the dead worker
+
+
+def test_allocate_full_and_free_range():
+    s = make(arena_size=4096, workers=1)
+    s.allocate(1, 1, 3000)
+    (m,) = drain(s, 1)
+    assert m == (P.ALLOC_OK, 1, 0, None)
+    s.allocate(1, 2, 3000)
+    (m,) = drain(s, 1)
+    assert m[:3] == (P.ALLOC_OK, 2, None) and "no free range of 3008 bytes" in m[3]
+    s.free_range(0, 0)  # not the driver's reservation: ignored
+    assert s.alloc.used == 3008
+    s.free_range(1, 0)
+    assert s.alloc.used == 0 and s.reserved[1] == set()
+    s.free_range(1, 0)  # twice: ignored
+    assert s.alloc.used == 0
+
+
+def test_worker_puts_arena_task_result():
+    s = make(arena_size=1 << 16, workers=1)
+    s.submit(0, spec(100))
+    s.schedule()
+    s.allocate(1, 9, 5000)
+    (_, _, off, _), = [m for m in drain(s, 1) if m[0] == P.ALLOC_OK]
+    desc = (off, 32, ((64, 4900),), 5000)
+    s.task_done(1, 100, P.OK, [(101, ARENA, desc, ())], False)
+    assert s.reserved[1] == set()  # sealed, so the worker's death would not free it
+    assert objs_sent(s, 0) == {101: (ARENA, desc)}
+    s.worker_died(1, "exit")
+    assert s.alloc.used == 5056
+    s.refs(0, [], [101])
+    assert s.alloc.used == 0
+
+
+# ---------------------------------------------------------------------------- subscribe
+
+
+def test_subscribe_pending_object_gets_value_when_sealed():
+    s = make(workers=2)
+    s.submit(0, spec(100))
+    s.subscribe(2, [101])
+    s.subscribe(0, [101])  # the owner too: it must get the value only once
+    assert drain(s, 2) == [] and drain(s, 0) == []
+    s.schedule()
+    w = running_on(s, 100)
+    execs(s)
+    s.task_done(w, 100, P.OK, [ok(101, b"val")], False)
+    assert objs_sent(s, 0) == {101: (INLINE, b"val")}
+    assert objs_sent(s, 2) == {101: (INLINE, b"val")}
+    assert s.objs[101].subscribers == set()
+    # already sealed: answered at once
+    s.subscribe(2, [101])
+    assert objs_sent(s, 2) == {101: (INLINE, b"val")}
+
+
+def test_subscriber_gets_value_even_when_owner_dropped_its_ref():
+    s = make(workers=2)
+    s.submit(0, spec(100))
+    s.refs(2, [101], [])
+    s.subscribe(2, [101])
+    s.refs(0, [], [101])
+    s.schedule()
+    w = running_on(s, 100)
+    execs(s)
+    s.task_done(w, 100, P.OK, [ok(101, b"val")], False)
+    assert objs_sent(s, 2) == {101: (INLINE, b"val")}
+    assert objs_sent(s, 0) == {}
+
+
+@pytest.mark.parametrize("freed", [True, False], ids=["freed", "unknown"])
+def test_subscribe_to_freed_or_unknown_object_sends_error(freed):
+    s = make()
+    oid = P.id_base(0, 3) | 42
+    if freed:
+        s.put(0, oid, INLINE, b"gone")
+        drain(s, 0)
+        s.refs(0, [], [oid])
+        assert oid not in s.objs
+    s.subscribe(0, [oid])
+    e = error_of(objs_sent(s, 0)[oid])
+    assert isinstance(e, exc.ObjectFreedError) and isinstance(e, exc.ObjectLostError)
+    assert e.object_ref_hex == P.id_hex(oid) == "000000300000002a"
+    assert "freed" in str(e)
+
+
+# -------------------------------------------------------------------------- infeasible
+
+
+def test_infeasible_request_warns_once_and_never_runs():
+    s = make({"CPU": 4.0}, workers=1)
+    s.submit(0, spec(100, name="needs_gpu", res={"CPU": 1.0, "GPU": 1.0}))
+    acts = take_actions(s)
+    assert len(acts) == 1 and acts[0][0] == "warn"
+    text = acts[0][1]
+    assert "needs_gpu" in text and "'GPU': 1.0" in text and "0 in total" in text
+    s.submit(0, spec(200, name="needs_gpu", res={"CPU": 1.0, "GPU": 1.0}))
+    assert take_actions(s) == []  # same request: no second warning
+    s.submit(0, spec(300, name="big", res={"CPU": 8.0}))
+    (act,) = take_actions(s)
+    assert act[0] == "warn" and "'CPU': 8.0" in act[1] and "4.0 in total" in act[1]
+    s.schedule()
+    assert execs(s) == {} and take_actions(s) == []  # waits; no worker started for it
+    assert {s.tasks[t].state for t in (100, 200, 300)} == {T.READY}
+    s.submit(0, spec(400))  # feasible work still runs
+    s.schedule()
+    assert [m[1] for ms in execs(s).values() for m in ms] == [400]
+    assert take_actions(s) == []
+
+
+# ------------------------------------------------------------------------- idle workers
+
+
+def test_tick_retires_extra_idle_workers_but_keeps_warm_pool():
+    s = make({"CPU": 2.0}, workers=4, now=100.0, idle_keep=2, idle_timeout=10.0,
+             max_workers=8)
+    s.tick(105.0)
+    assert take_actions(s) == []
+    s.tick(111.0)
+    kills = take_actions(s)
+    assert sorted(kills) == [("kill", 1), ("kill", 2)]
+    assert sorted(s.idle) == [3, 4]  # being retired: never dispatched to again
+    for _, wid in kills:
+        s.worker_died(wid, "retired")
+    s.tick(1000.0)
+    assert take_actions(s) == []
+    assert sorted(s.workers) == [3, 4]
+
+
+def test_tick_never_retires_busy_workers_and_restarts_idle_clock():
+    s = make({"CPU": 4.0}, workers=3, now=0.0, idle_keep=1, idle_timeout=10.0)
+    s.submit(0, spec(100))
+    s.schedule()
+    busy = running_on(s, 100)
+    s.tick(50.0)  # idle_since 0.0 means "not known yet": the clock starts now
+    assert take_actions(s) == []
+    s.tick(55.0)
+    assert take_actions(s) == []
+    s.tick(61.0)
+    kills = take_actions(s)
+    assert len(kills) == 2 and ("kill", busy) not in kills
+    for _, wid in kills:
+        s.worker_died(wid, "retired")
+    # the busy worker finishes: it is the warm pool now
+    s.task_done(busy, 100, P.OK, [ok(101)], False)
+    s.tick(100.0)
+    s.tick(200.0)
+    assert take_actions(s) == []
+
+
+def test_tick_before_retired_workers_are_reaped_keeps_warm_pool():
+    """A ("kill", wid) worker stays in ``workers`` until worker_died() arrives; a second
+    tick in between must not count it and retire the warm pool too (regression; latent in
+    the node, where SIGCHLD is reaped well within the 1 s tick period)."""
+    s = make({"CPU": 2.0}, workers=4, now=100.0, idle_keep=2, idle_timeout=10.0,
+             max_workers=8)
+    s.tick(111.0)
+    assert len(take_actions(s)) == 2
+    s.tick(112.0)
+    assert take_actions(s) == []
