@@ -19,6 +19,7 @@ lock is free.
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import socket
@@ -73,10 +74,10 @@ class Client:
         self._subscribed: set[int] = set()
         self._reborrowed: set[int] = set()
         self._mapped: dict[int, weakref.ref] = {}
-        self._pending: list[tuple] = []  # small messages waiting for the next frame
-        self._incref: list[int] = []
-        self._decref: list[int] = []
-        self._unpin: list[int] = []
+        self._pending: collections.deque = collections.deque()  # rides the next frame
+        self._incref: collections.deque = collections.deque()
+        self._decref: collections.deque = collections.deque()
+        self._unpin: collections.deque = collections.deque()
         self._send_lock = threading.Lock()
         self._pump_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -99,22 +100,37 @@ class Client:
         return first
 
     # ------------------------------------------------------------------ sending
+    # Small messages (lazy PUTs, PINs, ref count changes, unpins) wait in deques: their
+    # append and popleft are atomic, so a finalizer or another thread can add to them at
+    # any moment without a lock, and the sender drains them in front of its own frame.
     def send(self, msgs: list) -> None:
         with self._send_lock:
             self._send_locked(msgs)
+        if self._pending or self._incref or self._decref or self._unpin:
+            self._flush_soon()  # a finalizer added something while we held the lock
+
+    @staticmethod
+    def _drain_deque(d: collections.deque) -> list:
+        out = []
+        pop = d.popleft
+        try:
+            while True:
+                out.append(pop())
+        except IndexError:
+            return out
 
     def _send_locked(self, msgs: list) -> None:
         if self.closed:
             raise exc.RaySystemError("mpray is shut down")
-        if self._incref or self._decref:
-            msgs.insert(0, (P.REFS, self._incref, self._decref))
-            self._incref, self._decref = [], []
-        if self._unpin:
-            msgs.insert(0, (P.UNPIN, self._unpin))
-            self._unpin = []
-        if self._pending:
-            msgs[:0] = self._pending
-            self._pending = []
+        if self._pending or self._unpin or self._incref or self._decref:
+            # order: PUT/PIN first (they may register objects the rest refers to)
+            pre = self._drain_deque(self._pending)
+            if self._unpin:
+                pre.append((P.UNPIN, self._drain_deque(self._unpin)))
+            if self._incref or self._decref:
+                pre.append((P.REFS, self._drain_deque(self._incref),
+                            self._drain_deque(self._decref)))
+            msgs[:0] = pre
         frame = pickle.dumps(msgs, protocol=5)
         try:
             self._up.push(frame, wake=self._node_bell.force, deadline=self._push_deadline())
@@ -126,14 +142,15 @@ class Client:
         return time.monotonic() + 60.0
 
     def _flush_soon(self) -> None:
-        """Called from __del__/finalizers: flush now if no other send is under way."""
+        """Called from __del__/finalizers: flush now unless a send is under way (then the
+        sender flushes it when it is done)."""
         if self.closed:
             return
         if self._send_lock.acquire(False):
             try:
                 if self._incref or self._decref or self._unpin or self._pending:
                     self._send_locked([])
-            except Exception:
+            except Exception:  # noqa: BLE001 - never raise into a finalizer
                 pass
             finally:
                 self._send_lock.release()
@@ -161,8 +178,7 @@ class Client:
         self._subscribed.discard(oid)
         self._reborrowed.discard(oid)
         self._decref.append(oid)
-        if len(self._decref) >= 1:
-            self._flush_soon()
+        self._flush_soon()
 
     def _unpin_later(self, oid: int) -> None:
         self._mapped.pop(oid, None)
@@ -301,7 +317,16 @@ class Client:
         kind, payload, contained = self.store_value(value)
         oid = self.new_ids(0)  # the caller wraps it in an ObjectRef, which counts it
         self._values[oid] = (kind, payload)
-        self.send([(P.PUT, oid, kind, payload, contained)])
+        msg = (P.PUT, oid, kind, payload, contained)
+        if kind == ser.INLINE:
+            # Lazy: the node needs a small object only once its ref leaves this process,
+            # and every message that could carry the ref flushes _pending first (one FIFO
+            # ring), so the PUT rides along with the next frame instead of a frame of its own.
+            self._pending.append(msg)
+            if len(self._pending) >= 512:
+                self.send([])
+        else:
+            self.send([msg])
         return oid
 
     def materialize(self, oid: int, kind: int, payload) -> Any:

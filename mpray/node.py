@@ -84,7 +84,7 @@ class Node:
         self.sched = Scheduler(
             setup.resources, setup.gpu_ids, setup.arena_size,
             max_workers=setup.max_workers, idle_timeout=setup.idle_timeout,
-            pipeline_depth=setup.pipeline_depth,
+            pipeline_depth=setup.pipeline_depth, node_id=setup.node_id,
         )
         self.bell = setup.node_bell
         self.channels: dict[int, Channel] = {

@@ -183,6 +183,7 @@ class Scheduler:
         idle_keep: int | None = None,
         idle_timeout: float = 10.0,
         pipeline_depth: int = 2,
+        node_id: str = "",
     ) -> None:
         self.total = dict(resources)
         self.avail = dict(resources)
@@ -192,6 +193,7 @@ class Scheduler:
         self.max_workers = max_workers or max(2 * ncpu, 4)
         self.idle_keep = ncpu if idle_keep is None else idle_keep
         self.idle_timeout = idle_timeout
+        self.node_id = node_id
         # tasks a busy worker may have queued behind its running one: hides the node's
         # round trip between consecutive tasks at the cost of at most depth-1 waiting
         self.depth = max(1, pipeline_depth)
@@ -390,6 +392,13 @@ class Scheduler:
             elif o.kind == ERROR and error is None:
                 error = o.payload
         t.missing = missing
+        strategy = spec[P.S_STRATEGY]
+        if (error is None and strategy is not None and not isinstance(strategy, str)
+                and not getattr(strategy, "soft", True)
+                and getattr(strategy, "node_id", self.node_id) != self.node_id):
+            error = self._error_payload(exc.TaskUnschedulableError(
+                f"task {spec[P.S_NAME]} has a hard NodeAffinitySchedulingStrategy for node "
+                f"{strategy.node_id}, which does not exist (this node is {self.node_id})"))
         if error is not None:
             self._fail(t, error)
         elif missing == 0:

@@ -479,3 +479,45 @@ def test_runtime_context_worker_id(ray_start, tmp_path):
     assert p1 != p2
     assert w1 != w2
     assert driver_wid not in (w1, w2)
+
+
+# --------------------------------------------------------------------- volume / threads
+def test_many_small_tasks(ray_start):
+    n = 3000
+    refs = [add.remote(i, 1) for i in range(n)]
+    assert mpray.get(refs, timeout=120) == [i + 1 for i in range(n)]
+
+
+def test_long_dependency_chain(ray_start):
+    ref = mpray.put(0)
+    for _ in range(200):
+        ref = add.remote(ref, 1)
+    assert mpray.get(ref, timeout=60) == 200
+
+
+def test_concurrent_driver_threads(ray_start):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(k):
+        refs = [add.remote(k, i) for i in range(50)]
+        mid = mpray.get(refs[:25], timeout=60)
+        ready, _ = mpray.wait(refs[25:], num_returns=25, timeout=60)
+        return mid + mpray.get(ready, timeout=60), mpray.get(mpray.put(("t", k)), timeout=60)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    for k, (vals, tagged) in enumerate(results):
+        assert vals == [k + i for i in range(50)]
+        assert tagged == ("t", k)
+
+
+def test_wait_counts_failed_tasks_as_ready(ray_start):
+    @mpray.remote
+    def boom():
+        raise RuntimeError("x")
+
+    bad = boom.remote()
+    ready, not_ready = mpray.wait([bad], timeout=10)
+    assert ready == [bad] and not_ready == []
+    with pytest.raises(RuntimeError):
+        mpray.get(bad, timeout=0)

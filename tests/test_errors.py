@@ -277,3 +277,30 @@ def test_retry_via_options(ray_start, tmp_path):
     ref = flaky.options(max_retries=1, retry_exceptions=True).remote(counter)
     assert mpray.get(ref, timeout=30) == "ok"
     assert _attempts(counter) == 2
+
+
+class LockedError(Exception):
+    """An exception that cannot be pickled (it carries a lock)."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def test_unpicklable_exception_still_reported(ray_start):
+    @mpray.remote
+    def raise_locked():
+        raise LockedError("carries a lock")
+
+    with pytest.raises(exc.RayTaskError) as ei:
+        mpray.get(raise_locked.remote(), timeout=30)
+    assert "carries a lock" in str(ei.value)
+    assert "LockedError" in str(ei.value)
+    assert mpray.get(plus_one.remote(1), timeout=30) == 2
+
+
+def test_get_timeout_on_failed_ref_raises_task_error(ray_start):
+    ref = fail_value.remote("already failed")
+    mpray.wait([ref], timeout=10)
+    with pytest.raises(ValueError, match="already failed"):
+        mpray.get(ref, timeout=0)

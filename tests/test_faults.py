@@ -318,3 +318,30 @@ def test_driver_sigkill_cleans_up(tmp_path):
             import shutil
 
             shutil.rmtree(info["session_dir"], ignore_errors=True)
+
+
+def test_recursive_cancel_stops_children(ray_start, tmp_path):
+    beat = tmp_path / "heartbeat"
+
+    @mpray.remote
+    def child(path):
+        for _ in range(400):
+            with open(path, "a") as f:
+                f.write(".")
+            time.sleep(0.025)
+        return "child finished"
+
+    @mpray.remote
+    def parent(path):
+        return mpray.get(child.remote(path))
+
+    ref = parent.remote(str(beat))
+    assert wait_for(lambda: beat.exists() and beat.stat().st_size > 3, 10)
+    mpray.cancel(ref)
+    with pytest.raises(exc.TaskCancelledError):
+        mpray.get(ref, timeout=10)
+    time.sleep(0.5)
+    size = beat.stat().st_size
+    time.sleep(0.5)
+    assert beat.stat().st_size == size, "the child task kept running after recursive cancel"
+    _engine_serves()

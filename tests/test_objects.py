@@ -268,3 +268,30 @@ def test_task_result_too_large_for_store_fails_task(ray_start):
     with pytest.raises(exc.ObjectStoreFullError):
         mpray.get(huge.remote(), timeout=60)
     assert mpray.get(make_big.remote(15), timeout=60)[3] == 3 + 15
+
+
+def test_large_keyword_argument_arrives_intact(ray_start):
+    @mpray.remote
+    def kw(*, data, tag):
+        return digest(data), tag
+
+    a = big_array(16)
+    assert mpray.get(kw.remote(data=a, tag="t"), timeout=60) == (digest(a), "t")
+    assert wait_arena(lambda u: u == 0) == 0
+
+
+def test_crashed_worker_objects_and_pins_are_reclaimed(ray_start):
+    @mpray.remote(max_retries=0)
+    def put_then_die(arr):
+        assert arr[5] == 5 + 17  # a zero-copy view of the argument: a pin
+        keep = mpray.put(big_array(18))  # an object owned by this worker  # noqa: F841
+        mpray.put(0)  # make sure the node heard about both before we die
+        import os
+
+        os._exit(1)
+
+    ref = mpray.put(big_array(17))
+    with pytest.raises(exc.WorkerCrashedError):
+        mpray.get(put_then_die.remote(ref), timeout=30)
+    del ref
+    assert wait_arena(lambda u: u == 0) == 0
