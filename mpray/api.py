@@ -78,6 +78,12 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
          **settings: Any) -> RayContext:
     """Start mpray on this host (or join the MPI job, once that backend exists)."""
     with _init_lock:
+        if _global.session is None and _global.client is not None:
+            # inside a task: the engine is running already (Ray raises here too)
+            if ignore_reinit_error:
+                return RayContext(node_id=_global.node_id, address="local")
+            raise RuntimeError("mpray is already initialized in this worker process; "
+                               "init() inside a task is not needed")
         if _global.session is not None:
             if ignore_reinit_error:
                 return _context()
@@ -108,6 +114,9 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
         os.close(fd)  # the mapping keeps the memory; it dies with the last process
     cap = cfg.driver_ring_bytes
     ctrl = anonymous_shared(128 + 2 * ring_bytes(cap))
+    node_id = os.urandom(8).hex()
+    slots = cfg.direct_slots
+    mailbox = anonymous_shared(max(1, slots) * ring_bytes(cfg.direct_ring_bytes))
     node_bell = Doorbell.create(ctrl, 0)
     driver_bell = Doorbell.create(ctrl, 64)
     up = Ring(ctrl, 128, cap)
@@ -118,7 +127,10 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
         gpu_ids=cfg.gpu_ids, arena_size=cfg.object_store_memory, inline_max=cfg.inline_max,
         worker_ring_bytes=cfg.worker_ring_bytes, max_workers=cfg.max_workers,
         idle_timeout=cfg.idle_worker_timeout, session_dir=session_dir,
-        pipeline_depth=cfg.pipeline_depth, node_id=os.urandom(8).hex(),
+        pipeline_depth=cfg.pipeline_depth, node_id=node_id,
+        node_info={"node_id": node_id, "resources": cfg.node_resources(),
+                   "job_id": format(os.getpid(), "08x"), "session_dir": session_dir},
+        mailbox=mailbox, mailbox_slots=slots, mailbox_ring_bytes=cfg.direct_ring_bytes,
     )
     driver_pid = os.getpid()
     import sys
@@ -143,8 +155,10 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
         arena=arena, inline_max=cfg.inline_max, node_pid=pid, node_pidfd=node_pidfd,
         id_start=_next_driver_id(),
     )
+    client._mailbox = (mailbox, cfg.direct_ring_bytes)
     _global.session = _Session(cfg, pid, node_pidfd, setup, session_dir)
     _global.node_id = setup.node_id
+    _global.node_info = setup.node_info
     _global.session.namespace = namespace
     _global.client = client
     atexit.register(shutdown)
@@ -173,7 +187,7 @@ def _auto_init() -> Client:
 
 
 def is_initialized() -> bool:
-    return _global.session is not None
+    return _global.session is not None or _global.client is not None  # driver or worker
 
 
 def shutdown(_exiting_interpreter: bool = False) -> None:
@@ -211,10 +225,14 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
         for r in (st.driver_up, st.driver_down):
             r.release()
         client._arena_mv = None
-        try:
-            st.ctrl.close()
-        except BufferError:
-            pass
+        for r in client._direct.values():
+            r.release()
+        client._direct.clear()
+        for m in (st.ctrl, st.mailbox):
+            try:
+                m.close()
+            except BufferError:
+                pass
         try:
             st.arena.close()
         except BufferError:
@@ -331,36 +349,36 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
 
 
 # ---------------------------------------------------------------------- cluster
+def _info() -> dict:
+    if _global.client is None:
+        raise RuntimeError("mpray is not initialized: call mpray.init() first")
+    return _global.node_info
+
+
 def cluster_resources() -> dict[str, float]:
-    s = _session_or_raise()
-    return s.cfg.node_resources()
+    return dict(_info()["resources"])
 
 
 def available_resources() -> dict[str, float]:
-    _session_or_raise()
+    _info()
     reply = _global.client.request(lambda req: (P.QUERY, req, "available"))
     return {k: v for k, v in reply[2].items() if v > 0}
 
 
 def nodes() -> list[dict]:
-    s = _session_or_raise()
+    info = _info()
+    host = socket.gethostname()
     return [{
-        "NodeID": s.node_id, "Alive": True, "NodeManagerAddress": "127.0.0.1",
-        "NodeManagerHostname": socket.gethostname(), "NodeName": socket.gethostname(),
-        "Resources": s.cfg.node_resources(), "alive": True, "MPIRank": 0,
-        "ObjectStoreSocketName": s.session_dir, "RayletSocketName": s.session_dir,
+        "NodeID": info["node_id"], "Alive": True, "NodeManagerAddress": "127.0.0.1",
+        "NodeManagerHostname": host, "NodeName": host, "Resources": dict(info["resources"]),
+        "alive": True, "MPIRank": 0, "ObjectStoreSocketName": info["session_dir"],
+        "RayletSocketName": info["session_dir"],
     }]
-
-
-def _session_or_raise():
-    if _global.session is None:
-        raise RuntimeError("mpray is not initialized: call mpray.init() first")
-    return _global.session
 
 
 def _node_stats() -> dict:
     """Internal counters of the node (tests and benchmarks use them)."""
-    _session_or_raise()
+    _info()
     return _global.client.request(lambda req: (P.QUERY, req, "stats"))[2]
 
 

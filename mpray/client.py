@@ -85,6 +85,9 @@ class Client:
         self._futures: dict[int, list] = {}
         self._future_thread: threading.Thread | None = None
         self.exec_queue: list[tuple] = []
+        self.func_blobs: dict[int, bytes] = {}
+        self._mailbox = None  # (mmap, ring capacity): the driver's worker->driver slots
+        self._direct: dict[int, Ring] = {}  # slot -> ring the driver polls
         self.closed = False
         self.node_dead = False
         self.blocked = False
@@ -196,6 +199,8 @@ class Client:
                 if futs:
                     self._resolve_futures(oid, futs)
         elif op == P.EXEC:
+            if msg[3] is not None:  # keep the function even if this EXEC is bounced
+                self.func_blobs[msg[2]] = msg[3]
             if self.blocked:  # never queue work behind a task that waits: hand it back
                 self._pending.append((P.RETURN, [msg[1]]))
                 self._flush_soon()
@@ -205,18 +210,46 @@ class Client:
             self.exec_queue[:] = [m for m in self.exec_queue if m[1] != msg[1]]
         elif op == P.ALLOC_OK or op == P.REPLY:
             self._replies[msg[1]] = msg
+        elif op == P.SLOT:
+            mem, cap = self._mailbox
+            from .rings import ring_bytes
+
+            self._direct[msg[1]] = Ring(mem, msg[1] * ring_bytes(cap), cap)
+        elif op == P.SLOT_FREE:
+            ring = self._direct.pop(msg[1], None)
+            if ring is not None:
+                self._drain_frames(ring.pop_all())
+                ring.release()
         elif op == P.STOP:
             self.stop_requested = True
 
-    def _drain(self) -> bool:
-        frames = self._down.pop_all()
-        if not frames:
-            return False
+    def _drain_frames(self, frames: list) -> None:
         handle = self._handle
         for f in frames:
             for m in pickle.loads(f):
                 handle(m)
-        return True
+
+    def _drain(self) -> bool:
+        got = False
+        if self._direct:
+            for ring in list(self._direct.values()):
+                frames = ring.pop_all()
+                if frames:
+                    got = True
+                    self._drain_frames(frames)
+        frames = self._down.pop_all()
+        if frames:
+            got = True
+            self._drain_frames(frames)
+        return got
+
+    def _has_data(self) -> bool:
+        if self._down.has_data():
+            return True
+        for ring in self._direct.values():
+            if ring.has_data():
+                return True
+        return False
 
     def pump(self, timeout: float | None) -> bool:
         """Handle what has arrived; if nothing has, block up to ``timeout`` for more."""
@@ -226,7 +259,7 @@ class Client:
             return False
         bell = self._bell
         bell.sleep_begin()
-        if self._down.has_data():
+        if self._has_data():
             bell.sleep_end()
             return self._drain()
         extra = (self._node_pidfd,) if self._node_pidfd is not None else ()

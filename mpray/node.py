@@ -74,6 +74,10 @@ class NodeSetup:
     session_dir: str
     pipeline_depth: int = 2
     node_id: str = ""
+    node_info: dict | None = None
+    mailbox: object = None  # shared with the driver: one worker->driver ring per slot
+    mailbox_slots: int = 0
+    mailbox_ring_bytes: int = 0
     rank: int = 0
 
 
@@ -96,7 +100,8 @@ class Node:
         self._child_exited = False
         self._driver_pidfd = os.pidfd_open(driver_pid)
         self._last_tick = time.monotonic()
-        self._interrupt_slot = None
+        self.free_slots = list(range(setup.mailbox_slots - 1, -1, -1))
+        self.slot_of: dict[int, int] = {}  # wid -> mailbox slot
 
     # ------------------------------------------------------------------ workers
     def start_worker(self) -> None:
@@ -109,19 +114,24 @@ class Node:
         up = Ring(mem, 2 * _FLAG_BYTES, cap)
         down = Ring(mem, 2 * _FLAG_BYTES + ring_bytes(cap), cap)
         bell = Doorbell.create(mem, 0)
-        # the worker's cancel slot: the task id the node wants interrupted
+        slot = self.free_slots.pop() if self.free_slots else None
+        direct = None
+        if slot is not None:
+            cap_d = self.setup.mailbox_ring_bytes
+            direct = Ring(self.setup.mailbox, slot * ring_bytes(cap_d), cap_d)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # ---- child
             code = 0
             try:
-                keep = {self.bell.fd, bell.fd}
+                keep = {self.bell.fd, bell.fd, self.setup.driver_bell.fd}
                 for ch in self.channels.values():
                     if ch.bell.fd not in keep:
                         os.close(ch.bell.fd)
                 os.close(self._driver_pidfd)
-                worker_main(self.setup, wid, os.getppid(), up, down, bell, self.bell, mem)
+                worker_main(self.setup, wid, os.getppid(), up, down, bell, self.bell, mem,
+                            direct)
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 0
             except BaseException:  # noqa: BLE001 - last resort: report and die
@@ -133,6 +143,9 @@ class Node:
                 os._exit(code)
         self.channels[wid] = Channel(up, Outbox(down), bell, mem, pid)
         self.pids[pid] = wid
+        if slot is not None:
+            self.slot_of[wid] = slot
+            self.sched.out[0].append((P.SLOT, slot, wid))
         self.sched.worker_started(wid, time.monotonic())
 
     def _reap(self) -> None:
@@ -152,6 +165,12 @@ class Node:
             else:
                 reason = f"worker pid {pid} exited with code {os.WEXITSTATUS(status)}"
             self._drop_channel(wid)
+            slot = self.slot_of.pop(wid, None)
+            if slot is not None:
+                # the driver drains what the worker wrote, then stops polling the slot;
+                # the slot is reused only after that message, so order is preserved
+                self.sched.out[0].append((P.SLOT_FREE, slot))
+                self.free_slots.insert(0, slot)
             self.sched.worker_died(wid, reason)
 
     def _drop_channel(self, wid: int) -> None:
@@ -185,7 +204,7 @@ class Node:
             s.refs(proc, m[1], m[2])
         elif op == P.DONE:
             if proc in s.workers:
-                s.task_done(proc, m[1], m[2], m[3], m[4])
+                s.task_done(proc, m[1], m[2], m[3], m[4], m[5])
         elif op == P.PUT:
             s.put(proc, m[1], m[2], m[3], m[4])
         elif op == P.SUBSCRIBE:

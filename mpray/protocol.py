@@ -51,6 +51,8 @@ ALLOC_OK = 34
 REPLY = 35
 STOP = 36
 DROP = 37  # (op, tid): forget a queued task (it was cancelled)
+SLOT = 38  # (op, slot, wid): a worker now writes results to the driver through mailbox slot
+SLOT_FREE = 39  # (op, slot): that worker is gone; drain the slot and stop polling it
 
 # DONE status
 OK = 0

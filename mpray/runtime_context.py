@@ -23,7 +23,7 @@ class RuntimeContext:
         return format(0 if c is None else c.proc, "08x")
 
     def get_job_id(self) -> str:
-        return format(os.getppid() if _global.session is None else os.getpid(), "08x")
+        return _global.node_info.get("job_id", "")
 
     def get_actor_id(self) -> str | None:
         return None

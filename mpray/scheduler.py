@@ -256,8 +256,12 @@ class Scheduler:
                 self._maybe_free(o)
 
     # ------------------------------------------------------------------ objects
-    def seal(self, proc: int, oid: int, kind: int, payload, contained=()) -> None:
-        """An object's value became available (put, or a task result)."""
+    def seal(self, proc: int, oid: int, kind: int, payload, contained=(),
+             owner_has_it: bool = False) -> None:
+        """An object's value became available (put, or a task result).
+
+        ``owner_has_it``: the worker already handed the value to its owner directly.
+        """
         o = self._obj(oid, proc)
         if o.state is not O.PENDING:
             return  # a retried task re-reporting, or a duplicate: first value wins
@@ -271,7 +275,7 @@ class Scheduler:
                 co.contained_in += 1
         _move(o, O.IN_ARENA if kind == ARENA else O.INLINE, OBJ_TRANSITIONS, "object")
         msg = (P.OBJ, oid, kind, payload)
-        if o.owner in o.procs:
+        if o.owner in o.procs and not owner_has_it:
             self._send(o.owner, msg)
         if o.subscribers:
             for p in o.subscribers:
@@ -539,7 +543,7 @@ class Scheduler:
         _move(t, T.DISPATCHED, TASK_TRANSITIONS, "task")
         self._send(w.key, (
             P.EXEC, t.key, fid, fblob, spec[P.S_NAME], spec[P.S_ARGS], deps,
-            spec[P.S_NRET], tuple(g for g, _ in w.gpus), spec[P.S_RETRY_EXC],
+            spec[P.S_NRET], tuple(g for g, _ in w.gpus), spec[P.S_RETRY_EXC], t.owner,
         ))
 
     def _release_worker_resources(self, w: Worker) -> None:
@@ -551,9 +555,9 @@ class Scheduler:
         w.held = ()
         w.gpus = ()
 
-    def _store_results(self, t: Task, proc: int, results) -> None:
+    def _store_results(self, t: Task, proc: int, results, delivered: bool = False) -> None:
         for oid, kind, payload, contained in results:
-            self.seal(proc, oid, kind, payload, contained)
+            self.seal(proc, oid, kind, payload, contained, delivered)
 
     def _fail(self, t: Task, payload: bytes, state: TaskState = T.FAILED) -> None:
         # a READY task may still sit in its queue: schedule() skips non-READY entries
@@ -561,13 +565,15 @@ class Scheduler:
         self.stats["failed"] += 1
         self._finish(t, [(oid, ERROR, payload, ()) for oid in t.returns])
 
-    def _finish(self, t: Task, results) -> None:
-        self._store_results(t, t.worker or t.owner, results)
+    def _finish(self, t: Task, results, delivered: bool = False) -> None:
+        self._store_results(t, t.worker or t.owner, results, delivered)
         self._release_task_refs(t)
         self.children.pop(t.key, None)
         del self.tasks[t.key]
 
-    def task_done(self, wid: int, tid: int, status: int, results, retryable: bool) -> None:
+    def task_done(self, wid: int, tid: int, status: int, results, retryable: bool,
+                  delivered: bool = False) -> None:
+        """A worker finished a task; ``delivered``: it sent the results to the owner itself."""
         w = self.workers[wid]
         t = self.tasks.get(tid)
         if tid in w.queue:
@@ -598,7 +604,7 @@ class Scheduler:
             _move(t, T.FINISHED, TASK_TRANSITIONS, "task")
             self.stats["finished"] += 1
         t.worker = wid
-        self._finish(t, results)
+        self._finish(t, results, delivered)
 
     # ------------------------------------------------------------------ workers
     def worker_started(self, wid: int, now: float = 0.0) -> None:

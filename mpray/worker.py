@@ -54,8 +54,11 @@ def _retryable(e: BaseException, retry_exc) -> bool:
 
 
 class WorkerLoop:
-    def __init__(self, client: Client, wid: int, cancel_slot) -> None:
+    def __init__(self, client: Client, wid: int, cancel_slot, direct=None,
+                 driver_bell=None) -> None:
         self.client = client
+        self.direct = direct  # ring to the driver (results of the driver's tasks)
+        self.driver_bell = driver_bell
         self.wid = wid
         self.funcs: dict[int, object] = {}
         self.cancel_slot = cancel_slot
@@ -80,7 +83,7 @@ class WorkerLoop:
             self.run(q.pop(0))
 
     def run(self, msg: tuple) -> None:
-        _, tid, fid, fblob, name, args_blob, deps, nret, gpus, retry_exc = msg
+        _, tid, fid, fblob, name, args_blob, deps, nret, gpus, retry_exc, owner = msg
         client = self.client
         client.current_task = tid
         stored: list[tuple] = []
@@ -88,6 +91,8 @@ class WorkerLoop:
         try:
             fn = self.funcs.get(fid)
             if fn is None:
+                # the blob may have come with an EXEC this worker handed back or dropped
+                fblob = fblob or client.func_blobs.get(fid)
                 if fblob is None:
                     raise exc.RaySystemError(f"function {name} (id {fid}) was never registered")
                 fn = self.funcs[fid] = pickle.loads(fblob)
@@ -154,10 +159,30 @@ class WorkerLoop:
             sys.stderr.flush()
         except Exception:  # noqa: BLE001
             pass
-        client.send([(P.DONE, tid, status, stored, retryable)])
+        delivered = False
+        if owner == 0 and self.direct is not None and not retryable:
+            delivered = self._deliver(stored)
+        client.send([(P.DONE, tid, status, stored, retryable, delivered)])
+
+    def _deliver(self, stored: list) -> bool:
+        """Hand results straight to the driver: saves it waiting for the node's hop.
+
+        Never blocks: if the driver is not reading and its slot is full, the node's
+        ordinary path delivers instead.
+        """
+        frame = pickle.dumps([(P.OBJ, oid, kind, payload) for oid, kind, payload, _c in stored],
+                             protocol=5)
+        ring = self.direct
+        if ring.free_bytes() < len(frame) + 64 or len(frame) > ring._max_frag:
+            return False
+        if ring.try_push(frame) != len(frame):
+            return False
+        self.driver_bell.ring()
+        return True
 
 
-def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem) -> None:
+def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem,
+                direct=None) -> None:
     from .node import set_parent_death_signal
 
     set_parent_death_signal(signal.SIGKILL)
@@ -173,6 +198,7 @@ def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem) 
     )
     _global.client = client
     _global.node_id = setup.node_id
-    loop = WorkerLoop(client, wid, memoryview(mem)[64:72])
+    _global.node_info = setup.node_info
+    loop = WorkerLoop(client, wid, memoryview(mem)[64:72], direct, setup.driver_bell)
     signal.signal(signal.SIGUSR1, loop.on_cancel_signal)
     loop.serve()

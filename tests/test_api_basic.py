@@ -281,6 +281,9 @@ def test_get_list_keeps_order(ray_start):
     assert mpray.get(refs) == [0, 1, "p", 2, 3, 4]
     assert mpray.get(tuple(refs[:2])) == [0, 1]
     assert mpray.get([]) == []
+    # duplicates are fine in get
+    t = add.remote(2, 3)
+    assert mpray.get([t, refs[2], t, refs[2]]) == [5, "p", 5, "p"]
 
 
 def test_get_rejects_non_refs(ray_start):
@@ -300,6 +303,8 @@ def test_get_timeout(ray_start):
     assert elapsed < 2.0
     with pytest.raises(TimeoutError):
         mpray.get([mpray.put(1), ref], timeout=0)
+    with pytest.raises(ValueError):
+        mpray.get(ref, timeout=-1)
     mpray.cancel(ref, force=True)
 
 
@@ -521,3 +526,79 @@ def test_wait_counts_failed_tasks_as_ready(ray_start):
     assert ready == [bad] and not_ready == []
     with pytest.raises(RuntimeError):
         mpray.get(bad, timeout=0)
+
+
+def test_many_ref_arguments(ray_start):
+    @mpray.remote
+    def total(*xs):
+        return sum(xs)
+
+    refs = [mpray.put(i) for i in range(500)] + [add.remote(i, 0) for i in range(500)]
+    assert mpray.get(total.remote(*refs), timeout=60) == 2 * sum(range(500))
+
+
+def test_closure_over_large_array(ray_start):
+    import numpy as np
+
+    big = np.arange(20 * 1024 * 1024 // 8, dtype=np.float64)
+
+    @mpray.remote
+    def uses_closure(i):
+        return float(big[i]), big.nbytes
+
+    assert mpray.get([uses_closure.remote(i) for i in (0, 7, big.size - 1)], timeout=60) == [
+        (0.0, big.nbytes), (7.0, big.nbytes), (float(big.size - 1), big.nbytes)]
+
+
+# --------------------------------------------------------------------- API inside tasks
+def test_is_initialized_inside_task(ray_start):
+    @mpray.remote
+    def inside():
+        return mpray.is_initialized()
+
+    assert mpray.get(inside.remote(), timeout=30) is True
+
+
+def test_cluster_queries_inside_task(ray_start):
+    @mpray.remote
+    def inside():
+        return (mpray.cluster_resources()["CPU"], mpray.available_resources().get("CPU", 0),
+                [n["NodeID"] for n in mpray.nodes()])
+
+    cpus, available_cpus, node_ids = mpray.get(inside.remote(), timeout=30)
+    assert cpus == 2
+    assert available_cpus == 1  # this task holds the other CPU
+    assert node_ids == [mpray.nodes()[0]["NodeID"]]
+
+
+def test_init_inside_task_does_not_start_another_engine(ray_start):
+    @mpray.remote
+    def inside():
+        import psutil
+
+        before = {p.pid for p in psutil.Process().children()}
+        outcome = []
+        try:
+            mpray.init(num_cpus=1, object_store_memory=64 * 1024 * 1024)
+            outcome.append("init returned")
+        except RuntimeError:
+            outcome.append("RuntimeError")
+        mpray.init(ignore_reinit_error=True)
+        new = {p.pid for p in psutil.Process().children()} - before
+        if new:  # clean up the stray engine so the test fails without leaking
+            mpray.shutdown()
+        return outcome[0], len(new)
+
+    outcome, new_children = mpray.get(inside.remote(), timeout=30)
+    assert new_children == 0, "mpray.init() inside a task started a second engine"
+    assert outcome == "RuntimeError"
+    assert mpray.get(add.remote(1, 1), timeout=30) == 2
+
+
+def test_job_id_same_in_driver_and_task(ray_start):
+    @mpray.remote
+    def job():
+        return mpray.get_runtime_context().get_job_id()
+
+    driver_job = mpray.get_runtime_context().get_job_id()
+    assert mpray.get(job.remote(), timeout=30) == driver_job

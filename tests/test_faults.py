@@ -345,3 +345,140 @@ def test_recursive_cancel_stops_children(ray_start, tmp_path):
     time.sleep(0.5)
     assert beat.stat().st_size == size, "the child task kept running after recursive cancel"
     _engine_serves()
+
+
+def test_crash_retries_default_is_three(ray_start, tmp_path):
+    log = tmp_path / "log"
+
+    @mpray.remote
+    def always_dies(path):
+        _log(path)
+        os._exit(1)
+
+    with pytest.raises(exc.WorkerCrashedError):
+        mpray.get(always_dies.remote(str(log)), timeout=60)
+    assert _count(log) == 4  # the first attempt and 3 retries (Ray's default)
+    _engine_serves()
+
+
+def test_cancel_task_waiting_for_dependency(ray_start, tmp_path):
+    ran = tmp_path / "ran"
+
+    @mpray.remote
+    def slow_value():
+        time.sleep(0.5)
+        return 5
+
+    @mpray.remote
+    def dependent(x, path):
+        open(path, "w").close()
+        return x
+
+    dep = slow_value.remote()
+    waiting = dependent.remote(dep, str(ran))
+    downstream = square.remote(waiting)
+    mpray.cancel(waiting)
+    with pytest.raises(exc.TaskCancelledError):
+        mpray.get(waiting, timeout=10)
+    # dependents of a cancelled task fail as cancelled too
+    with pytest.raises(exc.TaskCancelledError):
+        mpray.get(downstream, timeout=10)
+    # the dependency itself is unaffected
+    assert mpray.get(dep, timeout=10) == 5
+    time.sleep(0.1)
+    assert not ran.exists()
+
+
+def test_cancel_non_recursive_leaves_child_running(ray_start, tmp_path):
+    done = tmp_path / "child-done"
+
+    @mpray.remote
+    def child(path):
+        time.sleep(0.6)
+        open(path, "w").close()
+        return "child"
+
+    @mpray.remote
+    def parent(path):
+        return mpray.get(child.remote(path))
+
+    ref = parent.remote(str(done))
+    time.sleep(0.3)
+    mpray.cancel(ref, recursive=False)
+    with pytest.raises(exc.TaskCancelledError):
+        mpray.get(ref, timeout=10)
+    assert wait_for(done.exists, 10), "the child was cancelled although recursive=False"
+    _engine_serves()
+
+
+def test_function_reusable_after_cancelling_queued_tasks(ray_start, tmp_path):
+    started = tmp_path / "started"
+    started.mkdir()
+
+    @mpray.remote
+    def victim(i):
+        return i
+
+    for round_ in range(5):
+        blockers = [block.remote(str(started), f"r{round_}b{i}", 0.4) for i in range(2)]
+        assert wait_for(_started(str(started), 2 * (round_ + 1)), 10)
+        queued = [victim.remote(i) for i in range(12)]
+        for r in queued:
+            mpray.cancel(r)
+        for r in queued:
+            with pytest.raises(exc.TaskCancelledError):
+                mpray.get(r, timeout=10)
+        assert len(mpray.get(blockers, timeout=30)) == 2
+        assert mpray.get([victim.remote(i) for i in range(8)], timeout=30) == list(range(8))
+
+
+EXIT_DRIVER = r"""
+import json, os, sys, time
+import psutil
+import mpray
+mpray.init(num_cpus=2, object_store_memory=64 * 1024 * 1024)
+
+@mpray.remote
+def long_task(path):
+    open(path, "w").close()
+    time.sleep(120)
+
+started = os.path.join(sys.argv[1], "started")
+ref = long_task.remote(started)
+deadline = time.monotonic() + 20
+while not os.path.exists(started) and time.monotonic() < deadline:
+    time.sleep(0.01)
+s = mpray.api._global.session
+node = psutil.Process(s.node_pid)
+pids = [node.pid] + [c.pid for c in node.children(recursive=True)]
+print(json.dumps({"pids": pids, "session_dir": s.session_dir,
+                  "started": os.path.exists(started)}), flush=True)
+if sys.argv[2] == "raise":
+    raise SystemExit(3)
+"""
+
+
+@pytest.mark.parametrize("how", ["return", "raise"])
+def test_driver_exit_without_shutdown_cleans_up(tmp_path, how):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", EXIT_DRIVER, str(tmp_path), how],
+                          capture_output=True, text=True, timeout=60, env=env,
+                          cwd=str(tmp_path))
+    elapsed = time.monotonic() - t0
+    info = json.loads(proc.stdout.splitlines()[0])
+    try:
+        assert info["started"]
+        assert proc.returncode == (3 if how == "raise" else 0), proc.stderr
+        assert elapsed < 20, f"the driver took {elapsed:.1f} s to exit"
+        assert wait_for(lambda: all(_dead(p) for p in info["pids"]), 5), \
+            [p for p in info["pids"] if not _dead(p)]
+        assert not os.path.exists(info["session_dir"])
+    finally:
+        for p in info["pids"]:
+            if not _dead(p):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass

@@ -116,3 +116,11 @@ def test_nested_error_propagates(ray_module):
 
     with pytest.raises(ZeroDivisionError, match="inner failure"):
         mpray.get(outer.remote(), timeout=30)
+
+
+def test_many_parents_many_children_repeatedly(ray_module):
+    # a backlog of blocking parents: the node queues tasks behind running ones, and a
+    # parent that blocks hands its queued tasks back; each round must fully succeed
+    for _ in range(10):
+        refs = [parent.remote(10) for _ in range(20)]
+        assert [t for t, _ in mpray.get(refs, timeout=60)] == [450] * 20

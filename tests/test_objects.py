@@ -295,3 +295,36 @@ def test_crashed_worker_objects_and_pins_are_reclaimed(ray_start):
         mpray.get(put_then_die.remote(ref), timeout=30)
     del ref
     assert wait_arena(lambda u: u == 0) == 0
+
+
+def test_large_bytes_and_str(ray_start):
+    b = bytes(range(256)) * (30 * MB // 256)
+    s = "mpray-" * (5 * MB)
+    rb, rs = mpray.put(b), mpray.put(s)
+    assert mpray.get(rb) == b
+    assert mpray.get(rs) == s
+
+    @mpray.remote
+    def lengths(x, y):
+        return len(x), len(y), hashlib.sha256(x).hexdigest()
+
+    assert mpray.get(lengths.remote(rb, rs), timeout=60) == (
+        len(b), len(s), hashlib.sha256(b).hexdigest())
+
+
+def test_ref_borrowed_by_task_and_returned(ray_start):
+    @mpray.remote
+    def give_back(box):
+        return {"again": box[0]}
+
+    base = arena_used()
+    a = big_array(19)
+    ref = mpray.put(a)
+    out = give_back.remote([ref])
+    del ref
+    gc.collect()
+    result = mpray.get(out, timeout=30)
+    got = mpray.get(result["again"], timeout=30)
+    assert digest(got) == digest(a)
+    del got, result, out
+    assert wait_arena(lambda u: u == base) == base

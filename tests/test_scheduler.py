@@ -203,7 +203,7 @@ def test_dispatch_to_idle_worker_sends_exec_with_resolved_deps():
     assert s.ready_count() == 1
     s.schedule()
     assert execs(s) == {1: [(P.EXEC, 100, FID, FBLOB, "f", b"A", [(1, 50, INLINE, b"x-value")],
-                             2, (), True)]}
+                             2, (), True, 0)]}  # last: the owner (driver), for direct results
     assert s.actions == []
     assert s.avail == {"CPU": 1.0}
     assert running_on(s, 100) == 1
