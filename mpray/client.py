@@ -85,6 +85,9 @@ class Client:
         self._futures: dict[int, list] = {}
         self._future_thread: threading.Thread | None = None
         self.exec_queue: list[tuple] = []
+        # set while a worker holds serialised results that contain refs it is about to
+        # drop: their releases must go out after the DONE that registers the containment
+        self.hold_releases = False
         self.func_blobs: dict[int, bytes] = {}
         self._mailbox = None  # (mmap, ring capacity): the driver's worker->driver slots
         self._direct: dict[int, Ring] = {}  # slot -> ring the driver polls
@@ -126,14 +129,18 @@ class Client:
         if self.closed:
             raise exc.RaySystemError("mpray is shut down")
         if self._pending or self._unpin or self._incref or self._decref:
-            # order: PUT/PIN first (they may register objects the rest refers to)
+            # Holds go before the frame's messages, releases after them: PUT/PIN/INCREF
+            # may register what the messages refer to, and a message may create a new
+            # hold (a task's args, a result's contained refs) that must be in place
+            # before this process's own hold on the same object is dropped.
             pre = self._drain_deque(self._pending)
-            if self._unpin:
-                pre.append((P.UNPIN, self._drain_deque(self._unpin)))
-            if self._incref or self._decref:
-                pre.append((P.REFS, self._drain_deque(self._incref),
-                            self._drain_deque(self._decref)))
+            if self._incref:
+                pre.append((P.REFS, self._drain_deque(self._incref), ()))
             msgs[:0] = pre
+            if self._decref:
+                msgs.append((P.REFS, (), self._drain_deque(self._decref)))
+            if self._unpin:
+                msgs.append((P.UNPIN, self._drain_deque(self._unpin)))
         frame = pickle.dumps(msgs, protocol=5)
         try:
             self._up.push(frame, wake=self._node_bell.force, deadline=self._push_deadline())
@@ -147,7 +154,7 @@ class Client:
     def _flush_soon(self) -> None:
         """Called from __del__/finalizers: flush now unless a send is under way (then the
         sender flushes it when it is done)."""
-        if self.closed:
+        if self.closed or self.hold_releases:
             return
         if self._send_lock.acquire(False):
             try:
@@ -177,11 +184,15 @@ class Client:
             refs[oid] = n - 1
             return
         del refs[oid]
-        self._values.pop(oid, None)
+        value = self._values.pop(oid, None)
         self._subscribed.discard(oid)
         self._reborrowed.discard(oid)
         self._decref.append(oid)
-        self._flush_soon()
+        # A value known to be small and inline only costs the node a little memory: its
+        # release rides along with the next frame.  Anything else (arena space, or a value
+        # never seen here, which may hold arena space or refs to it) is released now.
+        if value is None or value[0] != ser.INLINE or len(self._decref) >= 512:
+            self._flush_soon()
 
     def _unpin_later(self, oid: int) -> None:
         self._mapped.pop(oid, None)

@@ -122,6 +122,7 @@ class WorkerLoop:
                         f"task {name} declared num_returns={nret} but returned {len(outs)} values"
                     )
             del result
+            client.hold_releases = True
             for i, v in enumerate(outs):
                 try:
                     kind, payload, contained = client.store_value(v)
@@ -131,7 +132,7 @@ class WorkerLoop:
                         f"({type(v).__name__}): {e}"
                     ) from e
                 stored.append((tid + 1 + i, kind, payload, contained))
-            del outs
+            outs = v = None  # drop the last return value now, before DONE goes out
             status = P.OK
         except BaseException as e:  # noqa: BLE001 - every failure becomes the task's error
             self.in_user = False
@@ -160,9 +161,14 @@ class WorkerLoop:
         except Exception:  # noqa: BLE001
             pass
         delivered = False
-        if owner == 0 and self.direct is not None and not retryable:
+        # Direct delivery skips the node's FIFO, so only for values that carry no refs:
+        # a ref inside must reach the node (its PUT/SUBMIT) before anyone can ask for it.
+        if (owner == 0 and self.direct is not None and not retryable
+                and not any(r[3] for r in stored)):
             delivered = self._deliver(stored)
         client.send([(P.DONE, tid, status, stored, retryable, delivered)])
+        client.hold_releases = False
+        client._flush_soon()
 
     def _deliver(self, stored: list) -> bool:
         """Hand results straight to the driver: saves it waiting for the node's hop.
