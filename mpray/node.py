@@ -18,6 +18,7 @@ SIGKILLed driver leaves nothing behind.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import pickle
@@ -100,6 +101,8 @@ class Node:
         self._child_exited = False
         self._driver_pidfd = os.pidfd_open(driver_pid)
         self._last_tick = time.monotonic()
+        self._ups: list | None = None
+        self._backlog: set[int] = set()
         self.free_slots = list(range(setup.mailbox_slots - 1, -1, -1))
         self.slot_of: dict[int, int] = {}  # wid -> mailbox slot
 
@@ -142,6 +145,7 @@ class Node:
             finally:
                 os._exit(code)
         self.channels[wid] = Channel(up, Outbox(down), bell, mem, pid)
+        self._ups = None
         self.pids[pid] = wid
         if slot is not None:
             self.slot_of[wid] = slot
@@ -175,6 +179,8 @@ class Node:
 
     def _drop_channel(self, wid: int) -> None:
         ch = self.channels.pop(wid, None)
+        self._ups = None
+        self._backlog.discard(wid)
         if ch is not None:
             # drain what the worker sent before dying (its last PIN/REFS/DONE)
             self._handle(wid, ch.up.pop_all())
@@ -266,24 +272,34 @@ class Node:
             s.schedule()
 
     def _flush(self) -> bool:
-        """Send queued messages; True when everything went out."""
+        """Send queued messages (one frame per process); True when everything went out."""
         s = self.sched
-        all_out = True
         if s.out:
-            out, s.out = s.out, {}
-            s.out = type(out)(list)
+            out = s.out
+            s.out = collections.defaultdict(list)
+            channels = self.channels
             for proc, msgs in out.items():
-                ch = self.channels.get(proc)
+                ch = channels.get(proc)
                 if ch is None or not msgs:
                     continue
-                ch.out.send(pickle.dumps(msgs, protocol=5))
+                if not ch.out.send(pickle.dumps(msgs, protocol=5)):
+                    self._backlog.add(proc)
                 ch.bell.ring()
-        for ch in self.channels.values():
-            if ch.out.pending:
-                if not ch.out.flush():
-                    all_out = False
-                ch.bell.ring()
-        return all_out
+        if self._backlog:
+            for proc in list(self._backlog):
+                ch = self.channels.get(proc)
+                if ch is None or ch.out.flush():
+                    self._backlog.discard(proc)
+                if ch is not None:
+                    ch.bell.ring()
+        return not self._backlog
+
+    def _inbound(self) -> list:
+        """(proc, up ring) pairs to poll, rebuilt only when workers come or go."""
+        ups = self._ups
+        if ups is None:
+            ups = self._ups = [(proc, ch.up) for proc, ch in self.channels.items()]
+        return ups
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -292,22 +308,24 @@ class Node:
         for _ in range(int(s.total.get("CPU", 1))):
             self.start_worker()
         bell = self.bell
-        channels = self.channels
         flushed = True
+        handle = self._handle
         while self.running:
             busy = False
-            for proc, ch in list(channels.items()):
-                frames = ch.up.pop_all()
+            for proc, up in self._inbound():
+                frames = up.pop_all()
                 if frames:
                     busy = True
-                    self._handle(proc, frames)
+                    handle(proc, frames)
             if self._child_exited:
                 self._child_exited = False
                 self._reap()
                 busy = True
             if busy or not flushed:
-                s.schedule()
-                self._act()
+                if s.ready:
+                    s.schedule()
+                if s.actions:
+                    self._act()
                 flushed = self._flush()
             now = time.monotonic()
             if now - self._last_tick > 1.0:
@@ -321,7 +339,7 @@ class Node:
                 break
             # go to sleep unless something arrived meanwhile (announce first, then look)
             bell.sleep_begin()
-            if self._child_exited or any(ch.up.has_data() for ch in channels.values()):
+            if self._child_exited or any(up.has_data() for _p, up in self._inbound()):
                 bell.sleep_end()
                 continue
             if bell.wait(0.001 if not flushed else 1.0, (self._driver_pidfd,)):
