@@ -115,8 +115,11 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
     cap = cfg.driver_ring_bytes
     ctrl = anonymous_shared(128 + 2 * ring_bytes(cap))
     node_id = os.urandom(8).hex()
+    from .direct import DirectTasks, slot_bytes
+
     slots = cfg.direct_slots
-    mailbox = anonymous_shared(max(1, slots) * ring_bytes(cfg.direct_ring_bytes))
+    mailbox = anonymous_shared(max(1, slots) * slot_bytes(cfg.direct_ring_bytes))
+    slot_efds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(slots)]
     node_bell = Doorbell.create(ctrl, 0)
     driver_bell = Doorbell.create(ctrl, 64)
     up = Ring(ctrl, 128, cap)
@@ -131,6 +134,7 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
         node_info={"node_id": node_id, "resources": cfg.node_resources(),
                    "job_id": format(os.getpid(), "08x"), "session_dir": session_dir},
         mailbox=mailbox, mailbox_slots=slots, mailbox_ring_bytes=cfg.direct_ring_bytes,
+        slot_efds=slot_efds,
     )
     driver_pid = os.getpid()
     import sys
@@ -156,6 +160,9 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
         id_start=_next_driver_id(),
     )
     client._mailbox = (mailbox, cfg.direct_ring_bytes)
+    if slots and cfg.lease_depth:
+        client.direct = DirectTasks(client, mailbox, cfg.direct_ring_bytes, slot_efds,
+                                    max_leases=cfg.num_cpus, depth=cfg.lease_depth)
     _global.session = _Session(cfg, pid, node_pidfd, setup, session_dir)
     _global.node_id = setup.node_id
     _global.node_info = setup.node_info
@@ -225,9 +232,13 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
         for r in (st.driver_up, st.driver_down):
             r.release()
         client._arena_mv = None
-        for r in client._direct.values():
+        for r in client._w2d.values():
             r.release()
-        client._direct.clear()
+        client._w2d.clear()
+        if client.direct is not None:
+            client.direct.close()
+        for fd in st.slot_efds or ():
+            os.close(fd)
         for m in (st.ctrl, st.mailbox):
             try:
                 m.close()
@@ -345,6 +356,8 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     if ref._tid is None:
         raise TypeError(f"{ref} was created by put(); only task results can be cancelled")
     client = _global.client_or_raise()
+    if client.direct is not None:
+        client.direct.cancel(ref._tid, bool(force))
     client.send([(P.CANCEL, ref._tid, bool(force), bool(recursive))])
 
 

@@ -85,12 +85,20 @@ class Client:
         self._futures: dict[int, list] = {}
         self._future_thread: threading.Thread | None = None
         self.exec_queue: list[tuple] = []
+        self.dropped_tasks: set[int] = set()  # worker: cancelled before they started
+        self.lease_active = 0.0  # worker: when its lease last had work
         # set while a worker holds serialised results that contain refs it is about to
         # drop: their releases must go out after the DONE that registers the containment
         self.hold_releases = False
         self.func_blobs: dict[int, bytes] = {}
         self._mailbox = None  # (mmap, ring capacity): the driver's worker->driver slots
-        self._direct: dict[int, Ring] = {}  # slot -> ring the driver polls
+        self._w2d: dict[int, Ring] = {}  # driver: slot -> ring it polls (worker results)
+        self.direct = None  # driver: DirectTasks (leases); None in workers
+        # worker: its mailbox slot's rings to/from the driver, and its current lease
+        self._d2w: Ring | None = None
+        self._to_driver: Ring | None = None
+        self._driver_bell: Doorbell | None = None
+        self.lease_epoch: int | None = None
         self.closed = False
         self.node_dead = False
         self.blocked = False
@@ -185,6 +193,9 @@ class Client:
             return
         del refs[oid]
         value = self._values.pop(oid, None)
+        d = self.direct
+        if d is not None and d.forget(oid):
+            return  # the node never knew it, or will be told once its value arrives
         self._subscribed.discard(oid)
         self._reborrowed.discard(oid)
         self._decref.append(oid)
@@ -209,58 +220,121 @@ class Client:
                 futs = self._futures.pop(oid, None)
                 if futs:
                     self._resolve_futures(oid, futs)
+            d = self.direct
+            if d is not None and (d.pending or d.flagged) and d.on_node_value(oid):
+                self._decref.append(oid)  # its ref died while the task ran
         elif op == P.EXEC:
             if msg[3] is not None:  # keep the function even if this EXEC is bounced
                 self.func_blobs[msg[2]] = msg[3]
-            if self.blocked:  # never queue work behind a task that waits: hand it back
+            direct = len(msg) > 11
+            if direct and msg[11] != self.lease_epoch and not self.blocked:
+                # the node's LEASE for it may be in our down ring, not read yet
+                self._drain_frames(self._down.pop_all())
+            if direct and (self.blocked or msg[11] != self.lease_epoch):
+                self.send_driver([(P.RETURN_D, [msg[1]], self.blocked)])
+            elif self.blocked:  # never queue work behind a task that waits: hand it back
                 self._pending.append((P.RETURN, [msg[1]]))
                 self._flush_soon()
             else:
                 self.exec_queue.append(msg)
         elif op == P.DROP:
-            self.exec_queue[:] = [m for m in self.exec_queue if m[1] != msg[1]]
+            self.dropped_tasks.add(msg[1])
+        elif op == P.LEASE:
+            if self.is_worker:
+                self.lease_epoch = msg[1]
+                self.lease_active = time.monotonic()
+            else:
+                self.direct.on_lease(msg[1], msg[2], msg[3], msg[4], msg[5])
+        elif op == P.DONE_D:
+            self.direct.on_done(msg[1], msg[2], msg[3], msg[4])
+        elif op == P.RETURN_D:
+            self.direct.on_returned(msg[1], msg[2])
+        elif op == P.EXPIRED:
+            self.direct.on_expired(msg[1], msg[2])
+        elif op == P.LEASE_LOST:
+            self.direct.on_lost(msg[1], msg[2], msg[3])
         elif op == P.ALLOC_OK or op == P.REPLY:
             self._replies[msg[1]] = msg
         elif op == P.SLOT:
-            mem, cap = self._mailbox
-            from .rings import ring_bytes
+            from .direct import slot_rings
 
-            self._direct[msg[1]] = Ring(mem, msg[1] * ring_bytes(cap), cap)
+            mem, cap = self._mailbox
+            w2d, d2w = slot_rings(mem, msg[1], cap)
+            d2w.release()
+            self._w2d[msg[1]] = w2d
         elif op == P.SLOT_FREE:
-            ring = self._direct.pop(msg[1], None)
+            ring = self._w2d.pop(msg[1], None)
             if ring is not None:
-                self._drain_frames(ring.pop_all())
+                self._drain_frames(ring.pop_all(), True)
                 ring.release()
         elif op == P.STOP:
             self.stop_requested = True
 
-    def _drain_frames(self, frames: list) -> None:
+    def _drain_frames(self, frames: list, from_worker: bool = False) -> None:
         handle = self._handle
+        d = self.direct
         for f in frames:
             for m in pickle.loads(f):
-                handle(m)
+                if from_worker and m[0] == P.OBJ and d is not None and m[1] in d.pending:
+                    d.flagged.discard(m[1])
+                    # a leased task's value, straight from its worker: the node never saw
+                    # it (results of the node's tasks come this way too, registered)
+                    d.on_direct_value(m[1], m[2], m[3], deliver=True)
+                else:
+                    handle(m)
 
     def _drain(self) -> bool:
         got = False
-        if self._direct:
-            for ring in list(self._direct.values()):
+        if self._w2d:
+            for ring in list(self._w2d.values()):
                 frames = ring.pop_all()
                 if frames:
                     got = True
-                    self._drain_frames(frames)
-        frames = self._down.pop_all()
+                    self._drain_frames(frames, True)
+        frames = self._down.pop_all()  # first: a LEASE must be seen before its EXECs
         if frames:
             got = True
             self._drain_frames(frames)
+        if self._d2w is not None:
+            frames = self._d2w.pop_all()
+            if frames:
+                got = True
+                self._drain_frames(frames)
         return got
 
     def _has_data(self) -> bool:
         if self._down.has_data():
             return True
-        for ring in self._direct.values():
+        if self._d2w is not None and self._d2w.has_data():
+            return True
+        for ring in self._w2d.values():
             if ring.has_data():
                 return True
         return False
+
+    def send_driver(self, msgs: list) -> None:
+        """Worker: a frame on this worker's mailbox ring to the driver (never full for
+        long: the driver drains it whenever it waits, and holds few tasks per lease)."""
+        self._to_driver.push(pickle.dumps(msgs, protocol=5), wake=self._driver_bell.force,
+                             deadline=self._push_deadline())
+        self._driver_bell.ring()
+
+    def publish(self, oids) -> None:
+        """Driver: make objects only this process knows of known to the node, before a
+        message that refers to them goes out (PUT for values here, PROMISE for results of
+        direct tasks still running)."""
+        d = self.direct
+        if d is None:
+            return
+        for oid in oids:
+            if oid in d.local_only:
+                d.local_only.discard(oid)
+                v = self._values.get(oid)
+                if v is not None:
+                    self._pending.append((P.PUT, oid, v[0], v[1], ()))
+            elif oid in d.pending and oid not in d.promised:
+                d.promised.add(oid)
+                self._pending.append((P.PROMISE, oid))
 
     def pump(self, timeout: float | None) -> bool:
         """Handle what has arrived; if nothing has, block up to ``timeout`` for more."""
@@ -284,6 +358,15 @@ class Client:
                 "this session can no longer run tasks (call mpray.shutdown())"
             )
         return got
+
+    def poll_nowait(self) -> None:
+        """Handle whatever has arrived, if no other thread is pumping; never blocks."""
+        if self._pump_lock.acquire(False):
+            try:
+                if self._has_data():
+                    self._drain()
+            finally:
+                self._pump_lock.release()
 
     def wait_until(self, pred, deadline: float | None) -> bool:
         """Pump (or wait for the pumping thread) until ``pred()`` or the deadline."""
@@ -319,9 +402,13 @@ class Client:
         if self.is_worker and not self.blocked and self.current_task is not None:
             self.blocked = True
             self._drain()
-            returned = [m[1] for m in self.exec_queue]
+            # queued tasks must not wait behind one that waits: hand them all back
+            mine = [m[1] for m in self.exec_queue if len(m) <= 11]
+            leased = [m[1] for m in self.exec_queue if len(m) > 11]
             self.exec_queue.clear()
-            self.send([(P.BLOCKED, returned)])
+            if leased:
+                self.send_driver([(P.RETURN_D, leased, True)])
+            self.send([(P.BLOCKED, mine)])
             try:
                 return self.wait_until(pred, deadline)
             finally:
@@ -362,6 +449,8 @@ class Client:
         oid = self.new_ids(0)  # the caller wraps it in an ObjectRef, which counts it
         self._values[oid] = (kind, payload)
         msg = (P.PUT, oid, kind, payload, contained)
+        if contained and self.direct is not None:
+            self.publish(contained)
         if kind == ser.INLINE:
             # Lazy: the node needs a small object only once its ref leaves this process,
             # and every message that could carry the ref flushes _pending first (one FIFO

@@ -46,7 +46,8 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("max_workers", "MPRAY_MAX_WORKERS", "cap on non-blocked workers (default 2 × CPUs, at least 4)"),
     ("idle_worker_timeout", "MPRAY_IDLE_WORKER_TIMEOUT", "seconds before an extra idle worker exits (10)"),
     ("pipeline_depth", "MPRAY_PIPELINE_DEPTH", "tasks queued per busy worker, running one included (2)"),
-    ("direct_slots", "MPRAY_DIRECT_SLOTS", "workers that hand results straight to the driver (64)"),
+    ("direct_slots", "MPRAY_DIRECT_SLOTS", "workers with a mailbox to the driver (32; 0: none)"),
+    ("lease_depth", "MPRAY_LEASE_DEPTH", "driver tasks in flight per leased worker (4; 0: no leases)"),
     ("tmpdir", "MPRAY_TMPDIR", "parent of the session directory (TMPDIR, else /tmp)"),
     ("driver_ring_bytes", "MPRAY_DRIVER_RING_BYTES", "ring size driver <-> node (8 MiB)"),
     ("worker_ring_bytes", "MPRAY_WORKER_RING_BYTES", "ring size worker <-> node (1 MiB)"),
@@ -63,7 +64,8 @@ class Config:
     inline_max: int = 100 * KB
     max_workers: int = 0
     pipeline_depth: int = 2
-    direct_slots: int = 64
+    direct_slots: int = 32
+    lease_depth: int = 4
     direct_ring_bytes: int = 256 * KB
     idle_worker_timeout: float = 10.0
     tmpdir: str = "/tmp"
@@ -138,7 +140,8 @@ def resolve(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Co
     c.task_memory = max(R.detect_memory_bytes() - osm, 0)
     for name, envname in (("inline_max", "MPRAY_INLINE_MAX"), ("max_workers", "MPRAY_MAX_WORKERS"),
                           ("pipeline_depth", "MPRAY_PIPELINE_DEPTH"),
-                          ("direct_slots", "MPRAY_DIRECT_SLOTS")):
+                          ("direct_slots", "MPRAY_DIRECT_SLOTS"),
+                          ("lease_depth", "MPRAY_LEASE_DEPTH")):
         v = args.get(name)
         if v is None:
             v = _env_int(env, envname)

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 
 from . import protocol as P
+from .direct import slot_bytes, slot_rings
 from .rings import Doorbell, Outbox, Ring, anonymous_shared, ring_bytes
 from .scheduler import Scheduler
 
@@ -53,6 +54,7 @@ class Channel:
     bell: Doorbell
     mem: object = None
     pid: int = 0
+    shared_bell: bool = False  # a mailbox slot's eventfd: reused, never closed here
 
 
 @dataclass
@@ -79,6 +81,7 @@ class NodeSetup:
     mailbox: object = None  # shared with the driver: one worker->driver ring per slot
     mailbox_slots: int = 0
     mailbox_ring_bytes: int = 0
+    slot_efds: list | None = None  # one eventfd per slot, created by the driver
     rank: int = 0
 
 
@@ -116,12 +119,17 @@ class Node:
         mem = anonymous_shared(2 * _FLAG_BYTES + 2 * ring_bytes(cap))
         up = Ring(mem, 2 * _FLAG_BYTES, cap)
         down = Ring(mem, 2 * _FLAG_BYTES + ring_bytes(cap), cap)
-        bell = Doorbell.create(mem, 0)
         slot = self.free_slots.pop() if self.free_slots else None
-        direct = None
-        if slot is not None:
+        mailbox_rings = None
+        if slot is None:
+            bell = Doorbell.create(mem, 0)
+        else:
+            # a mailbox slot: rings to and from the driver, and the slot's eventfd (made
+            # by the driver) as the worker's one doorbell, rung by the node and the driver
             cap_d = self.setup.mailbox_ring_bytes
-            direct = Ring(self.setup.mailbox, slot * ring_bytes(cap_d), cap_d)
+            mailbox_rings = slot_rings(self.setup.mailbox, slot, cap_d)
+            bell = Doorbell(self.setup.slot_efds[slot], self.setup.mailbox,
+                            slot * slot_bytes(cap_d))
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -130,11 +138,11 @@ class Node:
             try:
                 keep = {self.bell.fd, bell.fd, self.setup.driver_bell.fd}
                 for ch in self.channels.values():
-                    if ch.bell.fd not in keep:
-                        os.close(ch.bell.fd)
+                    if ch.bell.fd not in keep and not ch.shared_bell:
+                        os.close(ch.bell.fd)  # other workers' private doorbells
                 os.close(self._driver_pidfd)
                 worker_main(self.setup, wid, os.getppid(), up, down, bell, self.bell, mem,
-                            direct)
+                            slot, mailbox_rings)
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 0
             except BaseException:  # noqa: BLE001 - last resort: report and die
@@ -144,11 +152,15 @@ class Node:
                 code = 1
             finally:
                 os._exit(code)
-        self.channels[wid] = Channel(up, Outbox(down), bell, mem, pid)
+        if mailbox_rings is not None:
+            for r in mailbox_rings:
+                r.release()
+        self.channels[wid] = Channel(up, Outbox(down), bell, mem, pid, slot is not None)
         self._ups = None
         self.pids[pid] = wid
         if slot is not None:
             self.slot_of[wid] = slot
+            self.sched.leasable.add(wid)
             self.sched.out[0].append((P.SLOT, slot, wid))
         self.sched.worker_started(wid, time.monotonic())
 
@@ -186,7 +198,8 @@ class Node:
             self._handle(wid, ch.up.pop_all())
             ch.up.release()
             ch.out.ring.release()
-            ch.bell.close()
+            if not ch.shared_bell:
+                ch.bell.close()
 
     # ------------------------------------------------------------------ events
     def _handle(self, proc: int, frames: list[bytes]) -> None:
@@ -235,6 +248,12 @@ class Node:
             s.cancel(m[1], m[2], m[3])
         elif op == P.QUERY:
             s.out[proc].append((P.REPLY, m[1], self._query(m[2])))
+        elif op == P.LEASE_END:
+            s.lease_end(proc, m[1])
+        elif op == P.PUT_FOR:
+            s.put_for(proc, m[1], m[2], m[3], m[4], m[5])
+        elif op == P.PROMISE:
+            s.promise(proc, m[1])
         elif op == P.SHUTDOWN:
             self.running = False
 
@@ -269,6 +288,15 @@ class Node:
                         _kill(ch.pid, signal.SIGUSR1)
                 elif kind == "warn":
                     print(a[1], file=sys.stderr, flush=True)
+                elif kind == "lease":
+                    _, wid, epoch, proc, first_oid = a
+                    ch = self.channels[wid]
+                    s.out[wid].append((P.LEASE, epoch))
+                    s.out[proc].append((P.LEASE, wid, epoch, self.slot_of[wid], ch.pid,
+                                        first_oid))
+                elif kind == "lease_lost":
+                    _, wid, epoch, proc, reason = a
+                    s.out[proc].append((P.LEASE_LOST, wid, epoch, reason))
             s.schedule()
 
     def _flush(self) -> bool:

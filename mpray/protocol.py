@@ -54,6 +54,17 @@ DROP = 37  # (op, tid): forget a queued task (it was cancelled)
 SLOT = 38  # (op, slot, wid): a worker now writes results to the driver through mailbox slot
 SLOT_FREE = 39  # (op, slot): that worker is gone; drain the slot and stop polling it
 
+# leases: the driver sends default-shaped tasks straight to workers it leased
+LEASE_END = 18  # worker->node (op, epoch): the lease went idle and is given back
+PUT_FOR = 19  # worker->node (op, owner, oid, kind, payload, contained): a direct result
+PROMISE = 20  # driver->node (op, oid): a direct task's result whose ref is leaving; wait for it
+LEASE = 40  # node->driver (op, wid, epoch, slot, pid, first_oid) / node->worker (op, epoch)
+LEASE_LOST = 41  # node->driver (op, wid, epoch, reason): the leased worker died
+# on a lease's own rings (driver <-> worker, no node in between)
+DONE_D = 50  # worker->driver (op, tid, status, retryable, payload): a direct task ended
+RETURN_D = 51  # worker->driver (op, tids, blocked): direct tasks handed back unstarted
+EXPIRED = 52  # worker->driver (op, epoch): lease ended (idle); later EXECs are bounced
+
 # DONE status
 OK = 0
 APP_ERROR = 1  # results hold one ERROR payload for every return
@@ -70,6 +81,7 @@ S_RETRIES = 7
 S_RETRY_EXC = 8  # False, True, or pickled tuple of exception classes
 S_CONTAINED = 9  # ObjectRef ids pickled anywhere inside the arguments
 S_STRATEGY = 10
+S_LEASE = 11  # optional: True = lease the worker to the owner once this task is done
 
 PROC_BITS = 36
 RANK_SHIFT = 56

@@ -95,7 +95,7 @@ def resource_request(opts: dict, default_cpus: float = 1.0) -> tuple:
 class _Prepared:
     """Per-options constants computed once, not per call."""
 
-    __slots__ = ("nret", "res", "retries", "retry_exc", "name", "strategy")
+    __slots__ = ("nret", "res", "retries", "retry_exc", "name", "strategy", "direct_ok")
 
     def __init__(self, opts: dict, default_name: str) -> None:
         self.nret = opts.get("num_returns", 1) if opts.get("num_returns") is not None else 1
@@ -106,6 +106,8 @@ class _Prepared:
         self.retry_exc = rex if isinstance(rex, bool) else pickle.dumps(tuple(rex))
         self.name = opts.get("name") or default_name
         self.strategy = opts.get("scheduling_strategy")
+        # leased workers take plain one-CPU tasks only (see direct.py)
+        self.direct_ok = self.res == (("CPU", 1.0),) and self.strategy in (None, "DEFAULT")
 
 
 def encode_args(client, args: tuple, kwargs: dict, fname: str) -> tuple[bytes, tuple, list]:
@@ -204,6 +206,8 @@ class RemoteFunction:
             self._blob = cloudpickle.dumps(self._function, protocol=5)
         fid = client.new_ids(0)
         client.send([(P.FUNC, fid, self._blob)])
+        if client.direct is not None:
+            client.direct.blobs[fid] = self._blob
         self._registered = (client.token, fid)
         return fid
 
@@ -219,13 +223,46 @@ class RemoteFunction:
         blob, deps, contained, keep = encode_args(client, args, kwargs, self._name)
         spec = (tid, fid, prep.name, blob, deps, nret, prep.res, prep.retries,
                 prep.retry_exc, contained, prep.strategy)
+        d = client.direct
+        if d is not None and prep.direct_ok and not contained and nret:
+            resolved = _resolve_locally(client, deps)
+            if resolved is not None:
+                # the refs the task reads stay alive here until it is done
+                hold = (keep, [x for x in args if type(x) is ObjectRef],
+                        [x for x in kwargs.values() if type(x) is ObjectRef]) if deps else keep
+                taken = d.submit(spec, resolved, hold)
+                if taken:
+                    return _refs(tid, nret)
+                if taken is None:  # ask the node to lease us the worker that runs it
+                    spec = spec + (True,)
+        if d is not None:
+            client.publish([oid for _p, oid in deps])
+            client.publish(contained)
         client.send([(P.SUBMIT, spec)])
         del keep  # the task holds its promoted arguments now
-        if nret == 1:
-            return ObjectRef(tid + 1, True, tid)
-        if nret == 0:
+        return _refs(tid, nret)
+
+
+def _refs(tid: int, nret: int):
+    if nret == 1:
+        return ObjectRef(tid + 1, True, tid)
+    if nret == 0:
+        return None
+    return [ObjectRef(tid + 1 + i, True, tid) for i in range(nret)]
+
+
+def _resolve_locally(client, deps: tuple):
+    """Deps as (pos, oid, kind, payload) when every value is here and not an error."""
+    if not deps:
+        return ()
+    values = client._values
+    out = []
+    for pos, oid in deps:
+        v = values.get(oid)
+        if v is None or v[0] == ser.ERROR:
             return None
-        return [ObjectRef(tid + 1 + i, True, tid) for i in range(nret)]
+        out.append((pos, oid, v[0], v[1]))
+    return tuple(out)
 
 
 class _BoundOptions:

@@ -168,6 +168,7 @@ class Worker:
     gpus: tuple = ()
     fids: set = field(default_factory=set)
     idle_since: float = 0.0
+    lease: tuple | None = None  # (holder proc, epoch) while leased to an owner
     history: list = field(default_factory=lambda: [W.STARTING])
 
 
@@ -211,6 +212,8 @@ class Scheduler:
         self.actions: list[tuple] = []
         self.starting = 0
         self.retiring: set[int] = set()
+        self.leasable: set[int] = set()  # workers with a mailbox slot (set by the node)
+        self._epoch = 0
         self._warned: set = set()
         self.stats = {"submitted": 0, "finished": 0, "failed": 0, "retried": 0}
 
@@ -294,6 +297,18 @@ class Scheduler:
                 _move(t, T.READY, TASK_TRANSITIONS, "task")
                 self._enqueue(t)
         self._maybe_free(o)
+
+    def put_for(self, proc: int, owner: int, oid: int, kind: int, payload,
+                contained=()) -> None:
+        """A leased worker's result for ``owner`` (who holds the ref)."""
+        o = self._obj(oid, owner)
+        o.procs.add(owner)
+        self.seal(proc, oid, kind, payload, contained)
+
+    def promise(self, proc: int, oid: int) -> None:
+        """``proc`` will seal ``oid`` later (a direct task's result); others may wait."""
+        o = self._obj(oid, proc)
+        o.procs.add(proc)
 
     def put(self, proc: int, oid: int, kind: int, payload, contained=()) -> None:
         o = self._obj(oid, proc)
@@ -500,7 +515,7 @@ class Scheduler:
         for w in self.workers.values():
             if not q:
                 return
-            if w.state is not W.BUSY or len(w.queue) >= self.depth or w.gpus:
+            if w.state is not W.BUSY or len(w.queue) >= self.depth or w.gpus or w.lease:
                 continue
             if w.held != key:
                 continue
@@ -580,6 +595,14 @@ class Scheduler:
             w.queue.remove(tid)
         if w.queue:  # the next pipelined task inherits the lease
             w.task = w.queue[0]
+        elif (t is not None and len(t.spec) > P.S_LEASE and t.spec[P.S_LEASE]
+                and wid in self.leasable and w.state is W.BUSY):
+            # the owner asked for this worker: it stays busy (holding the task's CPU) as
+            # the owner's lease, for tasks the owner sends it directly
+            w.task = None
+            self._epoch += 1
+            w.lease = (t.owner, self._epoch)
+            self.actions.append(("lease", wid, self._epoch, t.owner, tid + 1))
         else:
             self._release_worker_resources(w)
             w.task = None
@@ -657,6 +680,9 @@ class Scheduler:
         self._release_worker_resources(w)
         if wid in self.idle:
             self.idle.remove(wid)
+        self.leasable.discard(wid)
+        if w.lease is not None:
+            self.actions.append(("lease_lost", wid, w.lease[1], w.lease[0], reason))
         _move(w, W.DEAD, WORKER_TRANSITIONS, "worker")
         del self.workers[wid]
         self.out.pop(wid, None)
@@ -706,14 +732,26 @@ class Scheduler:
                 self.actions.append(("kill", wid))
                 extra -= 1
 
+    # ------------------------------------------------------------------ leases
+    def lease_end(self, wid: int, epoch: int) -> None:
+        w = self.workers.get(wid)
+        if w is None or w.lease is None or w.lease[1] != epoch or w.task is not None:
+            return
+        w.lease = None
+        if w.state is W.BLOCKED:
+            _move(w, W.BUSY, WORKER_TRANSITIONS, "worker")
+        self._release_worker_resources(w)
+        _move(w, W.IDLE, WORKER_TRANSITIONS, "worker")
+        self.idle.append(wid)
+
     # ------------------------------------------------------------------ cancel
     def cancel(self, tid: int, force: bool, recursive: bool) -> None:
         t = self.tasks.get(tid)
-        if t is None:
-            return
-        if recursive:
+        if recursive:  # also for a task the node never ran (a direct one): its children
             for child in list(self.children.get(tid, ())):
                 self.cancel(child, force, recursive)
+        if t is None:
+            return
         err = self._error_payload(exc.TaskCancelledError(P.id_hex(tid)))
         if t.state in (T.PENDING_ARGS, T.READY):
             for _, oid in t.spec[P.S_DEPS]:

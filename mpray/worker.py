@@ -21,6 +21,7 @@ import pickle
 import signal
 import socket
 import sys
+import time
 
 from . import _global
 from . import exceptions as exc
@@ -53,37 +54,65 @@ def _retryable(e: BaseException, retry_exc) -> bool:
     return isinstance(e, tuple(classes))
 
 
+LEASE_IDLE = 0.02  # seconds a lease may sit without direct tasks before it is given back
+
+
 class WorkerLoop:
-    def __init__(self, client: Client, wid: int, cancel_slot, direct=None,
-                 driver_bell=None) -> None:
+    def __init__(self, client: Client, wid: int, cancel_slot, direct_cancel=None) -> None:
         self.client = client
-        self.direct = direct  # ring to the driver (results of the driver's tasks)
-        self.driver_bell = driver_bell
         self.wid = wid
         self.funcs: dict[int, object] = {}
-        self.cancel_slot = cancel_slot
+        self.cancel_slot = cancel_slot  # written by the node
+        self.direct_cancel = direct_cancel  # written by the driver (direct tasks)
         self.in_user = False
         self.pid = os.getpid()
         self.host = socket.gethostname()
         self.base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
 
     def on_cancel_signal(self, signum, frame) -> None:
-        target = int.from_bytes(self.cancel_slot[:8], "little")
         cur = self.client.current_task
-        if self.in_user and cur is not None and (cur & (2**63 - 1)) == target:
-            raise _Cancelled()
+        if not self.in_user or cur is None:
+            return
+        cur &= 2**63 - 1
+        for slot in (self.cancel_slot, self.direct_cancel):
+            if slot is not None and int.from_bytes(slot[:8], "little") == cur:
+                raise _Cancelled()
 
     def serve(self) -> None:
         client = self.client
         q = client.exec_queue
         while not client.stop_requested:
             if not q:
-                client.pump(None)
+                if client.lease_epoch is None:
+                    client.pump(None)
+                    continue
+                idle = time.monotonic() - client.lease_active
+                if idle < LEASE_IDLE:
+                    client.pump(LEASE_IDLE - idle)
+                else:
+                    self.end_lease()
                 continue
-            self.run(q.pop(0))
+            msg = q.pop(0)
+            if msg[1] in client.dropped_tasks:  # cancelled while queued here
+                client.dropped_tasks.discard(msg[1])
+                if len(msg) > 11:
+                    err = pickle.dumps(exc.TaskCancelledError(P.id_hex(msg[1])), protocol=5)
+                    client.send_driver(
+                        [(P.OBJ, msg[1] + 1 + i, ERROR, err) for i in range(msg[7])]
+                        + [(P.DONE_D, msg[1], False, None, False)])
+                continue
+            self.run(msg)
+
+    def end_lease(self) -> None:
+        """Give an idle lease back: to the node (its CPU) and to the driver."""
+        client = self.client
+        epoch, client.lease_epoch = client.lease_epoch, None
+        client.send([(P.LEASE_END, epoch)])
+        client.send_driver([(P.EXPIRED, self.wid, epoch)])
 
     def run(self, msg: tuple) -> None:
-        _, tid, fid, fblob, name, args_blob, deps, nret, gpus, retry_exc, owner = msg
+        _, tid, fid, fblob, name, args_blob, deps, nret, gpus, retry_exc, owner = msg[:11]
+        direct = len(msg) > 11
         client = self.client
         client.current_task = tid
         stored: list[tuple] = []
@@ -160,35 +189,54 @@ class WorkerLoop:
             sys.stderr.flush()
         except Exception:  # noqa: BLE001
             pass
-        delivered = False
-        # Direct delivery skips the node's FIFO, so only for values that carry no refs:
-        # a ref inside must reach the node (its PUT/SUBMIT) before anyone can ask for it.
-        if (owner == 0 and self.direct is not None and not retryable
-                and not any(r[3] for r in stored)):
-            delivered = self._deliver(stored)
-        client.send([(P.DONE, tid, status, stored, retryable, delivered)])
+        if direct:
+            self._finish_direct(tid, stored, retryable)
+        else:
+            delivered = False
+            # Direct delivery skips the node's FIFO, so only for values that carry no
+            # refs: a ref inside must reach the node (its PUT/SUBMIT) before anyone can
+            # ask for it.
+            if (owner == 0 and client._to_driver is not None and not retryable
+                    and not any(r[3] for r in stored)):
+                delivered = self._deliver(stored)
+            client.send([(P.DONE, tid, status, stored, retryable, delivered)])
         client.hold_releases = False
         client._flush_soon()
 
-    def _deliver(self, stored: list) -> bool:
-        """Hand results straight to the driver: saves it waiting for the node's hop.
+    def _finish_direct(self, tid: int, stored: list, retryable: bool) -> None:
+        """A leased task ended: results to the driver; the node hears only of objects it
+        must hold (arena space, refs inside), and before the driver can ask for them."""
+        client = self.client
+        client.lease_active = time.monotonic()
+        if retryable:  # the driver decides: retry through the node, or the error stands
+            client.send_driver([(P.DONE_D, tid, True, stored[0][2] if stored else None, False)])
+        elif any(kind == ARENA or contained for _o, kind, _p, contained in stored):
+            client.send([(P.PUT_FOR, 0, oid, kind, payload, contained)
+                         for oid, kind, payload, contained in stored])
+            client.send_driver([(P.DONE_D, tid, False, None, True)])
+        else:
+            client.send_driver([(P.OBJ, oid, kind, payload) for oid, kind, payload, _c in stored]
+                               + [(P.DONE_D, tid, False, None, False)])
 
-        Never blocks: if the driver is not reading and its slot is full, the node's
-        ordinary path delivers instead.
+    def _deliver(self, stored: list) -> bool:
+        """Hand a node task's results straight to the driver: saves it waiting for the
+        node's hop.  Never blocks: if the driver is not reading and its slot is full,
+        the node's ordinary path delivers instead.
         """
         frame = pickle.dumps([(P.OBJ, oid, kind, payload) for oid, kind, payload, _c in stored],
                              protocol=5)
-        ring = self.direct
+        ring = self.client._to_driver
         if ring.free_bytes() < len(frame) + 64 or len(frame) > ring._max_frag:
             return False
         if ring.try_push(frame) != len(frame):
             return False
-        self.driver_bell.ring()
+        self.client._driver_bell.ring()
         return True
 
 
 def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem,
-                direct=None) -> None:
+                slot=None, mailbox_rings=None) -> None:
+    from .direct import slot_bytes
     from .node import set_parent_death_signal
 
     set_parent_death_signal(signal.SIGKILL)
@@ -202,9 +250,16 @@ def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem,
         proc=wid, rank=setup.rank, up=up, down=down, my_bell=bell, node_bell=node_bell,
         arena=setup.arena, inline_max=setup.inline_max, node_pid=node_pid, node_pidfd=None,
     )
+    direct_cancel = None
+    if mailbox_rings is not None:
+        client._to_driver, client._d2w = mailbox_rings
+        client._d2w.pop_all()  # whatever a dead predecessor in this slot left unread
+        client._driver_bell = setup.driver_bell
+        base = slot * slot_bytes(setup.mailbox_ring_bytes)
+        direct_cancel = memoryview(setup.mailbox)[base + 64 : base + 72]
     _global.client = client
     _global.node_id = setup.node_id
     _global.node_info = setup.node_info
-    loop = WorkerLoop(client, wid, memoryview(mem)[64:72], direct, setup.driver_bell)
+    loop = WorkerLoop(client, wid, memoryview(mem)[64:72], direct_cancel)
     signal.signal(signal.SIGUSR1, loop.on_cancel_signal)
     loop.serve()

@@ -1,0 +1,356 @@
+"""Driver-side leases: default-shaped tasks go straight to leased workers.
+
+Data flow::
+
+    f.remote() ─▶ DirectTasks.submit ─┬─ a lease has room ─▶ EXEC on the lease's d2w ring ─▶ worker
+                                      ├─ leases full ───────▶ local queue (refilled as results come)
+                                      └─ too few leases ────▶ the node's path, flagged "lease the
+                                                              worker to me when this task is done"
+    worker ─▶ w2d ring: OBJ… DONE_D / RETURN_D / EXPIRED ─▶ Client ─▶ on_done / on_returned / …
+    node   ─▶ LEASE (grant) / LEASE_LOST (worker died)  ─▶ on_lease / on_lost
+
+The node still owns resource accounting: a lease is one worker plus one CPU.  It is born
+from a flagged task the node ran (the worker that finished it stays with the driver,
+still holding that task's CPU, so an idle worker is never held on spec) and given back
+by the worker when it has had no direct task for ``LEASE_IDLE`` seconds.  What this saves is the node's two hops and its Python work on
+every task: a round trip is driver → worker → driver.
+
+Only tasks the node would not need to know about go direct: submitted by the driver,
+resources exactly ``{"CPU": 1}``, default strategy, no ObjectRef pickled inside the
+arguments, and every top-level ref argument already resolved here (and not an error).
+Everything else takes the node's path unchanged.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+import pickle
+import signal
+import threading
+from . import exceptions as exc
+from . import protocol as P
+from .rings import Doorbell, Ring, ring_bytes
+from .serialization import ERROR
+
+DEFAULT_SHAPE = (("CPU", 1.0),)
+SLOT_HEADER = 128  # [0:8] worker doorbell flag, [64:72] direct-task cancel word
+
+
+def slot_bytes(cap: int) -> int:
+    return SLOT_HEADER + 2 * ring_bytes(cap)
+
+
+def slot_rings(mailbox, slot: int, cap: int) -> tuple[Ring, Ring]:
+    """(w2d, d2w) rings of a mailbox slot."""
+    base = slot * slot_bytes(cap)
+    return (Ring(mailbox, base + SLOT_HEADER, cap),
+            Ring(mailbox, base + SLOT_HEADER + ring_bytes(cap), cap))
+
+
+def _locked(method):
+    """Driver threads submit concurrently, and results arrive on whichever thread
+    pumps: one re-entrant lock keeps the leases' single-producer rings single."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return run
+
+
+class Lease:
+    __slots__ = ("wid", "epoch", "slot", "pid", "ring", "bell", "inflight", "fids", "paused")
+
+    def __init__(self, wid: int, epoch: int, slot: int, pid: int, ring: Ring,
+                 bell: Doorbell) -> None:
+        self.wid = wid
+        self.epoch = epoch
+        self.slot = slot
+        self.pid = pid
+        self.ring = ring  # d2w: we produce
+        self.bell = bell  # the worker's doorbell
+        self.inflight: dict[int, list] = {}
+        self.fids: set[int] = set()
+        self.paused = False  # it handed tasks back (its task blocks): none until it ends
+
+
+class DirectTasks:
+    """The driver's leases and its queue of direct tasks (driver process only)."""
+
+    def __init__(self, client, mailbox, cap: int, slot_efds: list[int], max_leases: int,
+                 depth: int) -> None:
+        self.client = client
+        self.lock = threading.RLock()
+        self.mailbox = mailbox
+        self.cap = cap
+        self.slot_efds = slot_efds
+        self.max_leases = max(1, max_leases)
+        self.depth = max(1, depth)
+        self.leases: dict[int, Lease] = {}
+        self.queue: collections.deque[list] = collections.deque()
+        self.records: dict[int, list] = {}  # tid -> [tid, spec, deps, keep, wid|None]
+        # Return ids of direct tasks, by what the node knows of them:
+        self.pending: dict[int, int] = {}  # oid -> tid: value not here yet
+        self.dropped: set[int] = set()  # pending, and its last ref here already died
+        self.promised: set[int] = set()  # pending, and the node holds a PROMISE for it
+        self.local_only: set[int] = set()  # value here, came direct: node never saw it
+        self.flagged: set[int] = set()  # first return ids of tasks sent to become leases
+        self.expired: set[int] = set()  # epochs that ended before their grant was read
+        self.blobs: dict[int, bytes] = {}  # fid -> cloudpickled function
+
+    # ------------------------------------------------------------------ submit
+    @_locked
+    def submit(self, spec: tuple, deps: tuple, keep) -> bool | None:
+        """Run a task on a lease.  False: take the node's path; None: the node's path,
+        flagged so that its worker becomes a lease when the task is done."""
+        if not self.leases or all(lease.paused for lease in self.leases.values()):
+            return self._node_path(spec)
+        tid = spec[P.S_TID]
+        rec = [tid, spec, deps, keep, None]
+        self.records[tid] = rec
+        for i in range(spec[P.S_NRET]):
+            self.pending[tid + 1 + i] = tid
+        if self.queue or not self._place(rec):
+            self.queue.append(rec)
+            # leases full: take in finished results (and refill) without waiting
+            self.client.poll_nowait()
+        return True
+
+    def _node_path(self, spec: tuple) -> bool | None:
+        if len(self.leases) + len(self.flagged) >= self.max_leases:
+            return False
+        self.flagged.add(spec[P.S_TID] + 1)
+        return None
+
+    def _place(self, rec: list) -> bool:
+        best = None
+        for lease in self.leases.values():
+            n = len(lease.inflight)
+            if n < self.depth and not lease.paused and (best is None or n < len(best.inflight)):
+                best = lease
+                if n == 0:
+                    break
+        if best is None:
+            return False
+        tid, spec, deps = rec[0], rec[1], rec[2]
+        fid = spec[P.S_FID]
+        fblob = None
+        if fid not in best.fids:
+            fblob = self.blobs.get(fid)
+            best.fids.add(fid)
+        msg = (P.EXEC, tid, fid, fblob, spec[P.S_NAME], spec[P.S_ARGS], deps,
+               spec[P.S_NRET], (), spec[P.S_RETRY_EXC], 0, best.epoch)
+        frame = pickle.dumps([msg], protocol=5)
+        if best.ring.free_bytes() < len(frame) + 64 or best.ring.try_push(frame) != len(frame):
+            best.fids.discard(fid) if fblob is not None else None
+            return False
+        best.bell.ring()
+        rec[4] = best.wid
+        best.inflight[tid] = rec
+        return True
+
+    @_locked
+    def refill(self) -> None:
+        q = self.queue
+        while q:
+            if not self._place(q[0]):
+                break
+            q.popleft()
+        if q and not self.leases:
+            # no lease left to run them (all expired or lost): the node takes over
+            while q:
+                self._to_node(q.popleft())
+
+    # ------------------------------------------------------------------ events
+    @_locked
+    def on_lease(self, wid: int, epoch: int, slot: int, pid: int, first_oid: int) -> None:
+        self.flagged.discard(first_oid)
+        if epoch in self.expired:  # it ended (idle) before we even read the grant
+            self.expired.discard(epoch)
+            return
+        w2d, d2w = slot_rings(self.mailbox, slot, self.cap)
+        w2d.release()  # the client polls the slot's w2d ring since the worker started
+        bell = Doorbell(self.slot_efds[slot], self.mailbox, slot * slot_bytes(self.cap))
+        self.leases[wid] = Lease(wid, epoch, slot, pid, d2w, bell)
+        self.refill()
+
+    @_locked
+    def on_expired(self, wid: int, epoch: int) -> None:
+        lease = self.leases.get(wid)
+        if lease is not None and lease.epoch == epoch:
+            del self.leases[wid]
+            # anything still in flight there comes back as RETURN_D (bounced) or DONE_D
+        elif lease is None or lease.epoch < epoch:
+            self.expired.add(epoch)  # its grant is still on the way
+
+    @_locked
+    def on_lost(self, wid: int, epoch: int, reason: str) -> None:
+        lease = self.leases.get(wid)
+        if lease is None or lease.epoch != epoch:
+            return
+        del self.leases[wid]
+        for tid, rec in list(lease.inflight.items()):
+            self.records.pop(tid, None)
+            spec = rec[1]
+            if rec[3] == "cancelled":
+                self._store_error(spec, exc.TaskCancelledError(P.id_hex(tid)))
+            elif spec[P.S_RETRIES] > 0:
+                spec = spec[:P.S_RETRIES] + (spec[P.S_RETRIES] - 1,) + spec[P.S_RETRIES + 1:]
+                rec[1] = spec
+                self._to_node(rec)
+            else:
+                self._store_error(spec, exc.WorkerCrashedError(
+                    f"the worker running task {spec[P.S_NAME]} died: {reason}; "
+                    f"retries exhausted (max_retries=0)"))
+        self.refill()
+
+    @_locked
+    def on_done(self, tid: int, retryable: bool, payload, via_node: bool) -> None:
+        """A direct task ended.  Its values came just before (direct), or come from the
+        node (``via_node``: arena values and values holding refs, which the node must
+        register first), or not at all (``retryable`` error: retry or give up here)."""
+        rec = self.records.pop(tid, None)
+        if rec is None:
+            return
+        lease = self.leases.get(rec[4])
+        if lease is not None:
+            lease.inflight.pop(tid, None)
+            lease.paused = False
+        spec = rec[1]
+        if retryable and spec[P.S_RETRIES] > 0 and rec[3] != "cancelled":
+            rec[1] = spec[:P.S_RETRIES] + (spec[P.S_RETRIES] - 1,) + spec[P.S_RETRIES + 1:]
+            self._to_node(rec)
+        elif retryable:  # retries used up: the error stands
+            for i in range(spec[P.S_NRET]):
+                self.on_direct_value(tid + 1 + i, ERROR, payload, deliver=True)
+        elif not via_node:
+            for i in range(spec[P.S_NRET]):
+                self.pending.pop(tid + 1 + i, None)
+        self.refill()
+
+    @_locked
+    def on_node_value(self, oid: int) -> bool:
+        """The node sent a value: True when this process must now release its hold."""
+        self.flagged.discard(oid)  # that task ended; its worker may not have become a lease
+        if self.pending.pop(oid, None) is not None:
+            self.promised.discard(oid)
+        if oid in self.dropped:
+            self.dropped.discard(oid)
+            return True
+        return False
+
+    @_locked
+    def on_returned(self, tids, blocked: bool) -> None:
+        """Tasks a worker handed back unstarted: it blocks in get (pause its lease until
+        its running task ends), or their lease had already ended."""
+        for tid in reversed(list(tids)):
+            rec = self.records.get(tid)
+            if rec is None:
+                continue
+            lease = self.leases.get(rec[4])
+            if lease is not None:
+                lease.inflight.pop(tid, None)
+                if blocked:
+                    lease.paused = True
+                else:  # bounced for a stale epoch: that lease is over
+                    self.leases.pop(lease.wid, None)
+                    self._requeue_all(lease)
+            rec[4] = None
+            self.queue.appendleft(rec)
+        self.refill()
+
+    def _requeue_all(self, lease: Lease) -> None:
+        for rec in lease.inflight.values():
+            rec[4] = None
+            self.queue.appendleft(rec)
+        lease.inflight.clear()
+
+    @_locked
+    def on_direct_value(self, oid: int, kind: int, payload, deliver: bool = False) -> None:
+        """A value came straight from a worker (or was decided here): the node never
+        registered it, unless a PROMISE made it wait for it."""
+        client = self.client
+        self.pending.pop(oid, None)
+        if oid in self.promised:
+            self.promised.discard(oid)
+            client._pending.append((P.PUT, oid, kind, payload, ()))  # seal the promise
+            if oid in self.dropped:
+                self.dropped.discard(oid)
+                client._decref.append(oid)
+            client._flush_soon()  # someone may be waiting for it at the node
+        elif oid in self.dropped:
+            self.dropped.discard(oid)
+        elif oid in client._refs:
+            self.local_only.add(oid)
+        if deliver:
+            client._handle((P.OBJ, oid, kind, payload))
+
+    @_locked
+    def forget(self, oid: int) -> bool:
+        """The last ref here died.  True: do not send a release now (the node never
+        knew the object, or learns of it later and is released then)."""
+        if oid in self.pending:
+            self.dropped.add(oid)
+            return True
+        if oid in self.local_only:
+            self.local_only.discard(oid)
+            return True
+        return False
+
+    # ------------------------------------------------------------------ cancel
+    @_locked
+    def cancel(self, tid: int, force: bool) -> bool:
+        rec = self.records.get(tid)
+        if rec is None:
+            return False
+        if rec[4] is None:  # still queued here
+            try:
+                self.queue.remove(rec)
+            except ValueError:
+                pass
+            self.records.pop(tid, None)
+            self._store_error(rec[1], exc.TaskCancelledError(P.id_hex(tid)))
+            return True
+        lease = self.leases.get(rec[4])
+        if lease is None:
+            return True  # its lease is ending; the task comes back or finishes
+        rec[3] = "cancelled"
+        if force:
+            try:
+                os.kill(lease.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return True
+        base = lease.slot * slot_bytes(self.cap)
+        self.mailbox[base + 64 : base + 72] = (tid & (2**63 - 1)).to_bytes(8, "little")
+        frame = pickle.dumps([(P.DROP, tid)], protocol=5)
+        lease.ring.push(frame, wake=lease.bell.force)
+        lease.bell.ring()
+        try:
+            os.kill(lease.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+        return True
+
+    # ------------------------------------------------------------------ helpers
+    def _to_node(self, rec: list) -> None:
+        """Hand a task to the node's path (no lease, retry, or bounce without leases)."""
+        tid, spec = rec[0], rec[1]
+        self.records.pop(tid, None)
+        for i in range(spec[P.S_NRET]):
+            self.promised.discard(tid + 1 + i)  # SUBMIT registers them now
+        self.client.send([(P.SUBMIT, spec)])
+        # the returns stay in ``pending`` until the node sends their values; a dropped
+        # one is released then (see on_node_value)
+
+    def _store_error(self, spec: tuple, err: BaseException) -> None:
+        payload = pickle.dumps(err, protocol=5)
+        tid = spec[P.S_TID]
+        for i in range(spec[P.S_NRET]):
+            self.on_direct_value(tid + 1 + i, ERROR, payload, deliver=True)
+
+    def close(self) -> None:
+        for lease in self.leases.values():
+            lease.ring.release()
+        self.leases.clear()
