@@ -251,6 +251,8 @@ class Client:
             self.direct.on_returned(msg[1], msg[2])
         elif op == P.EXPIRED:
             self.direct.on_expired(msg[1], msg[2])
+        elif op == P.RESUMED:
+            self.direct.on_resumed(msg[1], msg[2])
         elif op == P.LEASE_LOST:
             self.direct.on_lost(msg[1], msg[2], msg[3])
         elif op == P.ALLOC_OK or op == P.REPLY:
@@ -406,7 +408,8 @@ class Client:
             mine = [m[1] for m in self.exec_queue if len(m) <= 11]
             leased = [m[1] for m in self.exec_queue if len(m) > 11]
             self.exec_queue.clear()
-            if leased:
+            epoch = self.lease_epoch
+            if epoch is not None:  # the driver holds back our lease's work meanwhile
                 self.send_driver([(P.RETURN_D, leased, True)])
             self.send([(P.BLOCKED, mine)])
             try:
@@ -414,6 +417,8 @@ class Client:
             finally:
                 self.blocked = False
                 self.send([(P.UNBLOCKED,)])
+                if epoch is not None and epoch == self.lease_epoch:
+                    self.send_driver([(P.RESUMED, self.proc, epoch)])
         return self.wait_until(pred, deadline)
 
     # ------------------------------------------------------------------ objects
@@ -558,16 +563,31 @@ class Client:
                 f.set_exception(e)
             f._mpray_ref = None
 
+    def _background_needed(self) -> bool:
+        d = self.direct
+        return bool(self._futures or (d is not None and d.queue)) and not self.closed
+
+    def ensure_background_pump(self) -> None:
+        self._ensure_future_thread()
+
     def _ensure_future_thread(self) -> None:
+        """A thread that pumps while futures wait or direct tasks are queued here, so
+        they progress while the user's threads do something else."""
         t = self._future_thread
         if t is not None and t.is_alive():
             return
 
         def run() -> None:
-            while self._futures and not self.closed:
+            while self._background_needed():
                 try:
-                    self.wait_until(lambda: not self._futures or self.closed,
-                                    time.monotonic() + 0.05)
+                    if not self._pump_lock.acquire(timeout=0.05):
+                        continue  # another thread pumps; look again later
+                    try:
+                        self.pump(0.05)
+                    finally:
+                        self._pump_lock.release()
+                        with self._cond:
+                            self._cond.notify_all()
                 except Exception as e:  # noqa: BLE001 - fail every pending future
                     for futs in list(self._futures.values()):
                         for f in futs:
@@ -576,7 +596,7 @@ class Client:
                     self._futures.clear()
                     return
 
-        self._future_thread = threading.Thread(target=run, name="mpray-futures", daemon=True)
+        self._future_thread = threading.Thread(target=run, name="mpray-pump", daemon=True)
         self._future_thread.start()
 
     # ------------------------------------------------------------------ misc

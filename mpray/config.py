@@ -47,7 +47,7 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("idle_worker_timeout", "MPRAY_IDLE_WORKER_TIMEOUT", "seconds before an extra idle worker exits (10)"),
     ("pipeline_depth", "MPRAY_PIPELINE_DEPTH", "tasks queued per busy worker, running one included (2)"),
     ("direct_slots", "MPRAY_DIRECT_SLOTS", "workers with a mailbox to the driver (32; 0: none)"),
-    ("lease_depth", "MPRAY_LEASE_DEPTH", "driver tasks in flight per leased worker (4; 0: no leases)"),
+    ("lease_depth", "MPRAY_LEASE_DEPTH", "driver tasks in flight per leased worker (2; 0: no leases)"),
     ("tmpdir", "MPRAY_TMPDIR", "parent of the session directory (TMPDIR, else /tmp)"),
     ("driver_ring_bytes", "MPRAY_DRIVER_RING_BYTES", "ring size driver <-> node (8 MiB)"),
     ("worker_ring_bytes", "MPRAY_WORKER_RING_BYTES", "ring size worker <-> node (1 MiB)"),
@@ -65,7 +65,7 @@ class Config:
     max_workers: int = 0
     pipeline_depth: int = 2
     direct_slots: int = 32
-    lease_depth: int = 4
+    lease_depth: int = 2
     direct_ring_bytes: int = 256 * KB
     idle_worker_timeout: float = 10.0
     tmpdir: str = "/tmp"

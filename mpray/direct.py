@@ -105,7 +105,10 @@ class DirectTasks:
         """Run a task on a lease.  False: take the node's path; None: the node's path,
         flagged so that its worker becomes a lease when the task is done."""
         if not self.leases or all(lease.paused for lease in self.leases.values()):
-            return self._node_path(spec)
+            flagged = self._node_path(spec)
+            if flagged is not False or not self.flagged:
+                return flagged
+            # leases are on their way (granted as the flagged tasks start): wait here
         tid = spec[P.S_TID]
         rec = [tid, spec, deps, keep, None]
         self.records[tid] = rec
@@ -113,8 +116,10 @@ class DirectTasks:
             self.pending[tid + 1 + i] = tid
         if self.queue or not self._place(rec):
             self.queue.append(rec)
-            # leases full: take in finished results (and refill) without waiting
+            # leases full: take in finished results (and refill) without waiting, and
+            # keep doing so in the background while this thread does something else
             self.client.poll_nowait()
+            self.client.ensure_background_pump()
         return True
 
     def _node_path(self, spec: tuple) -> bool | None:
@@ -133,6 +138,10 @@ class DirectTasks:
                     break
         if best is None:
             return False
+        if best.inflight and len(self.queue) < len(self.leases) + len(self.flagged):
+            # queue behind a running task only with a real backlog: a short queue waits
+            # for a free lease (or one still being granted) instead of for a long task
+            return False
         tid, spec, deps = rec[0], rec[1], rec[2]
         fid = spec[P.S_FID]
         fblob = None
@@ -142,8 +151,16 @@ class DirectTasks:
         msg = (P.EXEC, tid, fid, fblob, spec[P.S_NAME], spec[P.S_ARGS], deps,
                spec[P.S_NRET], (), spec[P.S_RETRY_EXC], 0, best.epoch)
         frame = pickle.dumps([msg], protocol=5)
+        if len(frame) > self.cap // 4:  # a big function or arguments: the node's rings
+            if fblob is not None:        # fragment and queue without limit
+                best.fids.discard(fid)
+            if rec in self.queue:
+                self.queue.remove(rec)
+            self._to_node(rec)
+            return True
         if best.ring.free_bytes() < len(frame) + 64 or best.ring.try_push(frame) != len(frame):
-            best.fids.discard(fid) if fblob is not None else None
+            if fblob is not None:
+                best.fids.discard(fid)
             return False
         best.bell.ring()
         rec[4] = best.wid
@@ -157,8 +174,9 @@ class DirectTasks:
             if not self._place(q[0]):
                 break
             q.popleft()
-        if q and not self.leases:
-            # no lease left to run them (all expired or lost): the node takes over
+        if q and not self.flagged and all(lease.paused for lease in self.leases.values()):
+            # no lease to run them (none left, or all wait in get, maybe for these very
+            # tasks) and none coming: the node takes over (it starts workers as needed)
             while q:
                 self._to_node(q.popleft())
 
@@ -183,6 +201,14 @@ class DirectTasks:
             # anything still in flight there comes back as RETURN_D (bounced) or DONE_D
         elif lease is None or lease.epoch < epoch:
             self.expired.add(epoch)  # its grant is still on the way
+        self.refill()
+
+    @_locked
+    def on_resumed(self, wid: int, epoch: int) -> None:
+        lease = self.leases.get(wid)
+        if lease is not None and lease.epoch == epoch:
+            lease.paused = False
+            self.refill()
 
     @_locked
     def on_lost(self, wid: int, epoch: int, reason: str) -> None:

@@ -63,7 +63,8 @@ LEASE_LOST = 41  # node->driver (op, wid, epoch, reason): the leased worker died
 # on a lease's own rings (driver <-> worker, no node in between)
 DONE_D = 50  # worker->driver (op, tid, status, retryable, payload): a direct task ended
 RETURN_D = 51  # worker->driver (op, tids, blocked): direct tasks handed back unstarted
-EXPIRED = 52  # worker->driver (op, epoch): lease ended (idle); later EXECs are bounced
+EXPIRED = 52  # worker->driver (op, wid, epoch): lease ended (idle); later EXECs bounced
+RESUMED = 53  # worker->driver (op, wid, epoch): its task stopped waiting; send work again
 
 # DONE status
 OK = 0

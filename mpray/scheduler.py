@@ -544,6 +544,12 @@ class Scheduler:
             _move(w, W.BUSY, WORKER_TRANSITIONS, "worker")
             w.idle_since = 0.0
             w.task = t.key
+            if len(spec) > P.S_LEASE and spec[P.S_LEASE] and w.key in self.leasable:
+                # the owner asked: from now on the worker is its lease, running this task
+                # first and then what the owner sends it directly, on this task's CPU
+                self._epoch += 1
+                w.lease = (t.owner, self._epoch)
+                self.actions.append(("lease", w.key, self._epoch, t.owner, t.key + 1))
         w.queue.append(t.key)
         deps = []
         for pos, oid in spec[P.S_DEPS]:
@@ -595,14 +601,8 @@ class Scheduler:
             w.queue.remove(tid)
         if w.queue:  # the next pipelined task inherits the lease
             w.task = w.queue[0]
-        elif (t is not None and len(t.spec) > P.S_LEASE and t.spec[P.S_LEASE]
-                and wid in self.leasable and w.state is W.BUSY):
-            # the owner asked for this worker: it stays busy (holding the task's CPU) as
-            # the owner's lease, for tasks the owner sends it directly
-            w.task = None
-            self._epoch += 1
-            w.lease = (t.owner, self._epoch)
-            self.actions.append(("lease", wid, self._epoch, t.owner, tid + 1))
+        elif w.lease is not None:
+            w.task = None  # stays busy: leased to its owner, who sends tasks directly
         else:
             self._release_worker_resources(w)
             w.task = None

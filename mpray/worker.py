@@ -89,7 +89,7 @@ class WorkerLoop:
                 idle = time.monotonic() - client.lease_active
                 if idle < LEASE_IDLE:
                     client.pump(LEASE_IDLE - idle)
-                else:
+                elif not client.pump(0) and not q:  # nothing came meanwhile: give it back
                     self.end_lease()
                 continue
             msg = q.pop(0)
@@ -201,6 +201,7 @@ class WorkerLoop:
                 delivered = self._deliver(stored)
             client.send([(P.DONE, tid, status, stored, retryable, delivered)])
         client.hold_releases = False
+        client.lease_active = time.monotonic()  # a lease idles from its last task's end
         client._flush_soon()
 
     def _finish_direct(self, tid: int, stored: list, retryable: bool) -> None:
@@ -252,8 +253,9 @@ def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem,
     )
     direct_cancel = None
     if mailbox_rings is not None:
+        # (EXECs a dead predecessor in this slot left unread carry an old lease epoch:
+        # they are bounced, and the driver, which already retried them, ignores that)
         client._to_driver, client._d2w = mailbox_rings
-        client._d2w.pop_all()  # whatever a dead predecessor in this slot left unread
         client._driver_bell = setup.driver_bell
         base = slot * slot_bytes(setup.mailbox_ring_bytes)
         direct_cancel = memoryview(setup.mailbox)[base + 64 : base + 72]
