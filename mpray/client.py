@@ -84,6 +84,9 @@ class Client:
         self._replies: dict[int, Any] = {}
         self._futures: dict[int, list] = {}
         self._future_thread: threading.Thread | None = None
+        self._bg_running = False
+        self._bg_wake = threading.Event()
+        self._fg_pump = 0.0  # when a user thread last pumped (the background one waits)
         self.exec_queue: list[tuple] = []
         self.dropped_tasks: set[int] = set()  # worker: cancelled before they started
         self.lease_active = 0.0  # worker: when its lease last had work
@@ -363,6 +366,7 @@ class Client:
 
     def poll_nowait(self) -> None:
         """Handle whatever has arrived, if no other thread is pumping; never blocks."""
+        self._fg_pump = time.monotonic()
         if self._pump_lock.acquire(False):
             try:
                 if self._has_data():
@@ -377,6 +381,7 @@ class Client:
             if deadline is not None and now >= deadline:
                 return False
             remaining = None if deadline is None else deadline - now
+            self._fg_pump = now
             if self._pump_lock.acquire(False):
                 try:
                     self.pump(remaining)
@@ -568,26 +573,37 @@ class Client:
         return bool(self._futures or (d is not None and d.queue)) and not self.closed
 
     def ensure_background_pump(self) -> None:
-        self._ensure_future_thread()
+        ev = self._bg_wake
+        if not ev.is_set():
+            ev.set()
+        if not self._bg_running:
+            self._ensure_future_thread()
 
     def _ensure_future_thread(self) -> None:
-        """A thread that pumps while futures wait or direct tasks are queued here, so
-        they progress while the user's threads do something else."""
-        t = self._future_thread
-        if t is not None and t.is_alive():
+        """One thread per client, started on first need, that pumps while futures wait or
+        direct tasks are queued here, so they progress while the user's threads do
+        something else.  It sleeps on an Event when not needed, and stays out of the way
+        (no lock or GIL ping-pong) while a user thread pumps by itself."""
+        self._bg_wake.set()
+        if self._bg_running:
             return
+        self._bg_running = True
 
         def run() -> None:
-            while self._background_needed():
+            wake = self._bg_wake
+            while not self.closed:
+                if not self._background_needed():
+                    wake.wait(0.5)
+                    wake.clear()
+                    continue
+                quiet = time.monotonic() - self._fg_pump
+                if quiet < 0.005:
+                    time.sleep(0.005 - quiet)
+                    continue
+                if not self._pump_lock.acquire(timeout=0.05):
+                    continue  # another thread pumps; look again later
                 try:
-                    if not self._pump_lock.acquire(timeout=0.05):
-                        continue  # another thread pumps; look again later
-                    try:
-                        self.pump(0.05)
-                    finally:
-                        self._pump_lock.release()
-                        with self._cond:
-                            self._cond.notify_all()
+                    self.pump(0.05)
                 except Exception as e:  # noqa: BLE001 - fail every pending future
                     for futs in list(self._futures.values()):
                         for f in futs:
@@ -595,6 +611,10 @@ class Client:
                                 f.set_exception(e)
                     self._futures.clear()
                     return
+                finally:
+                    self._pump_lock.release()
+                    with self._cond:
+                        self._cond.notify_all()
 
         self._future_thread = threading.Thread(target=run, name="mpray-pump", daemon=True)
         self._future_thread.start()
@@ -602,3 +622,4 @@ class Client:
     # ------------------------------------------------------------------ misc
     def close(self) -> None:
         self.closed = True
+        self._bg_wake.set()

@@ -104,23 +104,31 @@ class DirectTasks:
     def submit(self, spec: tuple, deps: tuple, keep) -> bool | None:
         """Run a task on a lease.  False: take the node's path; None: the node's path,
         flagged so that its worker becomes a lease when the task is done."""
-        if not self.leases or all(lease.paused for lease in self.leases.values()):
-            flagged = self._node_path(spec)
-            if flagged is not False or not self.flagged:
-                return flagged
-            # leases are on their way (granted as the flagged tasks start): wait here
         tid = spec[P.S_TID]
         rec = [tid, spec, deps, keep, None]
         self.records[tid] = rec
         for i in range(spec[P.S_NRET]):
             self.pending[tid + 1 + i] = tid
         if self.queue or not self._place(rec):
-            self.queue.append(rec)
+            usable = any(not lease.paused for lease in self.leases.values())
+            if len(self.leases) + len(self.flagged) < self.max_leases or not (
+                    usable or self.flagged):
+                # no room: the node runs it, and (room for one more lease) leases us
+                # the worker it starts on
+                self._forget_rec(rec)
+                return self._node_path(spec)
+            self.queue.append(rec)  # leases (or grants on their way) will take it
             # leases full: take in finished results (and refill) without waiting, and
             # keep doing so in the background while this thread does something else
             self.client.poll_nowait()
             self.client.ensure_background_pump()
         return True
+
+    def _forget_rec(self, rec: list) -> None:
+        tid = rec[0]
+        self.records.pop(tid, None)
+        for i in range(rec[1][P.S_NRET]):
+            self.pending.pop(tid + 1 + i, None)
 
     def _node_path(self, spec: tuple) -> bool | None:
         if len(self.leases) + len(self.flagged) >= self.max_leases:
@@ -154,8 +162,6 @@ class DirectTasks:
         if len(frame) > self.cap // 4:  # a big function or arguments: the node's rings
             if fblob is not None:        # fragment and queue without limit
                 best.fids.discard(fid)
-            if rec in self.queue:
-                self.queue.remove(rec)
             self._to_node(rec)
             return True
         if best.ring.free_bytes() < len(frame) + 64 or best.ring.try_push(frame) != len(frame):
@@ -173,7 +179,7 @@ class DirectTasks:
         while q:
             if not self._place(q[0]):
                 break
-            q.popleft()
+            q.popleft()  # (_place never touches the queue itself)
         if q and not self.flagged and all(lease.paused for lease in self.leases.values()):
             # no lease to run them (none left, or all wait in get, maybe for these very
             # tasks) and none coming: the node takes over (it starts workers as needed)
