@@ -81,6 +81,7 @@ def figures(p: dict) -> list[dict]:
         ("init_first_s", "init + first task done", "s", "lower"),
         ("shutdown_s", "shutdown", "s", "lower"),
         ("idle_pss_mib", "idle PSS, driver + descendants", "MiB", "lower"),
+        ("idle_cpu_pct", "idle CPU, driver + descendants", "% core", "lower"),
         ("idle_nprocs", "  processes counted for idle PSS", "procs", None),
         ("noop_rtt_us", "no-op task round trip", "us", "lower"),
         ("submit_get_rate", f"submit {n} no-ops, then get all", "tasks/s", "higher"),
@@ -323,9 +324,23 @@ def _tree_pss():
     return total, n
 
 
+def _tree_cpu_seconds() -> float:
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for pr in [me] + me.children(recursive=True):
+        try:
+            t = pr.cpu_times()
+            total += t.user + t.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
 def fig_idle_memory(B, p):
     noop = B.submitter("noop")
-    pss, nprocs = [], []
+    pss, nprocs, cpu = [], [], []
     for _ in range(p["repeat"]):
         B.get_many([noop() for _ in range(10)])
         gc.collect()
@@ -333,7 +348,11 @@ def fig_idle_memory(B, p):
         total, n = _tree_pss()
         pss.append(total / MiB)
         nprocs.append(n)
-    return {"idle_pss_mib": pss, "idle_nprocs": nprocs}
+        # CPU used by the whole process tree while idle (a 2 s window), % of one core
+        c0, t0 = _tree_cpu_seconds(), time.perf_counter()
+        time.sleep(2.0)
+        cpu.append(100 * (_tree_cpu_seconds() - c0) / (time.perf_counter() - t0))
+    return {"idle_pss_mib": pss, "idle_nprocs": nprocs, "idle_cpu_pct": cpu}
 
 
 def fig_noop_rtt(B, p):
@@ -669,7 +688,7 @@ GROUPS = ("init_shutdown", "idle_memory", "noop_rtt_us", "submit_get_rate",
 # Which figure keys each group produces (to mark skips/errors per key).
 GROUP_KEYS = {
     "init_shutdown": ["init_s", "init_first_s", "shutdown_s"],
-    "idle_memory": ["idle_pss_mib", "idle_nprocs"],
+    "idle_memory": ["idle_pss_mib", "idle_nprocs", "idle_cpu_pct"],
     "nested_rate": ["nested_rate"],
     "small_put_get": ["put_small_rate", "get_small_rate"],
     "mid_put_get": ["put_mid_first_gbs", "put_mid_reuse_gbs", "get_mid_ms",

@@ -224,7 +224,7 @@ class Client:
                 if futs:
                     self._resolve_futures(oid, futs)
             d = self.direct
-            if d is not None and (d.pending or d.flagged) and d.on_node_value(oid):
+            if d is not None and (d.pending or d.flagged or d.seeding) and d.on_node_value(oid):
                 self._decref.append(oid)  # its ref died while the task ran
         elif op == P.EXEC:
             if msg[3] is not None:  # keep the function even if this EXEC is bounced

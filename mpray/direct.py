@@ -96,6 +96,9 @@ class DirectTasks:
         self.promised: set[int] = set()  # pending, and the node holds a PROMISE for it
         self.local_only: set[int] = set()  # value here, came direct: node never saw it
         self.flagged: set[int] = set()  # first return ids of tasks sent to become leases
+        # first return id -> wid: a flagged task now running on the lease it created (it
+        # counts as that lease's work until its value arrives)
+        self.seeding: dict[int, int] = {}
         self.expired: set[int] = set()  # epochs that ended before their grant was read
         self.blobs: dict[int, bytes] = {}  # fid -> cloudpickled function
 
@@ -196,7 +199,9 @@ class DirectTasks:
         w2d, d2w = slot_rings(self.mailbox, slot, self.cap)
         w2d.release()  # the client polls the slot's w2d ring since the worker started
         bell = Doorbell(self.slot_efds[slot], self.mailbox, slot * slot_bytes(self.cap))
-        self.leases[wid] = Lease(wid, epoch, slot, pid, d2w, bell)
+        lease = self.leases[wid] = Lease(wid, epoch, slot, pid, d2w, bell)
+        lease.inflight[first_oid - 1] = None  # busy with the task that created it
+        self.seeding[first_oid] = wid
         self.refill()
 
     @_locked
@@ -223,6 +228,9 @@ class DirectTasks:
             return
         del self.leases[wid]
         for tid, rec in list(lease.inflight.items()):
+            if rec is None:  # the node's own task that created the lease: node retries
+                self.seeding.pop(tid + 1, None)
+                continue
             self.records.pop(tid, None)
             spec = rec[1]
             if rec[3] == "cancelled":
@@ -265,6 +273,12 @@ class DirectTasks:
     def on_node_value(self, oid: int) -> bool:
         """The node sent a value: True when this process must now release its hold."""
         self.flagged.discard(oid)  # that task ended; its worker may not have become a lease
+        wid = self.seeding.pop(oid, None)
+        if wid is not None:  # the lease it created is free for our tasks now
+            lease = self.leases.get(wid)
+            if lease is not None:
+                lease.inflight.pop(oid - 1, None)
+                self.refill()
         if self.pending.pop(oid, None) is not None:
             self.promised.discard(oid)
         if oid in self.dropped:
@@ -294,8 +308,9 @@ class DirectTasks:
 
     def _requeue_all(self, lease: Lease) -> None:
         for rec in lease.inflight.values():
-            rec[4] = None
-            self.queue.appendleft(rec)
+            if rec is not None:
+                rec[4] = None
+                self.queue.appendleft(rec)
         lease.inflight.clear()
 
     @_locked
