@@ -22,7 +22,6 @@ from typing import Any, Sequence
 
 from . import _global
 from . import config as C
-from . import exceptions as exc
 from . import protocol as P
 from .client import Client
 from .node import NodeSetup, node_main

@@ -42,7 +42,7 @@ def _session_dirs() -> set[str]:
     mine = f"{os.getpid()}-"
     try:
         return {e for e in os.listdir(session_dir_base()) if e.split("-", 1)[0] + "-" == mine
-                or e.startswith(f"j") and f"-{mine}" in e}
+                or e.startswith("j") and f"-{mine}" in e}
     except FileNotFoundError:
         return set()
 

@@ -1,0 +1,186 @@
+"""The node's object directory: what each object is, where its value is, who holds it.
+
+A mixin of ``scheduler.Scheduler`` (pure, no I/O).  Data flow::
+
+    put / put_for / promise / seal  ─▶  Obj(state, kind, payload)  ─▶  OBJ to owner and
+    refs / pin / unpin / subscribe  ─▶  holders                        subscribers; ready
+    allocate / free_range           ─▶  arena ranges (Allocator)       dependent tasks
+
+Objects live while any process holds an ObjectRef (``procs``), any pending task needs
+them (``task_refs``), another live object contains a ref to them (``contained_in``) or a
+process has a zero-copy view mapped (``pins``).  Arena space returns to the allocator
+when the last of these goes away.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import exceptions as exc
+from . import protocol as P
+from .allocator import ArenaFull
+from .serialization import ARENA, ERROR, INLINE
+from .states import O, OBJ_TRANSITIONS, TASK_TRANSITIONS, T, _move
+
+_EMPTY: frozenset = frozenset()
+
+
+class Obj:
+    """One object's directory entry.  Rarely used containers start as shared empties and
+    are created on first write (most objects never get pins, subscribers or waiters)."""
+
+    __slots__ = ("key", "owner", "state", "kind", "payload", "procs", "task_refs",
+                 "contained_in", "contains", "pins", "subscribers", "waiting_tasks", "history")
+
+    def __init__(self, key: int, owner: int) -> None:
+        self.key = key
+        self.owner = owner
+        self.state = O.PENDING
+        self.kind = INLINE
+        self.payload: Any = None
+        self.procs: set = set()
+        self.task_refs = 0
+        self.contained_in = 0
+        self.contains: tuple = ()
+        self.pins: dict = {}
+        self.subscribers: set = _EMPTY  # type: ignore[assignment]
+        self.waiting_tasks: list = []
+        self.history = [O.PENDING]
+
+
+class ObjectDirectory:
+    """Object bookkeeping of the Scheduler (uses its objs, alloc, reserved, tasks)."""
+
+    def _obj(self, oid: int, owner: int) -> Obj:
+        o = self.objs.get(oid)
+        if o is None:
+            o = self.objs[oid] = Obj(oid, owner)
+        return o
+
+    def _maybe_free(self, o: Obj) -> None:
+        if o.state is O.FREED:
+            return  # already released further down this same event
+        if o.procs or o.task_refs or o.contained_in or o.pins or o.state is O.PENDING:
+            return
+        if o.state is O.IN_ARENA:
+            self.alloc.free(o.payload[0])
+        _move(o, O.FREED, OBJ_TRANSITIONS, "object")
+        del self.objs[o.key]
+        for c in o.contains:
+            co = self.objs.get(c)
+            if co is not None:
+                co.contained_in -= 1
+                self._maybe_free(co)
+
+    def seal(self, proc: int, oid: int, kind: int, payload, contained=(),
+             owner_has_it: bool = False) -> None:
+        """An object's value became available (put, or a task result).
+
+        ``owner_has_it``: the worker already handed the value to its owner directly.
+        """
+        o = self._obj(oid, proc)
+        if o.state is not O.PENDING:
+            return  # a retried task re-reporting, or a duplicate: first value wins
+        if kind == ARENA:
+            self.reserved[proc].discard(payload[0])
+        o.kind, o.payload = kind, payload
+        o.contains = tuple(contained)
+        for c in o.contains:
+            co = self.objs.get(c)
+            if co is not None:
+                co.contained_in += 1
+        _move(o, O.IN_ARENA if kind == ARENA else O.INLINE, OBJ_TRANSITIONS, "object")
+        msg = (P.OBJ, oid, kind, payload)
+        if o.owner in o.procs and not owner_has_it:
+            self._send(o.owner, msg)
+        if o.subscribers:
+            for p in o.subscribers:
+                if p != o.owner or o.owner not in o.procs:
+                    self._send(p, msg)
+            o.subscribers = _EMPTY
+        waiting, o.waiting_tasks = o.waiting_tasks, []
+        for tid in waiting:
+            t = self.tasks.get(tid)
+            if t is None or t.state is not T.PENDING_ARGS:
+                continue
+            t.missing -= 1
+            if kind == ERROR:
+                self._fail(t, payload)
+            elif t.missing == 0:
+                _move(t, T.READY, TASK_TRANSITIONS, "task")
+                self._enqueue(t)
+        self._maybe_free(o)
+
+    def put_for(self, proc: int, owner: int, oid: int, kind: int, payload,
+                contained=()) -> None:
+        """A leased worker's result for ``owner`` (who holds the ref)."""
+        o = self._obj(oid, owner)
+        o.procs.add(owner)
+        self.seal(proc, oid, kind, payload, contained)
+
+    def promise(self, proc: int, oid: int) -> None:
+        """``proc`` will seal ``oid`` later (a direct task's result); others may wait."""
+        o = self._obj(oid, proc)
+        o.procs.add(proc)
+
+    def put(self, proc: int, oid: int, kind: int, payload, contained=()) -> None:
+        o = self._obj(oid, proc)
+        o.procs.add(proc)
+        self.seal(proc, oid, kind, payload, contained)
+
+    def refs(self, proc: int, increfs, decrefs) -> None:
+        for oid in increfs:
+            o = self.objs.get(oid)
+            if o is not None:
+                o.procs.add(proc)
+        for oid in decrefs:
+            o = self.objs.get(oid)
+            if o is not None:
+                o.procs.discard(proc)
+                self._maybe_free(o)
+
+    def subscribe(self, proc: int, oids) -> None:
+        for oid in oids:
+            o = self.objs.get(oid)
+            if o is None:
+                err = exc.ObjectFreedError(
+                    P.id_hex(oid), "the object was freed (no reference to it was left)"
+                )
+                self._send(proc, (P.OBJ, oid, ERROR, self._error_payload(err)))
+            elif o.state is O.PENDING:
+                if o.subscribers is _EMPTY:
+                    o.subscribers = set()
+                o.subscribers.add(proc)
+            else:
+                self._send(proc, (P.OBJ, oid, o.kind, o.payload))
+
+    def pin(self, proc: int, oids) -> None:
+        for oid in oids:
+            o = self.objs.get(oid)
+            if o is not None:
+                o.pins[proc] = o.pins.get(proc, 0) + 1
+
+    def unpin(self, proc: int, oids) -> None:
+        for oid in oids:
+            o = self.objs.get(oid)
+            if o is not None and proc in o.pins:
+                o.pins[proc] -= 1
+                if not o.pins[proc]:
+                    del o.pins[proc]
+                self._maybe_free(o)
+
+    def allocate(self, proc: int, req: int, nbytes: int) -> None:
+        try:
+            off = self.alloc.alloc(nbytes)
+        except ArenaFull as e:
+            self._send(proc, (P.ALLOC_OK, req, None, str(e)))
+            return
+        self.reserved[proc].add(off)
+        self._send(proc, (P.ALLOC_OK, req, off, None))
+
+    def free_range(self, proc: int, offset: int) -> None:
+        if offset in self.reserved[proc]:
+            self.reserved[proc].discard(offset)
+            self.alloc.free(offset)
+
+    # ------------------------------------------------------------------ tasks

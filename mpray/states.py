@@ -1,0 +1,80 @@
+"""States and transitions of tasks, objects and workers, written as data.
+
+The node's state machines (``scheduler.Scheduler`` and its ``objects.ObjectDirectory``)
+move every entity only through ``_move``, which checks these tables and raises
+``TransitionError`` with the entity's recent history on an impossible transition, so a
+protocol bug surfaces loudly in tests instead of corrupting the node.
+"""
+
+from __future__ import annotations
+
+import enum
+
+class TaskState(enum.Enum):
+    __hash__ = object.__hash__  # Enum hashes by name in Python; identity is C-fast
+    PENDING_ARGS = "PENDING_ARGS"
+    READY = "READY"
+    DISPATCHED = "DISPATCHED"
+    RETRYING = "RETRYING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class ObjState(enum.Enum):
+    __hash__ = object.__hash__  # Enum hashes by name in Python; identity is C-fast
+    PENDING = "PENDING"
+    INLINE = "INLINE"
+    IN_ARENA = "IN_ARENA"
+    FREED = "FREED"
+
+
+class WorkerState(enum.Enum):
+    __hash__ = object.__hash__  # Enum hashes by name in Python; identity is C-fast
+    STARTING = "STARTING"
+    IDLE = "IDLE"
+    BUSY = "BUSY"
+    BLOCKED = "BLOCKED"
+    DEAD = "DEAD"
+
+
+T, O, W = TaskState, ObjState, WorkerState
+TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    T.PENDING_ARGS: frozenset({T.READY, T.FAILED, T.CANCELLED}),
+    T.READY: frozenset({T.DISPATCHED, T.FAILED, T.CANCELLED}),
+    # DISPATCHED -> READY: a pipelined task handed back unstarted (its worker blocked/died)
+    T.DISPATCHED: frozenset({T.READY, T.FINISHED, T.FAILED, T.RETRYING, T.CANCELLED}),
+    T.RETRYING: frozenset({T.READY, T.CANCELLED}),
+    T.FINISHED: frozenset(),
+    T.FAILED: frozenset(),
+    T.CANCELLED: frozenset(),
+}
+OBJ_TRANSITIONS: dict[ObjState, frozenset[ObjState]] = {
+    O.PENDING: frozenset({O.INLINE, O.IN_ARENA, O.FREED}),
+    O.INLINE: frozenset({O.FREED}),
+    O.IN_ARENA: frozenset({O.FREED}),
+    O.FREED: frozenset(),
+}
+WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
+    W.STARTING: frozenset({W.IDLE, W.DEAD}),
+    W.IDLE: frozenset({W.BUSY, W.DEAD}),
+    W.BUSY: frozenset({W.IDLE, W.BLOCKED, W.DEAD}),
+    W.BLOCKED: frozenset({W.BUSY, W.DEAD}),
+    W.DEAD: frozenset(),
+}
+
+
+
+class TransitionError(RuntimeError):
+    """An event asked for a transition the state table does not allow (a bug)."""
+
+
+def _move(entity, new, table, what: str) -> None:
+    old = entity.state
+    if new not in table[old]:
+        raise TransitionError(
+            f"{what} {entity.key}: {old.value} -> {new.value} is not allowed; "
+            f"history: {' -> '.join(s.value for s in entity.history[-8:])}"
+        )
+    entity.state = new
+    entity.history.append(new)
