@@ -210,6 +210,9 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
         except Exception:  # noqa: BLE001 - the node may already be gone
             pass
         client.close()
+        t = client._future_thread
+        if t is not None and t is not threading.current_thread():
+            t.join(0.5)  # it leaves its loop at once; then nothing uses the rings below
         _global.client = None
         _global.session = None
         deadline = time.monotonic() + 5.0

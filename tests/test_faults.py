@@ -242,7 +242,8 @@ def test_cancel_put_ref_raises_type_error(ray_start):
 
 
 # --------------------------------------------------------------------- driver death
-DRIVER = r"""
+# a driver that starts a long task and prints its engine pids and session directory
+_DRIVER_START = r"""
 import json, os, sys, time
 import psutil
 import mpray
@@ -263,8 +264,8 @@ node = psutil.Process(s.node_pid)
 pids = [node.pid] + [c.pid for c in node.children(recursive=True)]
 print(json.dumps({"pids": pids, "session_dir": s.session_dir,
                   "started": os.path.exists(started)}), flush=True)
-time.sleep(120)
 """
+DRIVER = _DRIVER_START + "time.sleep(120)\n"
 
 
 def _dead(pid: int) -> bool:
@@ -432,28 +433,7 @@ def test_function_reusable_after_cancelling_queued_tasks(ray_start, tmp_path):
         assert mpray.get([victim.remote(i) for i in range(8)], timeout=30) == list(range(8))
 
 
-EXIT_DRIVER = r"""
-import json, os, sys, time
-import psutil
-import mpray
-mpray.init(num_cpus=2, object_store_memory=64 * 1024 * 1024)
-
-@mpray.remote
-def long_task(path):
-    open(path, "w").close()
-    time.sleep(120)
-
-started = os.path.join(sys.argv[1], "started")
-ref = long_task.remote(started)
-deadline = time.monotonic() + 20
-while not os.path.exists(started) and time.monotonic() < deadline:
-    time.sleep(0.01)
-s = mpray.api._global.session
-node = psutil.Process(s.node_pid)
-pids = [node.pid] + [c.pid for c in node.children(recursive=True)]
-print(json.dumps({"pids": pids, "session_dir": s.session_dir,
-                  "started": os.path.exists(started)}), flush=True)
-if sys.argv[2] == "raise":
+EXIT_DRIVER = _DRIVER_START + r"""if sys.argv[2] == "raise":
     raise SystemExit(3)
 """
 
