@@ -68,6 +68,7 @@ class Client:
         self._node_pidfd = node_pidfd
         base = P.id_base(rank, proc)
         self._next_id = max(base + 1, id_start or 0)
+        self._first_id = self._next_id  # own ids below this are from an earlier session
         self._id_lock = threading.Lock()
         self._refs: dict[int, int] = {}
         self._values: dict[int, tuple[int, Any]] = {}
@@ -498,10 +499,18 @@ class Client:
             weakref.finalize(base, self._unpin_later, oid)
         return base
 
+    def _check_session(self, oids) -> None:
+        for o in oids:
+            if o < self._first_id and not self._not_owner(o) and o not in self._values:
+                raise exc.OwnerDiedError(
+                    P.id_hex(o), "this ObjectRef comes from an earlier mpray session (its "
+                    "owner shut down); its value is gone")
+
     def get(self, oids: list[int], timeout: float | None) -> list[Any]:
         values = self._values
         missing = [o for o in oids if o not in values]
         if missing:
+            self._check_session(missing)
             self._subscribe([o for o in missing if self._needs_subscription(o)])
             deadline = None if timeout is None else time.monotonic() + timeout
             pos = [0]
@@ -528,6 +537,7 @@ class Client:
 
     def wait(self, oids: list[int], num_returns: int, timeout: float | None) -> set[int]:
         values = self._values
+        self._check_session(oids)
         self._subscribe([o for o in oids if o not in values and self._needs_subscription(o)])
         deadline = None if timeout is None else time.monotonic() + timeout
 

@@ -602,3 +602,23 @@ def test_job_id_same_in_driver_and_task(ray_start):
 
     driver_job = mpray.get_runtime_context().get_job_id()
     assert mpray.get(job.remote(), timeout=30) == driver_job
+
+
+def test_ref_from_an_earlier_session_fails_clearly():
+    mpray.init(num_cpus=1, object_store_memory=64 * 1024 * 1024)
+    try:
+        old = mpray.put("from the first session")
+        pending = add.remote(1, 2)
+        assert mpray.get(pending, timeout=30) == 3
+    finally:
+        mpray.shutdown()
+    mpray.init(num_cpus=1, object_store_memory=64 * 1024 * 1024)
+    try:
+        for ref in (old, pending):
+            with pytest.raises(mpray.exceptions.OwnerDiedError, match="earlier mpray session"):
+                mpray.get(ref, timeout=5)
+        with pytest.raises(mpray.exceptions.OwnerDiedError):
+            mpray.wait([old], timeout=1)
+        assert mpray.get(add.remote(2, 2), timeout=30) == 4
+    finally:
+        mpray.shutdown()
