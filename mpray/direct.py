@@ -387,6 +387,8 @@ class DirectTasks:
         self.records.pop(tid, None)
         for i in range(spec[P.S_NRET]):
             self.promised.discard(tid + 1 + i)  # SUBMIT registers them now
+        # its arguments may be values only this process has seen (direct results)
+        self.client.publish([oid for _pos, oid in spec[P.S_DEPS]])
         self.client.send([(P.SUBMIT, spec)])
         # the returns stay in ``pending`` until the node sends their values; a dropped
         # one is released then (see on_node_value)

@@ -205,3 +205,23 @@ def test_leased_tasks_spread_over_workers(ray_start):
     warm_leases()
     pids = set(mpray.get([busy_pid.remote() for _ in range(20)], timeout=30))
     assert len(pids) == 2  # both CPUs worked
+
+
+def test_direct_result_used_by_node_path_tasks(ray_start, tmp_path):
+    @mpray.remote
+    def two_cpus(x):
+        return x + 1
+
+    @mpray.remote(max_retries=1)
+    def die_once_then_add(x, path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x + 2
+
+    warm_leases()
+    direct = ident.remote(40)
+    assert mpray.get(direct, timeout=30) == 40  # its value came straight from a worker
+    # a node-path task (2 CPUs) and a retried direct task both read it through the node
+    assert mpray.get(two_cpus.options(num_cpus=2).remote(direct), timeout=30) == 41
+    assert mpray.get(die_once_then_add.remote(direct, str(tmp_path / "m")), timeout=60) == 42
