@@ -192,6 +192,9 @@ class DirectTasks:
     # ------------------------------------------------------------------ events
     @_locked
     def on_lease(self, wid: int, epoch: int, slot: int, pid: int, first_oid: int) -> None:
+        # still flagged = the task that created the lease is running there; if its value
+        # came first (rings are read in no fixed order), the lease is free already
+        seeding = first_oid in self.flagged
         self.flagged.discard(first_oid)
         if epoch in self.expired:  # it ended (idle) before we even read the grant
             self.expired.discard(epoch)
@@ -200,8 +203,9 @@ class DirectTasks:
         w2d.release()  # the client polls the slot's w2d ring since the worker started
         bell = Doorbell(self.slot_efds[slot], self.mailbox, slot * slot_bytes(self.cap))
         lease = self.leases[wid] = Lease(wid, epoch, slot, pid, d2w, bell)
-        lease.inflight[first_oid - 1] = None  # busy with the task that created it
-        self.seeding[first_oid] = wid
+        if seeding:
+            lease.inflight[first_oid - 1] = None  # busy with the task that created it
+            self.seeding[first_oid] = wid
         self.refill()
 
     @_locked
