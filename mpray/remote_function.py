@@ -203,7 +203,11 @@ class RemoteFunction:
         if reg is not None and reg[0] == client.token:
             return reg[1]
         if self._blob is None:
-            self._blob = cloudpickle.dumps(self._function, protocol=5)
+            # the source file travels along: a function pickled by value is rebuilt with
+            # a made-up file name, and remote tracebacks should show the user's lines
+            code = getattr(self._function, "__code__", None)
+            self._blob = cloudpickle.dumps(
+                (self._function, code.co_filename if code is not None else None), protocol=5)
         fid = client.new_ids(0)
         client.send([(P.FUNC, fid, self._blob)])
         if client.direct is not None:

@@ -42,6 +42,18 @@ def strip_mpi_environment() -> None:
         del os.environ[k]
 
 
+def _load_function(blob: bytes):
+    """A registered function, with its original source file name put back."""
+    fn, filename = pickle.loads(blob)
+    code = getattr(fn, "__code__", None)
+    if code is not None and filename and code.co_filename != filename:
+        try:
+            fn.__code__ = code.replace(co_filename=filename)
+        except (AttributeError, TypeError, ValueError):
+            pass
+    return fn
+
+
 def _retryable(e: BaseException, retry_exc) -> bool:
     if retry_exc is True:
         return isinstance(e, Exception)
@@ -124,7 +136,7 @@ class WorkerLoop:
                 fblob = fblob or client.func_blobs.get(fid)
                 if fblob is None:
                     raise exc.RaySystemError(f"function {name} (id {fid}) was never registered")
-                fn = self.funcs[fid] = pickle.loads(fblob)
+                fn = self.funcs[fid] = _load_function(fblob)
             if gpus:
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
             args, kwargs = pickle.loads(args_blob)
@@ -171,6 +183,8 @@ class WorkerLoop:
             if isinstance(e, _Cancelled):
                 err: BaseException = exc.TaskCancelledError(P.id_hex(tid))
             else:
+                if e.__traceback__ is not None:  # start the remote traceback at user code
+                    e = e.with_traceback(e.__traceback__.tb_next)
                 err = exc.RayTaskError.from_exception(e, name, self.pid, self.host)
                 retryable = _retryable(e, retry_exc)
             payload = pickle.dumps(err, protocol=5)
