@@ -91,6 +91,7 @@ class Client:
         self.exec_queue: list[tuple] = []
         self.dropped_tasks: set[int] = set()  # worker: cancelled before they started
         self.lease_active = 0.0  # worker: when its lease last had work
+        self.reclaim = False  # worker: the node wants its lease back as soon as it idles
         # set while a worker holds serialised results that contain refs it is about to
         # drop: their releases must go out after the DONE that registers the containment
         self.hold_releases = False
@@ -247,8 +248,11 @@ class Client:
             if self.is_worker:
                 self.lease_epoch = msg[1]
                 self.lease_active = time.monotonic()
+                self.reclaim = False
             else:
                 self.direct.on_lease(msg[1], msg[2], msg[3], msg[4], msg[5])
+        elif op == P.RECLAIM:
+            self.reclaim = True
         elif op == P.DONE_D:
             self.direct.on_done(msg[1], msg[2], msg[3], msg[4])
         elif op == P.RETURN_D:

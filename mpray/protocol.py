@@ -60,6 +60,7 @@ PUT_FOR = 19  # worker->node (op, owner, oid, kind, payload, contained): a direc
 PROMISE = 20  # driver->node (op, oid): a direct task's result whose ref is leaving; wait for it
 LEASE = 40  # node->driver (op, wid, epoch, slot, pid, first_oid) / node->worker (op, epoch)
 LEASE_LOST = 41  # node->driver (op, wid, epoch, reason): the leased worker died
+RECLAIM = 42  # node->worker (op,): others wait for CPUs: end the lease once idle
 # on a lease's own rings (driver <-> worker, no node in between)
 DONE_D = 50  # worker->driver (op, tid, status, retryable, payload): a direct task ended
 RETURN_D = 51  # worker->driver (op, tids, blocked): direct tasks handed back unstarted

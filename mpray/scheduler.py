@@ -77,6 +77,7 @@ class Worker:
     fids: set = field(default_factory=set)
     idle_since: float = 0.0
     lease: tuple | None = None  # (holder proc, epoch) while leased to an owner
+    reclaim: bool = False  # asked to give the lease back when idle
     history: list = field(default_factory=lambda: [W.STARTING])
 
 
@@ -284,6 +285,13 @@ class Scheduler(ObjectDirectory):
             for _ in range(max(0, want)):
                 self.starting += 1
                 self.actions.append(("start_worker",))
+        if self.ready:
+            # work waits here while owners hold leases: ask leased workers to give theirs
+            # back as soon as they have nothing of their owner's to do
+            for w in self.workers.values():
+                if w.lease is not None and not w.reclaim:
+                    w.reclaim = True
+                    self._send(w.key, (P.RECLAIM,))
 
     def _pipeline(self, key: tuple, q: collections.deque) -> None:
         """Queue ready tasks behind running ones of the same shape (bounded depth)."""
@@ -513,6 +521,7 @@ class Scheduler(ObjectDirectory):
         if w is None or w.lease is None or w.lease[1] != epoch or w.task is not None:
             return
         w.lease = None
+        w.reclaim = False
         if w.state is W.BLOCKED:
             _move(w, W.BUSY, WORKER_TRANSITIONS, "worker")
         self._release_worker_resources(w)

@@ -99,7 +99,9 @@ class WorkerLoop:
                     client.pump(None)
                     continue
                 idle = time.monotonic() - client.lease_active
-                if idle < LEASE_IDLE:
+                if client.reclaim and not client.pump(0) and not q:
+                    self.end_lease()  # others wait for this CPU
+                elif idle < LEASE_IDLE:
                     client.pump(LEASE_IDLE - idle)
                 elif not client.pump(0) and not q:  # nothing came meanwhile: give it back
                     self.end_lease()
@@ -119,6 +121,7 @@ class WorkerLoop:
         """Give an idle lease back: to the node (its CPU) and to the driver."""
         client = self.client
         epoch, client.lease_epoch = client.lease_epoch, None
+        client.reclaim = False
         client.send([(P.LEASE_END, epoch)])
         client.send_driver([(P.EXPIRED, self.wid, epoch)])
 
