@@ -220,11 +220,7 @@ class Client:
         op = msg[0]
         if op == P.OBJ:
             oid = msg[1]
-            if oid in self._refs or oid in self._subscribed or oid in self._futures:
-                self._values[oid] = (msg[2], msg[3])
-                futs = self._futures.pop(oid, None)
-                if futs:
-                    self._resolve_futures(oid, futs)
+            self.store_obj(oid, msg[2], msg[3])
             d = self.direct
             if d is not None and (d.pending or d.flagged or d.seeding) and d.on_node_value(oid):
                 self._decref.append(oid)  # its ref died while the task ran
@@ -279,6 +275,14 @@ class Client:
                 ring.release()
         elif op == P.STOP:
             self.stop_requested = True
+
+    def store_obj(self, oid: int, kind: int, payload) -> None:
+        """Keep a value that arrived, if anything here still wants it."""
+        if oid in self._refs or oid in self._subscribed or oid in self._futures:
+            self._values[oid] = (kind, payload)
+            futs = self._futures.pop(oid, None)
+            if futs:
+                self._resolve_futures(oid, futs)
 
     def _drain_frames(self, frames: list, from_worker: bool = False) -> None:
         handle = self._handle

@@ -178,6 +178,9 @@ class DirectTasks:
 
     @_locked
     def refill(self) -> None:
+        self._refill()
+
+    def _refill(self) -> None:
         q = self.queue
         while q:
             if not self._place(q[0]):
@@ -206,7 +209,7 @@ class DirectTasks:
         if seeding:
             lease.inflight[first_oid - 1] = None  # busy with the task that created it
             self.seeding[first_oid] = wid
-        self.refill()
+        self._refill()
 
     @_locked
     def on_expired(self, wid: int, epoch: int) -> None:
@@ -216,14 +219,14 @@ class DirectTasks:
             # anything still in flight there comes back as RETURN_D (bounced) or DONE_D
         elif lease is None or lease.epoch < epoch:
             self.expired.add(epoch)  # its grant is still on the way
-        self.refill()
+        self._refill()
 
     @_locked
     def on_resumed(self, wid: int, epoch: int) -> None:
         lease = self.leases.get(wid)
         if lease is not None and lease.epoch == epoch:
             lease.paused = False
-            self.refill()
+            self._refill()
 
     @_locked
     def on_lost(self, wid: int, epoch: int, reason: str) -> None:
@@ -247,7 +250,7 @@ class DirectTasks:
                 self._store_error(spec, exc.WorkerCrashedError(
                     f"the worker running task {spec[P.S_NAME]} died: {reason}; "
                     f"retries exhausted (max_retries=0)"))
-        self.refill()
+        self._refill()
 
     @_locked
     def on_done(self, tid: int, retryable: bool, payload, via_node: bool) -> None:
@@ -267,11 +270,11 @@ class DirectTasks:
             self._to_node(rec)
         elif retryable:  # retries used up: the error stands
             for i in range(spec[P.S_NRET]):
-                self.on_direct_value(tid + 1 + i, ERROR, payload, deliver=True)
+                self._direct_value(tid + 1 + i, ERROR, payload, deliver=True)
         elif not via_node:
             for i in range(spec[P.S_NRET]):
                 self.pending.pop(tid + 1 + i, None)
-        self.refill()
+        self._refill()
 
     @_locked
     def on_node_value(self, oid: int) -> bool:
@@ -282,7 +285,7 @@ class DirectTasks:
             lease = self.leases.get(wid)
             if lease is not None:
                 lease.inflight.pop(oid - 1, None)
-                self.refill()
+                self._refill()
         if self.pending.pop(oid, None) is not None:
             self.promised.discard(oid)
         if oid in self.dropped:
@@ -308,7 +311,7 @@ class DirectTasks:
                     self._requeue_all(lease)
             rec[4] = None
             self.queue.appendleft(rec)
-        self.refill()
+        self._refill()
 
     def _requeue_all(self, lease: Lease) -> None:
         for rec in lease.inflight.values():
@@ -319,6 +322,9 @@ class DirectTasks:
 
     @_locked
     def on_direct_value(self, oid: int, kind: int, payload, deliver: bool = False) -> None:
+        self._direct_value(oid, kind, payload, deliver)
+
+    def _direct_value(self, oid: int, kind: int, payload, deliver: bool = False) -> None:
         """A value came straight from a worker (or was decided here): the node never
         registered it, unless a PROMISE made it wait for it."""
         client = self.client
@@ -335,7 +341,7 @@ class DirectTasks:
         elif oid in client._refs:
             self.local_only.add(oid)
         if deliver:
-            client._handle((P.OBJ, oid, kind, payload))
+            client.store_obj(oid, kind, payload)
 
     @_locked
     def forget(self, oid: int) -> bool:
@@ -401,7 +407,7 @@ class DirectTasks:
         payload = pickle.dumps(err, protocol=5)
         tid = spec[P.S_TID]
         for i in range(spec[P.S_NRET]):
-            self.on_direct_value(tid + 1 + i, ERROR, payload, deliver=True)
+            self._direct_value(tid + 1 + i, ERROR, payload, deliver=True)
 
     def close(self) -> None:
         for lease in self.leases.values():
