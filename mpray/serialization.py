@@ -104,11 +104,7 @@ def write_arena(arena_mv: memoryview, offset: int, header: bytes, raws: list, pl
     arena_mv[offset : offset + len(header)] = header
     for (rel, n), r in zip(places, raws):
         if n:
-            arena_mv[offset + rel : offset + rel + n] = r.cast("B") if r.format != "B" else r
-
-
-def loads_inline(payload: bytes) -> Any:
-    return pickle.loads(payload)
+            arena_mv[offset + rel : offset + rel + n] = r  # PickleBuffer.raw(): bytes
 
 
 def loads_arena(base, desc) -> Any:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import enum
 
-class TaskState(enum.Enum):
+class _State(enum.Enum):
     __hash__ = object.__hash__  # Enum hashes by name in Python; identity is C-fast
+
+
+class TaskState(_State):
     PENDING_ARGS = "PENDING_ARGS"
     READY = "READY"
     DISPATCHED = "DISPATCHED"
@@ -21,16 +24,14 @@ class TaskState(enum.Enum):
     CANCELLED = "CANCELLED"
 
 
-class ObjState(enum.Enum):
-    __hash__ = object.__hash__  # Enum hashes by name in Python; identity is C-fast
+class ObjState(_State):
     PENDING = "PENDING"
     INLINE = "INLINE"
     IN_ARENA = "IN_ARENA"
     FREED = "FREED"
 
 
-class WorkerState(enum.Enum):
-    __hash__ = object.__hash__  # Enum hashes by name in Python; identity is C-fast
+class WorkerState(_State):
     STARTING = "STARTING"
     IDLE = "IDLE"
     BUSY = "BUSY"
