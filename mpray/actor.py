@@ -1,27 +1,325 @@
-"""Actors: not built yet (issue 3). Every entry point fails with a clear message."""
+"""``@mpray.remote`` classes: ActorClass, ActorHandle, method options, kill, get_actor.
+
+Data flow::
+
+    Cls.remote(*args) ─▶ SUBMIT (creation spec: class id, args, options) ─▶ node's actor table
+                         (named actors wait for the node's answer: a name is unique)
+                      ◀─ ActorHandle(actor id, ObjectRef to the actor's *anchor*, metadata)
+    handle.f.remote() ─▶ driver: actor_calls.DirectActors (mailbox ring or node)
+                         worker: SUBMIT through the node (the node keeps the order)
+
+The handle's anchor ref is what keeps a non-detached actor alive: handles pickled into
+arguments or results are contained refs like any other, so the object directory's
+reference counting decides when the last handle anywhere is gone.
+"""
 
 from __future__ import annotations
 
+import inspect
+import pickle
 from typing import Any
 
-_MSG = "actors are not supported by this version of mpray yet (remote classes arrive next)"
+from . import _global
+from . import protocol as P
+from .actor_worker import exit_actor, is_async_class
+from .object_ref import ObjectRef
+from .remote_function import (ACTOR_ONLY, TASK_OPTIONS, BlobRegistration, _refs, encode_args,
+                              resource_request, validate_options)
+
+__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "exit_actor", "get_actor",
+           "kill_actor", "method"]
+
+ACTOR_OPTIONS = (TASK_OPTIONS | ACTOR_ONLY) - {"num_returns", "max_retries", "retry_exceptions",
+                                              "max_calls"}
+METHOD_OPTIONS = {"num_returns", "max_task_retries", "retry_exceptions", "name",
+                  "concurrency_group", "enable_task_events", "_metadata"}
+_EXPLICIT = ("num_cpus", "num_gpus", "resources", "memory")
 
 
-def make_actor_class(cls: type, options: dict) -> Any:
-    raise NotImplementedError(f"@mpray.remote on class {cls.__name__}: {_MSG}")
+def _namespace() -> str:
+    return _global.node_info.get("namespace") or ""
 
 
+# ---------------------------------------------------------------------- method options
+def method(*args: Any, **kwargs: Any):
+    """``@mpray.method(num_returns=2)``: per-method defaults for calls of an actor method."""
+    if args:
+        raise TypeError("@mpray.method must be used with keyword arguments, e.g. "
+                        "@mpray.method(num_returns=2)")
+    validate_options(dict(kwargs), METHOD_OPTIONS, "actor method")
+
+    def deco(fn):
+        fn.__mpray_method_options__ = dict(kwargs)
+        return fn
+
+    return deco
+
+
+def _method_table(cls: type) -> dict[str, dict]:
+    table: dict[str, dict] = {"__ray_ready__": {}, "__ray_terminate__": {"num_returns": 0}}
+    for name, fn in inspect.getmembers(cls, lambda m: inspect.isfunction(m)
+                                       or inspect.ismethod(m)):
+        table[name] = dict(getattr(fn, "__mpray_method_options__", {}))
+    return table
+
+
+# ---------------------------------------------------------------------- handles
+class ActorMethod:
+    """``handle.f``: ``.remote(...)`` calls it; ``.options(num_returns=…)`` adjusts a call."""
+
+    __slots__ = ("_handle", "_name", "_opts")
+
+    def __init__(self, handle: "ActorHandle", name: str, opts: dict) -> None:
+        self._handle = handle
+        self._name = name
+        self._opts = opts
+
+    def remote(self, *args, **kwargs):
+        return self._handle._call(self._name, self._opts, args, kwargs)
+
+    def options(self, **opts) -> "ActorMethod":
+        validate_options(dict(opts), METHOD_OPTIONS, "actor method")
+        return ActorMethod(self._handle, self._name, {**self._opts, **opts})
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"Actor methods cannot be called directly. Instead of running "
+                        f"'object.{self._name}()', try 'object.{self._name}.remote()'.")
+
+    def bind(self, *args, **kwargs):
+        raise NotImplementedError("Ray DAGs (.bind) are not supported by mpray")
+
+
+class _ActorID:
+    def __init__(self, aid: int) -> None:
+        self.id = aid
+
+    def hex(self) -> str:
+        return P.id_hex(self.id)
+
+    def __repr__(self) -> str:
+        return f"ActorID({self.hex()})"
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, _ActorID) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+class ActorHandle:
+    """A reference to an actor; picklable, so tasks and other actors can call it too."""
+
+    def __init__(self, aid: int, anchor: ObjectRef, meta: dict) -> None:
+        self._aid = aid
+        self._anchor = anchor
+        self._meta = meta
+        self._methods: dict[str, ActorMethod] = {}
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        if name.startswith("_ActorHandle") or name in ("_aid", "_anchor", "_meta", "_methods"):
+            raise AttributeError(name)
+        m = self._methods.get(name)
+        if m is None:
+            opts = self._meta["methods"].get(name)
+            if opts is None:
+                raise AttributeError(f"'ActorHandle' object for actor "
+                                     f"{self._meta['class_name']} has no method '{name}'")
+            m = self._methods[name] = ActorMethod(self, name, opts)
+        return m
+
+    @property
+    def _actor_id(self) -> _ActorID:
+        return _ActorID(self._aid)
+
+    def __reduce__(self):
+        return (ActorHandle, (self._aid, self._anchor, self._meta))
+
+    def __repr__(self) -> str:
+        return f"Actor({self._meta['class_name']}, {P.id_hex(self._aid)})"
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, ActorHandle) and other._aid == self._aid
+
+    def __hash__(self) -> int:
+        return hash(self._aid)
+
+    def _call(self, name: str, opts: dict, args: tuple, kwargs: dict):
+        client = _global.client
+        if client is None:
+            from .api import _auto_init
+
+            client = _auto_init()
+        nret = opts.get("num_returns")
+        nret = 1 if nret is None else nret
+        retries = opts.get("max_task_retries")
+        if retries is None:
+            retries = self._meta.get("max_task_retries", 0)
+        rex = opts.get("retry_exceptions", False)
+        retry_exc = rex if isinstance(rex, bool) else pickle.dumps(tuple(rex))
+        display = f"{self._meta['class_name']}.{name}"
+        tid = client.new_ids(nret)
+        blob, deps, contained, keep = encode_args(client, args, kwargs, display)
+        spec = (tid, name, display, blob, deps, nret, (), retries, retry_exc, contained, None,
+                False, self._aid)
+        refs = _refs(tid, nret)
+        actors = client.actors
+        if actors is not None:
+            hold = (keep, self._anchor, [x for x in args if type(x) is ObjectRef],
+                    [x for x in kwargs.values() if type(x) is ObjectRef]) if deps else (
+                        keep, self._anchor)
+            actors.submit(self._aid, spec, hold)
+        else:
+            client.send([(P.SUBMIT, spec)])
+        return refs
+
+
+# ---------------------------------------------------------------------- classes
+class ActorClass(BlobRegistration):
+    """What ``@mpray.remote`` makes of a class."""
+
+    def __init__(self, cls: type, options: dict) -> None:
+        self._cls = cls
+        self._options = _check_actor_options(validate_options(dict(options), ACTOR_OPTIONS,
+                                                              "actor"))
+        self.__name__ = cls.__name__
+        self.__qualname__ = getattr(cls, "__qualname__", cls.__name__)
+        self.__doc__ = cls.__doc__
+        self.__module__ = cls.__module__
+        self._meta: dict | None = None
+        self._init_registration()
+
+    def _blob_payload(self):
+        return (self._cls, None)
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"Actors cannot be instantiated directly. Instead of "
+                        f"'{self.__name__}()', use '{self.__name__}.remote()'.")
+
+    def __reduce__(self):
+        return (ActorClass, (self._cls, self._options))
+
+    def options(self, **opts) -> "_ActorOptions":
+        merged = {**self._options, **validate_options(dict(opts), ACTOR_OPTIONS, "actor")}
+        return _ActorOptions(self, _check_actor_options(merged))
+
+    def remote(self, *args, **kwargs) -> ActorHandle:
+        return self._create(self._options, args, kwargs)
+
+    def bind(self, *args, **kwargs):
+        raise NotImplementedError("Ray DAGs (.bind) are not supported by mpray")
+
+    def _metadata(self) -> dict:
+        if self._meta is None:
+            self._meta = {"class_name": self.__name__, "methods": _method_table(self._cls),
+                          "is_async": is_async_class(self._cls)}
+        return self._meta
+
+    def _create(self, opts: dict, args: tuple, kwargs: dict) -> ActorHandle:
+        client = _global.client
+        if client is None:
+            from .api import _auto_init
+
+            client = _auto_init()
+        meta = dict(self._metadata(), max_task_retries=_retries(opts.get("max_task_retries")))
+        fid = self._fid(client)
+        tid = client.new_ids(1)
+        explicit = any(opts.get(k) is not None for k in _EXPLICIT)
+        held = resource_request(opts, default_cpus=0) if explicit else ()
+        place = held if explicit else (("CPU", 1.0),)
+        name = opts.get("name")
+        copts = {
+            "class_name": self.__name__, "meta": meta, "name": name,
+            "namespace": opts.get("namespace") or _namespace(),
+            "detached": opts.get("lifetime") == "detached",
+            "max_restarts": _retries(opts.get("max_restarts")),
+            "max_task_retries": meta["max_task_retries"],
+            "max_concurrency": opts.get("max_concurrency"), "is_async": meta["is_async"],
+            "held": held, "get_if_exists": bool(opts.get("get_if_exists")), "req": None,
+        }
+        blob, deps, contained, keep = encode_args(client, args, kwargs, f"{self.__name__}")
+        if client.direct is not None:
+            client.publish([oid for _p, oid in deps])
+            client.publish(contained)
+
+        def spec_for(req):
+            copts["req"] = req
+            return (tid, fid, f"{self.__name__}.__init__", blob, deps, 1, place, 0, False,
+                    contained, opts.get("scheduling_strategy"), False, tid, copts)
+
+        if name:  # the node answers: the name is ours, or taken (maybe by the one we want)
+            reply = client.request(lambda req: (P.SUBMIT, spec_for(req)))[2]
+            if reply[0] == "error":
+                raise ValueError(reply[1])
+            if reply[0] == "exists":
+                return ActorHandle(reply[1], ObjectRef(reply[1] + 1, owned=True, tid=reply[1]),
+                                   reply[2])
+        else:
+            client.send([(P.SUBMIT, spec_for(None))])
+        del keep  # the creation task holds its promoted arguments now
+        return ActorHandle(tid, ObjectRef(tid + 1, owned=True, tid=tid), meta)
+
+
+class _ActorOptions:
+    def __init__(self, ac: ActorClass, opts: dict) -> None:
+        self._ac = ac
+        self._opts = opts
+
+    def remote(self, *args, **kwargs) -> ActorHandle:
+        return self._ac._create(self._opts, args, kwargs)
+
+
+def _retries(v) -> int:
+    return 0 if v is None else int(v)
+
+
+def _check_actor_options(opts: dict) -> dict:
+    life = opts.get("lifetime")
+    if life not in (None, "detached", "non_detached"):
+        raise ValueError(f"lifetime must be 'detached' or 'non_detached', not {life!r}")
+    mc = opts.get("max_concurrency")
+    if mc is not None and (isinstance(mc, bool) or not isinstance(mc, int) or mc < 1):
+        raise ValueError(f"max_concurrency must be a positive integer, not {mc!r}")
+    name = opts.get("name")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ValueError(f"an actor's name must be a non-empty string, not {name!r}")
+    ns = opts.get("namespace")
+    if ns is not None and (not isinstance(ns, str) or not ns):
+        raise ValueError(f"namespace must be a non-empty string, not {ns!r}")
+    if opts.get("get_if_exists") and not name:
+        raise ValueError("get_if_exists=True needs a name= for the actor")
+    return opts
+
+
+def make_actor_class(cls: type, options: dict) -> ActorClass:
+    return ActorClass(cls, options)
+
+
+# ---------------------------------------------------------------------- kill / lookup
 def kill_actor(actor: Any, no_restart: bool = True) -> None:
-    raise NotImplementedError(f"mpray.kill: {_MSG}")
+    if not isinstance(actor, ActorHandle):
+        raise ValueError(f"mpray.kill() only supports actor handles (for tasks, use "
+                         f"mpray.cancel()); got {type(actor).__name__}")
+    client = _global.client_or_raise()
+    client.send([(P.KILL_ACTOR, actor._aid, bool(no_restart))])
+    if no_restart and client.actors is not None:
+        client.actors.killed(actor._aid)
 
 
-def lookup_actor(name: str, namespace: str | None = None) -> Any:
-    raise ValueError(f"Failed to look up actor with name '{name}': {_MSG}")
+def lookup_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"get_actor() needs a non-empty actor name, not {name!r}")
+    if namespace is not None and (not isinstance(namespace, str) or not namespace):
+        raise ValueError(f"namespace must be a non-empty string, not {namespace!r}")
+    client = _global.client
+    if client is None:
+        from .api import _auto_init
 
-
-def method(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError(f"mpray.method: {_MSG}")
-
-
-def exit_actor() -> None:
-    raise NotImplementedError(f"mpray.actor.exit_actor: {_MSG}")
+        client = _auto_init()
+    ns = namespace or _namespace()
+    reply = client.request(lambda req: (P.QUERY, req, ("actor", ns, name)))[2]
+    if reply is None:
+        raise ValueError(f"Failed to look up actor with name '{name}' in namespace "
+                         f"'{ns or '(default)'}': no live actor has that name (it was never "
+                         "created, it died, or it lives in another namespace)")
+    aid, meta = reply
+    return ActorHandle(aid, ObjectRef(aid + 1, owned=True, tid=aid), meta)

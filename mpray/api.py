@@ -131,7 +131,8 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
         idle_timeout=cfg.idle_worker_timeout, session_dir=session_dir,
         pipeline_depth=cfg.pipeline_depth, node_id=node_id,
         node_info={"node_id": node_id, "resources": cfg.node_resources(),
-                   "job_id": format(os.getpid(), "08x"), "session_dir": session_dir},
+                   "job_id": format(os.getpid(), "08x"), "session_dir": session_dir,
+                   "namespace": namespace or ""},
         mailbox=mailbox, mailbox_slots=slots, mailbox_ring_bytes=cfg.direct_ring_bytes,
         slot_efds=slot_efds,
     )
@@ -162,6 +163,9 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
     if slots and cfg.lease_depth:
         client.direct = DirectTasks(client, mailbox, cfg.direct_ring_bytes, slot_efds,
                                     max_leases=cfg.num_cpus, depth=cfg.lease_depth)
+    from .actor_calls import DirectActors
+
+    client.actors = DirectActors(client, client.direct)
     _global.session = _Session(cfg, pid, node_pidfd, setup, session_dir)
     _global.node_id = setup.node_id
     _global.node_info = setup.node_info
@@ -237,6 +241,7 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
         for r in client._w2d.values():
             r.release()
         client._w2d.clear()
+        client.actors.close()
         if client.direct is not None:
             client.direct.close()
         for fd in st.slot_efds or ():
@@ -261,7 +266,7 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
 
 # ---------------------------------------------------------------------- remote
 def remote(*args: Any, **kwargs: Any):
-    """``@remote`` or ``@remote(num_cpus=…, …)`` on a function (or, later, a class)."""
+    """``@remote`` or ``@remote(num_cpus=…, …)`` on a function or a class (an actor)."""
     if len(args) == 1 and not kwargs and callable(args[0]):
         return _make_remote(args[0], {})
     if args:
@@ -277,7 +282,7 @@ def remote(*args: Any, **kwargs: Any):
 
 def _make_remote(obj: Any, options: dict):
     if inspect.isclass(obj):
-        from .actor import make_actor_class  # noqa: F401 - arrives with actor support
+        from .actor import make_actor_class
 
         return make_actor_class(obj, options)
     if not callable(obj):
@@ -360,6 +365,8 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     client = _global.client_or_raise()
     if client.direct is not None:
         client.direct.cancel(ref._tid, bool(force))
+    if client.actors is not None:
+        client.actors.cancel(ref._tid)
     client.send([(P.CANCEL, ref._tid, bool(force), bool(recursive))])
 
 

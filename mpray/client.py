@@ -88,13 +88,21 @@ class Client:
         self._bg_running = False
         self._bg_wake = threading.Event()
         self._fg_pump = 0.0  # when a user thread last pumped (the background one waits)
-        self.exec_queue: list[tuple] = []
+        self.exec_queue: collections.deque[tuple] = collections.deque()
         self.dropped_tasks: set[int] = set()  # worker: cancelled before they started
         self.lease_active = 0.0  # worker: when its lease last had work
         self.reclaim = False  # worker: the node wants its lease back as soon as it idles
         # set while a worker holds serialised results that contain refs it is about to
         # drop: their releases must go out after the DONE that registers the containment
-        self.hold_releases = False
+        self.hold_releases = 0
+        self._hold_lock = threading.Lock()
+        self._driver_lock = threading.Lock()  # worker: producers of the ring to the driver
+        # worker: the actor this process is (id, incarnation, "sync" | "concurrent")
+        self.actor_id: int | None = None
+        self.actor_inc = 0
+        self.actor_mode: str | None = None
+        self.drop_hook = None  # concurrent actor: cancel a call that is queued or running
+        self.actors = None  # driver: DirectActors (calls to actors); None in workers
         self.func_blobs: dict[int, bytes] = {}
         self._mailbox = None  # (mmap, ring capacity): the driver's worker->driver slots
         self._w2d: dict[int, Ring] = {}  # driver: slot -> ring it polls (worker results)
@@ -178,6 +186,12 @@ class Client:
             finally:
                 self._send_lock.release()
 
+    def hold(self, delta: int) -> None:
+        """Hold back releases while results holding refs are on their way (counted: the
+        threads of a concurrent actor report at the same time)."""
+        with self._hold_lock:
+            self.hold_releases += delta
+
     # ------------------------------------------------------------------ refs
     def add_ref(self, oid: int, borrowed: bool) -> None:
         refs = self._refs
@@ -238,8 +252,21 @@ class Client:
                 self._flush_soon()
             else:
                 self.exec_queue.append(msg)
+        elif op == P.ACALL:
+            if msg[9] == self.actor_id and msg[10] == self.actor_inc:
+                self.exec_queue.append(msg)  # (else meant for an earlier process in this slot)
+        elif op == P.ADONE_D:
+            self.actors.on_done(msg[1], msg[2])
+        elif op == P.ACTOR:
+            self.actors.on_update(*msg[1:])
+        elif op == P.ANODE_DONE:
+            self.actors.on_node_done(msg[1], msg[2])
+        elif op == P.ACREATE:
+            self.exec_queue.append(msg)
         elif op == P.DROP:
             self.dropped_tasks.add(msg[1])
+            if self.drop_hook is not None:
+                self.drop_hook(msg[1])
         elif op == P.LEASE:
             if self.is_worker:
                 self.lease_epoch = msg[1]
@@ -329,8 +356,10 @@ class Client:
     def send_driver(self, msgs: list) -> None:
         """Worker: a frame on this worker's mailbox ring to the driver (never full for
         long: the driver drains it whenever it waits, and holds few tasks per lease)."""
-        self._to_driver.push(pickle.dumps(msgs, protocol=5), wake=self._driver_bell.force,
-                             deadline=self._push_deadline())
+        frame = pickle.dumps(msgs, protocol=5)
+        with self._driver_lock:
+            self._to_driver.push(frame, wake=self._driver_bell.force,
+                                 deadline=self._push_deadline())
         self._driver_bell.ring()
 
     def publish(self, oids) -> None:
@@ -415,6 +444,8 @@ class Client:
     def _blocking_wait(self, pred, deadline) -> bool:
         if pred():
             return True
+        if self.actor_mode is not None:
+            return self._actor_blocking_wait(pred, deadline)
         if self.is_worker and not self.blocked and self.current_task is not None:
             self.blocked = True
             self._drain()
@@ -434,6 +465,18 @@ class Client:
                 if epoch is not None and epoch == self.lease_epoch:
                     self.send_driver([(P.RESUMED, self.proc, epoch)])
         return self.wait_until(pred, deadline)
+
+    def _actor_blocking_wait(self, pred, deadline) -> bool:
+        """An actor waits: its calls stay queued (order), a sync actor lends its CPU."""
+        if self.actor_mode != "sync" or self.blocked or self.current_task is None:
+            return self.wait_until(pred, deadline)
+        self.blocked = True
+        self.send([(P.BLOCKED, [])])
+        try:
+            return self.wait_until(pred, deadline)
+        finally:
+            self.blocked = False
+            self.send([(P.UNBLOCKED,)])
 
     # ------------------------------------------------------------------ objects
     def _subscribe(self, oids: Iterable[int]) -> None:
@@ -588,7 +631,9 @@ class Client:
 
     def _background_needed(self) -> bool:
         d = self.direct
-        return bool(self._futures or (d is not None and d.queue)) and not self.closed
+        a = self.actors
+        return bool(self._futures or (d is not None and d.queue)
+                    or (a is not None and a.backlog)) and not self.closed
 
     def ensure_background_pump(self) -> None:
         ev = self._bg_wake

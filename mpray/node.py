@@ -247,7 +247,11 @@ class Node:
         elif op == P.CANCEL:
             s.cancel(m[1], m[2], m[3])
         elif op == P.QUERY:
-            s.out[proc].append((P.REPLY, m[1], self._query(m[2])))
+            s.out[proc].append((P.REPLY, m[1], self._query(m[2], proc)))
+        elif op == P.KILL_ACTOR:
+            s.kill_actor(m[1], m[2])
+        elif op == P.ACTOR_EXIT:
+            s.actor_exit(proc, m[1])
         elif op == P.LEASE_END:
             s.lease_end(proc, m[1])
         elif op == P.PUT_FOR:
@@ -257,8 +261,12 @@ class Node:
         elif op == P.SHUTDOWN:
             self.running = False
 
-    def _query(self, what: str):
+    def _query(self, what, proc: int):
         s = self.sched
+        if type(what) is tuple and what[0] == "actor":  # get_actor(name, namespace)
+            return s.lookup_actor(proc, what[1], what[2])
+        if what == "actors":
+            return s.list_actors()
         if what == "available":
             return s.available()
         if what == "stats":
@@ -294,6 +302,11 @@ class Node:
                     s.out[wid].append((P.LEASE, epoch))
                     s.out[proc].append((P.LEASE, wid, epoch, self.slot_of[wid], ch.pid,
                                         first_oid))
+                elif kind == "actor_update":
+                    _, aid, state, inc, wid, death = a
+                    ch = self.channels.get(wid) if wid is not None else None
+                    s.out[0].append((P.ACTOR, aid, state, inc, wid, self.slot_of.get(wid),
+                                     ch.pid if ch is not None else 0, death))
                 elif kind == "lease_lost":
                     _, wid, epoch, proc, reason = a
                     s.out[proc].append((P.LEASE_LOST, wid, epoch, reason))

@@ -66,6 +66,8 @@ class ObjectDirectory:
             self.alloc.free(o.payload[0])
         _move(o, O.FREED, OBJ_TRANSITIONS, "object")
         del self.objs[o.key]
+        if o.key in self.anchors:  # the last handle to an actor is gone
+            self._anchor_freed(o.key)
         for c in o.contains:
             co = self.objs.get(c)
             if co is not None:

@@ -67,6 +67,17 @@ RETURN_D = 51  # worker->driver (op, tids, blocked): direct tasks handed back un
 EXPIRED = 52  # worker->driver (op, wid, epoch): lease ended (idle); later EXECs bounced
 RESUMED = 53  # worker->driver (op, wid, epoch): its task stopped waiting; send work again
 
+# actors
+KILL_ACTOR = 21  # ->node (op, aid, no_restart)
+ACTOR_EXIT = 22  # actor worker->node (op, aid): exit_actor() was called; do not restart
+ACREATE = 43  # node->worker (op, tid, fid, fblob, name, args, deps, gpus, aid, incarnation,
+#               opts, owner): become this actor (run the constructor, then serve calls)
+ACALL = 44  # node|driver->actor (op, tid, method, args, deps, nret, retry_exc, owner,
+#             retries, aid, incarnation, direct): one method call
+ACTOR = 45  # node->driver (op, aid, state, incarnation, wid, slot, pid, death): a transition
+ANODE_DONE = 46  # node->driver (op, aid, tid): a call the driver sent the node's way ended
+ADONE_D = 54  # actor->driver (op, tid, via_node): a direct call ended (values came before)
+
 # DONE status
 OK = 0
 APP_ERROR = 1  # results hold one ERROR payload for every return
@@ -84,6 +95,8 @@ S_RETRY_EXC = 8  # False, True, or pickled tuple of exception classes
 S_CONTAINED = 9  # ObjectRef ids pickled anywhere inside the arguments
 S_STRATEGY = 10
 S_LEASE = 11  # optional: True = lease the worker to the owner once this task is done
+S_ACTOR = 12  # actor calls and creations: the actor id (its creation task's id)
+S_CREATE = 13  # actor creations: the actor's options (dict), see actor.py
 
 PROC_BITS = 36
 RANK_SHIFT = 56

@@ -168,7 +168,31 @@ def _name_bad_argument(args: tuple, kwargs: dict, fname: str) -> None:
             ) from e
 
 
-class RemoteFunction:
+class BlobRegistration:
+    """A function or class cloudpickled once and registered once per session (FUNC)."""
+
+    def _init_registration(self) -> None:
+        self._blob: bytes | None = None
+        self._registered: tuple | None = None  # (client.token, fid)
+
+    def _blob_payload(self) -> tuple:
+        raise NotImplementedError
+
+    def _fid(self, client) -> int:
+        reg = self._registered
+        if reg is not None and reg[0] == client.token:
+            return reg[1]
+        if self._blob is None:
+            self._blob = cloudpickle.dumps(self._blob_payload(), protocol=5)
+        fid = client.new_ids(0)
+        client.send([(P.FUNC, fid, self._blob)])
+        if client.direct is not None:
+            client.direct.blobs[fid] = self._blob
+        self._registered = (client.token, fid)
+        return fid
+
+
+class RemoteFunction(BlobRegistration):
     def __init__(self, fn: Callable, options: dict) -> None:
         self._function = fn
         self._options = validate_options(dict(options), TASK_OPTIONS, "task")
@@ -177,8 +201,7 @@ class RemoteFunction:
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self._prepared = _Prepared(self._options, self._name)
-        self._blob: bytes | None = None
-        self._registered: tuple | None = None  # (client.token, fid)
+        self._init_registration()
 
     def __call__(self, *args, **kwargs):
         raise TypeError(
@@ -198,22 +221,11 @@ class RemoteFunction:
     def remote(self, *args, **kwargs):
         return self._submit(self._prepared, args, kwargs)
 
-    def _fid(self, client) -> int:
-        reg = self._registered
-        if reg is not None and reg[0] == client.token:
-            return reg[1]
-        if self._blob is None:
-            # the source file travels along: a function pickled by value is rebuilt with
-            # a made-up file name, and remote tracebacks should show the user's lines
-            code = getattr(self._function, "__code__", None)
-            self._blob = cloudpickle.dumps(
-                (self._function, code.co_filename if code is not None else None), protocol=5)
-        fid = client.new_ids(0)
-        client.send([(P.FUNC, fid, self._blob)])
-        if client.direct is not None:
-            client.direct.blobs[fid] = self._blob
-        self._registered = (client.token, fid)
-        return fid
+    def _blob_payload(self) -> tuple:
+        # the source file travels along: a function pickled by value is rebuilt with a
+        # made-up file name, and remote tracebacks should show the user's lines
+        code = getattr(self._function, "__code__", None)
+        return (self._function, code.co_filename if code is not None else None)
 
     def _submit(self, prep: _Prepared, args: tuple, kwargs: dict):
         client = _global.client

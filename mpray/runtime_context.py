@@ -26,7 +26,10 @@ class RuntimeContext:
         return _global.node_info.get("job_id", "")
 
     def get_actor_id(self) -> str | None:
-        return None
+        c = _global.client
+        if c is None or c.actor_id is None:
+            return None
+        return id_hex(c.actor_id)
 
     def get_assigned_resources(self) -> dict:
         return {}
@@ -37,8 +40,7 @@ class RuntimeContext:
 
     @property
     def namespace(self) -> str:
-        s = _global.session
-        return getattr(s, "namespace", None) or "default"
+        return _global.node_info.get("namespace") or "default"
 
     @property
     def node_id(self) -> str:
@@ -49,7 +51,21 @@ class RuntimeContext:
         return self.get_task_id()
 
     def was_current_actor_reconstructed(self) -> bool:
-        return False
+        c = _global.client
+        return c is not None and c.actor_id is not None and c.actor_inc > 0
+
+    @property
+    def current_actor(self):
+        """The handle of the actor this code runs in."""
+        c = _global.client
+        server = _global.actor_server
+        if c is None or c.actor_id is None or server is None:
+            raise RuntimeError("current_actor is only available inside an actor's method")
+        from .actor import ActorHandle
+        from .object_ref import ObjectRef
+
+        return ActorHandle(c.actor_id, ObjectRef(c.actor_id + 1, False, c.actor_id),
+                           server.opts.get("meta"))
 
 
 def get_runtime_context() -> RuntimeContext:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from . import exceptions as exc
 from . import protocol as P
+from .actor_table import ACTOR_MARK, ActorTable
 from .allocator import Allocator
 from .objects import Obj, ObjectDirectory
 from .serialization import ERROR
@@ -45,7 +46,7 @@ def _amount(shape: tuple, name: str) -> float:
 
 class Task:
     __slots__ = ("key", "spec", "owner", "parent", "resources", "retries_left", "state",
-                 "missing", "worker", "cancel", "history")
+                 "missing", "worker", "cancel", "history", "actor", "creating")
 
     def __init__(self, key: int, spec: tuple, owner: int, parent: int | None,
                  resources: tuple, retries_left: int) -> None:
@@ -60,6 +61,8 @@ class Task:
         self.worker: int | None = None
         self.cancel = False
         self.history = [T.PENDING_ARGS]
+        self.actor: int | None = None  # a method call: the actor's id
+        self.creating = False  # an actor's constructor
 
     @property
     def returns(self) -> range:
@@ -78,10 +81,11 @@ class Worker:
     idle_since: float = 0.0
     lease: tuple | None = None  # (holder proc, epoch) while leased to an owner
     reclaim: bool = False  # asked to give the lease back when idle
+    actor: int | None = None  # the actor this worker is (for the rest of its life)
     history: list = field(default_factory=lambda: [W.STARTING])
 
 
-class Scheduler(ObjectDirectory):
+class Scheduler(ObjectDirectory, ActorTable):
     """Local scheduler + object directory of one node."""
 
     def __init__(
@@ -125,6 +129,7 @@ class Scheduler(ObjectDirectory):
         self._epoch = 0
         self._warned: set = set()
         self.stats = {"submitted": 0, "finished": 0, "failed": 0, "retried": 0}
+        self._init_actors()
 
     # ------------------------------------------------------------------ helpers
     def _send(self, proc: int, msg: tuple) -> None:
@@ -150,9 +155,26 @@ class Scheduler(ObjectDirectory):
     def register_function(self, fid: int, blob: bytes) -> None:
         self.funcs[fid] = blob
 
+    @staticmethod
+    def _shape_of(spec: tuple) -> tuple:
+        res = spec[P.S_RES]
+        if type(res) is dict:
+            res = tuple(sorted(res.items()))
+        if len(spec) > P.S_CREATE:  # a constructor: its own queue, never pipelined
+            res = tuple(sorted(res + (ACTOR_MARK,)))
+        return res
+
     def submit(self, proc: int, spec: tuple) -> None:
         tid = spec[P.S_TID]
         res = spec[P.S_RES]
+        actor = None
+        if len(spec) > P.S_ACTOR:
+            if len(spec) > P.S_CREATE:
+                if not self._actor_admit(proc, spec):
+                    return  # a duplicate name: refused (the creator got the answer)
+                res = self._shape_of(spec)
+            else:
+                actor = spec[P.S_ACTOR]
         if type(res) is dict:
             res = tuple(sorted(res.items()))
         parent = None
@@ -167,6 +189,9 @@ class Scheduler(ObjectDirectory):
         for oid in t.returns:
             o = self._obj(oid, proc)
             o.procs.add(proc)
+        if len(spec) > P.S_CREATE:
+            t.creating = True
+            self._actor_created_anchor(self.actors[tid])
         for oid in spec[P.S_CONTAINED]:
             o = self.objs.get(oid)
             if o is not None:
@@ -187,6 +212,10 @@ class Scheduler(ObjectDirectory):
             elif o.kind == ERROR and error is None:
                 error = o.payload
         t.missing = missing
+        if actor is not None:
+            t.actor = actor
+            if not self._actor_call(t):
+                return  # the actor is gone: the call failed at once
         strategy = spec[P.S_STRATEGY]
         if (error is None and strategy is not None and not isinstance(strategy, str)
                 and not getattr(strategy, "soft", True)
@@ -244,6 +273,11 @@ class Scheduler(ObjectDirectory):
         return tuple((g, 1.0) for g in got)
 
     def _enqueue(self, t: Task, front: bool = False) -> None:
+        if t.actor is not None:  # a method call waits in its actor's own FIFO
+            a = self.actors.get(t.actor)
+            if a is not None:
+                self._actor_pump(a)
+            return
         key = t.resources
         q = self.ready.get(key)
         if q is None:
@@ -280,7 +314,8 @@ class Scheduler(ObjectDirectory):
                 del self.ready[key]
         want -= self.starting  # workers already being started will take some of them
         if want > 0:
-            active = sum(1 for w in self.workers.values() if w.state is not W.BLOCKED)
+            active = sum(1 for w in self.workers.values()
+                         if w.state is not W.BLOCKED and w.actor is None)
             want = min(want, self.max_workers - active - self.starting)
             for _ in range(max(0, want)):
                 self.starting += 1
@@ -298,7 +333,8 @@ class Scheduler(ObjectDirectory):
         for w in self.workers.values():
             if not q:
                 return
-            if w.state is not W.BUSY or len(w.queue) >= self.depth or w.gpus or w.lease:
+            if (w.state is not W.BUSY or len(w.queue) >= self.depth or w.gpus or w.lease
+                    or w.actor is not None):
                 continue
             if w.held != key:
                 continue
@@ -345,6 +381,13 @@ class Scheduler(ObjectDirectory):
             w.fids.add(fid)
         t.worker = w.key
         _move(t, T.DISPATCHED, TASK_TRANSITIONS, "task")
+        if t.creating:  # the worker becomes this actor for the rest of its life
+            a = self.actors[t.key]
+            self._actor_placed(a, w)
+            self._send(w.key, (P.ACREATE, t.key, fid, fblob, spec[P.S_NAME], spec[P.S_ARGS],
+                               deps, tuple(g for g, _ in w.gpus), a.key, a.incarnation,
+                               spec[P.S_CREATE], t.owner))
+            return
         self._send(w.key, (
             P.EXEC, t.key, fid, fblob, spec[P.S_NAME], spec[P.S_ARGS], deps,
             spec[P.S_NRET], tuple(g for g, _ in w.gpus), spec[P.S_RETRY_EXC], t.owner,
@@ -370,8 +413,14 @@ class Scheduler(ObjectDirectory):
         self._finish(t, [(oid, ERROR, payload, ()) for oid in t.returns])
 
     def _finish(self, t: Task, results, delivered: bool = False) -> None:
+        if t.creating:
+            ok = t.state is T.FINISHED
+            self._creation_finished(t, ok, None if ok else results[0][2])
         self._store_results(t, t.worker or t.owner, results, delivered)
-        self._release_task_refs(t)
+        if not t.creating:  # an actor keeps its constructor's arguments for restarts
+            self._release_task_refs(t)
+        if t.actor is not None:
+            self._actor_call_finished(t)
         self.children.pop(t.key, None)
         del self.tasks[t.key]
 
@@ -382,6 +431,22 @@ class Scheduler(ObjectDirectory):
         t = self.tasks.get(tid)
         if tid in w.queue:
             w.queue.remove(tid)
+        if w.actor is not None:  # an actor's constructor or method call
+            if t is None or t.state is not T.DISPATCHED:
+                return
+            if t.creating:
+                w.task = None
+                if status == P.OK:
+                    self._actor_constructed(w)
+            t.worker = wid
+            if status == P.APP_ERROR:
+                _move(t, T.FAILED, TASK_TRANSITIONS, "task")
+                self.stats["failed"] += 1
+            else:
+                _move(t, T.FINISHED, TASK_TRANSITIONS, "task")
+                self.stats["finished"] += 1
+            self._finish(t, results, delivered)
+            return
         if w.queue:  # the next pipelined task inherits the lease
             w.task = w.queue[0]
         elif w.lease is not None:
@@ -460,7 +525,10 @@ class Scheduler(ObjectDirectory):
         self.retiring.discard(wid)
         if w is None or w.state is W.DEAD:
             return
-        self._release_worker_resources(w)
+        if w.actor is not None:
+            self._actor_worker_died(w, reason)
+        else:
+            self._release_worker_resources(w)
         if wid in self.idle:
             self.idle.remove(wid)
         self.leasable.discard(wid)
@@ -504,7 +572,8 @@ class Scheduler(ObjectDirectory):
 
     def tick(self, now: float) -> None:
         """Retire workers idle for longer than idle_timeout beyond the warm pool."""
-        extra = len(self.workers) - len(self.retiring) - self.idle_keep
+        actors = sum(1 for w in self.workers.values() if w.actor is not None)
+        extra = len(self.workers) - actors - len(self.retiring) - self.idle_keep
         for wid in list(self.idle):
             w = self.workers[wid]
             if not w.idle_since:
@@ -543,6 +612,11 @@ class Scheduler(ObjectDirectory):
                 if o is not None and tid in o.waiting_tasks:
                     o.waiting_tasks.remove(tid)
             self._fail(t, err, T.CANCELLED)
+        elif t.state is T.DISPATCHED and not t.cancel and t.actor is not None:
+            # the actor decides: a queued call is dropped, a running async one cancelled,
+            # a running sync one finishes (as in Ray); it reports the outcome itself
+            t.cancel = True
+            self._send(t.worker, (P.DROP, tid))
         elif t.state is T.DISPATCHED and not t.cancel:
             w = self.workers.get(t.worker)
             if w is not None and t.key != w.task:  # queued at the worker, not started

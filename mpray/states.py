@@ -1,4 +1,4 @@
-"""States and transitions of tasks, objects and workers, written as data.
+"""States and transitions of tasks, objects, workers and actors, written as data.
 
 The node's state machines (``scheduler.Scheduler`` and its ``objects.ObjectDirectory``)
 move every entity only through ``_move``, which checks these tables and raises
@@ -39,7 +39,14 @@ class WorkerState(_State):
     DEAD = "DEAD"
 
 
-T, O, W = TaskState, ObjState, WorkerState
+class ActorState(_State):
+    PENDING_CREATION = "PENDING_CREATION"
+    ALIVE = "ALIVE"
+    RESTARTING = "RESTARTING"
+    DEAD = "DEAD"
+
+
+T, O, W, A = TaskState, ObjState, WorkerState, ActorState
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     T.PENDING_ARGS: frozenset({T.READY, T.FAILED, T.CANCELLED}),
     T.READY: frozenset({T.DISPATCHED, T.FAILED, T.CANCELLED}),
@@ -63,7 +70,15 @@ WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
     W.BLOCKED: frozenset({W.BUSY, W.DEAD}),
     W.DEAD: frozenset(),
 }
-
+# An actor is created once (its constructor runs on a dedicated worker); when that
+# process dies it is re-created while restarts are left; DEAD is final (killed, out of
+# restarts, constructor failed, or every handle to it gone).
+ACTOR_TRANSITIONS: dict[ActorState, frozenset[ActorState]] = {
+    A.PENDING_CREATION: frozenset({A.ALIVE, A.RESTARTING, A.DEAD}),
+    A.ALIVE: frozenset({A.RESTARTING, A.DEAD}),
+    A.RESTARTING: frozenset({A.ALIVE, A.DEAD}),
+    A.DEAD: frozenset(),
+}
 
 
 class TransitionError(RuntimeError):

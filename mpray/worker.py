@@ -106,7 +106,14 @@ class WorkerLoop:
                 elif not client.pump(0) and not q:  # nothing came meanwhile: give it back
                     self.end_lease()
                 continue
-            msg = q.pop(0)
+            msg = q.popleft()
+            if msg[0] == P.ACREATE:  # this worker becomes an actor, for good
+                from .actor_worker import serve_actor
+
+                serve_actor(self, msg)
+                return
+            if msg[0] != P.EXEC:
+                continue  # a call for an actor that lived in this mailbox slot before
             if msg[1] in client.dropped_tasks:  # cancelled while queued here
                 client.dropped_tasks.discard(msg[1])
                 if len(msg) > 11:
@@ -127,87 +134,119 @@ class WorkerLoop:
 
     def run(self, msg: tuple) -> None:
         _, tid, fid, fblob, name, args_blob, deps, nret, gpus, retry_exc, owner = msg[:11]
-        direct = len(msg) > 11
+        if gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        try:
+            status, stored, retryable = self.execute(
+                tid, lambda: self.function(fid, fblob, name), args_blob, deps, nret, name,
+                retry_exc)
+        finally:
+            if gpus:
+                if self.base_cuda is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = self.base_cuda
+        self.report(tid, status, stored, retryable, owner, len(msg) > 11)
+
+    def function(self, fid: int, fblob: bytes | None, name: str):
+        fn = self.funcs.get(fid)
+        if fn is None:
+            # the blob may have come with an EXEC this worker handed back or dropped
+            fblob = fblob or self.client.func_blobs.get(fid)
+            if fblob is None:
+                raise exc.RaySystemError(f"function {name} (id {fid}) was never registered")
+            fn = self.funcs[fid] = _load_function(fblob)
+        return fn
+
+    def load_args(self, args_blob: bytes, deps) -> tuple[list, dict]:
+        args, kwargs = pickle.loads(args_blob)
+        for pos, oid, kind, payload in deps:
+            value = self.client.materialize(oid, kind, payload)
+            if isinstance(pos, int):
+                args[pos] = value
+            else:
+                kwargs[pos] = value
+        return args, kwargs
+
+    def execute(self, tid: int, get_fn, args_blob: bytes, deps, nret: int, name: str,
+                retry_exc) -> tuple[int, list, bool]:
+        """Run one call: (status, stored results, retryable)."""
         client = self.client
         client.current_task = tid
         stored: list[tuple] = []
-        retryable = False
+        # releases wait until report() sent the DONE that registers what results hold
+        client.hold(1)
         try:
-            fn = self.funcs.get(fid)
-            if fn is None:
-                # the blob may have come with an EXEC this worker handed back or dropped
-                fblob = fblob or client.func_blobs.get(fid)
-                if fblob is None:
-                    raise exc.RaySystemError(f"function {name} (id {fid}) was never registered")
-                fn = self.funcs[fid] = _load_function(fblob)
-            if gpus:
-                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-            args, kwargs = pickle.loads(args_blob)
-            for pos, oid, kind, payload in deps:
-                value = client.materialize(oid, kind, payload)
-                if isinstance(pos, int):
-                    args[pos] = value
-                else:
-                    kwargs[pos] = value
+            fn = get_fn()
+            args, kwargs = self.load_args(args_blob, deps)
             self.in_user = True
             try:
                 result = fn(*args, **kwargs)
             finally:
                 self.in_user = False
             del args, kwargs
-            if nret == 1:
-                outs = (result,)
-            elif nret == 0:
-                outs = ()
-            else:
-                outs = tuple(result)
-                if len(outs) != nret:
-                    raise ValueError(
-                        f"task {name} declared num_returns={nret} but returned {len(outs)} values"
-                    )
-            del result
-            client.hold_releases = True
-            for i, v in enumerate(outs):
-                try:
-                    kind, payload, contained = client.store_value(v)
-                except TypeError as e:
-                    raise TypeError(
-                        f"could not serialize return value {i} of task {name} "
-                        f"({type(v).__name__}): {e}"
-                    ) from e
-                stored.append((tid + 1 + i, kind, payload, contained))
-            outs = v = None  # drop the last return value now, before DONE goes out
-            status = P.OK
+            self.store_results(tid, result, nret, name, stored)
+            result = None  # drop the last return value now, before DONE goes out
+            return P.OK, stored, False
         except BaseException as e:  # noqa: BLE001 - every failure becomes the task's error
             self.in_user = False
-            for _oid, kind, payload, _c in stored:
-                if kind == ARENA:
-                    client.send([(P.FREE_RANGE, payload[0])])
-            if isinstance(e, _Cancelled):
-                err: BaseException = exc.TaskCancelledError(P.id_hex(tid))
-            else:
-                if e.__traceback__ is not None:  # start the remote traceback at user code
-                    e = e.with_traceback(e.__traceback__.tb_next)
-                err = exc.RayTaskError.from_exception(e, name, self.pid, self.host)
-                retryable = _retryable(e, retry_exc)
-            payload = pickle.dumps(err, protocol=5)
-            stored = [(tid + 1 + i, ERROR, payload, ()) for i in range(nret)]
-            status = P.APP_ERROR
-            e = None  # drop the traceback's frames (and the values they hold) now
+            return self.failed(tid, e, name, nret, retry_exc, stored)
         finally:
             client.current_task = None
-            if gpus:
-                if self.base_cuda is None:
-                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-                else:
-                    os.environ["CUDA_VISIBLE_DEVICES"] = self.base_cuda
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except Exception:  # noqa: BLE001
-            pass
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def store_results(self, tid: int, result, nret: int, name: str, stored: list) -> None:
+        if nret == 1:
+            outs = (result,)
+        elif nret == 0:
+            outs = ()
+        else:
+            outs = tuple(result)
+            if len(outs) != nret:
+                raise ValueError(
+                    f"task {name} declared num_returns={nret} but returned {len(outs)} values"
+                )
+        del result
+        for i, v in enumerate(outs):
+            try:
+                kind, payload, contained = self.client.store_value(v)
+            except TypeError as e:
+                raise TypeError(
+                    f"could not serialize return value {i} of task {name} "
+                    f"({type(v).__name__}): {e}"
+                ) from e
+            stored.append((tid + 1 + i, kind, payload, contained))
+
+    def failed(self, tid: int, e: BaseException, name: str, nret: int, retry_exc,
+               stored: list) -> tuple[int, list, bool]:
+        """A call raised: its error as every return value (and any arena space freed)."""
+        client = self.client
+        for _oid, kind, payload, _c in stored:
+            if kind == ARENA:
+                client.send([(P.FREE_RANGE, payload[0])])
+        retryable = False
+        if isinstance(e, _Cancelled):
+            err: BaseException = exc.TaskCancelledError(P.id_hex(tid))
+        elif isinstance(e, exc.RayActorError):  # exit_actor(): the call ends with the actor
+            err = e
+        else:
+            if e.__traceback__ is not None:  # start the remote traceback at user code
+                e = e.with_traceback(e.__traceback__.tb_next)
+            err = exc.RayTaskError.from_exception(e, name, self.pid, self.host)
+            retryable = _retryable(e, retry_exc)
+        payload = pickle.dumps(err, protocol=5)
+        e = err = None  # drop the traceback's frames (and the values they hold) now
+        return P.APP_ERROR, [(tid + 1 + i, ERROR, payload, ()) for i in range(nret)], retryable
+
+    def report(self, tid: int, status: int, stored: list, retryable: bool, owner: int,
+               direct: bool, actor: bool = False) -> None:
+        client = self.client
         if direct:
-            self._finish_direct(tid, stored, retryable)
+            self._finish_direct(tid, stored, retryable, actor)
         else:
             delivered = False
             # Direct delivery skips the node's FIFO, so only for values that carry no
@@ -217,24 +256,27 @@ class WorkerLoop:
                     and not any(r[3] for r in stored)):
                 delivered = self._deliver(stored)
             client.send([(P.DONE, tid, status, stored, retryable, delivered)])
-        client.hold_releases = False
+        client.hold(-1)
         client.lease_active = time.monotonic()  # a lease idles from its last task's end
         client._flush_soon()
 
-    def _finish_direct(self, tid: int, stored: list, retryable: bool) -> None:
-        """A leased task ended: results to the driver; the node hears only of objects it
-        must hold (arena space, refs inside), and before the driver can ask for them."""
+    def _finish_direct(self, tid: int, stored: list, retryable: bool, actor: bool) -> None:
+        """A leased task or a direct actor call ended: results to the driver; the node
+        hears only of objects it must hold (arena space, refs inside), and before the
+        driver can ask for them."""
         client = self.client
         client.lease_active = time.monotonic()
-        if retryable:  # the driver decides: retry through the node, or the error stands
+        if retryable and not actor:  # the driver decides: retry through the node, or not
             client.send_driver([(P.DONE_D, tid, True, stored[0][2] if stored else None, False)])
         elif any(kind == ARENA or contained for _o, kind, _p, contained in stored):
             client.send([(P.PUT_FOR, 0, oid, kind, payload, contained)
                          for oid, kind, payload, contained in stored])
-            client.send_driver([(P.DONE_D, tid, False, None, True)])
+            client.send_driver([(P.ADONE_D, tid, True) if actor
+                                else (P.DONE_D, tid, False, None, True)])
         else:
             client.send_driver([(P.OBJ, oid, kind, payload) for oid, kind, payload, _c in stored]
-                               + [(P.DONE_D, tid, False, None, False)])
+                               + [(P.ADONE_D, tid, False) if actor
+                                  else (P.DONE_D, tid, False, None, False)])
 
     def _deliver(self, stored: list) -> bool:
         """Hand a node task's results straight to the driver: saves it waiting for the
@@ -243,12 +285,14 @@ class WorkerLoop:
         """
         frame = pickle.dumps([(P.OBJ, oid, kind, payload) for oid, kind, payload, _c in stored],
                              protocol=5)
-        ring = self.client._to_driver
-        if ring.free_bytes() < len(frame) + 64 or len(frame) > ring._max_frag:
-            return False
-        if ring.try_push(frame) != len(frame):
-            return False
-        self.client._driver_bell.ring()
+        client = self.client
+        ring = client._to_driver
+        with client._driver_lock:
+            if ring.free_bytes() < len(frame) + 64 or len(frame) > ring._max_frag:
+                return False
+            if ring.try_push(frame) != len(frame):
+                return False
+        client._driver_bell.ring()
         return True
 
 

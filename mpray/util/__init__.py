@@ -1,1 +1,5 @@
-"""Utilities mirroring ``ray.util``."""
+"""``mpray.util``: ActorPool and scheduling strategies (as in ``ray.util``)."""
+
+from .actor_pool import ActorPool
+
+__all__ = ["ActorPool"]

@@ -1,0 +1,359 @@
+"""The node's actor table: creation, placement, call routing, restarts and death (pure).
+
+A mixin of ``scheduler.Scheduler``, like ``objects.ObjectDirectory``.  Data flow::
+
+    submit(creation spec) ─▶ Actor(PENDING_CREATION) + creation Task ─▶ shape queue ─▶ idle
+                             worker gets ACREATE and becomes the actor's process for life
+    task_done(creation)   ─▶ ALIVE: resources switch to the actor's lifetime shape;
+                             ("actor_update", aid) tells the driver (slot for direct calls)
+    submit(call spec)     ─▶ Task in the actor's FIFO ─▶ ACALL to the actor's worker, in
+                             order, once the head's arguments are ready
+    worker_died(actor's)  ─▶ RESTARTING (new creation Task) | DEAD; calls in flight are
+                             retried (max_task_retries) or fail with a specific error
+    kill / anchor freed   ─▶ the process is killed; DEAD once it is gone (the name at once)
+
+An actor's lifetime is its *anchor*: the creation task's return object, which every
+``ActorHandle`` holds a ref to (pickled handles count as contained refs), and which each
+pending call holds as a task ref.  When the object directory frees it, no handle and no
+pending call is left, and a non-detached actor is terminated.  A detached actor's anchor
+is also held by the node itself (``NODE_HOLDER``) until it is killed.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+
+from . import exceptions as exc
+from . import protocol as P
+from .serialization import ERROR
+from .states import ACTOR_TRANSITIONS, TASK_TRANSITIONS, A, ActorState, T, W, _move
+
+NODE_HOLDER = -1  # pseudo process that holds a detached actor's anchor
+ACTOR_MARK = ("~actor", 0.0)  # in a creation task's shape: its own ready queue, never pipelined
+
+
+class Actor:
+    __slots__ = ("key", "anchor", "state", "spec", "owner", "opts", "restarts_left",
+                 "worker", "queue", "incarnation", "death", "killed", "terminating",
+                 "history", "name_key")
+
+    def __init__(self, key: int, spec: tuple, owner: int) -> None:
+        self.key = key
+        self.anchor = key + 1
+        self.spec = spec
+        self.owner = owner
+        self.opts: dict = spec[P.S_CREATE]
+        r = self.opts.get("max_restarts", 0)
+        self.restarts_left = -1 if r == -1 else int(r or 0)
+        self.state = A.PENDING_CREATION
+        self.worker: int | None = None
+        self.queue: collections.deque[int] = collections.deque()  # calls not yet sent
+        self.incarnation = 0
+        self.death: bytes | None = None  # pickled ActorDiedError once DEAD
+        self.killed: str | None = None  # why it must not restart (kill, exit_actor, ...)
+        self.terminating = False
+        self.name_key: tuple | None = None
+        self.history = [A.PENDING_CREATION]
+
+    @property
+    def class_name(self) -> str:
+        return self.opts.get("class_name", "Actor")
+
+
+class ActorTable:
+    """Actor bookkeeping of the Scheduler (uses its tasks, workers, objs, out, actions)."""
+
+    def _init_actors(self) -> None:
+        self.actors: dict[int, Actor] = {}
+        self.anchors: dict[int, int] = {}  # anchor oid -> actor id
+        self.names: dict[tuple, int] = {}  # (namespace, name) -> actor id
+
+    # ------------------------------------------------------------------ creation
+    def _actor_admit(self, proc: int, spec: tuple) -> bool:
+        """A creation arrives: register the actor (False: refused, already answered)."""
+        opts = spec[P.S_CREATE]
+        aid = spec[P.S_TID]
+        name = opts.get("name")
+        req = opts.get("req")
+        key = (opts.get("namespace") or "", name) if name else None
+        if key is not None and key in self.names:
+            other = self.actors[self.names[key]]
+            if opts.get("get_if_exists"):
+                self._hold_anchor(other, proc)
+                self._send(proc, (P.REPLY, req, ("exists", other.key, other.opts.get("meta"))))
+            else:
+                self._send(proc, (P.REPLY, req, ("error", (
+                    f"Actor with name '{name}' already exists in the namespace "
+                    f"{key[0] or '(default)'}"))))
+            return False
+        a = self.actors[aid] = Actor(aid, spec, proc)
+        self.anchors[a.anchor] = aid
+        if key is not None:
+            self.names[key] = aid
+            a.name_key = key
+        if req is not None:
+            self._send(proc, (P.REPLY, req, ("ok",)))
+        return True
+
+    def _actor_created_anchor(self, a: Actor) -> None:
+        if a.opts.get("detached"):
+            self.objs[a.anchor].procs.add(NODE_HOLDER)
+
+    def _hold_anchor(self, a: Actor, proc: int) -> None:
+        o = self.objs.get(a.anchor)
+        if o is not None:
+            o.procs.add(proc)
+
+    def lookup_actor(self, proc: int, namespace: str, name: str):
+        """get_actor(): (aid, meta) and ``proc`` now holds a ref to its anchor; or None."""
+        aid = self.names.get((namespace or "", name))
+        a = self.actors.get(aid) if aid is not None else None
+        if a is None or a.state is A.DEAD or a.anchor not in self.objs:
+            return None
+        self._hold_anchor(a, proc)
+        return (a.key, a.opts.get("meta"))
+
+    def list_actors(self) -> list:
+        return [(a.key, a.class_name, a.state.value, a.name_key, a.worker)
+                for a in self.actors.values()]
+
+    def _creation_finished(self, t, ok: bool, payload) -> None:
+        """The creation task ended (ran, failed before running, or was cancelled)."""
+        a = self.actors.get(t.key)
+        if a is None:
+            return
+        if ok:
+            _move(a, A.ALIVE, ACTOR_TRANSITIONS, "actor")
+            self._announce(a)
+            self._actor_pump(a)
+            return
+        err = pickle.loads(payload) if payload is not None else None
+        if isinstance(err, exc.RayTaskError):
+            cause = (f"The actor died because of an error raised in its creation task, "
+                     f"{a.class_name}.__init__():\n{err}")
+        else:
+            cause = f"The actor {a.class_name} could not be created: {err}"
+        self._actor_dead(a, cause)
+
+    # ------------------------------------------------------------------ calls
+    def _actor_call(self, t) -> bool:
+        """A call was submitted; False when it failed at once (actor gone)."""
+        o = self.objs.get(t.actor + 1)
+        if o is not None:  # a pending call keeps its actor alive (its anchor)
+            o.task_refs += 1
+        a = self.actors.get(t.actor)
+        if a is None or a.state is A.DEAD or a.killed:
+            self._fail(t, self._death_payload(a, t.actor))
+            return False
+        a.queue.append(t.key)
+        return True
+
+    def _death_payload(self, a: Actor | None, aid: int) -> bytes:
+        if a is not None and a.death is not None:
+            return a.death
+        why = a.killed if a is not None and a.killed else "the actor is dead"
+        return pickle.dumps(exc.ActorDiedError(
+            f"{why} (actor {P.id_hex(aid)}); this call cannot run", actor_id=P.id_hex(aid)),
+            protocol=5)
+
+    def _actor_pump(self, a: Actor) -> None:
+        """Send the actor its ready calls, in submission order."""
+        if a.state is not A.ALIVE:
+            return
+        w = self.workers.get(a.worker)
+        if w is None:
+            return
+        q = a.queue
+        while q:
+            t = self.tasks.get(q[0])
+            if t is None or t.state is not T.READY and t.state is not T.PENDING_ARGS:
+                q.popleft()  # ended already (cancelled, failed)
+                continue
+            if t.state is T.PENDING_ARGS:
+                break  # later calls of this caller must wait for it
+            q.popleft()
+            spec = t.spec
+            deps = []
+            for pos, oid in spec[P.S_DEPS]:
+                o = self.objs[oid]
+                deps.append((pos, oid, o.kind, o.payload))
+            w.queue.append(t.key)
+            t.worker = w.key
+            _move(t, T.DISPATCHED, TASK_TRANSITIONS, "task")
+            self._send(w.key, (P.ACALL, t.key, spec[P.S_FID], spec[P.S_ARGS], deps,
+                               spec[P.S_NRET], spec[P.S_RETRY_EXC], t.owner,
+                               spec[P.S_RETRIES], a.key, a.incarnation, False))
+
+    def _actor_call_finished(self, t) -> None:
+        o = self.objs.get(t.actor + 1)
+        if t.owner == 0:
+            self._send(0, (P.ANODE_DONE, t.actor, t.key))
+        if o is not None:
+            o.task_refs -= 1
+            self._maybe_free(o)
+
+    # ------------------------------------------------------------------ worker events
+    def _actor_placed(self, a: Actor, w) -> None:
+        a.worker = w.key
+        w.actor = a.key
+
+    def _actor_constructed(self, w) -> None:
+        """The constructor returned: the actor keeps only its lifetime resources."""
+        a = self.actors.get(w.actor)
+        held = tuple(a.opts.get("held", ())) if a is not None else ()
+        if held != w.held:
+            self._release_worker_resources(w)  # placement needed 1 CPU; the actor holds 0
+            w.held = held
+
+    def _actor_worker_died(self, w, reason: str) -> None:
+        a = self.actors.get(w.actor)
+        self._release_worker_resources(w)
+        w.task = None
+        if a is None or a.worker != w.key:
+            return
+        a.worker = None
+        restart = (a.state is not A.DEAD and not a.killed and not a.terminating
+                   and a.restarts_left != 0)
+        creating = None
+        inflight = []
+        for tid in w.queue:
+            t = self.tasks.get(tid)
+            if t is None or t.state is not T.DISPATCHED:
+                continue
+            if t.creating:
+                creating = t
+            else:
+                inflight.append(t)
+        w.queue.clear()
+        for t in reversed(inflight):
+            t.worker = None
+            if restart and t.retries_left != 0 and not t.cancel:
+                t.retries_left -= 1
+                self.stats["retried"] += 1
+                _move(t, T.RETRYING, TASK_TRANSITIONS, "task")
+                _move(t, T.READY, TASK_TRANSITIONS, "task")
+                a.queue.appendleft(t.key)
+            else:
+                cls = exc.ActorUnavailableError if restart else exc.ActorDiedError
+                self._fail(t, pickle.dumps(cls(
+                    f"The actor {a.class_name} ({P.id_hex(a.key)}) died while running "
+                    f"{t.spec[P.S_NAME]}: {reason}"
+                    + ("; it is being restarted" if restart else "")
+                    + (f" (max_task_retries={t.spec[P.S_RETRIES]})" if restart else ""),
+                    actor_id=P.id_hex(a.key)), protocol=5))
+        if a.state is A.DEAD:
+            return
+        if restart:
+            if a.restarts_left > 0:
+                a.restarts_left -= 1
+            a.incarnation += 1
+            if a.state is not A.RESTARTING:
+                _move(a, A.RESTARTING, ACTOR_TRANSITIONS, "actor")
+            self._announce(a)
+            self._recreate(a, creating)
+            return
+        if creating is not None:
+            creating.worker = None
+            self._fail(creating, pickle.dumps(exc.ActorDiedError(
+                f"the actor's process died in its constructor: {reason}"), protocol=5))
+            return  # _creation_finished made it DEAD
+        why = a.killed or ("all references to the actor were removed" if a.terminating
+                           else f"its process died: {reason}; no restarts left "
+                                f"(max_restarts={a.opts.get('max_restarts', 0)})")
+        self._actor_dead(a, f"The actor {a.class_name} ({P.id_hex(a.key)}) is dead: {why}")
+
+    def _recreate(self, a: Actor, creating) -> None:
+        """Queue the constructor again, for a fresh worker (restart)."""
+        from .scheduler import Task  # a cycle at import time otherwise
+
+        if creating is not None:
+            creating.worker = None
+            _move(creating, T.RETRYING, TASK_TRANSITIONS, "task")
+            _move(creating, T.READY, TASK_TRANSITIONS, "task")
+            self._enqueue(creating, front=True)
+            return
+        spec = a.spec
+        t = Task(a.key, spec, a.owner, None, self._shape_of(spec), 0)
+        t.creating = True
+        self.tasks[t.key] = t
+        _move(t, T.READY, TASK_TRANSITIONS, "task")
+        self._enqueue(t, front=True)
+
+    def _actor_dead(self, a: Actor, cause: str) -> None:
+        if a.state is A.DEAD:
+            return
+        _move(a, A.DEAD, ACTOR_TRANSITIONS, "actor")
+        a.death = pickle.dumps(exc.ActorDiedError(cause, actor_id=P.id_hex(a.key)), protocol=5)
+        self._free_name(a)
+        for tid in a.queue:
+            t = self.tasks.get(tid)
+            if t is not None and t.state in (T.PENDING_ARGS, T.READY):
+                self._fail(t, a.death)
+        a.queue.clear()
+        t = self.tasks.get(a.key)
+        if t is not None and t.creating and t.state in (T.PENDING_ARGS, T.READY):
+            self._fail(t, a.death, T.CANCELLED)  # waiting to be placed: never runs now
+        # the constructor's arguments were kept for restarts
+        for oid in list(a.spec[P.S_CONTAINED]) + [oid for _p, oid in a.spec[P.S_DEPS]]:
+            o = self.objs.get(oid)
+            if o is not None:
+                o.task_refs -= 1
+                self._maybe_free(o)
+        o = self.objs.get(a.anchor)
+        if o is not None and NODE_HOLDER in o.procs:
+            o.procs.discard(NODE_HOLDER)
+            self._maybe_free(o)
+        self._announce(a)
+        if a.worker is not None:
+            self.actions.append(("kill", a.worker))
+        if a.anchor not in self.anchors:  # no handle left: nothing can reach it any more
+            self.actors.pop(a.key, None)
+
+    def _announce(self, a: Actor) -> None:
+        """Tell the driver (it sends direct calls, and fails or retries its own)."""
+        self.actions.append(("actor_update", a.key, a.state.value, a.incarnation, a.worker,
+                             a.death))
+
+    def _free_name(self, a: Actor) -> None:
+        if a.name_key is not None and self.names.get(a.name_key) == a.key:
+            del self.names[a.name_key]
+        a.name_key = None
+
+    # ------------------------------------------------------------------ kill / exit
+    def kill_actor(self, aid: int, no_restart: bool, why: str = "") -> None:
+        a = self.actors.get(aid)
+        if a is None or a.state is A.DEAD:
+            return
+        if no_restart:
+            a.killed = why or "it was killed with mpray.kill()"
+            self._free_name(a)  # at once, as in Ray: the name can be taken again
+        if a.worker is not None:
+            self.actions.append(("kill", a.worker))
+        elif no_restart:  # not placed yet: it never runs
+            self._actor_dead(a, f"The actor {a.class_name} ({P.id_hex(aid)}) is dead: "
+                                f"{a.killed}")
+
+    def actor_exit(self, proc: int, aid: int) -> None:
+        a = self.actors.get(aid)
+        if a is not None and a.worker == proc:
+            a.killed = "it called exit_actor()"
+            self._free_name(a)
+
+    def _anchor_freed(self, oid: int) -> None:
+        """No handle and no pending call is left: terminate the (non-detached) actor."""
+        a = self.actors.get(self.anchors.pop(oid))
+        if a is None:
+            return
+        if a.state is A.DEAD:
+            del self.actors[a.key]  # nothing can reach it any more
+            return
+        a.terminating = True
+        if a.worker is not None:
+            self.actions.append(("kill", a.worker))
+        else:  # waiting to be (re)placed: it never runs again
+            self._actor_dead(a, f"The actor {a.class_name} ({P.id_hex(a.key)}) is dead: "
+                                "all references to the actor were removed")
+
+
+__all__ = ["ACTOR_MARK", "Actor", "ActorState", "ActorTable", "NODE_HOLDER", "W"]

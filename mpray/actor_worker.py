@@ -1,0 +1,270 @@
+"""An actor's process: a worker that ran ACREATE and now serves method calls until killed.
+
+Data flow::
+
+    node ──ACREATE──▶ construct the instance (as a task: errors go to the creator)
+    node ──ACALL (calls from workers) ─┐                              ┌─▶ DONE to the node
+                                       ├─▶ exec_queue ─▶ run method ─┤
+    driver ──ACALL (d2w mailbox ring) ─┘   (in order, or on threads  └─▶ OBJ… ADONE_D to
+                                            / an event loop)             the driver (w2d)
+
+Three ways to run calls, chosen once from the class and ``max_concurrency``:
+
+* sync (``max_concurrency=1``): this thread runs each call in arrival order;
+* threaded (``max_concurrency>1``): a pool of that many threads; this thread pumps;
+* async (any ``async def`` method): one event loop on its own thread runs up to
+  ``max_concurrency`` (default 1000) calls at once; this thread pumps.
+
+A call's outcome always comes from here (even when it was cancelled), so the caller's
+bookkeeping has one source.  App errors are retried here, on the same instance, when
+``retry_exceptions`` and ``max_task_retries`` allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import pickle
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from . import exceptions as exc
+from . import protocol as P
+from .serialization import ERROR
+
+
+class ActorExit(exc.ActorDiedError):
+    """Raised by ``exit_actor()``: the call that raised it ends with the actor."""
+
+
+class ActorServer:
+    def __init__(self, loop, msg: tuple) -> None:
+        self.wl = loop  # the WorkerLoop (runs calls, reports results)
+        self.client = loop.client
+        (_, self.tid, self.fid, self.fblob, self.name, self.args_blob, self.deps, gpus,
+         self.aid, self.inc, self.opts, self.owner) = msg
+        if gpus:  # the actor's GPUs, for its whole life
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        self.class_name = self.opts.get("class_name", "Actor")
+        self.instance = None
+        self.exiting = False
+        self.running: dict[int, object] = {}  # tid -> future (threaded / async)
+        self.lock = threading.Lock()
+
+    # ------------------------------------------------------------------ creation
+    def create(self) -> bool:
+        client = self.client
+        client.actor_id = self.aid
+        client.actor_inc = self.inc
+
+        def construct(*args, **kwargs):
+            cls = self.wl.function(self.fid, self.fblob, self.name)
+            self.instance = cls(*args, **kwargs)
+
+        status, stored, _r = self.wl.execute(self.tid, lambda: construct, self.args_blob,
+                                             self.deps, 1, f"{self.class_name}.__init__",
+                                             False)
+        self.args_blob = self.deps = None
+        self.wl.report(self.tid, status, stored, False, self.owner, False)
+        return status == P.OK
+
+    def method(self, name: str):
+        if name == "__ray_ready__":
+            return _ready
+        if name == "__ray_terminate__":
+            return exit_actor
+        return getattr(self.instance, name)
+
+    # ------------------------------------------------------------------ one call
+    def run_call(self, msg: tuple) -> None:
+        _, tid, method, args_blob, deps, nret, retry_exc, owner, retries, _a, _i, direct = msg
+        wl = self.wl
+        name = f"{self.class_name}.{method}"
+        if tid in self.client.dropped_tasks:
+            self.client.dropped_tasks.discard(tid)
+            self.cancelled(tid, nret, owner, direct)
+            return
+        while True:
+            status, stored, retryable = wl.execute(
+                tid, lambda: self.method(method), args_blob, deps, nret, name, retry_exc)
+            if status == P.APP_ERROR and retryable and retries != 0 and not self.exiting:
+                retries -= 1
+                self.client.hold(-1)
+                continue  # same instance, as Ray retries an actor task
+            break
+        self.client.dropped_tasks.discard(tid)
+        wl.report(tid, status, stored, False, owner, direct, actor=True)
+
+    def cancelled(self, tid: int, nret: int, owner: int, direct: bool) -> None:
+        err = pickle.dumps(exc.TaskCancelledError(P.id_hex(tid)), protocol=5)
+        self.client.hold(1)
+        self.wl.report(tid, P.APP_ERROR, [(tid + 1 + i, ERROR, err, ()) for i in range(nret)],
+                       False, owner, direct, actor=True)
+
+    # ------------------------------------------------------------------ serving
+    def serve_sync(self) -> None:
+        client = self.client
+        q = client.exec_queue
+        while not client.stop_requested and not self.exiting:
+            if not q:
+                client.pump(None)
+                continue
+            msg = q.popleft()
+            if msg[0] == P.ACALL:
+                self.run_call(msg)
+
+    def _wait_for_calls(self) -> None:
+        client = self.client
+        client.wait_until(lambda: bool(client.exec_queue) or client.stop_requested
+                          or self.exiting, None)
+
+    def serve_threaded(self, n: int) -> None:
+        client = self.client
+        pool = ThreadPoolExecutor(n, thread_name_prefix="mpray-actor")
+        lock = self.lock
+
+        def drop(tid: int) -> None:
+            with lock:
+                entry = self.running.get(tid)
+                if entry is None or not entry[0].cancel():
+                    return  # running already: a sync call finishes (as in Ray)
+                del self.running[tid]
+            client.dropped_tasks.discard(tid)
+            msg = entry[1]
+            self.cancelled(tid, msg[5], msg[7], msg[11])
+
+        client.drop_hook = drop
+        while not client.stop_requested and not self.exiting:
+            self._wait_for_calls()
+            q = client.exec_queue
+            while q:
+                msg = q.popleft()
+                if msg[0] == P.ACALL:
+                    with lock:
+                        self.running[msg[1]] = (pool.submit(self._threaded_call, msg), msg)
+        pool.shutdown(wait=False)
+
+    def _threaded_call(self, msg: tuple) -> None:
+        with self.lock:
+            self.running.pop(msg[1], None)
+        self.run_call(msg)
+
+    def serve_async(self, limit: int) -> None:
+        client = self.client
+        loop = asyncio.new_event_loop()
+        sem_box: list = []
+
+        def run_loop() -> None:
+            asyncio.set_event_loop(loop)
+            sem_box.append(asyncio.Semaphore(limit))
+            loop.run_forever()
+
+        th = threading.Thread(target=run_loop, name="mpray-actor-loop", daemon=True)
+        th.start()
+        while not sem_box:
+            th.join(0.001)
+        sem = sem_box[0]
+
+        def drop(tid: int) -> None:
+            fut = self.running.get(tid)
+            if fut is not None:
+                fut.cancel()  # the coroutine sees CancelledError and reports it
+
+        client.drop_hook = drop
+        while not client.stop_requested and not self.exiting:
+            self._wait_for_calls()
+            q = client.exec_queue
+            while q:
+                msg = q.popleft()
+                if msg[0] == P.ACALL:
+                    tid = msg[1]
+                    fut = self.running[tid] = asyncio.run_coroutine_threadsafe(
+                        self._async_call(msg, sem), loop)
+                    fut.add_done_callback(lambda _f, tid=tid: self.running.pop(tid, None))
+
+    async def _async_call(self, msg: tuple, sem) -> None:
+        _, tid, method, args_blob, deps, nret, retry_exc, owner, retries, _a, _i, direct = msg
+        wl = self.wl
+        client = self.client
+        name = f"{self.class_name}.{method}"
+        try:
+            async with sem:
+                while True:
+                    stored: list = []
+                    client.hold(1)
+                    try:
+                        if tid in client.dropped_tasks:
+                            raise asyncio.CancelledError()
+                        fn = self.method(method)
+                        args, kwargs = wl.load_args(args_blob, deps)
+                        result = fn(*args, **kwargs)
+                        if inspect.isawaitable(result):
+                            result = await result
+                        del args, kwargs
+                        wl.store_results(tid, result, nret, name, stored)
+                        result = None
+                        status, retryable = P.OK, False
+                    except asyncio.CancelledError:
+                        client.hold(-1)
+                        raise
+                    except BaseException as e:  # noqa: BLE001 - the call's error
+                        status, stored, retryable = wl.failed(tid, e, name, nret, retry_exc,
+                                                              stored)
+                    if status == P.APP_ERROR and retryable and retries != 0:
+                        retries -= 1
+                        client.hold(-1)
+                        continue
+                    break
+        except asyncio.CancelledError:
+            client.dropped_tasks.discard(tid)
+            self.cancelled(tid, nret, owner, direct)
+            return
+        client.dropped_tasks.discard(tid)
+        wl.report(tid, status, stored, False, owner, direct, actor=True)
+
+
+def _ready() -> bool:
+    return True
+
+
+def exit_actor() -> None:
+    """End the current actor from inside one of its methods (no restart)."""
+    from . import _global
+
+    client = _global.client
+    if client is None or client.actor_id is None:
+        raise TypeError("exit_actor() can only be called inside an actor's method")
+    client.send([(P.ACTOR_EXIT, client.actor_id)])
+    _global.actor_server.exiting = True
+    raise ActorExit(f"The actor {P.id_hex(client.actor_id)} exited: it called exit_actor()")
+
+
+def is_async_class(cls: type) -> bool:
+    return any(inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
+               for _n, m in inspect.getmembers(cls, inspect.isfunction))
+
+
+def serve_actor(loop, msg: tuple) -> None:
+    """Become the actor ACREATE describes; returns only when the process should exit."""
+    from . import _global
+
+    server = ActorServer(loop, msg)
+    _global.actor_server = server
+    if not server.create():
+        return  # the node marks the actor dead; nothing more to run here
+    opts = server.opts
+    limit = opts.get("max_concurrency")
+    client = server.client
+    if opts.get("is_async"):
+        client.actor_mode = "concurrent"
+        server.serve_async(limit or 1000)
+    elif limit and limit > 1:
+        client.actor_mode = "concurrent"
+        server.serve_threaded(limit)
+    else:
+        client.actor_mode = "sync"
+        server.serve_sync()
+    if server.exiting:
+        # the last report went out on the rings; the node sees this process exit
+        os._exit(0)
