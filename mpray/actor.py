@@ -109,23 +109,21 @@ class _ActorID:
 class ActorHandle:
     """A reference to an actor; picklable, so tasks and other actors can call it too."""
 
+    __slots__ = ("_aid", "_anchor", "_meta", "__weakref__")
+
     def __init__(self, aid: int, anchor: ObjectRef, meta: dict) -> None:
         self._aid = aid
         self._anchor = anchor
         self._meta = meta
-        self._methods: dict[str, ActorMethod] = {}
 
     def __getattr__(self, name: str) -> ActorMethod:
-        if name.startswith("_ActorHandle") or name in ("_aid", "_anchor", "_meta", "_methods"):
-            raise AttributeError(name)
-        m = self._methods.get(name)
-        if m is None:
-            opts = self._meta["methods"].get(name)
-            if opts is None:
-                raise AttributeError(f"'ActorHandle' object for actor "
-                                     f"{self._meta['class_name']} has no method '{name}'")
-            m = self._methods[name] = ActorMethod(self, name, opts)
-        return m
+        # (not cached on the handle: a method holding its handle would make a cycle, and
+        # the actor would outlive the user's last handle until the next GC)
+        opts = self._meta["methods"].get(name)
+        if opts is None:
+            raise AttributeError(f"'ActorHandle' object for actor "
+                                 f"{self._meta['class_name']} has no method '{name}'")
+        return ActorMethod(self, name, opts)
 
     @property
     def _actor_id(self) -> _ActorID:
@@ -164,9 +162,15 @@ class ActorHandle:
         refs = _refs(tid, nret)
         actors = client.actors
         if actors is not None:
-            hold = (keep, self._anchor, [x for x in args if type(x) is ObjectRef],
-                    [x for x in kwargs.values() if type(x) is ObjectRef]) if deps else (
-                        keep, self._anchor)
+            # what the call reads stays alive here until it is sent (refs inside the
+            # arguments: the arguments themselves) or, sent direct, until it is done
+            if contained:
+                hold = (keep, self._anchor, args, kwargs)
+            elif deps:
+                hold = (keep, self._anchor, [x for x in args if type(x) is ObjectRef],
+                        [x for x in kwargs.values() if type(x) is ObjectRef])
+            else:
+                hold = (keep, self._anchor)
             actors.submit(self._aid, spec, hold)
         else:
             client.send([(P.SUBMIT, spec)])
@@ -301,6 +305,8 @@ def kill_actor(actor: Any, no_restart: bool = True) -> None:
                          f"mpray.cancel()); got {type(actor).__name__}")
     client = _global.client_or_raise()
     client.send([(P.KILL_ACTOR, actor._aid, bool(no_restart))])
+    # a task's result must not overtake the kill on its way to the driver (see report)
+    client.order_via_node = True
     if no_restart and client.actors is not None:
         client.actors.killed(actor._aid)
 

@@ -173,7 +173,9 @@ class DirectActors:
     def on_update(self, aid: int, state: str, inc: int, wid, slot, pid: int, death) -> None:
         with self.lock:
             ch = self._chan(aid)
-            if state == "ALIVE":
+            if state == "KILLED":
+                ch.killed = True
+            elif state == "ALIVE":
                 ch.state = "ALIVE"
                 ch.inc = inc
                 d = self.d

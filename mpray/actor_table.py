@@ -202,9 +202,9 @@ class ActorTable:
         """The constructor returned: the actor keeps only its lifetime resources."""
         a = self.actors.get(w.actor)
         held = tuple(a.opts.get("held", ())) if a is not None else ()
-        if held != w.held:
+        if held != tuple(r for r in w.held if r != ACTOR_MARK):
             self._release_worker_resources(w)  # placement needed 1 CPU; the actor holds 0
-            w.held = held
+        w.held = held
 
     def _actor_worker_died(self, w, reason: str) -> None:
         a = self.actors.get(w.actor)
@@ -328,6 +328,8 @@ class ActorTable:
         if no_restart:
             a.killed = why or "it was killed with mpray.kill()"
             self._free_name(a)  # at once, as in Ray: the name can be taken again
+            # the driver sends later calls the node's way (which fails them) from now on
+            self.actions.append(("actor_update", a.key, "KILLED", a.incarnation, None, None))
         if a.worker is not None:
             self.actions.append(("kill", a.worker))
         elif no_restart:  # not placed yet: it never runs

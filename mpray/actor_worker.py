@@ -66,7 +66,7 @@ class ActorServer:
                                              self.deps, 1, f"{self.class_name}.__init__",
                                              False)
         self.args_blob = self.deps = None
-        self.wl.report(self.tid, status, stored, False, self.owner, False)
+        self.wl.report(self.tid, status, stored, False, -1, False)  # (-1: not to the owner)
         return status == P.OK
 
     def method(self, name: str):
@@ -110,6 +110,7 @@ class ActorServer:
             if not q:
                 client.pump(None)
                 continue
+            client._drain()  # a DROP for the next call may have come while one ran
             msg = q.popleft()
             if msg[0] == P.ACALL:
                 self.run_call(msg)

@@ -102,6 +102,7 @@ class Client:
         self.actor_inc = 0
         self.actor_mode: str | None = None
         self.drop_hook = None  # concurrent actor: cancel a call that is queued or running
+        self.order_via_node = False  # worker: this task's results go the node's way
         self.actors = None  # driver: DirectActors (calls to actors); None in workers
         self.func_blobs: dict[int, bytes] = {}
         self._mailbox = None  # (mmap, ring capacity): the driver's worker->driver slots

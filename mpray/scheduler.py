@@ -416,6 +416,7 @@ class Scheduler(ObjectDirectory, ActorTable):
         if t.creating:
             ok = t.state is T.FINISHED
             self._creation_finished(t, ok, None if ok else results[0][2])
+            delivered = True  # nobody reads an anchor: its owner's release is then prompt
         self._store_results(t, t.worker or t.owner, results, delivered)
         if not t.creating:  # an actor keeps its constructor's arguments for restarts
             self._release_task_refs(t)

@@ -253,8 +253,9 @@ class WorkerLoop:
             # refs: a ref inside must reach the node (its PUT/SUBMIT) before anyone can
             # ask for it.
             if (owner == 0 and client._to_driver is not None and not retryable
-                    and not any(r[3] for r in stored)):
+                    and not client.order_via_node and not any(r[3] for r in stored)):
                 delivered = self._deliver(stored)
+            client.order_via_node = False
             client.send([(P.DONE, tid, status, stored, retryable, delivered)])
         client.hold(-1)
         client.lease_active = time.monotonic()  # a lease idles from its last task's end

@@ -110,12 +110,14 @@ def _no_leaks(request):
     if mpray.is_initialized() and _module_session["node_pid"] is None:
         problems.append("the test left mpray initialized (no shutdown)")
         mpray.shutdown()
-    allowed: set[int] = set()
-    if _module_session["node_pid"] is not None:
-        allowed = _descendants(_module_session["node_pid"])
-    left = wait_for(lambda: not _leftover_children(allowed), EXIT_GRACE_S)
+    def allowed() -> set[int]:  # a module session's node may fork workers at any time
+        if _module_session["node_pid"] is None:
+            return set()
+        return _descendants(_module_session["node_pid"])
+
+    left = wait_for(lambda: not _leftover_children(allowed()), EXIT_GRACE_S)
     if not left:
-        procs = _leftover_children(allowed)
+        procs = _leftover_children(allowed())
         if procs:
             problems.append(f"child processes left behind after {EXIT_GRACE_S} s: "
                             f"{_describe(procs)}")

@@ -1,0 +1,261 @@
+"""The node's actor state machine (actor_table.py inside the Scheduler), event by event,
+without processes: PENDING_CREATION → ALIVE → RESTARTING → ALIVE | DEAD, call order,
+restarts and retries, names, anchors (handle lifetimes), kill and resources."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from mpray import exceptions as exc
+from mpray import protocol as P
+from mpray.actor_table import ACTOR_TRANSITIONS, NODE_HOLDER
+from mpray.scheduler import Scheduler, TaskState, WorkerState
+from mpray.serialization import ERROR, INLINE
+from mpray.states import ActorState, TransitionError, _move
+
+A, T, W = ActorState, TaskState, WorkerState
+CLS = 9
+NONE = pickle.dumps(None)
+
+
+def sched(cpus=2.0, workers=2, **kw) -> Scheduler:
+    s = Scheduler({"CPU": cpus, "GPU": 1.0}, gpu_ids=["0"], **kw)
+    s.register_function(CLS, b"<class>")
+    for wid in range(1, workers + 1):
+        s.worker_started(wid)
+    return s
+
+
+def create(s: Scheduler, aid: int, owner: int = 0, *, place=(("CPU", 1.0),), held=(),
+           name=None, req=None, deps=(), **opts) -> None:
+    copts = {"class_name": "K", "meta": {"m": 1}, "name": name, "namespace": "ns",
+             "held": held, "req": req, **opts}
+    s.submit(owner, (aid, CLS, "K.__init__", b"args", tuple(deps), 1, place, 0, False, (),
+                     None, False, aid, copts))
+
+
+def call(s: Scheduler, aid: int, tid: int, owner: int = 0, *, deps=(), retries=0,
+         nret=1) -> None:
+    s.submit(owner, (tid, "m", "K.m", b"args", tuple(deps), nret, (), retries, False, (),
+                     None, False, aid))
+
+
+def msgs(s: Scheduler, proc: int, op: int) -> list[tuple]:
+    got = [m for m in s.out.get(proc, []) if m[0] == op]
+    s.out[proc] = [m for m in s.out.get(proc, []) if m[0] != op]
+    return got
+
+
+def acts(s: Scheduler, kind: str) -> list[tuple]:
+    got = [a for a in s.actions if a[0] == kind]
+    s.actions = [a for a in s.actions if a[0] != kind]
+    return got
+
+
+def constructed(s: Scheduler, aid: int) -> int:
+    """Place the constructor and report it done; returns the actor's worker."""
+    s.schedule()
+    (m,) = [m for p in list(s.out) for m in msgs(s, p, P.ACREATE)]
+    wid = s.actors[aid].worker
+    assert m[1] == aid and m[8] == aid
+    s.task_done(wid, aid, P.OK, [(aid + 1, INLINE, NONE, ())], False)
+    return wid
+
+
+def error_of(s: Scheduler, oid: int) -> BaseException:
+    o = s.objs[oid]
+    assert o.kind == ERROR
+    return pickle.loads(o.payload)
+
+
+def test_creation_places_then_frees_the_cpu_and_dispatches_calls_in_order():
+    s = sched()
+    create(s, 100)
+    call(s, 100, 110)
+    call(s, 100, 120)
+    a = s.actors[100]
+    assert a.state is A.PENDING_CREATION and list(a.queue) == [110, 120]
+    s.schedule()
+    assert s.avail["CPU"] == 1.0  # placement needs one CPU
+    wid = a.worker
+    (m,) = msgs(s, wid, P.ACREATE)
+    assert m[9] == 0 and m[10]["class_name"] == "K"
+    s.task_done(wid, 100, P.OK, [(101, INLINE, NONE, ())], False)
+    assert a.state is A.ALIVE and s.avail["CPU"] == 2.0  # ...and holds none while alive
+    assert [x[2] for x in acts(s, "actor_update")] == ["ALIVE"]
+    sent = msgs(s, wid, P.ACALL)
+    assert [x[1] for x in sent] == [110, 120] and sent[0][2] == "m"
+    s.task_done(wid, 110, P.OK, [(111, INLINE, NONE, ())], False)
+    assert s.objs[111].state.value == "INLINE"
+    assert msgs(s, 0, P.ANODE_DONE) == [(P.ANODE_DONE, 100, 110)]
+    assert s.workers[wid].state is W.BUSY  # an actor's worker never goes idle
+
+
+def test_a_call_waiting_for_its_argument_holds_back_later_calls():
+    s = sched()
+    create(s, 100)
+    wid = constructed(s, 100)
+    s.submit(0, (200, CLS, "f", b"", (), 1, {"CPU": 1.0}, 0, False, (), None))  # a task
+    call(s, 100, 110, deps=[(0, 201)])
+    call(s, 100, 120)
+    assert msgs(s, wid, P.ACALL) == []  # 120 waits behind 110
+    s.seal(0, 201, INLINE, NONE)
+    assert [x[1] for x in msgs(s, wid, P.ACALL)] == [110, 120]
+
+
+def test_restart_retries_calls_with_task_retries_and_fails_the_others():
+    s = sched()
+    create(s, 100, max_restarts=1)
+    wid = constructed(s, 100)
+    call(s, 100, 110, retries=1)
+    call(s, 100, 120, retries=0)
+    msgs(s, wid, P.ACALL)
+    s.worker_died(wid, "killed by SIGKILL")
+    a = s.actors[100]
+    assert a.state is A.RESTARTING and a.incarnation == 1 and a.restarts_left == 0
+    assert isinstance(error_of(s, 121), exc.ActorUnavailableError)
+    assert s.tasks[110].state is T.READY and list(a.queue) == [110]
+    assert [x[2] for x in acts(s, "actor_update")][-1] == "RESTARTING"
+    wid2 = constructed(s, 100)
+    assert wid2 != wid and a.state is A.ALIVE
+    (m,) = msgs(s, wid2, P.ACALL)
+    assert m[1] == 110 and m[10] == 1  # resent to the new incarnation
+    # a second death is the last one
+    s.worker_died(wid2, "exit 1")
+    assert a.state is A.DEAD
+    assert isinstance(error_of(s, 111), exc.ActorDiedError)
+    call(s, 100, 130)
+    assert "no restarts left" in str(error_of(s, 131))
+
+
+def test_constructor_error_makes_it_dead_with_the_cause():
+    s = sched()
+    create(s, 100, name="k")
+    call(s, 100, 110)
+    s.schedule()
+    wid = s.actors[100].worker
+    err = exc.RayTaskError("K.__init__", "Traceback: KeyError('bad')", KeyError("bad"))
+    s.task_done(wid, 100, P.APP_ERROR, [(101, ERROR, pickle.dumps(err), ())], False)
+    a = s.actors[100]
+    assert a.state is A.DEAD
+    assert ("kill", wid) in s.actions
+    e = error_of(s, 111)
+    assert isinstance(e, exc.ActorDiedError) and "KeyError" in str(e) and "__init__" in str(e)
+    assert ("ns", "k") not in s.names  # its name is free again
+
+
+def test_names_duplicate_get_if_exists_and_lookup():
+    s = sched()
+    create(s, 100, name="k", req=5)
+    assert msgs(s, 0, P.REPLY) == [(P.REPLY, 5, ("ok",))]
+    create(s, 200, name="k", req=6)
+    ((_, _, reply),) = msgs(s, 0, P.REPLY)
+    assert reply[0] == "error" and "already exists" in reply[1]
+    assert 200 not in s.actors and 200 not in s.tasks  # nothing registered for it
+    create(s, 300, owner=2, name="k", req=7, get_if_exists=True)
+    assert msgs(s, 2, P.REPLY) == [(P.REPLY, 7, ("exists", 100, {"m": 1}))]
+    assert 2 in s.objs[101].procs  # the asker holds the anchor now
+    assert s.lookup_actor(1, "ns", "k") == (100, {"m": 1}) and 1 in s.objs[101].procs
+    assert s.lookup_actor(1, "other", "k") is None
+
+
+def test_last_handle_gone_terminates_and_forgets_the_actor():
+    s = sched()
+    create(s, 100, name="k")
+    wid = constructed(s, 100)
+    s.refs(0, (), [101])  # the owner's last handle
+    assert ("kill", wid) in s.actions
+    s.worker_died(wid, "killed by SIGKILL")
+    assert 100 not in s.actors and ("ns", "k") not in s.names
+
+
+def test_a_pending_call_keeps_the_actor_until_it_is_done():
+    s = sched()
+    create(s, 100)
+    wid = constructed(s, 100)
+    call(s, 100, 110)
+    s.refs(0, (), [101])  # handle dropped while the call runs
+    assert acts(s, "kill") == []
+    s.task_done(wid, 110, P.OK, [(111, INLINE, NONE, ())], False)
+    assert acts(s, "kill") == [("kill", wid)]
+
+
+def test_detached_actor_outlives_handles_until_killed():
+    s = sched()
+    create(s, 100, name="d", detached=True)
+    wid = constructed(s, 100)
+    assert NODE_HOLDER in s.objs[101].procs
+    s.refs(0, (), [101])
+    assert acts(s, "kill") == [] and s.actors[100].state is A.ALIVE
+    s.kill_actor(100, True)
+    assert ("ns", "d") not in s.names  # freed at once
+    assert acts(s, "kill") == [("kill", wid)]
+    call(s, 100, 110)  # after kill: fails at once
+    assert isinstance(error_of(s, 111), exc.ActorDiedError)
+    s.worker_died(wid, "killed by SIGKILL")
+    assert 100 not in s.actors  # dead, and no handle anywhere
+
+
+def test_kill_before_placement_never_runs_the_constructor():
+    s = sched(cpus=1.0, workers=1)
+    s.submit(0, (200, CLS, "f", b"", (), 1, {"CPU": 1.0}, 0, False, (), None))
+    s.schedule()
+    create(s, 100)
+    s.schedule()
+    assert s.actors[100].worker is None  # no CPU for its placement yet
+    s.kill_actor(100, True)
+    assert s.actors[100].state is A.DEAD
+    assert s.tasks.get(100) is None
+
+
+def test_explicit_resources_are_held_for_life_and_released_at_death():
+    s = sched()
+    create(s, 100, place=(("CPU", 1.0), ("GPU", 1.0)), held=(("CPU", 1.0), ("GPU", 1.0)))
+    wid = constructed(s, 100)
+    assert s.avail["CPU"] == 1.0 and s.avail["GPU"] == 0.0
+    assert s.workers[wid].gpus == (("0", 1.0),)
+    s.worker_died(wid, "exit 0")
+    assert s.avail["CPU"] == 2.0 and s.avail["GPU"] == 1.0
+
+
+def test_actor_workers_do_not_count_against_the_worker_cap():
+    s = sched(workers=0, max_workers=4)
+    for i in range(6):
+        create(s, 100 * (i + 1))
+    for _ in range(6):
+        s.schedule()
+        n = len(acts(s, "start_worker"))
+        for _ in range(n):
+            s.worker_started(max(s.workers, default=0) + 1)
+        s.schedule()
+        for wid, w in list(s.workers.items()):
+            if w.actor is not None and w.task == w.actor:
+                s.task_done(wid, w.actor, P.OK, [(w.actor + 1, INLINE, NONE, ())], False)
+    assert sum(1 for a in s.actors.values() if a.state is A.ALIVE) == 6
+
+
+def test_cancel_of_a_dispatched_call_is_left_to_the_actor():
+    s = sched()
+    create(s, 100)
+    wid = constructed(s, 100)
+    s.submit(0, (200, CLS, "f", b"", (), 1, {"CPU": 1.0}, 0, False, (), None))  # a task
+    call(s, 100, 110)
+    call(s, 100, 120, deps=[(0, 201)])  # its argument is not ready: queued here
+    msgs(s, wid, P.ACALL)
+    assert s.tasks[120].state is T.PENDING_ARGS
+    s.cancel(110, False, False)
+    assert msgs(s, wid, P.DROP) == [(P.DROP, 110)]
+    assert s.tasks[110].state is T.DISPATCHED  # the actor reports what happened
+    s.cancel(120, False, False)
+    assert 120 not in s.tasks and isinstance(error_of(s, 121), exc.TaskCancelledError)
+
+
+def test_impossible_actor_transition_raises():
+    s = sched()
+    create(s, 100)
+    a = s.actors[100]
+    _move(a, A.DEAD, ACTOR_TRANSITIONS, "actor")
+    with pytest.raises(TransitionError, match="DEAD -> ALIVE"):
+        _move(a, A.ALIVE, ACTOR_TRANSITIONS, "actor")
