@@ -68,6 +68,8 @@ def params(args) -> dict:
         "mid_bytes": 100 * MiB,
         "big_bytes": GiB,
         "big": (not quick) and not args.no_big,
+        "nn_calls": 500 if quick else 2000,
+        "actors_n": 20 if quick else 50,
         "figure_timeout": args.figure_timeout,
         "only": [g.strip() for g in (args.only or "").split(",") if g.strip()],
     }
@@ -102,6 +104,15 @@ def figures(p: dict) -> list[dict]:
         ("get_big_readonly", "got 1 GiB ndarray is read-only", "check", None),
         ("arg_mid_ms", "task(100 MiB ndarray arg) -> sum", "ms", "lower"),
         ("ret_mid_ms", "task returns 100 MiB ndarray, get", "ms", "lower"),
+        ("actor_rtt_us", "actor call round trip", "us", "lower"),
+        ("actor_async_rate", f"actor: submit {n} calls, then get all", "calls/s",
+         "higher"),
+        ("actor_nn_rate", f"n:n actor calls (2 callers x 2 actors, {p['nn_calls']} each)",
+         "calls/s", "higher"),
+        ("actor_create_rate", f"create {p['actors_n']} actors, each answers once",
+         "actors/s", "higher"),
+        ("actor_arg_mid_ms", "actor method(ref to 100 MiB ndarray) -> sum", "ms",
+         "lower"),
     ]
     return [dict(key=k, label=lab, unit=u, better=b) for k, lab, u, b in rows]
 
@@ -146,6 +157,31 @@ def _nested(modname, n):
     return _t.perf_counter() - t0
 
 
+class _BenchActor:
+    """The actor of the actor figures (Ray API peers)."""
+
+    def noop(self):
+        return None
+
+    def sum(self, a):
+        return float(a.sum())
+
+
+class _BenchCaller:
+    """n:n figure: calls every target ``k`` times, round robin, then gets them all."""
+
+    def __init__(self, modname, targets):
+        import importlib as _il
+
+        self.get = _il.import_module(modname).get
+        self.targets = targets
+
+    def run(self, k):
+        calls = [t.noop.remote() for _ in range(k) for t in self.targets]
+        self.get(calls)
+        return len(calls)
+
+
 # ---------------------------------------------------------------------------
 # Backends: a uniform submit/get interface over the four peers
 # ---------------------------------------------------------------------------
@@ -178,6 +214,8 @@ class RayAPIBackend:
             "sum": r(_sum),
             "big": r(_big),
             "nested": r(_nested),
+            "actor": r(_BenchActor),
+            "caller": r(_BenchCaller),
         }
 
     def stop(self):
@@ -590,6 +628,93 @@ def fig_ret_mid(B, p):
     return samples
 
 
+def _actors_only(B):
+    if not B.ray_api:
+        raise Skip("no actors")
+
+
+def fig_actor_rtt(B, p):
+    _actors_only(B)
+    a = B.fns["actor"].remote()
+    call, get = a.noop.remote, B.get
+    for _ in range(100):
+        get(call())
+    samples = []
+    pc = time.perf_counter
+    for _ in range(p["repeat"]):
+        lat = []
+        for _ in range(p["rtt_loops"]):
+            t0 = pc()
+            get(call())
+            lat.append(pc() - t0)
+        samples.append(_median(lat) * 1e6)
+    return samples
+
+
+def fig_actor_async(B, p):
+    _actors_only(B)
+    a = B.fns["actor"].remote()
+    call, n = a.noop.remote, p["n"]
+    B.get_many([call() for _ in range(200)])
+    samples = []
+    for _ in range(p["repeat"]):
+        gc.collect()
+        t0 = time.perf_counter()
+        B.get_many([call() for _ in range(n)])
+        samples.append(n / (time.perf_counter() - t0))
+    return samples
+
+
+def fig_actor_nn(B, p):
+    _actors_only(B)
+    targets = [B.fns["actor"].remote() for _ in range(2)]
+    callers = [B.fns["caller"].remote(B.modname, targets) for _ in range(2)]
+    k = p["nn_calls"] // 2
+    B.get_many([c.run.remote(10) for c in callers])  # warm-up
+    samples = []
+    for _ in range(p["repeat"]):
+        t0 = time.perf_counter()
+        done = sum(B.get_many([c.run.remote(k) for c in callers]))
+        samples.append(done / (time.perf_counter() - t0))
+    return samples
+
+
+def fig_actor_create(B, p):
+    _actors_only(B)
+    cls, n = B.fns["actor"], p["actors_n"]
+    warm = [cls.remote() for _ in range(2)]
+    B.get_many([a.noop.remote() for a in warm])
+    del warm
+    samples = []
+    for _ in range(p["repeat"]):
+        gc.collect()
+        t0 = time.perf_counter()
+        actors = [cls.remote() for _ in range(n)]
+        B.get_many([a.noop.remote() for a in actors])
+        samples.append(n / (time.perf_counter() - t0))
+        for a in actors:
+            B.ray.kill(a)
+        del actors
+        time.sleep(0.5)  # let the killed actors' processes go before the next round
+    return samples
+
+
+def fig_actor_arg_mid(B, p):
+    _actors_only(B)
+    a = B.fns["actor"].remote()
+    arr = _array(p["mid_bytes"])
+    expect = float(arr.sum())
+    ref = B.ray.put(arr)
+    assert B.get(a.sum.remote(ref)) == expect  # warm-up + correctness
+    samples = []
+    for _ in range(p["repeat"]):
+        gc.collect()
+        t0 = time.perf_counter()
+        B.get(a.sum.remote(ref))
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
 # ---------------------------------------------------------------------------
 # Worker (runs in the per-peer subprocess)
 # ---------------------------------------------------------------------------
@@ -670,6 +795,11 @@ def worker_main(peer, p, results_path):
         run("big_put_get", fig_big_put_get, B, p)
         run("arg_mid_ms", fig_arg_mid, B, p)
         run("ret_mid_ms", fig_ret_mid, B, p)
+        run("actor_rtt_us", fig_actor_rtt, B, p)
+        run("actor_async_rate", fig_actor_async, B, p)
+        run("actor_nn_rate", fig_actor_nn, B, p)
+        run("actor_create_rate", fig_actor_create, B, p)
+        run("actor_arg_mid_ms", fig_actor_arg_mid, B, p)
     finally:
         try:
             B.stop()
@@ -683,7 +813,8 @@ def worker_main(peer, p, results_path):
 
 GROUPS = ("init_shutdown", "idle_memory", "noop_rtt_us", "submit_get_rate",
           "nested_rate", "wait_rate", "small_put_get", "mid_put_get",
-          "big_put_get", "arg_mid_ms", "ret_mid_ms")
+          "big_put_get", "arg_mid_ms", "ret_mid_ms", "actor_rtt_us",
+          "actor_async_rate", "actor_nn_rate", "actor_create_rate", "actor_arg_mid_ms")
 
 # Which figure keys each group produces (to mark skips/errors per key).
 GROUP_KEYS = {

@@ -108,7 +108,7 @@ class ActorServer:
         q = client.exec_queue
         while not client.stop_requested and not self.exiting:
             if not q:
-                client.pump(None)
+                client.pump(None, spin=True)
                 continue
             client._drain()  # a DROP for the next call may have come while one ran
             msg = q.popleft()

@@ -134,7 +134,7 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
                    "job_id": format(os.getpid(), "08x"), "session_dir": session_dir,
                    "namespace": namespace or ""},
         mailbox=mailbox, mailbox_slots=slots, mailbox_ring_bytes=cfg.direct_ring_bytes,
-        slot_efds=slot_efds,
+        slot_efds=slot_efds, spin_us=cfg.spin_us,
     )
     driver_pid = os.getpid()
     import sys
@@ -157,7 +157,7 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
     client = Client(
         proc=0, rank=0, up=up, down=down, my_bell=driver_bell, node_bell=node_bell,
         arena=arena, inline_max=cfg.inline_max, node_pid=pid, node_pidfd=node_pidfd,
-        id_start=_next_driver_id(),
+        id_start=_next_driver_id(), spin_us=cfg.spin_us,
     )
     client._mailbox = (mailbox, cfg.direct_ring_bytes)
     if slots and cfg.lease_depth:

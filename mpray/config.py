@@ -48,6 +48,7 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("pipeline_depth", "MPRAY_PIPELINE_DEPTH", "tasks queued per busy worker, running one included (2)"),
     ("direct_slots", "MPRAY_DIRECT_SLOTS", "workers with a mailbox to the driver (32; 0: none)"),
     ("lease_depth", "MPRAY_LEASE_DEPTH", "driver tasks in flight per leased worker (2; 0: no leases)"),
+    ("spin_us", "MPRAY_SPIN_US", "µs a waiting process polls (yielding the CPU) before it sleeps (50; 0: never)"),
     ("tmpdir", "MPRAY_TMPDIR", "parent of the session directory (TMPDIR, else /tmp)"),
     ("driver_ring_bytes", "MPRAY_DRIVER_RING_BYTES", "ring size driver <-> node (8 MiB)"),
     ("worker_ring_bytes", "MPRAY_WORKER_RING_BYTES", "ring size worker <-> node (1 MiB)"),
@@ -66,6 +67,7 @@ class Config:
     pipeline_depth: int = 2
     direct_slots: int = 32
     lease_depth: int = 2
+    spin_us: int = 50
     direct_ring_bytes: int = 256 * KB
     idle_worker_timeout: float = 10.0
     tmpdir: str = "/tmp"
@@ -141,7 +143,8 @@ def resolve(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Co
     for name, envname in (("inline_max", "MPRAY_INLINE_MAX"), ("max_workers", "MPRAY_MAX_WORKERS"),
                           ("pipeline_depth", "MPRAY_PIPELINE_DEPTH"),
                           ("direct_slots", "MPRAY_DIRECT_SLOTS"),
-                          ("lease_depth", "MPRAY_LEASE_DEPTH")):
+                          ("lease_depth", "MPRAY_LEASE_DEPTH"),
+                          ("spin_us", "MPRAY_SPIN_US")):
         v = args.get(name)
         if v is None:
             v = _env_int(env, envname)

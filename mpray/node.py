@@ -83,6 +83,7 @@ class NodeSetup:
     mailbox_ring_bytes: int = 0
     slot_efds: list | None = None  # one eventfd per slot, created by the driver
     rank: int = 0
+    spin_us: int = 0
 
 
 class Node:

@@ -96,13 +96,13 @@ class WorkerLoop:
         while not client.stop_requested:
             if not q:
                 if client.lease_epoch is None:
-                    client.pump(None)
+                    client.pump(None, spin=True)
                     continue
                 idle = time.monotonic() - client.lease_active
                 if client.reclaim and not client.pump(0) and not q:
                     self.end_lease()  # others wait for this CPU
                 elif idle < LEASE_IDLE:
-                    client.pump(LEASE_IDLE - idle)
+                    client.pump(LEASE_IDLE - idle, spin=True)
                 elif not client.pump(0) and not q:  # nothing came meanwhile: give it back
                     self.end_lease()
                 continue
@@ -312,6 +312,7 @@ def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem,
     client = Client(
         proc=wid, rank=setup.rank, up=up, down=down, my_bell=bell, node_bell=node_bell,
         arena=setup.arena, inline_max=setup.inline_max, node_pid=node_pid, node_pidfd=None,
+        spin_us=setup.spin_us,
     )
     direct_cancel = None
     if mailbox_rings is not None:
