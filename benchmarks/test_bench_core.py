@@ -106,3 +106,59 @@ def test_get_10mib(benchmark, ray):
     out = benchmark(ray.get, ref)
     assert out.nbytes == arr.nbytes
     assert not out.flags.writeable
+
+
+@pytest.fixture(scope="module")
+def actor(ray):
+    class Bench:
+        def noop(self):
+            return None
+
+        def total(self, a):
+            return float(a.sum())
+
+    a = ray.remote(Bench).remote()
+    ray.get([a.noop.remote() for _ in range(50)])  # created and warm
+    return a
+
+
+def test_actor_round_trip(benchmark, ray, actor):
+    benchmark.group = "actors"
+    benchmark(lambda: ray.get(actor.noop.remote()))
+
+
+def test_actor_submit_1000_then_get(benchmark, ray, actor):
+    benchmark.group = "actors"
+    benchmark.extra_info["calls"] = N_SUBMIT
+
+    def run():
+        return ray.get([actor.noop.remote() for _ in range(N_SUBMIT)])
+
+    out = benchmark.pedantic(run, rounds=10, warmup_rounds=1)
+    assert len(out) == N_SUBMIT
+
+
+def test_actor_create_10(benchmark, ray):
+    benchmark.group = "actors"
+
+    class Empty:
+        def ping(self):
+            return 1
+
+    cls = ray.remote(Empty)
+
+    def run():
+        actors = [cls.remote() for _ in range(10)]
+        out = ray.get([a.ping.remote() for a in actors])
+        for a in actors:
+            ray.kill(a)
+        return out
+
+    assert benchmark.pedantic(run, rounds=5, warmup_rounds=1) == [1] * 10
+
+
+def test_actor_arg_by_ref_10mib(benchmark, ray, actor):
+    benchmark.group = "actors"
+    arr = np.ones(10 * MiB // 8)
+    ref = ray.put(arr)
+    assert benchmark(lambda: ray.get(actor.total.remote(ref))) == float(arr.sum())

@@ -1,4 +1,4 @@
-"""mpray quickstart: Ray Core's task/object API on one machine.
+"""mpray quickstart: Ray Core's task, object and actor API on one machine.
 
 Run:  python examples/quickstart.py
 The same program runs under Ray by changing the import to ``import ray``.
@@ -86,6 +86,31 @@ def main() -> None:
         ray.get(boom.remote())
     except ValueError as e:  # also a mpray.exceptions.RayTaskError
         print(f"remote error caught as {type(e).__name__}: {str(e).splitlines()[0]}")
+
+    # 7. actors: a stateful worker process; calls from one caller run in order
+    @ray.remote
+    class Counter:
+        def __init__(self, start):
+            self.n = start
+
+        def add(self, k):
+            self.n += k
+            return self.n
+
+    counter = Counter.remote(100)
+    t = time.perf_counter()
+    for _ in range(1000):
+        ray.get(counter.add.remote(1))
+    rtt = (time.perf_counter() - t) * 1e3
+    last = ray.get([counter.add.remote(1) for _ in range(10_000)])[-1]
+    print(f"actor: state after 11,000 calls = {last}; call round trip: {rtt:.0f} µs")
+
+    # handles travel: tasks (and other actors) call the same actor
+    @ray.remote
+    def bump(c):
+        return ray.get(c.add.remote(1000))
+
+    print(f"a task called the actor through its handle: {ray.get(bump.remote(counter))}")
 
     t = time.perf_counter()
     ray.shutdown()

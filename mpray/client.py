@@ -716,3 +716,8 @@ class Client:
     def close(self) -> None:
         self.closed = True
         self._bg_wake.set()
+        if self._bg_running:
+            try:
+                self._bell.force()  # the pump thread may sleep on it: let it see `closed`
+            except OSError:
+                pass
