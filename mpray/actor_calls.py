@@ -252,8 +252,8 @@ class DirectActors:
             if ch is None:
                 return
             if tid in ch.inflight:  # the actor drops it if queued there, and reports
-                if ch.ring is not None:
-                    ch.ring.push(pickle.dumps([(P.DROP, tid)], protocol=5), wake=ch.bell.force)
+                if ch.ring is not None:  # (never blocks: with a full ring it just runs)
+                    ch.ring.try_push(pickle.dumps([(P.DROP, tid)], protocol=5))
                     ch.bell.ring()
                 return
             try:

@@ -255,8 +255,9 @@ class ActorTable:
             return
         if creating is not None:
             creating.worker = None
-            self._fail(creating, pickle.dumps(exc.ActorDiedError(
-                f"the actor's process died in its constructor: {reason}"), protocol=5))
+            why = f"{a.killed} while its constructor ran" if a.killed else \
+                f"its process died in the constructor: {reason}"
+            self._fail(creating, pickle.dumps(exc.ActorDiedError(why), protocol=5))
             return  # _creation_finished made it DEAD
         why = a.killed or ("all references to the actor were removed" if a.terminating
                            else f"its process died: {reason}; no restarts left "

@@ -32,10 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import exceptions as exc
 from . import protocol as P
 from .serialization import ERROR
-
-
-class ActorExit(exc.ActorDiedError):
-    """Raised by ``exit_actor()``: the call that raised it ends with the actor."""
+from .worker import ActorExit
 
 
 class ActorServer:
@@ -108,9 +105,9 @@ class ActorServer:
         q = client.exec_queue
         while not client.stop_requested and not self.exiting:
             if not q:
-                client.pump(None, spin=True)
+                client.pump_locked(None)
                 continue
-            client._drain()  # a DROP for the next call may have come while one ran
+            client.pump_locked(0)  # a DROP for the next call may have come while one ran
             msg = q.popleft()
             if msg[0] == P.ACALL:
                 self.run_call(msg)

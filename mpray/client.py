@@ -117,8 +117,7 @@ class Client:
         # A foreground wait first polls its rings for up to spin_max seconds, yielding the
         # CPU between polls: a reply that comes within that time saves the sleep and the
         # wake-up (about 20 µs on each side here).  Adaptive: after a wait longer than
-        # spin_max the next one sleeps at once, so long waits and oversubscribed CPUs
-        # cost no polling.
+        # 4 × spin_max the next one sleeps at once, so long waits cost no polling.
         self.spin_max = spin_us * 1e-6
         self._spin = self.spin_max
         self.closed = False
@@ -409,10 +408,22 @@ class Client:
                         break
                     yield_cpu()  # (releases the GIL too: other threads run meanwhile)
             got = self._sleep(timeout)
-            # polling would have caught it: poll next time; a long wait: sleep at once
-            self._spin = self.spin_max if time.perf_counter() - t0 <= self.spin_max else 0.0
+            # a short wait (a reply on its way, a caller in a loop): poll next time, as
+            # polling a little longer may catch it; a long wait: sleep at once next time
+            short = time.perf_counter() - t0 <= 4 * self.spin_max
+            self._spin = self.spin_max if short else 0.0
             return got
         return self._sleep(timeout)
+
+    def pump_locked(self, timeout: float | None) -> bool:
+        """A worker's serving loop pumps: under the pump lock, as the background pump
+        thread (``ref.future()``, ``await``) may run in this process too."""
+        with self._pump_lock:
+            got = self.pump(timeout, spin=True)
+        if self._futures:
+            with self._cond:
+                self._cond.notify_all()
+        return got
 
     def _sleep(self, timeout: float | None) -> bool:
         bell = self._bell

@@ -36,6 +36,10 @@ class _Cancelled(KeyboardInterrupt):
     """Raised inside a running task that mpray.cancel() interrupted."""
 
 
+class ActorExit(exc.ActorDiedError):
+    """Raised by ``exit_actor()``: the call that raised it ends with the actor."""
+
+
 def strip_mpi_environment() -> None:
     """Workers must never initialise MPI (FACTS.md): hide the launcher's variables."""
     for k in [k for k in os.environ if k.startswith(_MPI_ENV_PREFIXES)]:
@@ -96,14 +100,14 @@ class WorkerLoop:
         while not client.stop_requested:
             if not q:
                 if client.lease_epoch is None:
-                    client.pump(None, spin=True)
+                    client.pump_locked(None)
                     continue
                 idle = time.monotonic() - client.lease_active
-                if client.reclaim and not client.pump(0) and not q:
+                if client.reclaim and not client.pump_locked(0) and not q:
                     self.end_lease()  # others wait for this CPU
                 elif idle < LEASE_IDLE:
-                    client.pump(LEASE_IDLE - idle, spin=True)
-                elif not client.pump(0) and not q:  # nothing came meanwhile: give it back
+                    client.pump_locked(LEASE_IDLE - idle)
+                elif not client.pump_locked(0) and not q:  # nothing came: give it back
                     self.end_lease()
                 continue
             msg = q.popleft()
@@ -231,7 +235,7 @@ class WorkerLoop:
         retryable = False
         if isinstance(e, _Cancelled):
             err: BaseException = exc.TaskCancelledError(P.id_hex(tid))
-        elif isinstance(e, exc.RayActorError):  # exit_actor(): the call ends with the actor
+        elif isinstance(e, ActorExit):  # exit_actor(): the call ends with the actor
             err = e
         else:
             if e.__traceback__ is not None:  # start the remote traceback at user code
