@@ -393,20 +393,24 @@ def fig_idle_memory(B, p):
     return {"idle_pss_mib": pss, "idle_nprocs": nprocs, "idle_cpu_pct": cpu}
 
 
-def fig_noop_rtt(B, p):
-    noop, get = B.submitter("noop"), B.get
-    for _ in range(50):
-        get(noop())
+def _round_trips_us(call, get, p, warmup):
+    """Median latency of ``get(call())`` per repeat, in µs."""
+    for _ in range(warmup):
+        get(call())
     samples = []
     pc = time.perf_counter
     for _ in range(p["repeat"]):
         lat = []
         for _ in range(p["rtt_loops"]):
             t0 = pc()
-            get(noop())
+            get(call())
             lat.append(pc() - t0)
         samples.append(_median(lat) * 1e6)
     return samples
+
+
+def fig_noop_rtt(B, p):
+    return _round_trips_us(B.submitter("noop"), B.get, p, 50)
 
 
 def fig_submit_get(B, p):
@@ -635,20 +639,7 @@ def _actors_only(B):
 
 def fig_actor_rtt(B, p):
     _actors_only(B)
-    a = B.fns["actor"].remote()
-    call, get = a.noop.remote, B.get
-    for _ in range(100):
-        get(call())
-    samples = []
-    pc = time.perf_counter
-    for _ in range(p["repeat"]):
-        lat = []
-        for _ in range(p["rtt_loops"]):
-            t0 = pc()
-            get(call())
-            lat.append(pc() - t0)
-        samples.append(_median(lat) * 1e6)
-    return samples
+    return _round_trips_us(B.fns["actor"].remote().noop.remote, B.get, p, 100)
 
 
 def fig_actor_async(B, p):

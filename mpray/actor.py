@@ -26,8 +26,8 @@ from .object_ref import ObjectRef
 from .remote_function import (ACTOR_ONLY, TASK_OPTIONS, BlobRegistration, _refs, encode_args,
                               resource_request, validate_options)
 
-__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "exit_actor", "get_actor",
-           "kill_actor", "method"]
+__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "exit_actor", "kill_actor",
+           "lookup_actor", "method"]
 
 ACTOR_OPTIONS = (TASK_OPTIONS | ACTOR_ONLY) - {"num_returns", "max_retries", "retry_exceptions",
                                               "max_calls"}

@@ -212,8 +212,8 @@ class DirectActors:
             cls = exc.ActorUnavailableError if restarting else exc.ActorDiedError
             name = rec[0][P.S_NAME]
             msg = (f"The actor ({P.id_hex(ch.aid)}) died while running {name}; "
-                   + ("it is being restarted (max_task_retries "
-                      f"allowed no retry)" if restarting else "it is dead"))
+                   + ("it is being restarted (max_task_retries allowed no retry)"
+                      if restarting else "it is dead"))
             if ch.death is not None and not restarting:
                 msg += f": {pickle.loads(ch.death)}"
             self._fail(rec, pickle.dumps(cls(msg, actor_id=P.id_hex(ch.aid)), protocol=5))

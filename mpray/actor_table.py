@@ -26,7 +26,6 @@ import pickle
 
 from . import exceptions as exc
 from . import protocol as P
-from .serialization import ERROR
 from .states import ACTOR_TRANSITIONS, TASK_TRANSITIONS, A, ActorState, T, W, _move
 
 NODE_HOLDER = -1  # pseudo process that holds a detached actor's anchor

@@ -112,10 +112,17 @@ class ActorServer:
             if msg[0] == P.ACALL:
                 self.run_call(msg)
 
-    def _wait_for_calls(self) -> None:
+    def _serve_concurrent(self, start) -> None:
+        """This thread pumps the rings (under the pump lock, so calls that wait in
+        ``get`` are served too) and hands each call to ``start``."""
         client = self.client
-        client.wait_until(lambda: bool(client.exec_queue) or client.stop_requested
-                          or self.exiting, None)
+        q = client.exec_queue
+        while not client.stop_requested and not self.exiting:
+            client.wait_until(lambda: bool(q) or client.stop_requested or self.exiting, None)
+            while q:
+                msg = q.popleft()
+                if msg[0] == P.ACALL:
+                    start(msg)
 
     def serve_threaded(self, n: int) -> None:
         client = self.client
@@ -132,15 +139,12 @@ class ActorServer:
             msg = entry[1]
             self.cancelled(tid, msg[5], msg[7], msg[11])
 
+        def start(msg: tuple) -> None:
+            with lock:
+                self.running[msg[1]] = (pool.submit(self._threaded_call, msg), msg)
+
         client.drop_hook = drop
-        while not client.stop_requested and not self.exiting:
-            self._wait_for_calls()
-            q = client.exec_queue
-            while q:
-                msg = q.popleft()
-                if msg[0] == P.ACALL:
-                    with lock:
-                        self.running[msg[1]] = (pool.submit(self._threaded_call, msg), msg)
+        self._serve_concurrent(start)
         pool.shutdown(wait=False)
 
     def _threaded_call(self, msg: tuple) -> None:
@@ -169,17 +173,14 @@ class ActorServer:
             if fut is not None:
                 fut.cancel()  # the coroutine sees CancelledError and reports it
 
+        def start(msg: tuple) -> None:
+            tid = msg[1]
+            fut = self.running[tid] = asyncio.run_coroutine_threadsafe(
+                self._async_call(msg, sem), loop)
+            fut.add_done_callback(lambda _f: self.running.pop(tid, None))
+
         client.drop_hook = drop
-        while not client.stop_requested and not self.exiting:
-            self._wait_for_calls()
-            q = client.exec_queue
-            while q:
-                msg = q.popleft()
-                if msg[0] == P.ACALL:
-                    tid = msg[1]
-                    fut = self.running[tid] = asyncio.run_coroutine_threadsafe(
-                        self._async_call(msg, sem), loop)
-                    fut.add_done_callback(lambda _f, tid=tid: self.running.pop(tid, None))
+        self._serve_concurrent(start)
 
     async def _async_call(self, msg: tuple, sem) -> None:
         _, tid, method, args_blob, deps, nret, retry_exc, owner, retries, _a, _i, direct = msg

@@ -439,14 +439,7 @@ class Scheduler(ObjectDirectory, ActorTable):
                 w.task = None
                 if status == P.OK:
                     self._actor_constructed(w)
-            t.worker = wid
-            if status == P.APP_ERROR:
-                _move(t, T.FAILED, TASK_TRANSITIONS, "task")
-                self.stats["failed"] += 1
-            else:
-                _move(t, T.FINISHED, TASK_TRANSITIONS, "task")
-                self.stats["finished"] += 1
-            self._finish(t, results, delivered)
+            self._ended(t, wid, status, results, delivered)
             return
         if w.queue:  # the next pipelined task inherits the lease
             w.task = w.queue[0]
@@ -469,6 +462,9 @@ class Scheduler(ObjectDirectory, ActorTable):
             _move(t, T.READY, TASK_TRANSITIONS, "task")
             self._enqueue(t)
             return
+        self._ended(t, wid, status, results, delivered)
+
+    def _ended(self, t: Task, wid: int, status: int, results, delivered: bool) -> None:
         if status == P.APP_ERROR:
             _move(t, T.FAILED, TASK_TRANSITIONS, "task")
             self.stats["failed"] += 1

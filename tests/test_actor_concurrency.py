@@ -162,6 +162,17 @@ def test_cancel_queued_call_sent_through_the_node(ray_module):
     assert mpray.get(via_worker.remote(a), timeout=30) == ("cancelled", [])
 
 
+def test_cancel_queued_call_on_a_threaded_actor(ray_module):
+    a = Serial.options(max_concurrency=2).remote()
+    blockers = [a.block.remote(1.0), a.block.remote(1.0)]  # both threads busy
+    queued = a.record.remote("doomed")
+    mpray.cancel(queued)
+    with pytest.raises(exc.TaskCancelledError):
+        mpray.get(queued, timeout=10)
+    assert mpray.get(blockers, timeout=10) == ["blocked", "blocked"]
+    assert mpray.get(a.get_ran.remote()) == []
+
+
 def test_cancel_running_async_call(ray_module):
     a = AsyncActor.remote()
     waiting = a.wait_for_signal.remote()

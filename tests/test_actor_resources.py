@@ -9,20 +9,8 @@ import pytest
 
 import mpray
 from conftest import wait_for
+from test_actors import Counter
 from mpray import exceptions as exc
-
-
-@mpray.remote
-class Counter:
-    def __init__(self, start=0):
-        self.n = start
-
-    def inc(self, by=1):
-        self.n += by
-        return self.n
-
-    def get(self):
-        return self.n
 
 
 def test_explicit_cpus_are_held_for_life(ray_start):
@@ -61,3 +49,40 @@ def test_calls_work_without_mailboxes(ray_factory):
     mpray.kill(c)
     with pytest.raises(exc.ActorDiedError):
         mpray.get(c.inc.remote(), timeout=10)
+
+
+def test_custom_resources_are_held_for_life(ray_factory):
+    ray_factory(resources={"slot": 2})
+    a = Counter.options(resources={"slot": 1}).remote()
+    b = Counter.options(resources={"slot": 1}).remote()
+    mpray.get([a.inc.remote(), b.inc.remote()])
+    assert mpray.available_resources().get("slot", 0) == 0
+    c = Counter.options(resources={"slot": 1}).remote()
+    assert mpray.wait([c.inc.remote()], timeout=0.3)[0] == []
+    del a
+    assert mpray.get(c.get.remote(), timeout=10) == 1  # a's slot went to c
+
+
+def test_actor_holding_the_only_cpu_can_wait_for_a_task(ray_factory):
+    """A sync actor blocked in get lends its CPU, as a task does: no deadlock."""
+    ray_factory(num_cpus=1)
+
+    @mpray.remote
+    def child(x):
+        return x + 1
+
+    @mpray.remote(num_cpus=1)
+    class Parent:
+        def run(self, x):
+            return mpray.get(child.remote(x))
+
+    p = Parent.remote()
+    assert mpray.get(p.run.remote(1), timeout=20) == 2
+    assert mpray.get(p.run.remote(5), timeout=20) == 6
+
+
+def test_polling_can_be_turned_off(ray_factory):
+    ray_factory(spin_us=0)
+    c = Counter.remote()
+    assert mpray.get([c.inc.remote() for _ in range(20)]) == list(range(1, 21))
+    assert mpray.api._global.client.spin_max == 0

@@ -86,7 +86,7 @@ def test_direct_instantiation_and_direct_method_call_raise(ray_module):
     with pytest.raises(TypeError, match=r"inc\.remote\(\)"):
         c.inc()
     with pytest.raises(AttributeError, match="no method 'nope'"):
-        c.nope
+        c.nope.remote()
 
 
 def test_num_returns_from_decorator_and_options(ray_module):

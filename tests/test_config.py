@@ -15,10 +15,10 @@ def test_environment_sets_every_numeric_setting():
            "MPRAY_LEASE_DEPTH": "0", "MPRAY_DIRECT_SLOTS": "4",
            "MPRAY_IDLE_WORKER_TIMEOUT": "2.5", "MPRAY_TMPDIR": "/var/tmp",
            "MPRAY_RESOURCES": '{"disk": 2}', "MPRAY_NUM_GPUS": "0",
-           "MPRAY_WORKER_RING_BYTES": "70000"}
+           "MPRAY_WORKER_RING_BYTES": "70000", "MPRAY_SPIN_US": "0"}
     c = C.resolve({}, env)
     assert (c.num_cpus, c.object_store_memory, c.inline_max, c.max_workers) == (3, 96 * MB, 2048, 7)
-    assert (c.pipeline_depth, c.lease_depth, c.direct_slots) == (1, 0, 4)
+    assert (c.pipeline_depth, c.lease_depth, c.direct_slots, c.spin_us) == (1, 0, 4, 0)
     assert c.idle_worker_timeout == 2.5 and c.tmpdir == "/var/tmp"
     assert c.resources == {"disk": 2.0} and c.num_gpus == 0
     assert c.worker_ring_bytes == 131072  # rounded up to a power of two
@@ -27,8 +27,10 @@ def test_environment_sets_every_numeric_setting():
 
 def test_arguments_win_over_environment():
     env = {"MPRAY_NUM_CPUS": "3", "MPRAY_OBJECT_STORE_MEMORY": "96MiB", "MPRAY_NUM_GPUS": "0"}
-    c = C.resolve({"num_cpus": 1, "object_store_memory": 64 * MB, "num_gpus": 2}, env)
-    assert (c.num_cpus, c.object_store_memory, c.num_gpus) == (1, 64 * MB, 2)
+    env["MPRAY_SPIN_US"] = "10"
+    c = C.resolve({"num_cpus": 1, "object_store_memory": 64 * MB, "num_gpus": 2,
+                   "spin_us": 80}, env)
+    assert (c.num_cpus, c.object_store_memory, c.num_gpus, c.spin_us) == (1, 64 * MB, 2, 80)
     assert c.gpu_ids == ["0", "1"]
 
 
