@@ -4,7 +4,7 @@ Data flow::
 
     handle.f.remote() ─▶ DirectActors.submit ─▶ the actor's queue here (submission order)
         head call, actor ALIVE, its args resolved here, no refs pickled inside
-            ─▶ ACALL on the actor's d2w ring ─▶ actor ─▶ OBJ… ADONE_D on its w2d ring
+            ─▶ ACALL on the actor's d2w ring ─▶ actor ─▶ ADONE_D (+ values) on its w2d ring
         anything else (refs inside the args, args not here yet, actor without a mailbox)
             ─▶ SUBMIT through the node ─▶ node's actor FIFO ─▶ … ─▶ ANODE_DONE
     node ─▶ ACTOR (ALIVE / RESTARTING / DEAD, with the mailbox slot) ─▶ on_update
@@ -74,16 +74,21 @@ class DirectActors:
     def submit(self, aid: int, spec: tuple, keep) -> None:
         """Queue a call (its ObjectRefs exist already) and send what can go."""
         with self.lock:
-            ch = self._chan(aid)
+            ch = self.chans.get(aid) or self._chan(aid)
             rec = [spec, keep, spec[P.S_RETRIES]]
             tid = spec[P.S_TID]
             d = self.d
             if d is None:  # no mailboxes: the node orders and routes every call
                 self._via_node(ch, rec)
                 return
+            pending = d.pending
             for i in range(spec[P.S_NRET]):
-                d.pending[tid + 1 + i] = tid
+                pending[tid + 1 + i] = tid
             self.calls[tid] = (ch, rec)
+            if (not ch.queue and ch.ring is not None and not ch.node_calls and not ch.killed
+                    and not spec[P.S_DEPS] and not spec[P.S_CONTAINED]
+                    and self._push(ch, rec, ())):
+                return  # the common case: straight into the actor's ring
             ch.queue.append(rec)
             self.backlog += 1
             self._pump(ch)
@@ -151,17 +156,18 @@ class DirectActors:
         client.send([(P.SUBMIT, spec)])
 
     # ------------------------------------------------------------------ events
-    def on_done(self, tid: int, via_node: bool) -> None:
+    def on_done(self, tid: int, values) -> None:
+        """A direct call ended; its values came with it (or come from the node: None)."""
         with self.lock:
-            ch, rec = self.calls.pop(tid, (None, None))
-            if ch is None:
-                return
-            ch.inflight.pop(tid, None)
-            d = self.d
-            if not via_node and d is not None:
-                for i in range(rec[0][P.S_NRET]):
-                    d.pending.pop(tid + 1 + i, None)
-            self._pump(ch)
+            if values:
+                direct_value = self.d._direct_value
+                for oid, kind, payload in values:
+                    direct_value(oid, kind, payload, True)
+            ch, _rec = self.calls.pop(tid, (None, None))
+            if ch is not None:
+                ch.inflight.pop(tid, None)
+                if ch.queue:
+                    self._pump(ch)
 
     def on_node_done(self, aid: int, tid: int) -> None:
         with self.lock:

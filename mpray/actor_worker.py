@@ -5,7 +5,7 @@ Data flow::
     node ──ACREATE──▶ construct the instance (as a task: errors go to the creator)
     node ──ACALL (calls from workers) ─┐                              ┌─▶ DONE to the node
                                        ├─▶ exec_queue ─▶ run method ─┤
-    driver ──ACALL (d2w mailbox ring) ─┘   (in order, or on threads  └─▶ OBJ… ADONE_D to
+    driver ──ACALL (d2w mailbox ring) ─┘   (in order, or on threads  └─▶ ADONE_D + values to
                                             / an event loop)             the driver (w2d)
 
 Three ways to run calls, chosen once from the class and ``max_concurrency``:
@@ -47,6 +47,7 @@ class ActorServer:
         self.instance = None
         self.exiting = False
         self.running: dict[int, object] = {}  # tid -> future (threaded / async)
+        self.names: dict[str, str] = {}  # method -> "Class.method" (for errors)
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------------ creation
@@ -77,7 +78,9 @@ class ActorServer:
     def run_call(self, msg: tuple) -> None:
         _, tid, method, args_blob, deps, nret, retry_exc, owner, retries, _a, _i, direct = msg
         wl = self.wl
-        name = f"{self.class_name}.{method}"
+        name = self.names.get(method)
+        if name is None:
+            name = self.names[method] = f"{self.class_name}.{method}"
         if tid in self.client.dropped_tasks:
             self.client.dropped_tasks.discard(tid)
             self.cancelled(tid, nret, owner, direct)

@@ -197,7 +197,10 @@ class Client:
     def hold(self, delta: int) -> None:
         """Hold back releases while results holding refs are on their way (counted: the
         threads of a concurrent actor report at the same time)."""
-        with self._hold_lock:
+        if self.actor_mode == "concurrent":
+            with self._hold_lock:
+                self.hold_releases += delta
+        else:
             self.hold_releases += delta
 
     # ------------------------------------------------------------------ refs
@@ -365,9 +368,12 @@ class Client:
         """Worker: a frame on this worker's mailbox ring to the driver (never full for
         long: the driver drains it whenever it waits, and holds few tasks per lease)."""
         frame = pickle.dumps(msgs, protocol=5)
+        ring = self._to_driver
         with self._driver_lock:
-            self._to_driver.push(frame, wake=self._driver_bell.force,
-                                 deadline=self._push_deadline())
+            k = ring.try_push(frame)
+            if k != len(frame):  # full: wait for room for the rest (fragments continue)
+                ring.push(memoryview(frame)[max(k, 0):], wake=self._driver_bell.force,
+                          deadline=self._push_deadline())
         self._driver_bell.ring()
 
     def publish(self, oids) -> None:

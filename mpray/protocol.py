@@ -76,7 +76,8 @@ ACALL = 44  # node|driver->actor (op, tid, method, args, deps, nret, retry_exc, 
 #             retries, aid, incarnation, direct): one method call
 ACTOR = 45  # node->driver (op, aid, state, incarnation, wid, slot, pid, death): a transition
 ANODE_DONE = 46  # node->driver (op, aid, tid): a call the driver sent the node's way ended
-ADONE_D = 54  # actor->driver (op, tid, via_node): a direct call ended (values came before)
+ADONE_D = 54  # actor->driver (op, tid, values): a direct call ended; values: [(oid, kind,
+#               payload)], or None when they go through the node (arena space, refs inside)
 
 # DONE status
 OK = 0

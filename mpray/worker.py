@@ -276,12 +276,13 @@ class WorkerLoop:
         elif any(kind == ARENA or contained for _o, kind, _p, contained in stored):
             client.send([(P.PUT_FOR, 0, oid, kind, payload, contained)
                          for oid, kind, payload, contained in stored])
-            client.send_driver([(P.ADONE_D, tid, True) if actor
+            client.send_driver([(P.ADONE_D, tid, None) if actor
                                 else (P.DONE_D, tid, False, None, True)])
+        elif actor:  # the values ride in the one message that ends the call
+            client.send_driver([(P.ADONE_D, tid, [r[:3] for r in stored])])
         else:
             client.send_driver([(P.OBJ, oid, kind, payload) for oid, kind, payload, _c in stored]
-                               + [(P.ADONE_D, tid, False) if actor
-                                  else (P.DONE_D, tid, False, None, False)])
+                               + [(P.DONE_D, tid, False, None, False)])
 
     def _deliver(self, stored: list) -> bool:
         """Hand a node task's results straight to the driver: saves it waiting for the
