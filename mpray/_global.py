@@ -8,6 +8,7 @@ client: Any = None  # mpray.client.Client once init() ran (or in a worker proces
 session: Any = None  # mpray.api._Session in the driver
 node_id: str = ""  # hex id of the node this process belongs to
 node_info: dict = {}  # node_id, resources, job_id, session_dir: same in driver and workers
+cluster: Any = None  # under MPI: [(node_id, resources, host)] per rank
 actor_server: Any = None  # in an actor's process: its actor_worker.ActorServer
 
 

@@ -78,7 +78,8 @@ class DirectActors:
             rec = [spec, keep, spec[P.S_RETRIES]]
             tid = spec[P.S_TID]
             d = self.d
-            if d is None:  # no mailboxes: the node orders and routes every call
+            if d is None or P.id_rank(aid) != self.client.rank:
+                # no mailboxes, or (MPI) an actor of another rank: the node routes it
                 self._via_node(ch, rec)
                 return
             pending = d.pending

@@ -142,6 +142,8 @@ class ActorTable:
         if o is not None:  # a pending call keeps its actor alive (its anchor)
             o.task_refs += 1
         a = self.actors.get(t.actor)
+        if a is None and self._forward_actor_call(t):
+            return False  # it lives on another rank: forwarded there
         if a is None or a.state is A.DEAD or a.killed:
             self._fail(t, self._death_payload(a, t.actor))
             return False

@@ -98,12 +98,40 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         args = dict(settings, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                     object_store_memory=object_store_memory)
+        from mpray_mpi.launch import detect  # environment variables only: no MPI import
+
+        launch = detect()
+        if launch is not None:
+            args = _rank_share(args, launch.local_size)
         cfg = C.resolve(args)
-        _start(cfg, namespace)
+        _start(cfg, namespace, launch)
+        if launch is not None:
+            import mpray_mpi
+
+            mpray_mpi.start(launch, _global.session, _global.session.setup)
         return _context()
 
 
-def _start(cfg: C.Config, namespace: str | None) -> None:
+def _rank_share(args: dict, local_ranks: int) -> dict:
+    """Under MPI, ranks on one host share what detection finds (unless told otherwise);
+    driver leases are off so the node sees every task (it spills work to other ranks)."""
+    env = os.environ
+    args = dict(args)
+    if args.get("num_cpus") is None and not env.get("MPRAY_NUM_CPUS") \
+            and not env.get("SLURM_CPUS_PER_TASK"):
+        from . import resources as R
+
+        args["num_cpus"] = max(1, R.detect_num_cpus() // local_ranks)
+    if args.get("object_store_memory") is None and not env.get("MPRAY_OBJECT_STORE_MEMORY"):
+        from . import resources as R
+
+        args["object_store_memory"] = max(64 << 20, R.default_object_store_bytes() // local_ranks)
+    if args.get("lease_depth") is None and not env.get("MPRAY_LEASE_DEPTH"):
+        args["lease_depth"] = 0
+    return args
+
+
+def _start(cfg: C.Config, namespace: str | None, launch=None) -> None:
     session_dir = _make_session_dir(cfg.tmpdir)
     fd = os.memfd_create("mpray-arena", os.MFD_CLOEXEC)
     try:
@@ -123,6 +151,10 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
     driver_bell = Doorbell.create(ctrl, 64)
     up = Ring(ctrl, 128, cap)
     down = Ring(ctrl, 128 + ring_bytes(cap), cap)
+    agent_mem = agent_rings = None
+    if launch is not None:  # the rank's MPI agent <-> its node (see mpray_mpi.agent)
+        agent_mem = anonymous_shared(2 * ring_bytes(cap))
+        agent_rings = (Ring(agent_mem, 0, cap), Ring(agent_mem, ring_bytes(cap), cap))
     setup = NodeSetup(
         arena=arena, ctrl=ctrl, node_bell=node_bell, driver_bell=driver_bell,
         driver_up=up, driver_down=down, resources=cfg.node_resources(),
@@ -132,9 +164,11 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
         pipeline_depth=cfg.pipeline_depth, node_id=node_id,
         node_info={"node_id": node_id, "resources": cfg.node_resources(),
                    "job_id": format(os.getpid(), "08x"), "session_dir": session_dir,
-                   "namespace": namespace or ""},
+                   "namespace": namespace or "",
+                   "rank": launch.rank if launch is not None else 0},
         mailbox=mailbox, mailbox_slots=slots, mailbox_ring_bytes=cfg.direct_ring_bytes,
-        slot_efds=slot_efds, spin_us=cfg.spin_us,
+        slot_efds=slot_efds, spin_us=cfg.spin_us, agent_rings=agent_rings,
+        rank=launch.rank if launch is not None else 0,
     )
     driver_pid = os.getpid()
     import sys
@@ -155,7 +189,7 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
             os._exit(code)
     node_pidfd = os.pidfd_open(pid)
     client = Client(
-        proc=0, rank=0, up=up, down=down, my_bell=driver_bell, node_bell=node_bell,
+        proc=0, rank=setup.rank, up=up, down=down, my_bell=driver_bell, node_bell=node_bell,
         arena=arena, inline_max=cfg.inline_max, node_pid=pid, node_pidfd=node_pidfd,
         id_start=_next_driver_id(), spin_us=cfg.spin_us,
     )
@@ -167,6 +201,9 @@ def _start(cfg: C.Config, namespace: str | None) -> None:
 
     client.actors = DirectActors(client, client.direct)
     _global.session = _Session(cfg, pid, node_pidfd, setup, session_dir)
+    _global.session.agent_mem = agent_mem
+    _global.session.agent_rings = agent_rings
+    _global.session.mpi = None
     _global.node_id = setup.node_id
     _global.node_info = setup.node_info
     _global.session.namespace = namespace
@@ -208,6 +245,8 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
         client = _global.client
         if s is None:
             return
+        if s.mpi is not None:  # rank 0 under MPI: stop every other rank first
+            s.mpi.stop()
         _last_driver_id = client._next_id
         try:
             client.send([(P.SHUTDOWN,)])
@@ -246,7 +285,12 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
             client.direct.close()
         for fd in st.slot_efds or ():
             os.close(fd)
-        for m in (st.ctrl, st.mailbox):
+        for r in s.agent_rings or ():
+            r.release()
+        _global.cluster = None
+        for m in (st.ctrl, st.mailbox, s.agent_mem):
+            if m is None:
+                continue
             try:
                 m.close()
             except BufferError:
@@ -378,7 +422,14 @@ def _info() -> dict:
 
 
 def cluster_resources() -> dict[str, float]:
-    return dict(_info()["resources"])
+    info = _info()
+    if _global.cluster:  # under MPI: every rank's node
+        total: dict[str, float] = {}
+        for _nid, res, _host in _global.cluster:
+            for k, v in res.items():
+                total[k] = total.get(k, 0.0) + v
+        return total
+    return dict(info["resources"])
 
 
 def available_resources() -> dict[str, float]:
@@ -389,13 +440,14 @@ def available_resources() -> dict[str, float]:
 
 def nodes() -> list[dict]:
     info = _info()
-    host = socket.gethostname()
+    ranks = _global.cluster or [(info["node_id"], info["resources"], socket.gethostname())]
     return [{
-        "NodeID": info["node_id"], "Alive": True, "NodeManagerAddress": "127.0.0.1",
-        "NodeManagerHostname": host, "NodeName": host, "Resources": dict(info["resources"]),
-        "alive": True, "MPIRank": 0, "ObjectStoreSocketName": info["session_dir"],
-        "RayletSocketName": info["session_dir"],
-    }]
+        "NodeID": nid, "Alive": True, "NodeManagerAddress": host,
+        "NodeManagerHostname": host, "NodeName": host, "Resources": dict(res),
+        "alive": True, "MPIRank": rank,
+        "ObjectStoreSocketName": info["session_dir"] if rank == info.get("rank", 0) else "",
+        "RayletSocketName": info["session_dir"] if rank == info.get("rank", 0) else "",
+    } for rank, (nid, res, host) in enumerate(ranks)]
 
 
 def _node_stats() -> dict:

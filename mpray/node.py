@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from . import cluster
 from . import protocol as P
 from .direct import slot_bytes, slot_rings
 from .rings import Doorbell, Outbox, Ring, anonymous_shared, ring_bytes
@@ -84,6 +85,7 @@ class NodeSetup:
     slot_efds: list | None = None  # one eventfd per slot, created by the driver
     rank: int = 0
     spin_us: int = 0
+    agent_rings: tuple | None = None  # under MPI: (up, down) rings to the rank's agent
 
 
 class Node:
@@ -99,6 +101,12 @@ class Node:
         self.channels: dict[int, Channel] = {
             0: Channel(setup.driver_up, Outbox(setup.driver_down), setup.driver_bell)
         }
+        if setup.agent_rings is not None:
+            from .cluster import AGENT
+
+            up, down = setup.agent_rings
+            # the agent polls its ring (it also polls MPI): its doorbell is never waited on
+            self.channels[AGENT] = Channel(up, Outbox(down), _NoBell(), shared_bell=True)
         self.pids: dict[int, int] = {}  # pid -> wid
         self.next_wid = 1
         self.running = True
@@ -226,7 +234,10 @@ class Node:
             if proc in s.workers:
                 s.task_done(proc, m[1], m[2], m[3], m[4], m[5])
         elif op == P.PUT:
-            s.put(proc, m[1], m[2], m[3], m[4])
+            if proc == s.agent:
+                s.put_fetched(m[1], m[2], m[3], m[4])
+            else:
+                s.put(proc, m[1], m[2], m[3], m[4])
         elif op == P.SUBSCRIBE:
             s.subscribe(proc, m[1])
         elif op == P.PIN:
@@ -261,6 +272,12 @@ class Node:
             s.promise(proc, m[1])
         elif op == P.SHUTDOWN:
             self.running = False
+        elif op == cluster.REMOTE_DONE:
+            s.remote_done(m[1], m[2])
+        elif op == cluster.LOAD:
+            s.update_load(m[1])
+        elif op == cluster.CLUSTER:
+            s.attach_cluster(m[1], m[2])
 
     def _query(self, what, proc: int):
         s = self.sched
@@ -270,6 +287,8 @@ class Node:
             return s.list_actors()
         if what == "available":
             return s.available()
+        if what == "load":
+            return s.load_report()
         if what == "stats":
             return {
                 **s.stats, "workers": len(s.workers), "objects": len(s.objs),
@@ -411,6 +430,18 @@ class Node:
                 time.sleep(0.001)
         self.pids.clear()
         _remove_tree(self.setup.session_dir)
+
+
+class _NoBell:
+    """The agent's doorbell: it polls, so ringing it is a no-op."""
+
+    fd = -1
+
+    def ring(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _kill(pid: int, sig: int) -> None:

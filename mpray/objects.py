@@ -30,7 +30,8 @@ class Obj:
     are created on first write (most objects never get pins, subscribers or waiters)."""
 
     __slots__ = ("key", "owner", "state", "kind", "payload", "procs", "task_refs",
-                 "contained_in", "contains", "pins", "subscribers", "waiting_tasks", "history")
+                 "contained_in", "contains", "pins", "subscribers", "waiting_tasks", "history",
+                 "remote")
 
     def __init__(self, key: int, owner: int) -> None:
         self.key = key
@@ -46,6 +47,7 @@ class Obj:
         self.subscribers: set = _EMPTY  # type: ignore[assignment]
         self.waiting_tasks: list = []
         self.history = [O.PENDING]
+        self.remote = False  # a copy (or placeholder) of another rank's object
 
 
 class ObjectDirectory:
@@ -60,7 +62,9 @@ class ObjectDirectory:
     def _maybe_free(self, o: Obj) -> None:
         if o.state is O.FREED:
             return  # already released further down this same event
-        if o.procs or o.task_refs or o.contained_in or o.pins or o.state is O.PENDING:
+        if o.procs or o.task_refs or o.contained_in or o.pins:
+            return
+        if o.state is O.PENDING and not o.remote:  # (its value is still to come here)
             return
         if o.state is O.IN_ARENA:
             self.alloc.free(o.payload[0])
@@ -94,7 +98,8 @@ class ObjectDirectory:
         _move(o, O.IN_ARENA if kind == ARENA else O.INLINE, OBJ_TRANSITIONS, "object")
         msg = (P.OBJ, oid, kind, payload)
         if o.owner in o.procs and not owner_has_it:
-            self._send(o.owner, msg)
+            # (the rank's agent ships a forwarded task's results home: with what they hold)
+            self._send(o.owner, msg if o.owner != self.agent else msg + (o.contains,))
         if o.subscribers:
             for p in o.subscribers:
                 if p != o.owner or o.owner not in o.procs:
@@ -133,6 +138,8 @@ class ObjectDirectory:
     def refs(self, proc: int, increfs, decrefs) -> None:
         for oid in increfs:
             o = self.objs.get(oid)
+            if o is None:  # another rank's object: track who holds it here
+                o = self._remote_placeholder(oid, fetch=False)
             if o is not None:
                 o.procs.add(proc)
         for oid in decrefs:
@@ -145,11 +152,15 @@ class ObjectDirectory:
         for oid in oids:
             o = self.objs.get(oid)
             if o is None:
+                o = self._remote_placeholder(oid)
+            if o is None:
                 err = exc.ObjectFreedError(
                     P.id_hex(oid), "the object was freed (no reference to it was left)"
                 )
                 self._send(proc, (P.OBJ, oid, ERROR, self._error_payload(err)))
             elif o.state is O.PENDING:
+                if o.remote and oid not in self.fetching:  # a placeholder: fetch it now
+                    self._remote_placeholder(oid)
                 if o.subscribers is _EMPTY:
                     o.subscribers = set()
                 o.subscribers.add(proc)

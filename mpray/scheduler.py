@@ -27,6 +27,7 @@ from . import exceptions as exc
 from . import protocol as P
 from .actor_table import ACTOR_MARK, ActorTable
 from .allocator import Allocator
+from .cluster import AGENT, ClusterView
 from .objects import Obj, ObjectDirectory
 from .serialization import ERROR
 from .states import (OBJ_TRANSITIONS, TASK_TRANSITIONS, WORKER_TRANSITIONS, O, ObjState,
@@ -85,7 +86,7 @@ class Worker:
     history: list = field(default_factory=lambda: [W.STARTING])
 
 
-class Scheduler(ObjectDirectory, ActorTable):
+class Scheduler(ObjectDirectory, ActorTable, ClusterView):
     """Local scheduler + object directory of one node."""
 
     def __init__(
@@ -130,10 +131,11 @@ class Scheduler(ObjectDirectory, ActorTable):
         self._warned: set = set()
         self.stats = {"submitted": 0, "finished": 0, "failed": 0, "retried": 0}
         self._init_actors()
+        self._init_cluster()
 
     # ------------------------------------------------------------------ helpers
     def _send(self, proc: int, msg: tuple) -> None:
-        if proc in self.workers or proc == 0:
+        if proc in self.workers or proc == 0 or proc == self.agent:
             self.out[proc].append(msg)
 
     def _error_payload(self, e: BaseException) -> bytes:
@@ -200,6 +202,8 @@ class Scheduler(ObjectDirectory, ActorTable):
         error = None
         for _, oid in spec[P.S_DEPS]:
             o = self.objs.get(oid)
+            if o is None:  # another rank's object: fetched from its home
+                o = self._remote_placeholder(oid)
             if o is None:
                 error = self._error_payload(
                     exc.ObjectFreedError(P.id_hex(oid), "argument object was already freed")
@@ -219,7 +223,7 @@ class Scheduler(ObjectDirectory, ActorTable):
         strategy = spec[P.S_STRATEGY]
         if (error is None and strategy is not None and not isinstance(strategy, str)
                 and not getattr(strategy, "soft", True)
-                and getattr(strategy, "node_id", self.node_id) != self.node_id):
+                and not self._node_exists(getattr(strategy, "node_id", self.node_id))):
             error = self._error_payload(exc.TaskUnschedulableError(
                 f"task {spec[P.S_NAME]} has a hard NodeAffinitySchedulingStrategy for node "
                 f"{strategy.node_id}, which does not exist (this node is {self.node_id})"))
@@ -231,6 +235,8 @@ class Scheduler(ObjectDirectory, ActorTable):
         self._check_feasible(t)
 
     def _check_feasible(self, t: Task) -> None:
+        if t.state is T.DISPATCHED or (self.agent is not None and self._placement_possible(t)):
+            return  # forwarded, or another rank can run it
         for name, amount in t.resources:
             if amount > self.total.get(name, 0) + 1e-9:
                 key = (name, amount)
@@ -278,6 +284,11 @@ class Scheduler(ObjectDirectory, ActorTable):
             if a is not None:
                 self._actor_pump(a)
             return
+        if self.agent is not None:
+            target = self._placement(t)
+            if target is not None:
+                self._forward(t, target)
+                return
         key = t.resources
         q = self.ready.get(key)
         if q is None:

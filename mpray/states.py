@@ -48,7 +48,8 @@ class ActorState(_State):
 
 T, O, W, A = TaskState, ObjState, WorkerState, ActorState
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
-    T.PENDING_ARGS: frozenset({T.READY, T.FAILED, T.CANCELLED}),
+    # PENDING_ARGS -> DISPATCHED: forwarded to another rank, which fetches the arguments
+    T.PENDING_ARGS: frozenset({T.READY, T.DISPATCHED, T.FAILED, T.CANCELLED}),
     T.READY: frozenset({T.DISPATCHED, T.FAILED, T.CANCELLED}),
     # DISPATCHED -> READY: a pipelined task handed back unstarted (its worker blocked/died)
     T.DISPATCHED: frozenset({T.READY, T.FINISHED, T.FAILED, T.RETRYING, T.CANCELLED}),

@@ -1,5 +1,107 @@
 """mpray's MPI backend: every MPI rank a node, RMA object transfer, global scheduling.
 
-Not built yet (the MPI backend issue builds on the single-host engine and actors).
-Single-host mpray never imports this package.
+``mpray.init()`` imports this package only when ``launch.detect()`` says the process is
+one rank of an MPI or ``srun`` job (or ``MPRAY_BACKEND=mpi``).  Roles::
+
+    rank 0:  init() starts its node, joins the ranks, starts the agent thread, returns:
+             the user's script runs here (the driver); shutdown() stops every rank
+    rank k:  init() starts its node, joins the ranks, and serves in the agent loop until
+             rank 0 says stop; then the process exits with status 0 (code after init()
+             never runs there, so one script works unchanged)
+
+Each rank's node and workers are forked before MPI is initialised and never touch MPI;
+the rank's own process (driver or server) runs the ``agent.Agent`` that bridges MPI and
+the node.  See docs/architecture.md ("Under MPI").
 """
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import traceback
+
+from .launch import Launch, detect
+
+__all__ = ["Launch", "MPISession", "detect", "start"]
+
+EXPORT_BYTES = 256 << 20  # default export window per rank (MPRAY_EXPORT_BYTES)
+
+
+class MPISession:
+    """What rank 0's session keeps: the agent, its thread, and how to stop them."""
+
+    def __init__(self, MPI, comm, agent, launch: Launch) -> None:
+        self.MPI = MPI
+        self.comm = comm
+        self.agent = agent
+        self.launch = launch
+        self.stopping = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._serve, name="mpray-mpi-agent", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        agent = self.agent
+        try:
+            agent.run(lambda: self.stopping)
+            if not agent.stop_all():
+                from .agent import abort
+
+                missing = sorted(set(range(1, agent.size)) - agent.stopped)
+                abort(self.comm, f"ranks {missing} did not stop within 10 s; ending the job")
+            agent.close()
+        except BaseException as e:  # noqa: BLE001 - a bug here must end the job, loudly
+            self.error = e
+            from .agent import abort
+
+            abort(self.comm, "the MPI agent thread failed:\n" + traceback.format_exc())
+
+    def stop(self) -> None:
+        """Rank 0's shutdown(): stop every other rank, free the windows (collective)."""
+        self.stopping = True
+        self.thread.join(30.0)
+
+
+def _export_bytes() -> int:
+    v = os.environ.get("MPRAY_EXPORT_BYTES")
+    if not v:
+        return EXPORT_BYTES
+    from mpray.resources import parse_size
+
+    return parse_size(v)
+
+
+def start(launch: Launch, session, setup) -> None:
+    """Join the job: rank 0 returns (with ``session.mpi`` set); other ranks serve and exit."""
+    from mpi4py import MPI  # initialises MPI: only now, after the node was forked
+
+    from mpray import _global
+
+    from .agent import Agent, abort
+
+    comm = MPI.COMM_WORLD.Dup()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    info = comm.allgather((setup.node_id, dict(setup.resources), socket.gethostname()))
+    up, down = session.agent_rings
+    agent = Agent(MPI, comm, rank, size, info, setup.arena, up, down, setup.node_bell,
+                  _export_bytes(), session.node_pid)
+    agent.hello()
+    _global.cluster = info
+    if rank == 0:
+        session.mpi = MPISession(MPI, comm, agent, launch)
+        return
+    # ---- a serving rank: no user code runs here
+    try:
+        agent.run(lambda: agent.stop_requested)
+        from mpray import api
+
+        api.shutdown()  # this rank's node and workers
+        agent.send(0, ("stopped",))
+        agent.close()
+    except BaseException:  # noqa: BLE001
+        abort(comm, "rank failed while serving:\n" + traceback.format_exc())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(0)

@@ -1,0 +1,164 @@
+"""The node's view of the other nodes (MPI ranks): placement, forwarding, remote objects.
+
+A mixin of ``scheduler.Scheduler`` (pure, no I/O), active only when an agent is attached
+(``attach_cluster``; under MPI every rank's node has one: the rank's MPI process).
+Data flow::
+
+    submit(spec) ─▶ placement: SPREAD round robin, node affinity, infeasible here but
+                    feasible there, or a backlog here while another rank idles
+                 ─▶ ("FWD", rank, spec) to the agent; the task waits here (DISPATCHED,
+                    worker AGENT) holding its arguments, until remote_done(tid, results)
+    an ObjectRef of another rank's object, unknown here (a dependency, get, borrow)
+                 ─▶ a placeholder (Obj.remote) + ("FETCH", oid) to the agent, once;
+                    the agent PUTs the value, which seals the placeholder
+
+Every object's value is kept at the node of the rank in its id (results of forwarded
+tasks come home), so a fetch always asks ``id_rank(oid)``.
+"""
+
+from __future__ import annotations
+
+from . import protocol as P
+from .serialization import ERROR
+from .states import O, T, TASK_TRANSITIONS, _move
+
+AGENT = (1 << (P.RANK_SHIFT - P.PROC_BITS)) - 1  # the rank's MPI process, as seen by its node
+FWD = 60  # node -> agent (op, rank, spec, blob): run this task there (blob: its function,
+#          the first time that rank gets it from this node)
+FETCH = 61  # node -> agent (op, oid): bring this object of another rank here (PUT it)
+REMOTE_DONE = 62  # agent -> node (op, tid, results): a forwarded task ended there
+CLUSTER = 63  # agent -> node (op, rank, [(node_id, resources), ...]): the ranks, once
+LOAD = 64  # agent -> node (op, [(queued, free_cpus), ...]): the ranks' load, now and then
+
+
+class ClusterView:
+    """Placement and remote objects of the Scheduler (uses tasks, objs, out, ready...)."""
+
+    def _init_cluster(self) -> None:
+        self.rank = 0
+        self.agent: int | None = None
+        self.ranks: list[tuple[str, dict]] = []  # per rank: (node_id, total resources)
+        self.load: list[tuple[int, float]] = []  # per rank: (queued, free CPUs)
+        self._spread = 0
+        self.forwarded = 0
+        self.fetching: set[int] = set()
+        self.fids_sent: dict[int, set] = {}  # rank -> functions it has from this node
+
+    def attach_cluster(self, rank: int, ranks: list) -> None:
+        self.rank = rank
+        self.agent = AGENT
+        self.ranks = [(nid, dict(res)) for nid, res in ranks]
+        self.load = [(0, float(res.get("CPU", 0))) for _nid, res in self.ranks]
+
+    def update_load(self, load: list) -> None:
+        self.load = [tuple(x) for x in load]
+
+    # ------------------------------------------------------------------ placement
+    def _placement(self, t) -> int | None:
+        """The rank that should run ``t`` (None: this node)."""
+        if (self.agent is None or len(self.ranks) < 2 or not t.spec[P.S_NRET]
+                or t.creating or t.actor is not None or t.owner == AGENT):
+            return None  # (a task forwarded here runs here: no ping-pong)
+        strategy = t.spec[P.S_STRATEGY]
+        if strategy == "SPREAD":
+            self._spread = (self._spread + 1) % len(self.ranks)
+            target = self._spread
+            return None if target == self.rank else target
+        node_id = getattr(strategy, "node_id", None)
+        if node_id is not None:
+            for r, (nid, _res) in enumerate(self.ranks):
+                if nid == node_id:
+                    return None if r == self.rank else r
+            return None  # unknown node: a soft affinity runs here, a hard one failed
+        if not self._feasible_here(t.resources):
+            for r, (_nid, res) in enumerate(self.ranks):
+                if r != self.rank and _fits_total(res, t.resources):
+                    return r
+            return None
+        return self._spill_target(t)
+
+    def _node_exists(self, node_id: str) -> bool:
+        return node_id == self.node_id or any(nid == node_id for nid, _r in self.ranks)
+
+    def _placement_possible(self, t) -> bool:
+        return any(_fits_total(res, t.resources) for _nid, res in self.ranks)
+
+    def _feasible_here(self, res: tuple) -> bool:
+        total = self.total
+        return all(amount <= total.get(name, 0) + 1e-9 for name, amount in res if amount)
+
+    def _spill_target(self, t) -> int | None:
+        """A backlog here and a rank with room: the paper's lowest estimated wait."""
+        backlog = len(self.ready.get(t.resources, ())) + self.starting
+        cpus = max(1.0, self.total.get("CPU", 1.0))
+        if backlog < 2 * cpus or not self.load:
+            return None
+        best, best_wait = None, backlog / cpus
+        for r, (queued, free) in enumerate(self.load):
+            if r == self.rank or not _fits_total(self.ranks[r][1], t.resources):
+                continue
+            wait = queued / max(1.0, float(self.ranks[r][1].get("CPU", 1.0))) - free
+            if wait < best_wait - 1.0:
+                best, best_wait = r, wait
+        if best is not None:  # count it there until the next load report
+            q, free = self.load[best]
+            self.load[best] = (q + 1, free - 1)
+        return best
+
+    def _forward(self, t, rank: int) -> None:
+        _move(t, T.DISPATCHED, TASK_TRANSITIONS, "task")
+        t.worker = AGENT
+        self.forwarded += 1
+        fid = t.spec[P.S_FID]
+        blob = None
+        sent = self.fids_sent.setdefault(rank, set())
+        if fid not in sent and fid in self.funcs:  # (actor calls name a method instead)
+            sent.add(fid)
+            blob = self.funcs[fid]
+        self.out[AGENT].append((FWD, rank, t.spec, blob))
+
+    def remote_done(self, tid: int, results) -> None:
+        """A task this node forwarded ended on another rank: its values came home."""
+        t = self.tasks.get(tid)
+        if t is None or t.state is not T.DISPATCHED or t.worker != AGENT:
+            return
+        status = P.APP_ERROR if any(kind == ERROR for _o, kind, _p, _c in results) else P.OK
+        self._ended(t, AGENT, status, results, False)
+
+    # ------------------------------------------------------------------ remote objects
+    def _remote_placeholder(self, oid: int, fetch: bool = True):
+        """An object of another rank, not known here: a placeholder that tracks who holds
+        it here, and (``fetch``) a request to bring its value from its home rank."""
+        if self.agent is None or P.id_rank(oid) == self.rank:
+            return None
+        o = self._obj(oid, AGENT)
+        o.remote = True
+        if fetch and oid not in self.fetching:
+            self.fetching.add(oid)
+            self.out[AGENT].append((FETCH, oid))
+        return o
+
+    def put_fetched(self, oid: int, kind: int, payload, contained=()) -> None:
+        """The agent brought an object of another rank: seal the placeholder (or drop the
+        value at once if nobody here wants it any more)."""
+        self.fetching.discard(oid)
+        o = self._obj(oid, AGENT)
+        o.remote = True
+        self.seal(AGENT, oid, kind, payload, contained, owner_has_it=True)
+
+    def _forward_actor_call(self, t) -> bool:
+        """A call to an actor that lives on another rank (phase 1: its creator's)."""
+        if self.agent is None or P.id_rank(t.actor) == self.rank:
+            return False
+        self._forward(t, P.id_rank(t.actor))
+        return True
+
+    def load_report(self) -> tuple[int, float]:
+        return (self.ready_count(), float(self.avail.get("CPU", 0.0)))
+
+
+def _fits_total(total: dict, res: tuple) -> bool:
+    return all(amount <= total.get(name, 0) + 1e-9 for name, amount in res if amount)
+
+
+__all__ = ["AGENT", "CLUSTER", "ClusterView", "FETCH", "FWD", "LOAD", "O", "REMOTE_DONE"]

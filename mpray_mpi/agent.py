@@ -1,0 +1,323 @@
+"""A rank's agent: the one thread of a rank that talks MPI, bridging it to the rank's node.
+
+Data flow::
+
+    node ──FWD/FETCH/OBJ/ALLOC_OK──▶ down ring ─┐                 ┌─▶ isend ("task", "fetch",
+                                                ├─ Agent.step() ──┤     "value", "done", ...)
+    node ◀──SUBMIT/PUT/REMOTE_DONE── up ring  ◀─┘      ▲          └─◀ Iprobe/recv
+                                                       │
+                          export window (Win.Allocate): values other ranks read with Get
+
+The node sees the agent as one more process (``cluster.AGENT``): tasks forwarded to this
+rank are submitted by it (so their results are pushed to it), and objects of other ranks
+are PUT by it.  Object bytes move by RMA: the home rank copies a value from its arena into
+its export window, the reader allocates space in its own arena and ``Get``s the bytes
+straight there (no copy on the reading side), then tells the home rank to free the slot.
+Small values travel inside the messages.
+
+MPICH only progresses passive-target RMA while the target calls MPI, so the agent loop
+keeps calling ``Iprobe`` (polling every 50 µs – 1 ms, longer when idle).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import sys
+import time
+
+from mpray import protocol as P
+from mpray.allocator import Allocator, ArenaFull
+from mpray.cluster import CLUSTER, FETCH, FWD, LOAD, REMOTE_DONE
+from mpray.rings import Ring
+from mpray.serialization import ARENA, ERROR
+
+TAG = 71
+LOAD_INTERVAL = 0.02  # seconds between load reports (global scheduling)
+
+
+class Agent:
+    def __init__(self, MPI, comm, rank: int, size: int, ranks: list, arena, up: Ring,
+                 down: Ring, node_bell, export_bytes: int, node_pid: int) -> None:
+        self.MPI = MPI
+        self.comm = comm
+        self.rank = rank
+        self.size = size
+        self.ranks = ranks
+        self.arena = memoryview(arena)
+        self.up = up  # agent -> node
+        self.down = down  # node -> agent
+        self.node_bell = node_bell
+        self.node_pid = node_pid
+        # collective: every rank creates both windows, in this order
+        self.win = MPI.Win.Allocate(export_bytes, 1, comm=comm)
+        self.expmem = memoryview(self.win.tomemory()).cast("B") if export_bytes else None
+        self.export_alloc = Allocator(export_bytes)
+        self.loadwin = MPI.Win.Allocate(16 * size if rank == 0 else 0, 8, comm=comm)
+        import numpy as np
+
+        self._np = np
+        self.load_table = np.zeros(2 * size, dtype=np.float64)
+        self.reqs: list = []
+        self.status = MPI.Status()
+        self.inbound: dict[int, list] = {}  # forwarded here: tid -> [origin, nret, results]
+        self.result_of: dict[int, int] = {}  # return oid -> tid (forwarded here)
+        self.serving: dict[int, list] = collections.defaultdict(list)  # oid -> ranks asking
+        self.waiting_alloc: dict[int, tuple] = {}  # req -> (nbytes, continuation)
+        self.pending_done: dict[int, list] = {}  # tid -> [results, missing]
+        self._req = 0
+        self.stopped: set[int] = set()
+        self.stop_requested = False
+        self.last_load = 0.0
+
+    # ------------------------------------------------------------------ plumbing
+    def to_node(self, msgs: list) -> None:
+        self.up.push(pickle.dumps(msgs, protocol=5), wake=self.node_bell.force)
+        self.node_bell.ring()
+
+    def send(self, rank: int, msg: tuple) -> None:
+        self.reqs.append(self.comm.isend(msg, dest=rank, tag=TAG))
+
+    def _new_req(self) -> int:
+        self._req += 1
+        return self._req
+
+    def hello(self) -> None:
+        self.to_node([(CLUSTER, self.rank, [(nid, res) for nid, res, _h in self.ranks])])
+
+    # ------------------------------------------------------------------ loop
+    def step(self) -> bool:
+        """One pass: MPI messages, the node's messages, sends completed.  True if busy."""
+        busy = False
+        comm, st = self.comm, self.status
+        while comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=TAG, status=st):
+            src = st.Get_source()
+            self.from_rank(src, comm.recv(source=src, tag=TAG))
+            busy = True
+        frames = self.down.pop_all()
+        for f in frames:
+            for m in pickle.loads(f):
+                self.from_node(m)
+        busy = busy or bool(frames)
+        if self.reqs:
+            self.reqs = [r for r in self.reqs if not r.Test()]
+        now = time.monotonic()
+        if now - self.last_load > LOAD_INTERVAL:
+            self.last_load = now
+            self._check_node()
+            if self.size > 1:
+                self._req_load()
+        return busy
+
+    def _check_node(self) -> None:
+        """This rank's node must be alive, or the job ends (never a silent hang)."""
+        try:
+            pid, status = os.waitpid(self.node_pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.node_pid, 0
+        if pid:
+            abort(self.comm, f"the mpray node process (pid {self.node_pid}) of this rank died "
+                             f"(wait status {status}); ending the job")
+
+    def run(self, until) -> None:
+        """Serve until ``until()`` is true (polling, with a growing pause when idle)."""
+        pause = 50e-6
+        while not until():
+            if self.step():
+                pause = 50e-6
+            else:
+                time.sleep(pause)
+                pause = min(pause * 2, 1e-3)
+
+    # ------------------------------------------------------------------ from the node
+    def from_node(self, m: tuple) -> None:
+        op = m[0]
+        if op == FWD:
+            self.send(m[1], ("task", m[2], m[3]))
+        elif op == FETCH:
+            self.send(P.id_rank(m[1]), ("fetch", m[1]))
+        elif op == P.OBJ:
+            self.on_value(m[1], m[2], m[3], m[4] if len(m) > 4 else ())
+        elif op == P.ALLOC_OK:
+            nbytes, cont = self.waiting_alloc.pop(m[1])
+            if m[2] is None:
+                cont(None, m[3])
+            else:
+                cont(m[2], None)
+        elif op == P.REPLY:
+            self._on_load(m[2])
+
+    def on_value(self, oid: int, kind: int, payload, contains) -> None:
+        """A value this agent waited for: a forwarded task's result, or one to serve."""
+        tid = self.result_of.pop(oid, None)
+        if tid is not None:
+            rec = self.inbound.get(tid)
+            if rec is not None:
+                rec[2].append((oid, kind, self._ship(kind, payload), tuple(contains)))
+                # keep results that hold refs: their owner rank may read those later
+                if not contains:
+                    self.to_node([(P.REFS, (), [oid])])
+                if len(rec[2]) == rec[1]:
+                    del self.inbound[tid]
+                    self.send(rec[0], ("done", tid, rec[2]))
+        asking = self.serving.pop(oid, None)
+        if asking:
+            for r in asking:
+                self.export(r, oid, kind, payload)
+            self.to_node([(P.UNPIN, [oid])])
+
+    def _ship(self, kind: int, payload):
+        if kind != ARENA:
+            return payload
+        return ("bytes", bytes(self.arena[payload[0]: payload[0] + payload[3]]), payload) \
+            if self.expmem is None or payload[3] > self.export_alloc.size else \
+            self._export_desc(payload)
+
+    def _export_desc(self, payload):
+        """Copy an arena value into the export window; its descriptor for a reader."""
+        off, hlen, places, total = payload
+        try:
+            woff = self.export_alloc.alloc(total)
+        except ArenaFull:  # the window is busy: send the bytes in the message
+            return ("bytes", bytes(self.arena[off: off + total]), payload)
+        self.expmem[woff: woff + total] = self.arena[off: off + total]
+        return ("win", self.rank, woff, (0, hlen, places, total))
+
+    def export(self, rank: int, oid: int, kind: int, payload) -> None:
+        self.send(rank, ("value", oid, kind, self._ship(kind, payload)))
+
+    # ------------------------------------------------------------------ from other ranks
+    def from_rank(self, src: int, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "task":
+            _, spec, blob = msg
+            tid = spec[P.S_TID]
+            self.inbound[tid] = [src, spec[P.S_NRET], []]
+            for i in range(spec[P.S_NRET]):
+                self.result_of[tid + 1 + i] = tid
+            self.to_node(([(P.FUNC, spec[P.S_FID], blob)] if blob is not None else [])
+                         + [(P.SUBMIT, spec)])
+        elif kind == "fetch":
+            oid = msg[1]
+            self.serving[oid].append(src)
+            if len(self.serving[oid]) == 1:
+                # PIN first: the value must not be freed between its OBJ and our copy
+                self.to_node([(P.PIN, [oid]), (P.SUBSCRIBE, [oid])])
+        elif kind == "value":
+            _, oid, vkind, desc = msg
+            self.import_value(desc, vkind, lambda k, p: self.to_node([(P.PUT, oid, k, p, ())]))
+        elif kind == "done":
+            _, tid, results = msg
+            got: list = [None] * len(results)
+            state = {"missing": len(results)}
+
+            def finish() -> None:
+                self.to_node([(REMOTE_DONE, tid, got)])
+
+            if not results:
+                finish()
+            for i, (oid, vkind, desc, contained) in enumerate(results):
+                def put(k, p, i=i, oid=oid, contained=contained):
+                    got[i] = (oid, k, p, contained)
+                    state["missing"] -= 1
+                    if state["missing"] == 0:
+                        finish()
+                self.import_value(desc, vkind, put)
+        elif kind == "freeexp":
+            self.export_alloc.free(msg[1])
+        elif kind == "stop":
+            self.stop_requested = True
+        elif kind == "stopped":
+            self.stopped.add(src)
+
+    def import_value(self, desc, kind: int, done) -> None:
+        """Bring a shipped value into this rank's arena; ``done(kind, payload)``."""
+        if kind != ARENA:
+            done(kind, desc)
+            return
+        if desc[0] == "bytes":
+            data, (_o, hlen, places, total) = desc[1], desc[2]
+
+            def copy(off, err):
+                if off is None:
+                    done(ERROR, _store_full(total, err))
+                    return
+                self.arena[off: off + total] = data
+                done(ARENA, (off, hlen, places, total))
+
+            self._alloc(total, copy)
+            return
+        _w, src, woff, (_z, hlen, places, total) = desc
+
+        def fetch(off, err):
+            if off is None:
+                done(ERROR, _store_full(total, err))
+            else:
+                MPI = self.MPI
+                self.win.Lock(src, MPI.LOCK_SHARED)
+                self.win.Get([self.arena[off: off + total], MPI.BYTE], src,
+                             target=(woff, total, MPI.BYTE))
+                self.win.Unlock(src)
+                done(ARENA, (off, hlen, places, total))
+            self.send(src, ("freeexp", woff))
+
+        self._alloc(total, fetch)
+
+    def _alloc(self, nbytes: int, cont) -> None:
+        req = self._new_req()
+        self.waiting_alloc[req] = (nbytes, cont)
+        self.to_node([(P.ALLOC, req, nbytes)])
+
+    # ------------------------------------------------------------------ load (global scheduling)
+    def _req_load(self) -> None:
+        self.to_node([(P.QUERY, self._new_req(), "load")])
+
+    def _on_load(self, mine) -> None:
+        """Publish this rank's (queued, free CPUs) in rank 0's window; read everyone's."""
+        MPI, np = self.MPI, self._np
+        own = np.array(mine, dtype=np.float64)
+        w = self.loadwin
+        w.Lock(0, MPI.LOCK_EXCLUSIVE)
+        w.Put([own, MPI.DOUBLE], 0, target=(2 * self.rank, 2, MPI.DOUBLE))
+        w.Unlock(0)
+        w.Lock(0, MPI.LOCK_SHARED)
+        w.Get([self.load_table, MPI.DOUBLE], 0, target=(0, 2 * self.size, MPI.DOUBLE))
+        w.Unlock(0)
+        t = self.load_table
+        self.to_node([(LOAD, [(int(t[2 * r]), float(t[2 * r + 1])) for r in range(self.size)])])
+
+    # ------------------------------------------------------------------ shutdown
+    def stop_all(self, timeout: float = 10.0) -> bool:
+        """Rank 0: stop every other rank and wait for them (True if all answered)."""
+        for r in range(1, self.size):
+            self.send(r, ("stop",))
+        deadline = time.monotonic() + timeout
+        self.run(lambda: len(self.stopped) >= self.size - 1 or time.monotonic() > deadline)
+        return len(self.stopped) >= self.size - 1
+
+    def close(self) -> None:
+        """Collective: every rank frees the windows."""
+        for r in self.reqs:
+            r.Wait()
+        self.reqs = []
+        if self.expmem is not None:
+            self.expmem.release()
+        self.expmem = None
+        self.win.Free()
+        self.loadwin.Free()
+
+
+def _store_full(total: int, err) -> bytes:
+    from mpray import exceptions as exc
+
+    return pickle.dumps(exc.ObjectStoreFullError(
+        f"cannot bring an object of {total} bytes from another rank into this rank's "
+        f"object store: {err}"), protocol=5)
+
+
+def abort(comm, message: str, code: int = 1) -> None:
+    """End the whole job now (a rank failed): the message once, then MPI_Abort."""
+    print(f"mpray (rank {comm.Get_rank()}, pid {os.getpid()}): {message}", file=sys.stderr,
+          flush=True)
+    comm.Abort(code)
