@@ -194,7 +194,6 @@ class ActorServer:
             async with sem:
                 while True:
                     stored: list = []
-                    client.hold(1)
                     try:
                         if tid in client.dropped_tasks:
                             raise asyncio.CancelledError()
@@ -204,15 +203,21 @@ class ActorServer:
                         if inspect.isawaitable(result):
                             result = await result
                         del args, kwargs
-                        wl.store_results(tid, result, nret, name, stored)
-                        result = None
-                        status, retryable = P.OK, False
                     except asyncio.CancelledError:
-                        client.hold(-1)
                         raise
                     except BaseException as e:  # noqa: BLE001 - the call's error
+                        client.hold(1)  # (report() releases it)
                         status, stored, retryable = wl.failed(tid, e, name, nret, retry_exc,
                                                               stored)
+                    else:
+                        client.hold(1)  # releases wait for the DONE (see WorkerLoop.execute)
+                        try:
+                            wl.store_results(tid, result, nret, name, stored)
+                            status, retryable = P.OK, False
+                        except BaseException as e:  # noqa: BLE001
+                            status, stored, retryable = wl.failed(tid, e, name, nret,
+                                                                  retry_exc, stored)
+                        result = None
                     if status == P.APP_ERROR and retryable and retries != 0:
                         retries -= 1
                         client.hold(-1)

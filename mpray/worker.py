@@ -178,8 +178,7 @@ class WorkerLoop:
         client = self.client
         client.current_task = tid
         stored: list[tuple] = []
-        # releases wait until report() sent the DONE that registers what results hold
-        client.hold(1)
+        held = False
         try:
             fn = get_fn()
             args, kwargs = self.load_args(args_blob, deps)
@@ -189,11 +188,18 @@ class WorkerLoop:
             finally:
                 self.in_user = False
             del args, kwargs
+            # from here until report() sent the DONE that registers what the results
+            # hold, this process's releases wait (not while the function runs: a task
+            # blocked in get must still hand back work and release what it dropped)
+            client.hold(1)
+            held = True
             self.store_results(tid, result, nret, name, stored)
             result = None  # drop the last return value now, before DONE goes out
             return P.OK, stored, False
         except BaseException as e:  # noqa: BLE001 - every failure becomes the task's error
             self.in_user = False
+            if not held:
+                client.hold(1)  # (report() releases it)
             return self.failed(tid, e, name, nret, retry_exc, stored)
         finally:
             client.current_task = None

@@ -124,3 +124,14 @@ def test_many_parents_many_children_repeatedly(ray_module):
     for _ in range(10):
         refs = [parent.remote(10) for _ in range(20)]
         assert [t for t, _ in mpray.get(refs, timeout=60)] == [450] * 20
+
+
+def test_a_running_task_does_not_hold_back_its_messages(ray_module):
+    """Only serialising results holds releases back: while the function runs (maybe
+    blocked in get), what it drops and the work it hands back must go out at once."""
+
+    @mpray.remote
+    def held_inside():
+        return mpray.api._global.client.hold_releases
+
+    assert mpray.get(held_inside.remote()) == 0

@@ -1,0 +1,69 @@
+"""Run under mpiexec -n N (N >= 2): actors reached from every rank, work spilling over.
+
+Prints "OK actors_spill" on rank 0 when every check held."""
+
+import faulthandler
+import signal
+import time
+
+import mpray as ray
+from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
+
+faulthandler.register(signal.SIGUSR2, all_threads=True)  # a hang: kill -USR2 dumps stacks
+ray.init()
+ids = [n["NodeID"] for n in ray.nodes()]
+last = Affinity(ids[-1], soft=False)
+
+
+@ray.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def inc(self):
+        self.n += 1
+        return self.n
+
+    def node(self):
+        return ray.get_runtime_context().get_node_id()
+
+
+@ray.remote
+def call_from_there(counter, k):
+    out = [ray.get(counter.inc.remote()) for _ in range(k)]
+    return out, ray.get_runtime_context().get_node_id()
+
+
+# an actor of the driver's rank, called from a task on another rank through its handle
+c = Counter.remote()
+assert ray.get(c.inc.remote()) == 1
+vals, ran_on = ray.get(call_from_there.options(scheduling_strategy=last).remote(c, 3))
+assert ran_on == ids[-1] and vals == [2, 3, 4], (vals, ran_on)
+assert ray.get(c.inc.remote()) == 5
+
+
+# an actor created by a task on another rank lives there; the driver calls it, in order
+@ray.remote
+def make_counter():
+    h = Counter.remote()
+    ray.get(h.inc.remote())
+    return h
+
+
+h = ray.get(make_counter.options(scheduling_strategy=last).remote())
+assert ray.get(h.node.remote()) == ids[-1]
+assert ray.get([h.inc.remote() for _ in range(20)]) == list(range(2, 22))
+
+
+# default-strategy work spills over to idle ranks when this rank has a backlog
+@ray.remote
+def busy(x):
+    time.sleep(0.01)
+    return ray.get_runtime_context().get_node_id()
+
+
+where = ray.get([busy.remote(i) for i in range(40 * len(ids))])
+assert len(set(where)) >= 2, f"no task ran on another rank: {set(where)}"
+
+ray.shutdown()
+print("OK actors_spill", flush=True)

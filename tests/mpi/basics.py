@@ -1,0 +1,106 @@
+"""Run under mpiexec -n N (N >= 2): ranks are nodes; tasks placed, objects moved by RMA.
+
+Prints "OK basics" on rank 0 when every check held (ranks > 0 never get past init)."""
+
+import faulthandler
+import os
+import signal
+
+import numpy as np
+
+import mpray as ray
+from mpray import exceptions as exc
+from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
+
+faulthandler.register(signal.SIGUSR2, all_threads=True)  # a hang: kill -USR2 dumps stacks
+ray.init()
+size = int(os.environ.get("PMI_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 0)
+nodes = ray.nodes()
+assert len(nodes) == size, (len(nodes), size)
+assert [n["MPIRank"] for n in nodes] == list(range(size))
+ids = [n["NodeID"] for n in nodes]
+assert len(set(ids)) == size
+assert ray.cluster_resources()["CPU"] == sum(n["Resources"]["CPU"] for n in nodes)
+assert ray.get_runtime_context().get_node_id() == ids[0]
+
+
+@ray.remote
+def where(x):
+    return ray.get_runtime_context().get_node_id(), x * 2
+
+
+# SPREAD reaches every rank; results come home in order
+out = ray.get([where.options(scheduling_strategy="SPREAD").remote(i) for i in range(4 * size)])
+assert {o[0] for o in out} == set(ids), out
+assert [o[1] for o in out] == [2 * i for i in range(4 * size)]
+
+# node affinity pins a task to a rank; a hard affinity to a missing node fails clearly
+for nid in ids:
+    assert ray.get(where.options(scheduling_strategy=Affinity(nid, soft=False)).remote(1))[0] == nid
+try:
+    ray.get(where.options(scheduling_strategy=Affinity("00" * 8, soft=False)).remote(1))
+    raise AssertionError("a hard affinity to a missing node ran")
+except exc.TaskUnschedulableError as e:
+    assert "does not exist" in str(e)
+assert ray.get(where.options(scheduling_strategy=Affinity("00" * 8, soft=True)).remote(2))[1] == 4
+
+last = Affinity(ids[-1], soft=False)
+
+
+@ray.remote
+def make(n):
+    return np.arange(n, dtype=np.float64)
+
+
+@ray.remote
+def total(a):
+    return float(a.sum())
+
+
+# a large result travels home by RMA; a large argument travels out by RMA
+n = 3_000_000
+a = ray.get(make.options(scheduling_strategy=last).remote(n))
+assert a.shape == (n,) and a[-1] == n - 1 and not a.flags.writeable
+ref = ray.put(np.ones(n))
+assert ray.get(total.options(scheduling_strategy=last).remote(ref)) == float(n)
+# chained across ranks: an argument that is the (pending) result of another rank's task
+r1 = make.options(scheduling_strategy=Affinity(ids[1], soft=False)).remote(1000)
+assert ray.get(total.options(scheduling_strategy=last).remote(r1)) == float(sum(range(1000)))
+
+
+# objects created on another rank, their refs returned to the driver
+@ray.remote
+def put_there(n):
+    return [ray.put(np.full(n, 7.0)), ray.put("small")]
+
+
+big_ref, small_ref = ray.get(put_there.options(scheduling_strategy=last).remote(500_000))
+assert ray.get(small_ref) == "small"
+assert float(ray.get(big_ref).sum()) == 7.0 * 500_000
+
+
+# nested: a task on another rank spreads its own tasks over the ranks
+@ray.remote
+def fan_out(k):
+    refs = [where.options(scheduling_strategy="SPREAD").remote(i) for i in range(k)]
+    return sorted({r[0] for r in ray.get(refs)}), ray.get_runtime_context().get_node_id()
+
+
+seen, ran_on = ray.get(fan_out.options(scheduling_strategy=last).remote(4 * size))
+assert ran_on == ids[-1] and set(seen) == set(ids), (seen, ids)
+
+
+# errors keep their type across ranks
+@ray.remote
+def boom():
+    raise KeyError("remote failure")
+
+
+try:
+    ray.get(boom.options(scheduling_strategy=last).remote())
+    raise AssertionError("no error")
+except KeyError as e:
+    assert isinstance(e, exc.RayTaskError) and "remote failure" in str(e)
+
+ray.shutdown()
+print("OK basics", flush=True)

@@ -1,0 +1,144 @@
+"""The MPI backend's pure parts: launcher detection, and the node's cluster view
+(placement, forwarding, remote objects) driven event by event without processes."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from mpray import exceptions as exc
+from mpray import protocol as P
+from mpray.cluster import AGENT, FETCH, FWD
+from mpray.scheduler import Scheduler, TaskState
+from mpray.serialization import ERROR, INLINE
+from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
+from mpray_mpi.launch import detect
+
+T = TaskState
+FID = 7
+NONE = pickle.dumps(None)
+RANK1 = P.id_base(1, 3)  # ids made by process 3 of rank 1
+
+
+# ----------------------------------------------------------------------------- launch
+
+
+@pytest.mark.parametrize("env, want", [
+    ({}, None),
+    ({"PMI_RANK": "1", "PMI_SIZE": "4", "MPI_LOCALNRANKS": "2"}, (1, 4, 2, "PMI_RANK")),
+    ({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2"}, (0, 2, 1,
+                                                                  "OMPI_COMM_WORLD_RANK")),
+    ({"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "8", "SLURM_STEP_TASKS_PER_NODE": "4(x2)"},
+     (3, 8, 4, "SLURM_PROCID")),
+    ({"PMI_RANK": "0", "PMI_SIZE": "1"}, None),  # one rank: plain single host
+    ({"PMI_RANK": "0", "PMI_SIZE": "1", "MPRAY_BACKEND": "mpi"}, (0, 1, 1, "PMI_RANK")),
+    ({"PMI_RANK": "1", "PMI_SIZE": "4", "MPRAY_BACKEND": "local"}, None),
+    ({"MPRAY_BACKEND": "mpi"}, (0, 1, 1, "MPRAY_BACKEND")),
+    ({"SLURM_JOB_ID": "12", "SLURM_NTASKS": "4"}, None),  # a batch script, not a step
+])
+def test_launch_detection(env, want):
+    got = detect(env)
+    assert (None if got is None else (got.rank, got.size, got.local_size, got.via)) == want
+
+
+def test_bad_backend_is_named():
+    with pytest.raises(ValueError, match="MPRAY_BACKEND"):
+        detect({"MPRAY_BACKEND": "yes"})
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+def sched(rank=0, nranks=3, cpus=1.0, workers=1, gpu_rank=None) -> Scheduler:
+    s = Scheduler({"CPU": cpus}, node_id=f"n{rank}")
+    s.register_function(FID, b"<f>")
+    for wid in range(1, workers + 1):
+        s.worker_started(wid)
+    ranks = [(f"n{r}", {"CPU": cpus, **({"GPU": 1.0} if r == gpu_rank else {})})
+             for r in range(nranks)]
+    s.attach_cluster(rank, ranks)
+    return s
+
+
+def spec(tid, res=None, strategy=None, deps=()) -> tuple:
+    return (tid, FID, "f", b"args", tuple(deps), 1, res or {"CPU": 1.0}, 0, False, (), strategy)
+
+
+def fwds(s: Scheduler) -> list[tuple]:
+    got = [m for m in s.out.get(AGENT, []) if m[0] == FWD]
+    s.out[AGENT] = [m for m in s.out.get(AGENT, []) if m[0] != FWD]
+    return got
+
+
+def test_spread_goes_round_robin_over_the_ranks():
+    s = sched()
+    for i in range(6):
+        s.submit(0, spec(100 + 10 * i, strategy="SPREAD"))
+    sent = fwds(s)
+    assert sorted(m[1] for m in sent) == [1, 1, 2, 2]  # two of six stay here (rank 0)
+    assert sent[0][3] == b"<f>" and all(m[3] is None for m in sent[1:] if m[1] == sent[0][1])
+    assert all(s.tasks[m[2][P.S_TID]].worker == AGENT for m in sent)
+
+
+def test_node_affinity_forwards_and_a_missing_hard_node_fails():
+    s = sched()
+    s.submit(0, spec(100, strategy=Affinity("n2", soft=False)))
+    assert [m[1] for m in fwds(s)] == [2]
+    s.submit(0, spec(110, strategy=Affinity("nX", soft=False)))
+    assert isinstance(pickle.loads(s.objs[111].payload), exc.TaskUnschedulableError)
+    s.submit(0, spec(120, strategy=Affinity("nX", soft=True)))
+    s.schedule()
+    assert fwds(s) == [] and s.tasks[120].worker == 1  # runs here
+
+
+def test_infeasible_here_goes_where_it_fits_without_a_warning():
+    s = sched(gpu_rank=1)
+    s.submit(0, spec(100, res={"CPU": 1.0, "GPU": 1.0}))
+    assert [m[1] for m in fwds(s)] == [1]
+    assert not [a for a in s.actions if a[0] == "warn"]
+
+
+def test_a_backlog_spills_to_the_least_loaded_rank():
+    s = sched(workers=1)
+    s.update_load([(10, 0.0), (0, 1.0), (5, 0.0)])
+    for i in range(6):
+        s.submit(0, spec(100 + 10 * i))
+    s.schedule()
+    assert {m[1] for m in fwds(s)} == {1}
+
+
+def test_forwarded_tasks_run_where_they_arrive():
+    s = sched(rank=1)
+    s.submit(AGENT, spec(RANK1 + 100, strategy="SPREAD"))
+    s.schedule()
+    assert fwds(s) == [] and s.tasks[RANK1 + 100].worker == 1
+
+
+def test_remote_done_seals_the_results_for_their_owner():
+    s = sched()
+    s.submit(0, spec(100, strategy=Affinity("n1", soft=False)))
+    fwds(s)
+    s.remote_done(100, [(101, INLINE, NONE, ())])
+    assert s.objs[101].kind == INLINE and (P.OBJ, 101, INLINE, NONE) in s.out[0]
+    assert 100 not in s.tasks
+    s.submit(0, spec(110, strategy=Affinity("n1", soft=False)))
+    s.remote_done(110, [(111, ERROR, b"err", ())])
+    assert s.objs[111].kind == ERROR and s.stats["failed"] == 1
+
+
+def test_another_ranks_object_is_fetched_once_and_freed_with_its_holders():
+    s = sched()
+    remote = RANK1 + 5
+    s.submit(0, spec(100, deps=[(0, remote)]))
+    s.submit(0, spec(110, deps=[(0, remote)]))
+    assert [m for m in s.out[AGENT] if m[0] == FETCH] == [(FETCH, remote)]
+    assert s.tasks[100].state is T.PENDING_ARGS
+    s.put_fetched(remote, INLINE, NONE)
+    assert s.tasks[100].state is not T.PENDING_ARGS
+    # a borrowed ref only tracks holders (no fetch) and goes with them
+    other = RANK1 + 9
+    s.refs(2, [other], ())
+    assert other in s.objs and (FETCH, other) not in s.out[AGENT]
+    s.refs(2, (), [other])
+    assert other not in s.objs

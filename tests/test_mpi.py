@@ -1,0 +1,95 @@
+"""The MPI backend, end to end: the scripts in tests/mpi/ under ``mpiexec -n 2`` and
+``-n 4`` (4 ranks oversubscribe this 2-core machine), each bounded by a timeout.
+
+Every script asserts on its own and prints ``OK <name>`` on rank 0 when it got to the
+end; here we check that, the exit status, and that no rank left a process or a session
+directory behind.  The launcher and mpi4py come from ``pip install mpi4py mpich`` (the
+README's test command).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from conftest import session_dir_base
+
+pytest.importorskip("mpi4py")
+MPIEXEC = shutil.which("mpiexec")
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install mpich)")
+HERE = os.path.dirname(os.path.abspath(__file__))
+TIMEOUT = 120
+
+
+def _dirs() -> set[str]:
+    try:
+        return set(os.listdir(session_dir_base()))
+    except FileNotFoundError:
+        return set()
+
+
+def run_mpi(script: str, ranks: int, env: dict | None = None) -> subprocess.CompletedProcess:
+    before = _dirs()
+    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, os.path.join(HERE, "mpi", script)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        # kill the launcher's whole process group (it started every rank), by PID
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, 9)
+        for k in kids:
+            try:
+                k.kill()
+            except psutil.Error:
+                pass
+        out, _ = proc.communicate()
+        pytest.fail(f"mpiexec -n {ranks} {script} hung for {TIMEOUT} s:\n{out[-4000:]}")
+    # every rank's node and workers are gone, and so are their session directories
+    deadline = time.monotonic() + 5
+    while _dirs() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (_dirs() - before), f"session directories left: {_dirs() - before}"
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, None)
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("script", ["basics.py", "actors_spill.py"])
+def test_script_passes_under_mpiexec(script: str, ranks: int):
+    r = run_mpi(script, ranks)
+    name = script[:-3]
+    assert r.returncode == 0 and f"OK {name}" in r.stdout, r.stdout[-4000:]
+    assert r.stdout.count(f"OK {name}") == 1  # only rank 0 gets past init()
+
+
+def test_driver_exception_ends_the_job_promptly():
+    t0 = time.monotonic()
+    r = run_mpi("fails.py", 4)
+    took = time.monotonic() - t0
+    assert r.returncode != 0
+    assert r.stdout.count("RuntimeError: the driver failed on purpose") == 1, r.stdout
+    assert took < 10 + 5, f"the job took {took:.1f} s to end"  # (+ launcher start-up)
+
+
+def test_single_rank_launch_runs_single_host(tmp_path):
+    """mpiexec -n 1 needs no MPI at all; MPRAY_BACKEND=local forces single-host mode."""
+    script = tmp_path / "one.py"
+    script.write_text(
+        "import mpray as ray, sys\n"
+        "ray.init()\n"
+        "assert len(ray.nodes()) == 1\n"
+        "assert 'mpi4py' not in sys.modules, 'single-host mode imported mpi4py'\n"
+        "print('OK one', ray.get(ray.remote(lambda: 42).remote()))\n"
+        "ray.shutdown()\n")
+    for ranks, env in ((1, {}), (2, {"MPRAY_BACKEND": "local"})):
+        out = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, str(script)],
+                             capture_output=True, text=True, timeout=TIMEOUT,
+                             env={**os.environ, **env})
+        assert out.returncode == 0 and out.stdout.count("OK one 42") == ranks, out
