@@ -117,8 +117,9 @@ def _rank_share(args: dict, local_ranks: int) -> dict:
     driver leases are off so the node sees every task (it spills work to other ranks)."""
     env = os.environ
     args = dict(args)
+    # (inside a SLURM step, detection already gives each task its share of the node)
     if args.get("num_cpus") is None and not env.get("MPRAY_NUM_CPUS") \
-            and not env.get("SLURM_CPUS_PER_TASK"):
+            and not env.get("SLURM_CPUS_ON_NODE") and not env.get("SLURM_CPUS_PER_TASK"):
         from . import resources as R
 
         args["num_cpus"] = max(1, R.detect_num_cpus() // local_ranks)

@@ -29,6 +29,7 @@ FETCH = 61  # node -> agent (op, oid): bring this object of another rank here (P
 REMOTE_DONE = 62  # agent -> node (op, tid, results): a forwarded task ended there
 CLUSTER = 63  # agent -> node (op, rank, [(node_id, resources), ...]): the ranks, once
 LOAD = 64  # agent -> node (op, [(queued, free_cpus), ...]): the ranks' load, now and then
+SPILL_MIN_TASK_S = 0.002  # moving a task to another rank costs about this much
 
 
 class ClusterView:
@@ -88,22 +89,46 @@ class ClusterView:
         return all(amount <= total.get(name, 0) + 1e-9 for name, amount in res if amount)
 
     def _spill_target(self, t) -> int | None:
-        """A backlog here and a rank with room: the paper's lowest estimated wait."""
-        backlog = len(self.ready.get(t.resources, ())) + self.starting
-        cpus = max(1.0, self.total.get("CPU", 1.0))
-        if backlog < 2 * cpus or not self.load:
+        """Work waits here: the rank with the lowest estimated wait (the paper's rule:
+        queued work × mean task time, plus the cost of moving the task), if it is lower
+        than here.  Tasks shorter than moving them costs stay (they would only slow)."""
+        backlog = len(self.ready.get(t.resources, ()))
+        mean = self.mean_task_s
+        if not backlog or mean < SPILL_MIN_TASK_S or not self.load:
             return None
-        best, best_wait = None, backlog / cpus
+        cpus = max(1.0, self.total.get("CPU", 1.0))
+        best, best_wait = None, backlog / cpus * mean
         for r, (queued, free) in enumerate(self.load):
             if r == self.rank or not _fits_total(self.ranks[r][1], t.resources):
                 continue
-            wait = queued / max(1.0, float(self.ranks[r][1].get("CPU", 1.0))) - free
-            if wait < best_wait - 1.0:
+            rcpus = max(1.0, float(self.ranks[r][1].get("CPU", 1.0)))
+            wait = max(0.0, queued - free) / rcpus * mean + SPILL_MIN_TASK_S
+            if wait < best_wait:
                 best, best_wait = r, wait
         if best is not None:  # count it there until the next load report
             q, free = self.load[best]
             self.load[best] = (q + 1, free - 1)
         return best
+
+    def _spill_queue(self, q) -> None:
+        """Move tasks from the tail of a ready queue that waits here to ranks where
+        they would start sooner (each move counts against that rank until its next
+        load report, so a burst does not all go to one rank)."""
+        if self.mean_task_s < SPILL_MIN_TASK_S or len(self.ranks) < 2:
+            return
+        for _ in range(len(q)):
+            t = self.tasks.get(q[-1])
+            if t is None or t.state is not T.READY:
+                q.pop()
+                continue
+            if (t.owner == AGENT or t.creating or not t.spec[P.S_NRET]
+                    or t.spec[P.S_STRATEGY] not in (None, "DEFAULT")):
+                return
+            target = self._spill_target(t)
+            if target is None:
+                return
+            q.pop()
+            self._forward(t, target)
 
     def _forward(self, t, rank: int) -> None:
         _move(t, T.DISPATCHED, TASK_TRANSITIONS, "task")

@@ -373,6 +373,7 @@ class Node:
         handle = self._handle
         while self.running:
             busy = False
+            s.now = time.monotonic()
             for proc, up in self._inbound():
                 frames = up.pop_all()
                 if frames:

@@ -27,7 +27,7 @@ from . import exceptions as exc
 from . import protocol as P
 from .actor_table import ACTOR_MARK, ActorTable
 from .allocator import Allocator
-from .cluster import AGENT, ClusterView
+from .cluster import AGENT, ClusterView  # noqa: F401 - AGENT: the agent proc id
 from .objects import Obj, ObjectDirectory
 from .serialization import ERROR
 from .states import (OBJ_TRANSITIONS, TASK_TRANSITIONS, WORKER_TRANSITIONS, O, ObjState,
@@ -47,7 +47,7 @@ def _amount(shape: tuple, name: str) -> float:
 
 class Task:
     __slots__ = ("key", "spec", "owner", "parent", "resources", "retries_left", "state",
-                 "missing", "worker", "cancel", "history", "actor", "creating")
+                 "missing", "worker", "cancel", "history", "actor", "creating", "started")
 
     def __init__(self, key: int, spec: tuple, owner: int, parent: int | None,
                  resources: tuple, retries_left: int) -> None:
@@ -59,6 +59,7 @@ class Task:
         self.retries_left = retries_left
         self.state = T.PENDING_ARGS
         self.missing = 0
+        self.started = 0.0
         self.worker: int | None = None
         self.cancel = False
         self.history = [T.PENDING_ARGS]
@@ -132,6 +133,8 @@ class Scheduler(ObjectDirectory, ActorTable, ClusterView):
         self.stats = {"submitted": 0, "finished": 0, "failed": 0, "retried": 0}
         self._init_actors()
         self._init_cluster()
+        self.now = 0.0  # set by the node's loop before each batch of events
+        self.mean_task_s = 0.0  # moving average of task durations here
 
     # ------------------------------------------------------------------ helpers
     def _send(self, proc: int, msg: tuple) -> None:
@@ -317,6 +320,8 @@ class Scheduler(ObjectDirectory, ActorTable, ClusterView):
                     break
                 q.popleft()
                 self._dispatch(t, self.workers[self.idle.pop()])
+            if q and self.agent is not None:
+                self._spill_queue(q)  # work waits here: some may go to idle ranks
             if q and self.depth > 1 and len(q) >= 2 * len(self.workers):
                 # a backlog: queue behind running tasks.  Not for a short queue, where a
                 # task parked behind a long one would wait while another worker idles.
@@ -391,6 +396,7 @@ class Scheduler(ObjectDirectory, ActorTable, ClusterView):
             fblob = self.funcs.get(fid)
             w.fids.add(fid)
         t.worker = w.key
+        t.started = self.now
         _move(t, T.DISPATCHED, TASK_TRANSITIONS, "task")
         if t.creating:  # the worker becomes this actor for the rest of its life
             a = self.actors[t.key]
@@ -476,6 +482,8 @@ class Scheduler(ObjectDirectory, ActorTable, ClusterView):
         self._ended(t, wid, status, results, delivered)
 
     def _ended(self, t: Task, wid: int, status: int, results, delivered: bool) -> None:
+        if t.started and wid != AGENT:  # how long tasks take here (the spill rule's clock)
+            self.mean_task_s += 0.05 * ((self.now - t.started) - self.mean_task_s)
         if status == P.APP_ERROR:
             _move(t, T.FAILED, TASK_TRANSITIONS, "task")
             self.stats["failed"] += 1

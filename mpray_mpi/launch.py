@@ -54,7 +54,8 @@ def detect(env: Mapping[str, str] | None = None) -> Launch | None:
         rank, size = _int(env.get(rank_var)), _int(env.get(size_var))
         if rank is None or size is None:
             continue
-        local = _int(env.get(local_var)) or 1
+        local = (_int(env.get(local_var)) or _int(env.get("SLURM_STEP_TASKS_PER_NODE"))
+                 or _int(env.get("SLURM_NTASKS_PER_NODE")) or 1)
         if size > 1 or backend == "mpi":
             return Launch(rank, size, max(1, local), rank_var)
         return None
