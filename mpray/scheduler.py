@@ -27,7 +27,7 @@ from . import exceptions as exc
 from . import protocol as P
 from .actor_table import ACTOR_MARK, ActorTable
 from .allocator import Allocator
-from .cluster import AGENT, ClusterView  # noqa: F401 - AGENT: the agent proc id
+from .cluster import AGENT, ClusterView
 from .objects import Obj, ObjectDirectory
 from .serialization import ERROR
 from .states import (OBJ_TRANSITIONS, TASK_TRANSITIONS, WORKER_TRANSITIONS, O, ObjState,

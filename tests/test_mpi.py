@@ -69,6 +69,13 @@ def test_script_passes_under_mpiexec(script: str, ranks: int):
     assert r.stdout.count(f"OK {name}") == 1  # only rank 0 gets past init()
 
 
+@pytest.mark.parametrize("program, ok", [("mpi_demo.py", "OK mpi_demo"),
+                                         ("quickstart.py", "shutdown:")])
+def test_examples_run_under_mpiexec_4(program, ok):
+    r = run_mpi(os.path.join("..", "..", "examples", program), 4)
+    assert r.returncode == 0 and r.stdout.count(ok) == 1, r.stdout[-4000:]
+
+
 def test_driver_exception_ends_the_job_promptly():
     t0 = time.monotonic()
     r = run_mpi("fails.py", 4)

@@ -24,6 +24,7 @@ import sys
 import time
 
 CPUS = 8
+MUNGE_PID = "/run/munge/munged.pid"
 
 CONF = """\
 ClusterName=mpray-ci
@@ -54,7 +55,7 @@ InactiveLimit=0
 KillWait=5
 MinJobAge=30
 NodeName={host} CPUs={cpus} State=UNKNOWN
-PartitionName=debug Nodes={host} Default=YES MaxTime=10 State=UP OverSubscribe=YES
+PartitionName=debug Nodes={host} Default=YES MaxTime=60 State=UP OverSubscribe=YES
 """
 
 
@@ -66,9 +67,12 @@ def _free_port() -> int:
 
 def _pids(d: str) -> list[int]:
     out = []
-    for name in ("slurmctld.pid", "slurmd.pid"):
+    files = [os.path.join(d, "slurmctld.pid"), os.path.join(d, "slurmd.pid")]
+    if os.path.exists(os.path.join(d, "munge.started")):
+        files.append(MUNGE_PID)
+    for path in files:
         try:
-            out.append(int(open(os.path.join(d, name)).read().strip()))
+            out.append(int(open(path).read().strip()))
         except (OSError, ValueError):
             pass
     return out
@@ -90,6 +94,7 @@ def up(d: str, timeout: float = 30.0) -> dict:
     if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
         os.makedirs("/run/munge", exist_ok=True)
         subprocess.run(["munged", "--force"], check=True, timeout=10)
+        open(os.path.join(d, "munge.started"), "w").close()  # ours: down() stops it
     subprocess.run(["slurmctld", "-f", conf], check=True, timeout=20, env=env)
     subprocess.run(["slurmd", "-f", conf], check=True, timeout=20, env=env)
     deadline = time.monotonic() + timeout
