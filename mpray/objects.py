@@ -92,7 +92,9 @@ class ObjectDirectory:
         o.kind, o.payload = kind, payload
         o.contains = tuple(contained)
         for c in o.contains:
-            co = self.objs.get(c)
+            # (another rank's object gets its placeholder now, so that the count this
+            # containment adds is the one its release takes away)
+            co = self.objs.get(c) or self._remote_placeholder(c, fetch=False)
             if co is not None:
                 co.contained_in += 1
         _move(o, O.IN_ARENA if kind == ARENA else O.INLINE, OBJ_TRANSITIONS, "object")
