@@ -104,11 +104,14 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         if launch is not None:
             args = _rank_share(args, launch.local_size)
         cfg = C.resolve(args)
-        _start(cfg, namespace, launch)
-        if launch is not None:
+        conn = None
+        if launch is not None:  # MPI starts before the node is forked (see mpray_mpi)
             import mpray_mpi
 
-            mpray_mpi.start(launch, _global.session, _global.session.setup)
+            conn = mpray_mpi.connect(launch, cfg.object_store_memory)
+        _start(cfg, namespace, launch, conn.arena if conn is not None else None)
+        if conn is not None:
+            mpray_mpi.start(launch, _global.session, _global.session.setup, conn)
         return _context()
 
 
@@ -132,14 +135,16 @@ def _rank_share(args: dict, local_ranks: int) -> dict:
     return args
 
 
-def _start(cfg: C.Config, namespace: str | None, launch=None) -> None:
+def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> None:
     session_dir = _make_session_dir(cfg.tmpdir)
-    fd = os.memfd_create("mpray-arena", os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, cfg.object_store_memory)
-        arena = mmap.mmap(fd, cfg.object_store_memory, flags=mmap.MAP_SHARED)
-    finally:
-        os.close(fd)  # the mapping keeps the memory; it dies with the last process
+    if arena is None:
+        fd = os.memfd_create("mpray-arena", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, cfg.object_store_memory)
+            arena = mmap.mmap(fd, cfg.object_store_memory, flags=mmap.MAP_SHARED)
+        finally:
+            os.close(fd)  # the mapping keeps the memory; it dies with the last process
+    # (else: under MPI, the store is an MPI window's shared memory, see mpray_mpi)
     cap = cfg.driver_ring_bytes
     ctrl = anonymous_shared(128 + 2 * ring_bytes(cap))
     node_id = os.urandom(8).hex()
@@ -297,7 +302,8 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
             except BufferError:
                 pass
         try:
-            st.arena.close()
+            if isinstance(st.arena, mmap.mmap):  # (an MPI window stays until MPI_Finalize)
+                st.arena.close()
         except BufferError:
             pass  # live zero-copy views still use it; it is unmapped when they go
         import shutil

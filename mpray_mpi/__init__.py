@@ -24,7 +24,7 @@ import traceback
 
 from .launch import Launch, detect
 
-__all__ = ["Launch", "MPISession", "detect", "start"]
+__all__ = ["Connection", "Launch", "MPISession", "connect", "detect", "start"]
 
 EXPORT_BYTES = 256 << 20  # default export window per rank (MPRAY_EXPORT_BYTES)
 
@@ -73,20 +73,71 @@ def _export_bytes() -> int:
     return parse_size(v)
 
 
-def start(launch: Launch, session, setup) -> None:
-    """Join the job: rank 0 returns (with ``session.mpi`` set); other ranks serve and exit."""
-    from mpi4py import MPI  # initialises MPI: only now, after the node was forked
+class Connection:
+    """MPI initialised, and (when it can be shared with forked processes) the rank's
+    object store allocated as an MPI window, so other ranks Get objects straight from it."""
 
+    def __init__(self, MPI, comm, arena_win, arena) -> None:
+        self.MPI = MPI
+        self.comm = comm
+        self.arena_win = arena_win
+        self.arena = arena  # None: the store is private memfd memory (export windows)
+
+
+def connect(launch: Launch, arena_bytes: int) -> Connection:
+    """Initialise MPI (before the node is forked: the node and workers inherit the arena
+    window's shared mapping but never call MPI) and allocate the arena window.
+
+    MPICH backs ``Win.Allocate`` on one host with a shared segment, which forked
+    processes share; elsewhere the memory may be private.  Every rank checks with a
+    forked probe and all agree (``MPRAY_MPI_ARENA=copy`` skips it): either every rank's
+    store is a window, or every rank copies values into export windows."""
+    # The arena window is never freed before MPI_Finalize (the driver's zero-copy arrays
+    # may point into it after shutdown()); UCX reports that at exit as a leak warning.
+    os.environ.setdefault("UCX_LOG_LEVEL", "error")
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD.Dup()
+    use = os.environ.get("MPRAY_MPI_ARENA", "window").strip().lower() != "copy"
+    if not comm.allreduce(use, op=MPI.LAND):
+        return Connection(MPI, comm, None, None)
+    win = MPI.Win.Allocate(arena_bytes, 1, comm=comm)
+    mem = memoryview(win.tomemory()).cast("B")
+    shared = _shared_across_fork(mem)
+    if comm.allreduce(shared, op=MPI.LAND):
+        return Connection(MPI, comm, win, mem)
+    mem.release()
+    win.Free()
+    return Connection(MPI, comm, None, None)
+
+
+def _shared_across_fork(mem: memoryview) -> bool:
+    """Does a forked child's write show here?  (MAP_SHARED memory, or not.)"""
+    if len(mem) < 1:
+        return False
+    mem[0] = 0
+    pid = os.fork()
+    if pid == 0:
+        mem[0] = 0x5A
+        os._exit(0)
+    os.waitpid(pid, 0)
+    shared = mem[0] == 0x5A
+    mem[0] = 0
+    return shared
+
+
+def start(launch: Launch, session, setup, conn: Connection) -> None:
+    """Join the job: rank 0 returns (with ``session.mpi`` set); other ranks serve and exit."""
     from mpray import _global
 
     from .agent import Agent, abort
 
-    comm = MPI.COMM_WORLD.Dup()
+    MPI, comm = conn.MPI, conn.comm
     rank, size = comm.Get_rank(), comm.Get_size()
     info = comm.allgather((setup.node_id, dict(setup.resources), socket.gethostname()))
     up, down = session.agent_rings
     agent = Agent(MPI, comm, rank, size, info, setup.arena, up, down, setup.node_bell,
-                  _export_bytes(), session.node_pid)
+                  _export_bytes(), session.node_pid, arena_win=conn.arena_win)
     agent.hello()
     _global.cluster = info
     if rank == 0:

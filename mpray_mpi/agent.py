@@ -41,7 +41,8 @@ IDLE_LOAD_INTERVAL = 1.0  # seconds between load reports of a rank with nothing 
 
 class Agent:
     def __init__(self, MPI, comm, rank: int, size: int, ranks: list, arena, up: Ring,
-                 down: Ring, node_bell, export_bytes: int, node_pid: int) -> None:
+                 down: Ring, node_bell, export_bytes: int, node_pid: int,
+                 arena_win=None) -> None:
         self.MPI = MPI
         self.comm = comm
         self.rank = rank
@@ -52,10 +53,17 @@ class Agent:
         self.down = down  # node -> agent
         self.node_bell = node_bell
         self.node_pid = node_pid
-        # collective: every rank creates both windows, in this order
-        self.win = MPI.Win.Allocate(export_bytes, 1, comm=comm)
-        self.expmem = memoryview(self.win.tomemory()).cast("B") if export_bytes else None
-        self.export_alloc = Allocator(export_bytes)
+        # Where other ranks read this rank's objects from: the arena itself when it is an
+        # MPI window (zero copies), else an export window values are copied into.
+        # Collective: every rank makes the same windows in the same order.
+        self.arena_win = arena_win
+        self.win = None
+        self.expmem = None
+        self.export_alloc = Allocator(0)
+        if arena_win is None:
+            self.win = MPI.Win.Allocate(export_bytes, 1, comm=comm)
+            self.expmem = memoryview(self.win.tomemory()).cast("B") if export_bytes else None
+            self.export_alloc = Allocator(export_bytes)
         self.loadwin = MPI.Win.Allocate(16 * size if rank == 0 else 0, 8, comm=comm)
         import numpy as np
 
@@ -67,7 +75,6 @@ class Agent:
         self.result_of: dict[int, int] = {}  # return oid -> tid (forwarded here)
         self.serving: dict[int, list] = collections.defaultdict(list)  # oid -> ranks asking
         self.waiting_alloc: dict[int, tuple] = {}  # req -> (nbytes, continuation)
-        self.pending_done: dict[int, list] = {}  # tid -> [results, missing]
         self._req = 0
         self.stopped: set[int] = set()
         self.stop_requested = False
@@ -167,38 +174,47 @@ class Agent:
         if tid is not None:
             rec = self.inbound.get(tid)
             if rec is not None:
-                rec[2].append((oid, kind, self._ship(kind, payload), tuple(contains)))
-                # keep results that hold refs: their owner rank may read those later
-                if not contains:
-                    self.to_node([(P.REFS, (), [oid])])
+                # the agent's hold on the result goes when its reader has it (a result
+                # that holds refs stays: its owner rank may read those later)
+                release = ("ref", oid) if not contains else None
+                rec[2].append((oid, kind, self._ship(kind, payload, release), tuple(contains)))
                 if len(rec[2]) == rec[1]:
                     del self.inbound[tid]
                     self.send(rec[0], ("done", tid, rec[2]))
         asking = self.serving.pop(oid, None)
-        if asking:
-            for r in asking:
-                self.export(r, oid, kind, payload)
-            self.to_node([(P.UNPIN, [oid])])
+        for r in asking or ():  # (each asker's PIN goes when it has the value)
+            self.send(r, ("value", oid, kind, self._ship(kind, payload, ("pin", oid))))
 
-    def _ship(self, kind: int, payload):
+    def _ship(self, kind: int, payload, release):
+        """How a reader on another rank gets this value (``release`` is the hold to drop
+        here once it has)."""
         if kind != ARENA:
+            self.release(release)
             return payload
-        return ("bytes", bytes(self.arena[payload[0]: payload[0] + payload[3]]), payload) \
-            if self.expmem is None or payload[3] > self.export_alloc.size else \
-            self._export_desc(payload)
-
-    def _export_desc(self, payload):
-        """Copy an arena value into the export window; its descriptor for a reader."""
+        if self.arena_win is not None:  # read straight from this rank's arena
+            return ("arena", self.rank, payload, release)
         off, hlen, places, total = payload
         try:
+            if self.expmem is None or total > self.export_alloc.size:
+                raise ArenaFull("larger than the export window")
             woff = self.export_alloc.alloc(total)
-        except ArenaFull:  # the window is busy: send the bytes in the message
-            return ("bytes", bytes(self.arena[off: off + total]), payload)
+        except ArenaFull:  # the window is busy or too small: the bytes in the message
+            data = bytes(self.arena[off: off + total])
+            self.release(release)
+            return ("bytes", data, payload)
         self.expmem[woff: woff + total] = self.arena[off: off + total]
+        self.release(release)
         return ("win", self.rank, woff, (0, hlen, places, total))
 
-    def export(self, rank: int, oid: int, kind: int, payload) -> None:
-        self.send(rank, ("value", oid, kind, self._ship(kind, payload)))
+    def release(self, token) -> None:
+        """Drop a hold taken for a reader on another rank."""
+        if token is None:
+            return
+        what, oid = token
+        if what == "pin":
+            self.to_node([(P.UNPIN, [oid])])
+        else:
+            self.to_node([(P.REFS, (), [oid])])
 
     # ------------------------------------------------------------------ from other ranks
     def from_rank(self, src: int, msg: tuple) -> None:
@@ -214,9 +230,8 @@ class Agent:
         elif kind == "fetch":
             oid = msg[1]
             self.serving[oid].append(src)
-            if len(self.serving[oid]) == 1:
-                # PIN first: the value must not be freed between its OBJ and our copy
-                self.to_node([(P.PIN, [oid]), (P.SUBSCRIBE, [oid])])
+            # PIN first (one per asker): the value must stay until that reader has it
+            self.to_node([(P.PIN, [oid]), (P.SUBSCRIBE, [oid])])
         elif kind == "value":
             _, oid, vkind, desc = msg
             self.import_value(desc, vkind, lambda k, p: self.to_node([(P.PUT, oid, k, p, ())]))
@@ -239,6 +254,8 @@ class Agent:
                 self.import_value(desc, vkind, put)
         elif kind == "freeexp":
             self.export_alloc.free(msg[1])
+        elif kind == "release":
+            self.release(msg[1])
         elif kind == "stop":
             self.stop_requested = True
         elif kind == "stopped":
@@ -248,6 +265,20 @@ class Agent:
         """Bring a shipped value into this rank's arena; ``done(kind, payload)``."""
         if kind != ARENA:
             done(kind, desc)
+            return
+        if desc[0] == "arena":  # straight from the home rank's arena (an MPI window)
+            _a, src, (soff, hlen, places, total), release = desc
+
+            def read(off, err):
+                if off is None:
+                    done(ERROR, _store_full(total, err))
+                else:
+                    self._get(self.arena_win, src, soff, off, total)
+                    done(ARENA, (off, hlen, places, total))
+                if release is not None:
+                    self.send(src, ("release", release))
+
+            self._alloc(total, read)
             return
         if desc[0] == "bytes":
             data, (_o, hlen, places, total) = desc[1], desc[2]
@@ -267,15 +298,18 @@ class Agent:
             if off is None:
                 done(ERROR, _store_full(total, err))
             else:
-                MPI = self.MPI
-                self.win.Lock(src, MPI.LOCK_SHARED)
-                self.win.Get([self.arena[off: off + total], MPI.BYTE], src,
-                             target=(woff, total, MPI.BYTE))
-                self.win.Unlock(src)
+                self._get(self.win, src, woff, off, total)
                 done(ARENA, (off, hlen, places, total))
             self.send(src, ("freeexp", woff))
 
         self._alloc(total, fetch)
+
+    def _get(self, win, src: int, soff: int, off: int, total: int) -> None:
+        """RMA Get of ``total`` bytes at ``soff`` in ``src``'s window into our arena."""
+        MPI = self.MPI
+        win.Lock(src, MPI.LOCK_SHARED)
+        win.Get([self.arena[off: off + total], MPI.BYTE], src, target=(soff, total, MPI.BYTE))
+        win.Unlock(src)
 
     def _alloc(self, nbytes: int, cont) -> None:
         req = self._new_req()
@@ -317,8 +351,11 @@ class Agent:
         if self.expmem is not None:
             self.expmem.release()
         self.expmem = None
-        self.win.Free()
+        if self.win is not None:
+            self.win.Free()
         self.loadwin.Free()
+        # (an arena window stays until MPI_Finalize at exit: arrays the user got from
+        # get() may still point into it)
 
 
 def _store_full(total: int, err) -> bytes:

@@ -69,6 +69,13 @@ def test_script_passes_under_mpiexec(script: str, ranks: int):
     assert r.stdout.count(f"OK {name}") == 1  # only rank 0 gets past init()
 
 
+def test_objects_move_by_copying_into_export_windows_too():
+    """MPRAY_MPI_ARENA=copy: the store is private memory, values are copied into a window
+    (the path for MPIs whose window memory forked processes cannot share)."""
+    r = run_mpi("basics.py", 2, env={"MPRAY_MPI_ARENA": "copy"})
+    assert r.returncode == 0 and r.stdout.count("OK basics") == 1, r.stdout[-4000:]
+
+
 @pytest.mark.parametrize("program, ok", [("mpi_demo.py", "OK mpi_demo"),
                                          ("quickstart.py", "shutdown:")])
 def test_examples_run_under_mpiexec_4(program, ok):
