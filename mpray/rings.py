@@ -45,8 +45,10 @@ _fence_lock = threading.Lock()
 
 
 def _barrier() -> None:
-    """Full memory fence on x86 (locked instructions inside sem_trywait/sem_post)."""
-    _fence_lock.acquire(False)
+    """Full memory fence on x86 (locked instructions inside sem_wait/sem_post).  A
+    blocking acquire: threads of one process (the driver and its MPI agent) may fence at
+    the same moment, and a failed try-acquire must not release the other's lock."""
+    _fence_lock.acquire()
     _fence_lock.release()
 
 

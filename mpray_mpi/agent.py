@@ -65,6 +65,11 @@ class Agent:
             self.expmem = memoryview(self.win.tomemory()).cast("B") if export_bytes else None
             self.export_alloc = Allocator(export_bytes)
         self.loadwin = MPI.Win.Allocate(16 * size if rank == 0 else 0, 8, comm=comm)
+        # One passive epoch for the whole run, without locks (MODE_NOCHECK: messages
+        # already order who reads what): a Get or Put then completes with Flush, and on
+        # shared-memory windows needs nothing from the target (no waiting for it to poll)
+        for w in self._windows():
+            w.Lock_all(MPI.MODE_NOCHECK)
         import numpy as np
 
         self._np = np
@@ -76,18 +81,31 @@ class Agent:
         self.serving: dict[int, list] = collections.defaultdict(list)  # oid -> ranks asking
         self.waiting_alloc: dict[int, tuple] = {}  # req -> (nbytes, continuation)
         self._req = 0
+        self.node_out: list = []
+        self.outbox: dict[int, list] = collections.defaultdict(list)
         self.stopped: set[int] = set()
         self.stop_requested = False
         self.last_load = 0.0
         self.last_busy = time.monotonic()
 
     # ------------------------------------------------------------------ plumbing
+    # Messages are batched per step: one frame to the node, one MPI message per rank
+    # (a burst of forwarded tasks or results costs one pickle and one send, not many).
     def to_node(self, msgs: list) -> None:
-        self.up.push(pickle.dumps(msgs, protocol=5), wake=self.node_bell.force)
-        self.node_bell.ring()
+        self.node_out.extend(msgs)
 
     def send(self, rank: int, msg: tuple) -> None:
-        self.reqs.append(self.comm.isend(msg, dest=rank, tag=TAG))
+        self.outbox[rank].append(msg)
+
+    def flush(self) -> None:
+        if self.node_out:
+            msgs, self.node_out = self.node_out, []
+            self.up.push(pickle.dumps(msgs, protocol=5), wake=self.node_bell.force)
+            self.node_bell.ring()
+        if self.outbox:
+            out, self.outbox = self.outbox, collections.defaultdict(list)
+            for rank, msgs in out.items():
+                self.reqs.append(self.comm.isend(("batch", msgs), dest=rank, tag=TAG))
 
     def _new_req(self) -> int:
         self._req += 1
@@ -103,7 +121,8 @@ class Agent:
         comm, st = self.comm, self.status
         while comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=TAG, status=st):
             src = st.Get_source()
-            self.from_rank(src, comm.recv(source=src, tag=TAG))
+            for msg in comm.recv(source=src, tag=TAG)[1]:
+                self.from_rank(src, msg)
             busy = True
         frames = self.down.pop_all()
         for f in frames:
@@ -124,6 +143,7 @@ class Agent:
             self._check_node()
             if self.size > 1:
                 self._req_load()
+        self.flush()
         return busy
 
     def _check_node(self) -> None:
@@ -203,6 +223,7 @@ class Agent:
             self.release(release)
             return ("bytes", data, payload)
         self.expmem[woff: woff + total] = self.arena[off: off + total]
+        self.win.Sync()  # (our stores into the window, visible to RMA before we answer)
         self.release(release)
         return ("win", self.rank, woff, (0, hlen, places, total))
 
@@ -304,12 +325,14 @@ class Agent:
 
         self._alloc(total, fetch)
 
+    def _windows(self) -> list:
+        return [w for w in (self.arena_win, self.win, self.loadwin) if w is not None]
+
     def _get(self, win, src: int, soff: int, off: int, total: int) -> None:
         """RMA Get of ``total`` bytes at ``soff`` in ``src``'s window into our arena."""
         MPI = self.MPI
-        win.Lock(src, MPI.LOCK_SHARED)
         win.Get([self.arena[off: off + total], MPI.BYTE], src, target=(soff, total, MPI.BYTE))
-        win.Unlock(src)
+        win.Flush(src)
 
     def _alloc(self, nbytes: int, cont) -> None:
         req = self._new_req()
@@ -325,12 +348,10 @@ class Agent:
         MPI, np = self.MPI, self._np
         own = np.array(mine, dtype=np.float64)
         w = self.loadwin
-        w.Lock(0, MPI.LOCK_EXCLUSIVE)
         w.Put([own, MPI.DOUBLE], 0, target=(2 * self.rank, 2, MPI.DOUBLE))
-        w.Unlock(0)
-        w.Lock(0, MPI.LOCK_SHARED)
+        w.Flush(0)
         w.Get([self.load_table, MPI.DOUBLE], 0, target=(0, 2 * self.size, MPI.DOUBLE))
-        w.Unlock(0)
+        w.Flush(0)
         t = self.load_table
         self.to_node([(LOAD, [(int(t[2 * r]), float(t[2 * r + 1])) for r in range(self.size)])])
 
@@ -345,9 +366,12 @@ class Agent:
 
     def close(self) -> None:
         """Collective: every rank frees the windows."""
+        self.flush()
         for r in self.reqs:
             r.Wait()
         self.reqs = []
+        for w in self._windows():
+            w.Unlock_all()
         if self.expmem is not None:
             self.expmem.release()
         self.expmem = None
