@@ -1,0 +1,321 @@
+#!/usr/bin/env python
+"""mpray's MPI backend beside raw MPI, measured in one run (every figure its own mpiexec).
+
+    python benchmarks/mpi_compare.py                 # 2 and 4 ranks, 5 repeats
+    python benchmarks/mpi_compare.py --ranks 1,2,4,8,16 --repeat 7
+
+Figures (medians of the repeats; ratios > 1 mean mpray is better):
+
+* object fetch between two ranks, 1 KiB / 1 MiB / 100 MiB: ``ray.get`` on rank 0 of an
+  object that lives on rank 1, beside mpi4py's ``Get`` from a ``Win.Allocate`` window of
+  the same size (passive target, lock_all epoch + flush, into a warm buffer);
+* no-op task throughput at N ranks, beside ``mpi4py.futures.MPICommExecutor`` (root
+  submits, N-1 workers run): mpray from the driver (default placement, and SPREAD over
+  every rank) and with one submitting task per rank (each rank's node runs its own);
+* allreduce of a 100 MiB float64 array over N ranks: a ring allreduce written with mpray
+  actors (one per rank, chunks passed actor to actor), beside ``comm.Allreduce``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.abspath(__file__)
+SIZES = [1 << 10, 1 << 20, 100 << 20]
+N_TASKS = 4000
+ALLREDUCE_BYTES = 100 << 20
+
+
+def emit(**rec) -> None:
+    print("RESULT " + json.dumps(rec), flush=True)
+
+
+# ---------------------------------------------------------------------------- raw MPI
+def raw_fetch(repeat: int) -> None:
+    import numpy as np
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    for size in SIZES:
+        win = MPI.Win.Allocate(size if comm.rank == 1 else 0, 1, comm=comm)
+        if comm.rank == 1:
+            np.frombuffer(win.tomemory(), np.uint8)[:] = 1
+        buf = np.zeros(size, np.uint8)
+        win.Lock_all(MPI.MODE_NOCHECK)
+        comm.Barrier()
+        if comm.rank == 0:
+            ts = []
+            for _ in range(repeat + 1):
+                t = time.perf_counter()
+                win.Get([buf, MPI.BYTE], 1)
+                win.Flush(1)
+                ts.append(time.perf_counter() - t)
+            emit(fig="fetch", peer="raw", size=size, ms=[x * 1e3 for x in ts[1:]])
+        comm.Barrier()
+        win.Unlock_all()
+        win.Free()
+
+
+def raw_tput(repeat: int) -> None:
+    from mpi4py import MPI
+    from mpi4py.futures import MPICommExecutor
+
+    with MPICommExecutor(MPI.COMM_WORLD, root=0) as ex:
+        if ex is None:
+            return
+        size = MPI.COMM_WORLD.Get_size()
+        if size < 2:
+            return  # (no worker ranks)
+        [f.result() for f in [ex.submit(_noop) for _ in range(200)]]
+        rates = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            [f.result() for f in [ex.submit(_noop) for _ in range(N_TASKS)]]
+            rates.append(N_TASKS / (time.perf_counter() - t))
+        emit(fig="tput", peer="futures", ranks=size, rate=rates)
+
+
+def raw_allreduce(repeat: int) -> None:
+    import numpy as np
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    a = np.full(ALLREDUCE_BYTES // 8, float(comm.rank))
+    out = np.empty_like(a)
+    comm.Allreduce(a, out)
+    ts = []
+    for _ in range(repeat):
+        comm.Barrier()
+        t = time.perf_counter()
+        comm.Allreduce(a, out)
+        ts.append(time.perf_counter() - t)
+    assert out[0] == sum(range(comm.size))
+    if comm.rank == 0:
+        emit(fig="allreduce", peer="raw", ranks=comm.size, ms=[x * 1e3 for x in ts])
+
+
+def _noop(*_a):
+    return None
+
+
+# ---------------------------------------------------------------------------- mpray
+def mpray_fetch(repeat: int) -> None:
+    import gc
+
+    import numpy as np
+
+    import mpray as ray
+    from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ray.init()
+    there = NodeAffinitySchedulingStrategy(ray.nodes()[1]["NodeID"], soft=False)
+
+    @ray.remote
+    def make(n, k):
+        return [ray.put(np.ones(max(1, n // 8))) for _ in range(k)]
+
+    for size in SIZES:
+        refs = ray.get(make.options(scheduling_strategy=there).remote(size, repeat + 1))
+        ts = []
+        while refs:
+            r = refs.pop(0)
+            t = time.perf_counter()
+            x = ray.get(r)
+            ts.append(time.perf_counter() - t)
+            del x, r
+            gc.collect()
+            time.sleep(0.02)  # (its space is freed before the next one lands)
+        emit(fig="fetch", peer="mpray", size=size, ms=[x * 1e3 for x in ts[1:]])
+    ray.shutdown()
+
+
+def mpray_tput(repeat: int) -> None:
+    import mpray as ray
+    from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ray.init()
+    nodes = ray.nodes()
+
+    @ray.remote
+    def noop():
+        return None
+
+    @ray.remote
+    def submitter(n):
+        t = time.perf_counter()
+        ray.get([noop.remote() for _ in range(n)])
+        return time.perf_counter() - t
+
+    ray.get([noop.remote() for _ in range(200)])
+    out = {}
+    for how in ("default", "spread"):
+        f = noop.options(scheduling_strategy="SPREAD") if how == "spread" else noop
+        rates = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            ray.get([f.remote() for _ in range(N_TASKS)])
+            rates.append(N_TASKS / (time.perf_counter() - t))
+        out[how] = rates
+    pins = [NodeAffinitySchedulingStrategy(n["NodeID"], soft=False) for n in nodes]
+    per = N_TASKS // len(nodes)
+    ray.get([submitter.options(scheduling_strategy=p).remote(50) for p in pins])
+    rates = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        ray.get([submitter.options(scheduling_strategy=p).remote(per) for p in pins])
+        rates.append(per * len(nodes) / (time.perf_counter() - t))
+    out["per_rank"] = rates
+    for how, rates in out.items():
+        emit(fig="tput", peer=f"mpray:{how}", ranks=len(nodes), rate=rates)
+    ray.shutdown()
+
+
+def mpray_allreduce(repeat: int) -> None:
+    import numpy as np
+
+    import mpray as ray
+    from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ray.init()
+    nodes = ray.nodes()
+    n = len(nodes)
+
+    # two threads: a member waits in send() for the next member's take(), which must
+    # run while that member itself waits in its own send()
+    @ray.remote(max_concurrency=2)
+    class Member:
+        def __init__(self, i, n, length):
+            self.i, self.n = i, n
+            self.a = np.full(length, float(i))
+            self.chunks = np.array_split(self.a, n)  # views into self.a
+            self.next = None
+
+        def set_next(self, h):
+            self.next = h
+
+        def reset(self):
+            self.a[:] = float(self.i)
+
+        def send(self, idx, add):
+            # the chunk goes to the next member's rank by RMA (a large argument)
+            return ray.get(self.next.take.remote(idx, self.chunks[idx], add))
+
+        def take(self, idx, chunk, add):
+            if add:
+                self.chunks[idx] += chunk
+            else:
+                self.chunks[idx][:] = chunk
+            return idx
+
+        def check(self):
+            return float(self.a[0]), float(self.a[-1])
+
+    @ray.remote
+    def create(i, n, length):
+        return Member.remote(i, n, length)
+
+    length = ALLREDUCE_BYTES // 8
+    members = ray.get([create.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        nodes[i]["NodeID"], soft=False)).remote(i, n, length) for i in range(n)])
+    ray.get([m.set_next.remote(members[(i + 1) % n]) for i, m in enumerate(members)])
+
+    def ring_allreduce():
+        for step in range(n - 1):  # reduce-scatter
+            ray.get([m.send.remote((i - step) % n, True) for i, m in enumerate(members)])
+        for step in range(n - 1):  # all-gather
+            ray.get([m.send.remote((i + 1 - step) % n, False) for i, m in enumerate(members)])
+
+    ts = []
+    for k in range(repeat + 1):
+        ray.get([m.reset.remote() for m in members])
+        t = time.perf_counter()
+        ring_allreduce()
+        if k:
+            ts.append(time.perf_counter() - t)
+    want = float(sum(range(n)))
+    assert all(c == (want, want) for c in ray.get([m.check.remote() for m in members]))
+    emit(fig="allreduce", peer="mpray", ranks=n, ms=[x * 1e3 for x in ts])
+    ray.shutdown()
+
+
+FIGS = {"raw_fetch": raw_fetch, "raw_tput": raw_tput, "raw_allreduce": raw_allreduce,
+        "mpray_fetch": mpray_fetch, "mpray_tput": mpray_tput,
+        "mpray_allreduce": mpray_allreduce}
+
+
+# ---------------------------------------------------------------------------- parent
+def run(fig: str, ranks: int, repeat: int, timeout: int) -> list[dict]:
+    cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(ranks), sys.executable, HERE,
+           "--_fig", fig, "--repeat", str(repeat)]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"# {fig} at {ranks} ranks: timed out after {timeout} s", file=sys.stderr)
+        return []
+    if r.returncode != 0:
+        print(f"# {fig} at {ranks} ranks failed (rc {r.returncode}):\n{r.stdout[-2000:]}"
+              f"{r.stderr[-2000:]}", file=sys.stderr)
+    return [json.loads(line[7:]) for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+
+
+def med(xs) -> float:
+    return statistics.median(xs)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ranks", default="2,4", help="rank counts for throughput/allreduce")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--timeout", type=int, default=300, help="seconds per mpiexec")
+    ap.add_argument("--_fig", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a._fig:
+        FIGS[a._fig](a.repeat)
+        return 0
+    ranks = [int(x) for x in a.ranks.split(",") if x.strip()]
+    res: list[dict] = []
+    res += run("raw_fetch", 2, a.repeat, a.timeout) + run("mpray_fetch", 2, a.repeat, a.timeout)
+    for n in ranks:
+        res += run("raw_tput", n, a.repeat, a.timeout) + run("mpray_tput", n, a.repeat, a.timeout)
+        if n >= 2:
+            res += run("raw_allreduce", n, a.repeat, a.timeout)
+            res += run("mpray_allreduce", n, a.repeat, a.timeout)
+    print(f"\nmpray over MPI beside raw MPI; medians of {a.repeat}; {os.cpu_count()} CPUs\n")
+    print("object fetch, rank 1 -> rank 0      raw mpi4py Get   mpray get   mpray/raw bandwidth")
+    for size in SIZES:
+        raw = [r for r in res if r["fig"] == "fetch" and r["peer"] == "raw" and r["size"] == size]
+        mine = [r for r in res if r["fig"] == "fetch" and r["peer"] == "mpray"
+                and r["size"] == size]
+        if raw and mine:
+            rm, mm = med(raw[0]["ms"]), med(mine[0]["ms"])
+            print(f"  {size:>11,} B                   {rm:10.3f} ms  {mm:8.3f} ms  {rm / mm:8.0%}")
+    print("\nno-op tasks/s         futures (MPICommExecutor)  mpray default  mpray SPREAD"
+          "  mpray 1 submitter/rank  best/futures")
+    for n in ranks:
+        row = {r["peer"]: med(r["rate"]) for r in res if r["fig"] == "tput" and r["ranks"] == n}
+        fut = row.get("futures")
+        best = max((v for k, v in row.items() if k.startswith("mpray")), default=None)
+        cells = [row.get(k) for k in ("futures", "mpray:default", "mpray:spread",
+                                      "mpray:per_rank")]
+        txt = "  ".join(f"{c:>12,.0f}" if c else f"{'—':>12}" for c in cells)
+        ratio = f"{best / fut:6.2f}x" if best and fut else "—"
+        print(f"  {n:2d} ranks  {txt}  {ratio}")
+    print("\nallreduce 100 MiB      comm.Allreduce   mpray ring (actors)   Allreduce/mpray")
+    for n in ranks:
+        row = {r["peer"]: med(r["ms"]) for r in res if r["fig"] == "allreduce"
+               and r["ranks"] == n}
+        if "raw" in row and "mpray" in row:
+            print(f"  {n:2d} ranks   {row['raw']:10.1f} ms   {row['mpray']:12.1f} ms"
+                  f"        {row['raw'] / row['mpray']:6.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
