@@ -124,6 +124,7 @@ def mpray_fetch(repeat: int) -> None:
     for size in SIZES:
         refs = ray.get(make.options(scheduling_strategy=there).remote(size, repeat + 1))
         ts = []
+        base = ray.api._node_stats()["arena_used"]
         while refs:
             r = refs.pop(0)
             t = time.perf_counter()
@@ -131,7 +132,11 @@ def mpray_fetch(repeat: int) -> None:
             ts.append(time.perf_counter() - t)
             del x, r
             gc.collect()
-            time.sleep(0.02)  # (its space is freed before the next one lands)
+            # like the raw figure's warm buffer: the copy's space is free again (and is
+            # reused) before the next fetch lands; the first fetch is the warm-up
+            deadline = time.monotonic() + 2
+            while ray.api._node_stats()["arena_used"] > base and time.monotonic() < deadline:
+                time.sleep(0.005)
         emit(fig="fetch", peer="mpray", size=size, ms=[x * 1e3 for x in ts[1:]])
     ray.shutdown()
 

@@ -82,6 +82,7 @@ class Agent:
         self.waiting_alloc: dict[int, tuple] = {}  # req -> (nbytes, continuation)
         self._req = 0
         self.node_out: list = []
+        self.hello_req: int | None = None
         self.outbox: dict[int, list] = collections.defaultdict(list)
         self.stopped: set[int] = set()
         self.stop_requested = False
@@ -111,8 +112,17 @@ class Agent:
         self._req += 1
         return self._req
 
-    def hello(self) -> None:
-        self.to_node([(CLUSTER, self.rank, [(nid, res) for nid, res, _h in self.ranks])])
+    def hello(self, timeout: float = 30.0) -> None:
+        """Give the node the ranks, and wait until it has them: the driver's first task
+        (say, pinned to another rank's node) must not reach the node before they do."""
+        req = self._new_req()
+        self.to_node([(CLUSTER, self.rank, [(nid, res) for nid, res, _h in self.ranks]),
+                      (P.QUERY, req, "load")])
+        self.hello_req = req
+        deadline = time.monotonic() + timeout
+        self.run(lambda: self.hello_req is None or time.monotonic() > deadline)
+        if self.hello_req is not None:
+            abort(self.comm, f"this rank's node did not answer within {timeout} s")
 
     # ------------------------------------------------------------------ loop
     def step(self) -> bool:
@@ -186,6 +196,8 @@ class Agent:
             else:
                 cont(m[2], None)
         elif op == P.REPLY:
+            if m[1] == self.hello_req:
+                self.hello_req = None
             self._on_load(m[2])
 
     def on_value(self, oid: int, kind: int, payload, contains) -> None:
