@@ -239,7 +239,7 @@ class ActorTable:
                 cls = exc.ActorUnavailableError if restart else exc.ActorDiedError
                 self._fail(t, pickle.dumps(cls(
                     f"The actor {a.class_name} ({P.id_hex(a.key)}) died while running "
-                    f"{t.spec[P.S_NAME]}: {reason}"
+                    f"{t.spec[P.S_NAME]}: {a.killed or reason}"
                     + ("; it is being restarted" if restart else "")
                     + (f" (max_task_retries={t.spec[P.S_RETRIES]})" if restart else ""),
                     actor_id=P.id_hex(a.key)), protocol=5))
@@ -325,6 +325,10 @@ class ActorTable:
     # ------------------------------------------------------------------ kill / exit
     def kill_actor(self, aid: int, no_restart: bool, why: str = "") -> None:
         a = self.actors.get(aid)
+        if a is None and self.agent is not None and P.id_rank(aid) != self.rank:
+            # (MPI) it lives on the rank that created it: the kill goes there
+            self.out[self.agent].append((P.KILL_ACTOR, aid, no_restart))
+            return
         if a is None or a.state is A.DEAD:
             return
         if no_restart:

@@ -243,6 +243,7 @@ def exit_actor() -> None:
     if client is None or client.actor_id is None:
         raise TypeError("exit_actor() can only be called inside an actor's method")
     client.send([(P.ACTOR_EXIT, client.actor_id)])
+    client.order_via_node = True  # this call's error must not overtake the exit
     _global.actor_server.exiting = True
     raise ActorExit(f"The actor {P.id_hex(client.actor_id)} exited: it called exit_actor()")
 

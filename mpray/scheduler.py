@@ -621,6 +621,9 @@ class Scheduler(ObjectDirectory, ActorTable, ClusterView):
                 self.cancel(child, force, recursive)
         if t is None:
             return
+        if t.state is T.DISPATCHED and t.worker == AGENT:  # it runs on another rank
+            self.out[AGENT].append((P.CANCEL, tid, force, recursive))
+            return
         err = self._error_payload(exc.TaskCancelledError(P.id_hex(tid)))
         if t.state in (T.PENDING_ARGS, T.READY):
             for _, oid in t.spec[P.S_DEPS]:

@@ -83,6 +83,7 @@ class Agent:
         self._req = 0
         self.node_out: list = []
         self.hello_req: int | None = None
+        self.where: dict[int, int] = {}  # tid -> the rank this rank forwarded it to
         self.outbox: dict[int, list] = collections.defaultdict(list)
         self.stopped: set[int] = set()
         self.stop_requested = False
@@ -184,7 +185,14 @@ class Agent:
     def from_node(self, m: tuple) -> None:
         op = m[0]
         if op == FWD:
+            self.where[m[2][P.S_TID]] = m[1]
             self.send(m[1], ("task", m[2], m[3]))
+        elif op == P.CANCEL:  # a task this rank forwarded: cancel it where it runs
+            rank = self.where.get(m[1])
+            if rank is not None:
+                self.send(rank, ("node", m))
+        elif op == P.KILL_ACTOR:  # an actor of another rank: its creator's rank has it
+            self.send(P.id_rank(m[1]), ("node", m))
         elif op == FETCH:
             self.send(P.id_rank(m[1]), ("fetch", m[1]))
         elif op == P.OBJ:
@@ -270,6 +278,7 @@ class Agent:
             self.import_value(desc, vkind, lambda k, p: self.to_node([(P.PUT, oid, k, p, ())]))
         elif kind == "done":
             _, tid, results = msg
+            self.where.pop(tid, None)
             got: list = [None] * len(results)
             state = {"missing": len(results)}
 
@@ -285,6 +294,8 @@ class Agent:
                     if state["missing"] == 0:
                         finish()
                 self.import_value(desc, vkind, put)
+        elif kind == "node":  # a message for this rank's node (cancel, kill)
+            self.to_node([msg[1]])
         elif kind == "freeexp":
             self.export_alloc.free(msg[1])
         elif kind == "release":

@@ -24,6 +24,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import mpray  # noqa: E402
+from mpray_mpi.launch import detect as _detect_launch  # noqa: E402
 
 MB = 1024 * 1024
 STORE = 256 * MB
@@ -31,6 +32,36 @@ INIT_KWARGS = dict(num_cpus=2, object_store_memory=STORE)
 EXIT_GRACE_S = 5.0
 
 _module_session = {"node_pid": None, "session_dir": None}
+
+# Under mpiexec (the matrix run of tests/test_mpi.py): every rank runs pytest; ranks > 0
+# serve inside init() and exit there, rank 0 runs the tests against one session that
+# spans the whole run (MPI starts once per process), so per-test init/shutdown is skipped.
+MPI_LAUNCH = _detect_launch()
+
+
+def pytest_configure(config):
+    if MPI_LAUNCH is not None and MPI_LAUNCH.rank != 0:
+        try:
+            mpray.init(**INIT_KWARGS)  # serves until rank 0 shuts down, then exits
+        except SystemExit:
+            pass
+        pytest.exit(f"rank {MPI_LAUNCH.rank} served the session", returncode=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mpi_session():
+    if MPI_LAUNCH is None:
+        yield None
+        return
+    ctx = mpray.init(**INIT_KWARGS)
+    s = mpray.api._global.session
+    _module_session["node_pid"] = s.node_pid
+    _module_session["session_dir"] = s.session_dir
+    try:
+        yield ctx
+    finally:
+        _module_session["node_pid"] = None
+        mpray.shutdown()
 
 
 def session_dir_base() -> str:
@@ -135,7 +166,10 @@ def _no_leaks(request):
 
 
 @pytest.fixture
-def ray_start():
+def ray_start(_mpi_session):
+    if _mpi_session is not None:
+        yield _mpi_session
+        return
     ctx = mpray.init(**INIT_KWARGS)
     try:
         yield ctx
@@ -144,7 +178,10 @@ def ray_start():
 
 
 @pytest.fixture(scope="module")
-def ray_module():
+def ray_module(_mpi_session):
+    if _mpi_session is not None:
+        yield _mpi_session
+        return
     ctx = mpray.init(**INIT_KWARGS)
     s = mpray.api._global.session
     _module_session["node_pid"] = s.node_pid
@@ -168,6 +205,8 @@ def ray_factory():
     started = []
 
     def start(**kwargs):
+        if MPI_LAUNCH is not None:
+            pytest.skip("needs an init() of its own, and MPI starts once per process")
         ctx = mpray.init(**{**INIT_KWARGS, **kwargs})
         started.append(ctx)
         return ctx

@@ -83,6 +83,27 @@ def test_examples_run_under_mpiexec_4(program, ok):
     assert r.returncode == 0 and r.stdout.count(ok) == 1, r.stdout[-4000:]
 
 
+MATRIX = ["test_objects.py", "test_nested.py", "test_errors.py", "test_actors.py",
+          "test_actor_concurrency.py", "test_actor_faults.py"]
+
+
+def test_single_host_suite_passes_under_mpiexec():
+    """The behaviour suite as a matrix: the same tests, with every process a rank of an
+    MPI job (rank 0 runs pytest against one session; see conftest.py).  Under MPI the
+    driver has no leases, the store is an MPI window and an agent thread runs beside
+    the driver, and tasks may spill to rank 1."""
+    before = _dirs()
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           *[os.path.join(HERE, f) for f in MATRIX]]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=HERE)
+    tail = r.stdout[-3000:] + r.stderr[-2000:]
+    assert r.returncode == 0 and " passed" in r.stdout and " failed" not in r.stdout, tail
+    deadline = time.monotonic() + 5
+    while _dirs() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (_dirs() - before), f"session directories left: {_dirs() - before}"
+
+
 def test_driver_exception_ends_the_job_promptly():
     t0 = time.monotonic()
     r = run_mpi("fails.py", 4)
