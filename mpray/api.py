@@ -100,7 +100,10 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                     object_store_memory=object_store_memory)
         from mpray_mpi.launch import detect  # environment variables only: no MPI import
 
-        launch = detect()
+        env = dict(os.environ)
+        if settings.get("backend"):  # the init() argument wins over MPRAY_BACKEND
+            env["MPRAY_BACKEND"] = str(settings["backend"])
+        launch = detect(env)
         if launch is not None:
             args = _rank_share(args, launch.local_size)
         cfg = C.resolve(args)
@@ -108,7 +111,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         if launch is not None:  # MPI starts before the node is forked (see mpray_mpi)
             import mpray_mpi
 
-            conn = mpray_mpi.connect(launch, cfg.object_store_memory)
+            conn = mpray_mpi.connect(launch, cfg)
         _start(cfg, namespace, launch, conn.arena if conn is not None else None)
         if conn is not None:
             mpray_mpi.start(launch, _global.session, _global.session.setup, conn)

@@ -50,6 +50,9 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("lease_depth", "MPRAY_LEASE_DEPTH", "driver tasks in flight per leased worker (2; 0: no leases)"),
     ("spin_us", "MPRAY_SPIN_US", "µs a waiting process polls (yielding the CPU) before it sleeps (50; 0: never)"),
     ("tmpdir", "MPRAY_TMPDIR", "parent of the session directory (TMPDIR, else /tmp)"),
+    ("backend", "MPRAY_BACKEND", "auto (MPI when launched by mpiexec/srun), local or mpi"),
+    ("export_bytes", "MPRAY_EXPORT_BYTES", "MPI: per-rank window values are copied into when the store is not a window (256 MiB)"),
+    ("mpi_arena", "MPRAY_MPI_ARENA", "MPI: window (the store is an MPI window, zero-copy reads) or copy"),
     ("driver_ring_bytes", "MPRAY_DRIVER_RING_BYTES", "ring size driver <-> node (8 MiB)"),
     ("worker_ring_bytes", "MPRAY_WORKER_RING_BYTES", "ring size worker <-> node (1 MiB)"),
 ]
@@ -74,6 +77,9 @@ class Config:
     driver_ring_bytes: int = 8 * MB
     worker_ring_bytes: int = 1 * MB
     task_memory: int = 0
+    backend: str = "auto"
+    export_bytes: int = 256 * MB
+    mpi_arena: str = "window"
 
     def node_resources(self) -> dict[str, float]:
         res: dict[str, float] = {"CPU": float(self.num_cpus)}
@@ -156,6 +162,18 @@ def resolve(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Co
     if t is not None:
         c.idle_worker_timeout = float(t)
     c.tmpdir = args.get("tmpdir") or env.get("MPRAY_TMPDIR") or tempfile.gettempdir()
+    for name, envname, allowed in (("backend", "MPRAY_BACKEND", ("auto", "local", "mpi")),
+                                   ("mpi_arena", "MPRAY_MPI_ARENA", ("window", "copy"))):
+        v = args.get(name) or env.get(envname) or getattr(c, name)
+        v = str(v).strip().lower()
+        if v not in allowed:
+            raise ValueError(f"{name} ({envname}) must be one of {', '.join(allowed)}, not {v!r}")
+        setattr(c, name, v)
+    eb = args.get("export_bytes")
+    if eb is None and env.get("MPRAY_EXPORT_BYTES"):
+        eb = R.parse_size(env["MPRAY_EXPORT_BYTES"])
+    if eb is not None:
+        c.export_bytes = int(eb)
     for name, envname in (("driver_ring_bytes", "MPRAY_DRIVER_RING_BYTES"),
                           ("worker_ring_bytes", "MPRAY_WORKER_RING_BYTES")):
         v = args.get(name)

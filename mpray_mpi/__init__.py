@@ -26,8 +26,6 @@ from .launch import Launch, detect
 
 __all__ = ["Connection", "Launch", "MPISession", "connect", "detect", "start"]
 
-EXPORT_BYTES = 256 << 20  # default export window per rank (MPRAY_EXPORT_BYTES)
-
 
 class MPISession:
     """What rank 0's session keeps: the agent, its thread, and how to stop them."""
@@ -64,33 +62,25 @@ class MPISession:
         self.thread.join(30.0)
 
 
-def _export_bytes() -> int:
-    v = os.environ.get("MPRAY_EXPORT_BYTES")
-    if not v:
-        return EXPORT_BYTES
-    from mpray.resources import parse_size
-
-    return parse_size(v)
-
-
 class Connection:
     """MPI initialised, and (when it can be shared with forked processes) the rank's
     object store allocated as an MPI window, so other ranks Get objects straight from it."""
 
-    def __init__(self, MPI, comm, arena_win, arena) -> None:
+    def __init__(self, MPI, comm, arena_win, arena, export_bytes: int) -> None:
         self.MPI = MPI
         self.comm = comm
         self.arena_win = arena_win
         self.arena = arena  # None: the store is private memfd memory (export windows)
+        self.export_bytes = export_bytes
 
 
-def connect(launch: Launch, arena_bytes: int) -> Connection:
+def connect(launch: Launch, cfg) -> Connection:
     """Initialise MPI (before the node is forked: the node and workers inherit the arena
     window's shared mapping but never call MPI) and allocate the arena window.
 
     MPICH backs ``Win.Allocate`` on one host with a shared segment, which forked
     processes share; elsewhere the memory may be private.  Every rank checks with a
-    forked probe and all agree (``MPRAY_MPI_ARENA=copy`` skips it): either every rank's
+    forked probe and all agree (``mpi_arena="copy"`` skips it): either every rank's
     store is a window, or every rank copies values into export windows."""
     # The arena window is never freed before MPI_Finalize (the driver's zero-copy arrays
     # may point into it after shutdown()); UCX reports that at exit as a leak warning.
@@ -98,17 +88,16 @@ def connect(launch: Launch, arena_bytes: int) -> Connection:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD.Dup()
-    use = os.environ.get("MPRAY_MPI_ARENA", "window").strip().lower() != "copy"
-    if not comm.allreduce(use, op=MPI.LAND):
-        return Connection(MPI, comm, None, None)
-    win = MPI.Win.Allocate(arena_bytes, 1, comm=comm)
+    if not comm.allreduce(cfg.mpi_arena == "window", op=MPI.LAND):
+        return Connection(MPI, comm, None, None, cfg.export_bytes)
+    win = MPI.Win.Allocate(cfg.object_store_memory, 1, comm=comm)
     mem = memoryview(win.tomemory()).cast("B")
     shared = _shared_across_fork(mem)
     if comm.allreduce(shared, op=MPI.LAND):
-        return Connection(MPI, comm, win, mem)
+        return Connection(MPI, comm, win, mem, cfg.export_bytes)
     mem.release()
     win.Free()
-    return Connection(MPI, comm, None, None)
+    return Connection(MPI, comm, None, None, cfg.export_bytes)
 
 
 def _shared_across_fork(mem: memoryview) -> bool:
@@ -137,7 +126,7 @@ def start(launch: Launch, session, setup, conn: Connection) -> None:
     info = comm.allgather((setup.node_id, dict(setup.resources), socket.gethostname()))
     up, down = session.agent_rings
     agent = Agent(MPI, comm, rank, size, info, setup.arena, up, down, setup.node_bell,
-                  _export_bytes(), session.node_pid, arena_win=conn.arena_win)
+                  conn.export_bytes, session.node_pid, arena_win=conn.arena_win)
     agent.hello()
     _global.cluster = info
     if rank == 0:

@@ -15,13 +15,15 @@ def test_environment_sets_every_numeric_setting():
            "MPRAY_LEASE_DEPTH": "0", "MPRAY_DIRECT_SLOTS": "4",
            "MPRAY_IDLE_WORKER_TIMEOUT": "2.5", "MPRAY_TMPDIR": "/var/tmp",
            "MPRAY_RESOURCES": '{"disk": 2}', "MPRAY_NUM_GPUS": "0",
-           "MPRAY_WORKER_RING_BYTES": "70000", "MPRAY_SPIN_US": "0"}
+           "MPRAY_WORKER_RING_BYTES": "70000", "MPRAY_SPIN_US": "0",
+           "MPRAY_BACKEND": "local", "MPRAY_EXPORT_BYTES": "1MiB", "MPRAY_MPI_ARENA": "copy"}
     c = C.resolve({}, env)
     assert (c.num_cpus, c.object_store_memory, c.inline_max, c.max_workers) == (3, 96 * MB, 2048, 7)
     assert (c.pipeline_depth, c.lease_depth, c.direct_slots, c.spin_us) == (1, 0, 4, 0)
     assert c.idle_worker_timeout == 2.5 and c.tmpdir == "/var/tmp"
     assert c.resources == {"disk": 2.0} and c.num_gpus == 0
     assert c.worker_ring_bytes == 131072  # rounded up to a power of two
+    assert (c.backend, c.export_bytes, c.mpi_arena) == ("local", MB, "copy")
     assert c.node_resources()["CPU"] == 3.0 and c.node_resources()["disk"] == 2.0
 
 
@@ -43,6 +45,8 @@ def test_arguments_win_over_environment():
     ({}, {"MPRAY_RESOURCES": "{not json"}, "MPRAY_RESOURCES"),
     ({}, {"MPRAY_MAX_WORKERS": "many"}, "MPRAY_MAX_WORKERS"),
     ({}, {"MPRAY_OBJECT_STORE_MEMORY": "lots"}, "lots"),
+    ({"backend": "cloud"}, {}, "MPRAY_BACKEND"),
+    ({}, {"MPRAY_MPI_ARENA": "shared"}, "MPRAY_MPI_ARENA"),
 ])
 def test_bad_settings_name_the_problem(args, env, message):
     with pytest.raises((ValueError, TypeError), match=message):
