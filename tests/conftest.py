@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -48,20 +49,26 @@ def pytest_configure(config):
         pytest.exit(f"rank {MPI_LAUNCH.rank} served the session", returncode=0)
 
 
+@contextlib.contextmanager
+def _shared_session():
+    """A session that outlives single tests (the leak check allows its processes)."""
+    ctx = mpray.init(**INIT_KWARGS)
+    s = mpray.api._global.session
+    _module_session.update(node_pid=s.node_pid, session_dir=s.session_dir)
+    try:
+        yield ctx
+    finally:
+        _module_session.update(node_pid=None, session_dir=None)
+        mpray.shutdown()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _mpi_session():
     if MPI_LAUNCH is None:
         yield None
         return
-    ctx = mpray.init(**INIT_KWARGS)
-    s = mpray.api._global.session
-    _module_session["node_pid"] = s.node_pid
-    _module_session["session_dir"] = s.session_dir
-    try:
+    with _shared_session() as ctx:
         yield ctx
-    finally:
-        _module_session["node_pid"] = None
-        mpray.shutdown()
 
 
 def session_dir_base() -> str:
@@ -182,21 +189,13 @@ def ray_module(_mpi_session):
     if _mpi_session is not None:
         yield _mpi_session
         return
-    ctx = mpray.init(**INIT_KWARGS)
-    s = mpray.api._global.session
-    _module_session["node_pid"] = s.node_pid
-    _module_session["session_dir"] = s.session_dir
-    try:
+    with _shared_session() as ctx:
         yield ctx
-    finally:
-        _module_session["node_pid"] = None
-        _module_session["session_dir"] = None
-        mpray.shutdown()
-        procs = wait_for(lambda: not psutil.Process().children(recursive=True), EXIT_GRACE_S)
-        if not procs:
-            left = psutil.Process().children(recursive=True)
-            _kill_all(left)
-            pytest.fail(f"module session left processes: {_describe(left)}", pytrace=False)
+    procs = wait_for(lambda: not psutil.Process().children(recursive=True), EXIT_GRACE_S)
+    if not procs:
+        left = psutil.Process().children(recursive=True)
+        _kill_all(left)
+        pytest.fail(f"module session left processes: {_describe(left)}", pytrace=False)
 
 
 @pytest.fixture
