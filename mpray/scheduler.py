@@ -13,15 +13,16 @@ Processes are small ints: 0 is the driver, workers are 1, 2, … (never reused).
 objects and workers move through the state tables below; an impossible transition
 raises with the entity's recent history, so protocol bugs surface loudly in tests.
 
-The object directory (holders, values, arena ranges) is the ``ObjectDirectory`` mixin
-in ``objects.py``; the state tables are in ``states.py``.
+Mixins hold the parts: the object directory (holders, values, arena ranges) in
+``objects.py``, workers (start, block, die, retire) in ``worker_table.py``, actors in
+``actor_table.py``, other ranks (placement, remote objects) in ``cluster.py``; the state
+tables are in ``states.py``.
 """
 
 from __future__ import annotations
 
 import collections
 import pickle
-from dataclasses import dataclass, field
 
 from . import exceptions as exc
 from . import protocol as P
@@ -29,6 +30,7 @@ from .actor_table import ACTOR_MARK, ActorTable
 from .allocator import Allocator
 from .cluster import AGENT, ClusterView
 from .objects import Obj, ObjectDirectory
+from .worker_table import Worker, WorkerTable, _amount
 from .serialization import ERROR
 from .states import (OBJ_TRANSITIONS, TASK_TRANSITIONS, WORKER_TRANSITIONS, O, ObjState,
                      T, TaskState, TransitionError, W, WorkerState, _move)
@@ -36,13 +38,6 @@ from .states import (OBJ_TRANSITIONS, TASK_TRANSITIONS, WORKER_TRANSITIONS, O, O
 __all__ = ["OBJ_TRANSITIONS", "TASK_TRANSITIONS", "WORKER_TRANSITIONS", "Obj", "ObjState",
            "Scheduler", "Task", "TaskState", "TransitionError", "Worker", "WorkerState",
            "_move"]
-
-
-def _amount(shape: tuple, name: str) -> float:
-    for k, v in shape:
-        if k == name:
-            return v
-    return 0.0
 
 
 class Task:
@@ -71,23 +66,7 @@ class Task:
         return range(self.key + 1, self.key + 1 + self.spec[P.S_NRET])
 
 
-@dataclass(eq=False)
-class Worker:
-    key: int
-    state: WorkerState = W.STARTING
-    task: int | None = None  # the task running now: queue[0]
-    queue: collections.deque = field(default_factory=collections.deque)
-    held: tuple = ()  # the lease: resource shape of the running task
-    gpus: tuple = ()
-    fids: set = field(default_factory=set)
-    idle_since: float = 0.0
-    lease: tuple | None = None  # (holder proc, epoch) while leased to an owner
-    reclaim: bool = False  # asked to give the lease back when idle
-    actor: int | None = None  # the actor this worker is (for the rest of its life)
-    history: list = field(default_factory=lambda: [W.STARTING])
-
-
-class Scheduler(ObjectDirectory, ActorTable, ClusterView):
+class Scheduler(ObjectDirectory, ActorTable, ClusterView, WorkerTable):
     """Local scheduler + object directory of one node."""
 
     def __init__(
@@ -410,15 +389,6 @@ class Scheduler(ObjectDirectory, ActorTable, ClusterView):
             spec[P.S_NRET], tuple(g for g, _ in w.gpus), spec[P.S_RETRY_EXC], t.owner,
         ))
 
-    def _release_worker_resources(self, w: Worker) -> None:
-        for name, amount in w.held:
-            if amount and not (name == "CPU" and w.state is W.BLOCKED):
-                self.avail[name] = self.avail.get(name, 0) + amount
-        for g, amount in w.gpus:
-            self.gpu_free[g] = self.gpu_free.get(g, 0) + amount
-        w.held = ()
-        w.gpus = ()
-
     def _store_results(self, t: Task, proc: int, results, delivered: bool = False) -> None:
         for oid, kind, payload, contained in results:
             self.seal(proc, oid, kind, payload, contained, delivered)
@@ -492,126 +462,6 @@ class Scheduler(ObjectDirectory, ActorTable, ClusterView):
             self.stats["finished"] += 1
         t.worker = wid
         self._finish(t, results, delivered)
-
-    # ------------------------------------------------------------------ workers
-    def worker_started(self, wid: int, now: float = 0.0) -> None:
-        w = self.workers[wid] = Worker(wid)
-        self.starting = max(0, self.starting - 1)
-        _move(w, W.IDLE, WORKER_TRANSITIONS, "worker")
-        w.idle_since = now
-        self.idle.append(wid)
-
-    def _hand_back(self, w: Worker, tids) -> None:
-        """Pipelined tasks a worker returns unstarted go back to the front of the queue."""
-        for tid in reversed(list(tids)):
-            if tid in w.queue and tid != w.task:
-                w.queue.remove(tid)
-                t = self.tasks.get(tid)
-                if t is not None and t.state is T.DISPATCHED:
-                    t.worker = None
-                    _move(t, T.READY, TASK_TRANSITIONS, "task")
-                    self._enqueue(t, front=True)
-
-    def tasks_returned(self, wid: int, tids) -> None:
-        w = self.workers.get(wid)
-        if w is not None:
-            self._hand_back(w, tids)
-
-    def worker_blocked(self, wid: int, returned=()) -> None:
-        w = self.workers[wid]
-        self._hand_back(w, returned)
-        if w.state is not W.BUSY:
-            return
-        _move(w, W.BLOCKED, WORKER_TRANSITIONS, "worker")
-        cpu = _amount(w.held, "CPU")
-        if cpu:
-            self.avail["CPU"] = self.avail.get("CPU", 0) + cpu
-
-    def worker_unblocked(self, wid: int) -> None:
-        w = self.workers[wid]
-        if w.state is not W.BLOCKED:
-            return
-        _move(w, W.BUSY, WORKER_TRANSITIONS, "worker")
-        cpu = _amount(w.held, "CPU")
-        if cpu:  # may briefly oversubscribe, as Ray does
-            self.avail["CPU"] = self.avail.get("CPU", 0) - cpu
-
-    def worker_died(self, wid: int, reason: str) -> None:
-        w = self.workers.get(wid)
-        self.retiring.discard(wid)
-        if w is None or w.state is W.DEAD:
-            return
-        if w.actor is not None:
-            self._actor_worker_died(w, reason)
-        else:
-            self._release_worker_resources(w)
-        if wid in self.idle:
-            self.idle.remove(wid)
-        self.leasable.discard(wid)
-        if w.lease is not None:
-            self.actions.append(("lease_lost", wid, w.lease[1], w.lease[0], reason))
-        _move(w, W.DEAD, WORKER_TRANSITIONS, "worker")
-        del self.workers[wid]
-        self.out.pop(wid, None)
-        for tid in list(w.queue)[1:]:  # queued behind the running task: never started
-            q = self.tasks.get(tid)
-            if q is not None and q.state is T.DISPATCHED:
-                q.worker = None
-                _move(q, T.READY, TASK_TRANSITIONS, "task")
-                self._enqueue(q, front=True)
-        t = self.tasks.get(w.task) if w.task is not None else None
-        if t is not None and t.state is T.DISPATCHED:
-            t.worker = None
-            if t.cancel:
-                self._fail(t, self._error_payload(exc.TaskCancelledError(
-                    P.id_hex(t.key))), T.CANCELLED)
-            elif t.retries_left > 0:
-                t.retries_left -= 1
-                self.stats["retried"] += 1
-                _move(t, T.RETRYING, TASK_TRANSITIONS, "task")
-                _move(t, T.READY, TASK_TRANSITIONS, "task")
-                self._enqueue(t, front=True)
-            else:
-                self._fail(t, self._error_payload(exc.WorkerCrashedError(
-                    f"the worker running task {t.spec[P.S_NAME]} died: {reason}; "
-                    f"retries exhausted (max_retries={t.spec[P.S_RETRIES]})")))
-        # everything the dead process held goes away with it
-        for off in self.reserved.pop(wid, ()):
-            self.alloc.free(off)
-        for o in list(self.objs.values()):
-            if wid in o.procs or wid in o.pins or wid in o.subscribers:
-                o.procs.discard(wid)
-                o.pins.pop(wid, None)
-                if wid in o.subscribers:
-                    o.subscribers = o.subscribers - {wid}
-                self._maybe_free(o)
-
-    def tick(self, now: float) -> None:
-        """Retire workers idle for longer than idle_timeout beyond the warm pool."""
-        actors = sum(1 for w in self.workers.values() if w.actor is not None)
-        extra = len(self.workers) - actors - len(self.retiring) - self.idle_keep
-        for wid in list(self.idle):
-            w = self.workers[wid]
-            if not w.idle_since:
-                w.idle_since = now
-            elif extra > 0 and now - w.idle_since > self.idle_timeout:
-                self.idle.remove(wid)  # never dispatch to a worker being retired
-                self.retiring.add(wid)
-                self.actions.append(("kill", wid))
-                extra -= 1
-
-    # ------------------------------------------------------------------ leases
-    def lease_end(self, wid: int, epoch: int) -> None:
-        w = self.workers.get(wid)
-        if w is None or w.lease is None or w.lease[1] != epoch or w.task is not None:
-            return
-        w.lease = None
-        w.reclaim = False
-        if w.state is W.BLOCKED:
-            _move(w, W.BUSY, WORKER_TRANSITIONS, "worker")
-        self._release_worker_resources(w)
-        _move(w, W.IDLE, WORKER_TRANSITIONS, "worker")
-        self.idle.append(wid)
 
     # ------------------------------------------------------------------ cancel
     def cancel(self, tid: int, force: bool, recursive: bool) -> None:

@@ -1,0 +1,243 @@
+"""How a process waits: pumping its rings, blocking waits, futures, the pump thread.
+
+A mixin of ``client.Client`` (the methods use its rings, doorbell, locks and caches).
+Data flow::
+
+    get / wait / request ─▶ wait_until(pred) ─▶ pump(spin): poll the rings up to spin_max
+                                                 (yielding the CPU), then sleep on the
+                                                 eventfd ─▶ _drain ─▶ Client._handle
+    a task that waits    ─▶ _blocking_wait: BLOCKED to the node (its CPU is lent, queued
+                                            work handed back), UNBLOCKED after
+    ref.future() / await ─▶ the background pump thread, while no user thread pumps
+
+Only one thread drains the rings at a time (``_pump_lock``); the others wait on a
+condition the pumping thread notifies.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+from . import exceptions as exc
+from . import protocol as P
+
+_HOST = socket.gethostname()
+
+
+class Waiting:
+    def pump(self, timeout: float | None, spin: bool = False) -> bool:
+        """Handle what has arrived; if nothing has, block up to ``timeout`` for more
+        (``spin``: a foreground wait, which may poll briefly before it sleeps)."""
+        if self._drain():
+            return True
+        if timeout is not None and timeout <= 0:
+            return False
+        if spin and self.spin_max:
+            t0 = time.perf_counter()
+            if self._spin:
+                end = t0 + min(self._spin, timeout if timeout is not None else 1.0)
+                has_data = self._has_data
+                yield_cpu = os.sched_yield
+                clock = time.perf_counter
+                while True:
+                    if has_data():
+                        return self._drain()
+                    if clock() >= end:
+                        break
+                    yield_cpu()  # (releases the GIL too: other threads run meanwhile)
+            got = self._sleep(timeout)
+            # a short wait (a reply on its way, a caller in a loop): poll next time, as
+            # polling a little longer may catch it; a long wait: sleep at once next time
+            short = time.perf_counter() - t0 <= 4 * self.spin_max
+            self._spin = self.spin_max if short else 0.0
+            return got
+        return self._sleep(timeout)
+
+    def pump_locked(self, timeout: float | None) -> bool:
+        """A worker's serving loop pumps: under the pump lock, as the background pump
+        thread (``ref.future()``, ``await``) may run in this process too."""
+        with self._pump_lock:
+            got = self.pump(timeout, spin=True)
+        if self._futures:
+            with self._cond:
+                self._cond.notify_all()
+        return got
+
+    def _sleep(self, timeout: float | None) -> bool:
+        bell = self._bell
+        bell.sleep_begin()
+        if self._has_data():
+            bell.sleep_end()
+            return self._drain()
+        extra = (self._node_pidfd,) if self._node_pidfd is not None else ()
+        dead = bell.wait(min(timeout, 1.0) if timeout is not None else 1.0, extra)
+        if dead or (self.is_worker and os.getppid() != self.node_pid):
+            self.node_dead = True
+        got = self._drain()
+        if self.node_dead and not got:
+            raise exc.RaySystemError(
+                f"the mpray node process (pid {self.node_pid}) on {_HOST} died; "
+                "this session can no longer run tasks (call mpray.shutdown())"
+            )
+        return got
+
+    def poll_nowait(self) -> None:
+        """Handle whatever has arrived, if no other thread is pumping; never blocks."""
+        self._fg_pump = time.monotonic()
+        if self._pump_lock.acquire(False):
+            try:
+                if self._has_data():
+                    self._drain()
+            finally:
+                self._pump_lock.release()
+
+    def wait_until(self, pred, deadline: float | None) -> bool:
+        """Pump (or wait for the pumping thread) until ``pred()`` or the deadline."""
+        while not pred():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            remaining = None if deadline is None else deadline - now
+            self._fg_pump = now
+            if self._pump_lock.acquire(False):
+                try:
+                    self.pump(remaining, spin=True)
+                finally:
+                    self._pump_lock.release()
+                    with self._cond:
+                        self._cond.notify_all()
+            else:
+                with self._cond:
+                    self._cond.wait(0.002 if remaining is None else min(remaining, 0.002))
+        return True
+
+    def request(self, msg_builder, timeout: float | None = 60.0):
+        """Send a request carrying a fresh request id; return the node's reply."""
+        req = self.new_ids(0)
+        self.send([msg_builder(req)])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._blocking_wait(lambda: req in self._replies, deadline):
+            raise exc.GetTimeoutError(f"no reply from the mpray node within {timeout} s")
+        return self._replies.pop(req)
+
+    def _blocking_wait(self, pred, deadline) -> bool:
+        if pred():
+            return True
+        if self.actor_mode is not None:
+            return self._actor_blocking_wait(pred, deadline)
+        if self.is_worker and not self.blocked and self.current_task is not None:
+            self.blocked = True
+            self._drain()
+            # queued tasks must not wait behind one that waits: hand them all back
+            mine = [m[1] for m in self.exec_queue if len(m) <= 11]
+            leased = [m[1] for m in self.exec_queue if len(m) > 11]
+            self.exec_queue.clear()
+            epoch = self.lease_epoch
+            if epoch is not None:  # the driver holds back our lease's work meanwhile
+                self.send_driver([(P.RETURN_D, leased, True)])
+            self.send([(P.BLOCKED, mine)])
+            try:
+                return self.wait_until(pred, deadline)
+            finally:
+                self.blocked = False
+                self.send([(P.UNBLOCKED,)])
+                if epoch is not None and epoch == self.lease_epoch:
+                    self.send_driver([(P.RESUMED, self.proc, epoch)])
+        return self.wait_until(pred, deadline)
+
+    def _actor_blocking_wait(self, pred, deadline) -> bool:
+        """An actor waits: its calls stay queued (order), a sync actor lends its CPU."""
+        if self.actor_mode != "sync" or self.blocked or self.current_task is None:
+            return self.wait_until(pred, deadline)
+        self.blocked = True
+        self.send([(P.BLOCKED, [])])
+        try:
+            return self.wait_until(pred, deadline)
+        finally:
+            self.blocked = False
+            self.send([(P.UNBLOCKED,)])
+
+
+    # ------------------------------------------------------------------ futures
+    def future(self, oid: int, ref=None):
+        import concurrent.futures
+
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        if oid in self._values:
+            self._resolve_futures(oid, [fut])
+            return fut
+        fut._mpray_ref = ref  # the future keeps its object alive until it resolves
+        self._futures.setdefault(oid, []).append(fut)
+        self._subscribe([oid] if self._needs_subscription(oid) else [])
+        if oid in self._values:  # arrived meanwhile
+            futs = self._futures.pop(oid, [])
+            self._resolve_futures(oid, futs)
+        self._ensure_future_thread()
+        return fut
+
+    def _resolve_futures(self, oid: int, futs: list) -> None:
+        kind, payload = self._values[oid]
+        for f in futs:
+            if f.done():
+                continue
+            try:
+                f.set_result(self.materialize(oid, kind, payload))
+            except BaseException as e:  # noqa: BLE001 - delivered to the future
+                f.set_exception(e)
+            f._mpray_ref = None
+
+    def _background_needed(self) -> bool:
+        d = self.direct
+        a = self.actors
+        return bool(self._futures or (d is not None and d.queue)
+                    or (a is not None and a.backlog)) and not self.closed
+
+    def ensure_background_pump(self) -> None:
+        ev = self._bg_wake
+        if not ev.is_set():
+            ev.set()
+        if not self._bg_running:
+            self._ensure_future_thread()
+
+    def _ensure_future_thread(self) -> None:
+        """One thread per client, started on first need, that pumps while futures wait or
+        direct tasks are queued here, so they progress while the user's threads do
+        something else.  It sleeps on an Event when not needed, and stays out of the way
+        (no lock or GIL ping-pong) while a user thread pumps by itself."""
+        self._bg_wake.set()
+        if self._bg_running:
+            return
+        self._bg_running = True
+
+        def run() -> None:
+            wake = self._bg_wake
+            while not self.closed:
+                if not self._background_needed():
+                    wake.wait(0.5)
+                    wake.clear()
+                    continue
+                quiet = time.monotonic() - self._fg_pump
+                if quiet < 0.005:
+                    time.sleep(0.005 - quiet)
+                    continue
+                if not self._pump_lock.acquire(timeout=0.05):
+                    continue  # another thread pumps; look again later
+                try:
+                    self.pump(0.05)
+                except Exception as e:  # noqa: BLE001 - fail every pending future
+                    for futs in list(self._futures.values()):
+                        for f in futs:
+                            if not f.done():
+                                f.set_exception(e)
+                    self._futures.clear()
+                    return
+                finally:
+                    self._pump_lock.release()
+                    with self._cond:
+                        self._cond.notify_all()
+
+        self._future_thread = threading.Thread(target=run, name="mpray-pump", daemon=True)
+        self._future_thread.start()
