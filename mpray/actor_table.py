@@ -33,7 +33,7 @@ ACTOR_MARK = ("~actor", 0.0)  # in a creation task's shape: its own ready queue,
 
 
 class Actor:
-    __slots__ = ("key", "anchor", "state", "spec", "owner", "opts", "restarts_left",
+    __slots__ = ("remote_rank", "key", "anchor", "state", "spec", "owner", "opts", "restarts_left",
                  "worker", "queue", "incarnation", "death", "killed", "terminating",
                  "history", "name_key")
 
@@ -53,6 +53,7 @@ class Actor:
         self.killed: str | None = None  # why it must not restart (kill, exit_actor, ...)
         self.terminating = False
         self.name_key: tuple | None = None
+        self.remote_rank: int | None = None  # (MPI) placed on that rank: calls go there
         self.history = [A.PENDING_CREATION]
 
     @property
@@ -142,7 +143,7 @@ class ActorTable:
         if o is not None:  # a pending call keeps its actor alive (its anchor)
             o.task_refs += 1
         a = self.actors.get(t.actor)
-        if a is None and self._forward_actor_call(t):
+        if (a is None or a.remote_rank is not None) and self._forward_actor_call(t, a):
             return False  # it lives on another rank: forwarded there
         if a is None or a.state is A.DEAD or a.killed:
             self._fail(t, self._death_payload(a, t.actor))
@@ -325,9 +326,14 @@ class ActorTable:
     # ------------------------------------------------------------------ kill / exit
     def kill_actor(self, aid: int, no_restart: bool, why: str = "") -> None:
         a = self.actors.get(aid)
-        if a is None and self.agent is not None and P.id_rank(aid) != self.rank:
-            # (MPI) it lives on the rank that created it: the kill goes there
-            self.out[self.agent].append((P.KILL_ACTOR, aid, no_restart))
+        if self.agent is not None and (a is None and P.id_rank(aid) != self.rank
+                                       or a is not None and a.remote_rank is not None):
+            # (MPI) it lives on another rank: the kill goes there
+            rank = a.remote_rank if a is not None else P.id_rank(aid)
+            self.out[self.agent].append((P.KILL_ACTOR, aid, no_restart, rank))
+            if a is not None and no_restart:
+                a.killed = why or "it was killed with mpray.kill()"
+                self._free_name(a)
             return
         if a is None or a.state is A.DEAD:
             return
@@ -357,7 +363,11 @@ class ActorTable:
             del self.actors[a.key]  # nothing can reach it any more
             return
         a.terminating = True
-        if a.worker is not None:
+        if a.remote_rank is not None:  # (MPI) it lives there: end it there
+            self.out[self.agent].append((P.KILL_ACTOR, a.key, True, a.remote_rank))
+            self._actor_dead(a, f"The actor {a.class_name} ({P.id_hex(a.key)}) is dead: "
+                                "all references to the actor were removed")
+        elif a.worker is not None:
             self.actions.append(("kill", a.worker))
         else:  # waiting to be (re)placed: it never runs again
             self._actor_dead(a, f"The actor {a.class_name} ({P.id_hex(a.key)}) is dead: "

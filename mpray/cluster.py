@@ -18,6 +18,8 @@ tasks come home), so a fetch always asks ``id_rank(oid)``.
 
 from __future__ import annotations
 
+import collections
+
 from . import protocol as P
 from .serialization import ERROR
 from .states import O, T, TASK_TRANSITIONS, _move
@@ -58,9 +60,11 @@ class ClusterView:
     def _placement(self, t) -> int | None:
         """The rank that should run ``t`` (None: this node)."""
         if (self.agent is None or len(self.ranks) < 2 or not t.spec[P.S_NRET]
-                or t.creating or t.actor is not None or t.owner == AGENT):
+                or t.actor is not None or t.owner == AGENT):
             return None  # (a task forwarded here runs here: no ping-pong)
         strategy = t.spec[P.S_STRATEGY]
+        if t.creating and strategy in (None, "DEFAULT"):
+            return None  # an actor lives where it is created, unless placed elsewhere
         if strategy == "SPREAD":
             self._spread = (self._spread + 1) % len(self.ranks)
             target = self._spread
@@ -131,6 +135,10 @@ class ClusterView:
             self._forward(t, target)
 
     def _forward(self, t, rank: int) -> None:
+        a = None
+        if t.creating:  # the actor will live there: its calls follow it (actor_table)
+            a = self.actors[t.key]
+            a.remote_rank = rank
         _move(t, T.DISPATCHED, TASK_TRANSITIONS, "task")
         t.worker = AGENT
         self.forwarded += 1
@@ -141,6 +149,12 @@ class ClusterView:
             sent.add(fid)
             blob = self.funcs[fid]
         self.out[AGENT].append((FWD, rank, t.spec, blob))
+        if a is not None:  # calls made while it waited for its arguments follow it, in order
+            queued, a.queue = list(a.queue), collections.deque()
+            for tid in queued:
+                c = self.tasks.get(tid)
+                if c is not None and c.state in (T.PENDING_ARGS, T.READY):
+                    self._forward(c, rank)
 
     def remote_done(self, tid: int, results) -> None:
         """A task this node forwarded ended on another rank: its values came home."""
@@ -171,11 +185,18 @@ class ClusterView:
         o.remote = True
         self.seal(AGENT, oid, kind, payload, contained, owner_has_it=True)
 
-    def _forward_actor_call(self, t) -> bool:
-        """A call to an actor that lives on another rank (phase 1: its creator's)."""
-        if self.agent is None or P.id_rank(t.actor) == self.rank:
+    def _forward_actor_call(self, t, a=None) -> bool:
+        """A call to an actor that lives on another rank: the rank its creation was
+        placed on (known here, at its creator's node), else its creator's rank."""
+        if self.agent is None:
             return False
-        self._forward(t, P.id_rank(t.actor))
+        if a is not None:
+            rank = a.remote_rank
+        else:
+            rank = P.id_rank(t.actor)
+        if rank is None or rank == self.rank:
+            return False
+        self._forward(t, rank)
         return True
 
     def load_report(self) -> tuple[int, float]:

@@ -84,6 +84,8 @@ class Agent:
         self.node_out: list = []
         self.hello_req: int | None = None
         self.where: dict[int, int] = {}  # tid -> the rank this rank forwarded it to
+        self.keep: set[int] = set()  # anchors of actors placed here by other ranks
+        self.load_reqs: set[int] = set()
         self.outbox: dict[int, list] = collections.defaultdict(list)
         self.stopped: set[int] = set()
         self.stop_requested = False
@@ -120,6 +122,7 @@ class Agent:
         self.to_node([(CLUSTER, self.rank, [(nid, res) for nid, res, _h in self.ranks]),
                       (P.QUERY, req, "load")])
         self.hello_req = req
+        self.load_reqs.add(req)
         deadline = time.monotonic() + timeout
         self.run(lambda: self.hello_req is None or time.monotonic() > deadline)
         if self.hello_req is not None:
@@ -191,8 +194,8 @@ class Agent:
             rank = self.where.get(m[1])
             if rank is not None:
                 self.send(rank, ("node", m))
-        elif op == P.KILL_ACTOR:  # an actor of another rank: its creator's rank has it
-            self.send(P.id_rank(m[1]), ("node", m))
+        elif op == P.KILL_ACTOR:  # an actor of another rank: (op, aid, no_restart, rank)
+            self.send(m[3], ("node", m[:3]))
         elif op == FETCH:
             self.send(P.id_rank(m[1]), ("fetch", m[1]))
         elif op == P.OBJ:
@@ -203,10 +206,12 @@ class Agent:
                 cont(None, m[3])
             else:
                 cont(m[2], None)
-        elif op == P.REPLY:
+        elif op == P.REPLY:  # (other replies, e.g. to a forwarded named creation: none)
             if m[1] == self.hello_req:
                 self.hello_req = None
-            self._on_load(m[2])
+            if m[1] in self.load_reqs:
+                self.load_reqs.discard(m[1])
+                self._on_load(m[2])
 
     def on_value(self, oid: int, kind: int, payload, contains) -> None:
         """A value this agent waited for: a forwarded task's result, or one to serve."""
@@ -216,7 +221,7 @@ class Agent:
             if rec is not None:
                 # the agent's hold on the result goes when its reader has it (a result
                 # that holds refs stays: its owner rank may read those later)
-                release = ("ref", oid) if not contains else None
+                release = ("ref", oid) if not contains and oid not in self.keep else None
                 rec[2].append((oid, kind, self._ship(kind, payload, release), tuple(contains)))
                 if len(rec[2]) == rec[1]:
                     del self.inbound[tid]
@@ -264,6 +269,8 @@ class Agent:
             _, spec, blob = msg
             tid = spec[P.S_TID]
             self.inbound[tid] = [src, spec[P.S_NRET], []]
+            if len(spec) > P.S_CREATE:  # an actor placed here: its anchor stays held
+                self.keep.add(tid + 1)  # (its creator's rank sends the kill)
             for i in range(spec[P.S_NRET]):
                 self.result_of[tid + 1 + i] = tid
             self.to_node(([(P.FUNC, spec[P.S_FID], blob)] if blob is not None else [])
@@ -364,7 +371,9 @@ class Agent:
 
     # ------------------------------------------------------------------ load (global scheduling)
     def _req_load(self) -> None:
-        self.to_node([(P.QUERY, self._new_req(), "load")])
+        req = self._new_req()
+        self.load_reqs.add(req)
+        self.to_node([(P.QUERY, req, "load")])
 
     def _on_load(self, mine) -> None:
         """Publish this rank's (queued, free CPUs) in rank 0's window; read everyone's."""

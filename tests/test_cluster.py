@@ -176,3 +176,40 @@ def test_queued_work_spills_once_tasks_are_known_to_be_long():
     moved = fwds(s)
     assert {m[1] for m in moved} == {1, 2} and 2 <= len(moved) <= 4
     assert all(m[2][P.S_TID] >= 130 for m in moved)  # from the tail of the queue
+
+
+def create_spec(aid, strategy=None) -> tuple:
+    copts = {"class_name": "K", "meta": {}, "name": None, "namespace": "", "held": (),
+             "req": None}
+    return (aid, FID, "K.__init__", b"args", (), 1, (("CPU", 1.0),), 0, False, (), strategy,
+            False, aid, copts)
+
+
+def call_spec(aid, tid) -> tuple:
+    return (tid, "m", "K.m", b"args", (), 1, (), 0, False, (), None, False, aid)
+
+
+def test_an_actor_placed_on_another_rank_gets_its_calls_there():
+    s = sched()
+    s.submit(0, create_spec(100, strategy=Affinity("n2", soft=False)))
+    (fwd,) = fwds(s)
+    assert fwd[1] == 2 and s.actors[100].remote_rank == 2
+    s.submit(0, call_spec(100, 110))
+    s.submit(0, call_spec(100, 120))
+    assert [(m[1], m[2][P.S_TID]) for m in fwds(s)] == [(2, 110), (2, 120)]
+    # its creation ended there: alive here too (for the driver), calls still go there
+    s.remote_done(100, [(101, INLINE, NONE, ())])
+    assert s.actors[100].state.value == "ALIVE"
+    # its calls end; then the last handle here goes: the actor is ended on its rank
+    s.remote_done(110, [(111, INLINE, NONE, ())])
+    s.remote_done(120, [(121, INLINE, NONE, ())])
+    assert not [m for m in s.out[AGENT] if m[0] == P.KILL_ACTOR]  # (calls held it)
+    s.refs(0, (), [101])
+    assert (P.KILL_ACTOR, 100, True, 2) in s.out[AGENT]
+    assert s.actors.get(100) is None or s.actors[100].state.value == "DEAD"
+
+
+def test_actors_stay_where_they_are_created_by_default():
+    s = sched()
+    s.submit(0, create_spec(100))
+    assert fwds(s) == [] and s.actors[100].remote_rank is None

@@ -55,6 +55,25 @@ assert ray.get(h.node.remote()) == ids[-1]
 assert ray.get([h.inc.remote() for _ in range(20)]) == list(range(2, 22))
 
 
+# actors placed on another rank by affinity or SPREAD: calls reach them there, in order
+far = Counter.options(scheduling_strategy=last).remote()
+assert ray.get(far.node.remote()) == ids[-1]
+assert ray.get([far.inc.remote() for _ in range(30)]) == list(range(1, 31))
+vals, _r = ray.get(call_from_there.options(scheduling_strategy=Affinity(ids[0], soft=False))
+                   .remote(far, 2))
+assert vals == [31, 32]
+named = Counter.options(name="far", scheduling_strategy=last).remote()
+assert ray.get(ray.get_actor("far").node.remote()) == ids[-1]
+spread = [Counter.options(scheduling_strategy="SPREAD").remote() for _ in range(2 * len(ids))]
+assert set(ray.get([a.node.remote() for a in spread])) == set(ids)
+ray.kill(far)
+try:
+    ray.get(far.inc.remote(), timeout=20)
+    raise AssertionError("a killed actor answered")
+except ray.exceptions.ActorDiedError:
+    pass
+del named, spread
+
 # default-strategy work spills over to idle ranks when this rank has a backlog
 @ray.remote
 def busy(x):
