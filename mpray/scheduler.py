@@ -403,7 +403,9 @@ class Scheduler(ObjectDirectory, ActorTable, ClusterView, WorkerTable):
         if t.creating:
             ok = t.state is T.FINISHED
             self._creation_finished(t, ok, None if ok else results[0][2])
-            delivered = True  # nobody reads an anchor: its owner's release is then prompt
+            # nobody reads an anchor (so its owner's release is prompt), but an agent
+            # that placed the actor here ships it home: the creator learns it is alive
+            delivered = t.owner != self.agent
         self._store_results(t, t.worker or t.owner, results, delivered)
         if not t.creating:  # an actor keeps its constructor's arguments for restarts
             self._release_task_refs(t)

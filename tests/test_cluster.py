@@ -213,3 +213,14 @@ def test_actors_stay_where_they_are_created_by_default():
     s = sched()
     s.submit(0, create_spec(100))
     assert fwds(s) == [] and s.actors[100].remote_rank is None
+
+
+def test_the_rank_an_actor_is_placed_on_ships_its_creation_home():
+    s = sched(rank=2)
+    aid = RANK1 + 100
+    s.submit(AGENT, create_spec(aid))
+    s.schedule()
+    wid = s.actors[aid].worker
+    s.task_done(wid, aid, P.OK, [(aid + 1, INLINE, NONE, ())], False)
+    assert [m for m in s.out[AGENT] if m[0] == P.OBJ and m[1] == aid + 1]  # to the agent
+    assert s.actors[aid].state.value == "ALIVE"
