@@ -317,43 +317,39 @@ class Agent:
         if kind != ARENA:
             done(kind, desc)
             return
-        if desc[0] == "arena":  # straight from the home rank's arena (an MPI window)
+        how = desc[0]
+        after = None  # what the home rank must hear once the bytes are here
+        if how == "arena":  # straight from the home rank's arena (an MPI window)
             _a, src, (soff, hlen, places, total), release = desc
 
-            def read(off, err):
-                if off is None:
-                    done(ERROR, _store_full(total, err))
-                else:
-                    self._get(self.arena_win, src, soff, off, total)
-                    done(ARENA, (off, hlen, places, total))
-                if release is not None:
-                    self.send(src, ("release", release))
+            def fill(off):
+                self._get(self.arena_win, src, soff, off, total)
 
-            self._alloc(total, read)
-            return
-        if desc[0] == "bytes":
+            if release is not None:
+                after = ("release", release)
+        elif how == "bytes":  # they came in the message
             data, (_o, hlen, places, total) = desc[1], desc[2]
 
-            def copy(off, err):
-                if off is None:
-                    done(ERROR, _store_full(total, err))
-                    return
+            def fill(off):
                 self.arena[off: off + total] = data
-                done(ARENA, (off, hlen, places, total))
+        else:  # from the home rank's export window
+            _w, src, woff, (_z, hlen, places, total) = desc
 
-            self._alloc(total, copy)
-            return
-        _w, src, woff, (_z, hlen, places, total) = desc
+            def fill(off):
+                self._get(self.win, src, woff, off, total)
 
-        def fetch(off, err):
+            after = ("freeexp", woff)
+
+        def landed(off, err):
             if off is None:
                 done(ERROR, _store_full(total, err))
             else:
-                self._get(self.win, src, woff, off, total)
+                fill(off)
                 done(ARENA, (off, hlen, places, total))
-            self.send(src, ("freeexp", woff))
+            if after is not None:
+                self.send(src, after)
 
-        self._alloc(total, fetch)
+        self._alloc(total, landed)
 
     def _windows(self) -> list:
         return [w for w in (self.arena_win, self.win, self.loadwin) if w is not None]

@@ -33,25 +33,20 @@ class ActorPool:
     # ------------------------------------------------------------------ bulk
     def map(self, fn: Callable, values: Iterable) -> Iterator:
         """Apply ``fn(actor, value)`` to every value; yields results in order."""
-        self._drain_previous()
-        for v in values:
-            self.submit(fn, v)
-
-        def results():
-            while self.has_next():
-                yield self.get_next()
-
-        return results()
+        return self._map(fn, values, self.get_next)
 
     def map_unordered(self, fn: Callable, values: Iterable) -> Iterator:
         """Like ``map``, yielding results as they finish."""
+        return self._map(fn, values, self.get_next_unordered)
+
+    def _map(self, fn: Callable, values: Iterable, next_result: Callable) -> Iterator:
         self._drain_previous()
         for v in values:
             self.submit(fn, v)
 
         def results():
             while self.has_next():
-                yield self.get_next_unordered()
+                yield next_result()
 
         return results()
 
