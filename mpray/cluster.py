@@ -43,7 +43,6 @@ class ClusterView:
         self.ranks: list[tuple[str, dict]] = []  # per rank: (node_id, total resources)
         self.load: list[tuple[int, float]] = []  # per rank: (queued, free CPUs)
         self._spread = 0
-        self.forwarded = 0
         self.fetching: set[int] = set()
         self.fids_sent: dict[int, set] = {}  # rank -> functions it has from this node
 
@@ -141,7 +140,6 @@ class ClusterView:
             a.remote_rank = rank
         _move(t, T.DISPATCHED, TASK_TRANSITIONS, "task")
         t.worker = AGENT
-        self.forwarded += 1
         fid = t.spec[P.S_FID]
         blob = None
         sent = self.fids_sent.setdefault(rank, set())

@@ -36,7 +36,6 @@ class MPISession:
         self.agent = agent
         self.launch = launch
         self.stopping = False
-        self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._serve, name="mpray-mpi-agent", daemon=True)
         self.thread.start()
 
@@ -50,8 +49,7 @@ class MPISession:
                 missing = sorted(set(range(1, agent.size)) - agent.stopped)
                 abort(self.comm, f"ranks {missing} did not stop within 10 s; ending the job")
             agent.close()
-        except BaseException as e:  # noqa: BLE001 - a bug here must end the job, loudly
-            self.error = e
+        except BaseException:  # noqa: BLE001 - a bug here must end the job, loudly
             from .agent import abort
 
             abort(self.comm, "the MPI agent thread failed:\n" + traceback.format_exc())

@@ -79,7 +79,7 @@ class Agent:
         self.inbound: dict[int, list] = {}  # forwarded here: tid -> [origin, nret, results]
         self.result_of: dict[int, int] = {}  # return oid -> tid (forwarded here)
         self.serving: dict[int, list] = collections.defaultdict(list)  # oid -> ranks asking
-        self.waiting_alloc: dict[int, tuple] = {}  # req -> (nbytes, continuation)
+        self.waiting_alloc: dict[int, object] = {}  # req -> continuation(off, err)
         self._req = 0
         self.node_out: list = []
         self.hello_req: int | None = None
@@ -201,7 +201,7 @@ class Agent:
         elif op == P.OBJ:
             self.on_value(m[1], m[2], m[3], m[4] if len(m) > 4 else ())
         elif op == P.ALLOC_OK:
-            nbytes, cont = self.waiting_alloc.pop(m[1])
+            cont = self.waiting_alloc.pop(m[1])
             if m[2] is None:
                 cont(None, m[3])
             else:
@@ -362,7 +362,7 @@ class Agent:
 
     def _alloc(self, nbytes: int, cont) -> None:
         req = self._new_req()
-        self.waiting_alloc[req] = (nbytes, cont)
+        self.waiting_alloc[req] = cont
         self.to_node([(P.ALLOC, req, nbytes)])
 
     # ------------------------------------------------------------------ load (global scheduling)
