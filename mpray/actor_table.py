@@ -26,6 +26,8 @@ import pickle
 
 from . import exceptions as exc
 from . import protocol as P
+from .actor_names import name_taken
+from .cluster import AGENT
 from .states import ACTOR_TRANSITIONS, TASK_TRANSITIONS, A, ActorState, T, W, _move
 
 NODE_HOLDER = -1  # pseudo process that holds a detached actor's anchor
@@ -76,16 +78,20 @@ class ActorTable:
         aid = spec[P.S_TID]
         name = opts.get("name")
         req = opts.get("req")
-        key = (opts.get("namespace") or "", name) if name else None
-        if key is not None and key in self.names:
-            other = self.actors[self.names[key]]
-            if opts.get("get_if_exists"):
+        # (one placed here by another rank has its name there, at its creator's node)
+        key = (opts.get("namespace") or "", name) if name and proc != AGENT else None
+        if key is not None and self._names_at_rank0() and self._claim_elsewhere(proc, spec, key):
+            return False  # (rank 0 answers first: submit() comes again if the name is ours)
+        if key is not None and (key in self.names or key in self.remote_names):
+            other = self.actors.get(self.names.get(key))
+            if not opts.get("get_if_exists"):
+                self._send(proc, (P.REPLY, req, ("error", name_taken(key))))
+            elif other is not None:
                 self._hold_anchor(other, proc)
                 self._send(proc, (P.REPLY, req, ("exists", other.key, other.opts.get("meta"))))
-            else:
-                self._send(proc, (P.REPLY, req, ("error", (
-                    f"Actor with name '{name}' already exists in the namespace "
-                    f"{key[0] or '(default)'}"))))
+            else:  # (rank 0: an actor of another rank has it)
+                aid2, meta = self.remote_names[key]
+                self._send(proc, (P.REPLY, req, ("exists", aid2, meta)))
             return False
         a = self.actors[aid] = Actor(aid, spec, proc)
         self.anchors[a.anchor] = aid
@@ -107,10 +113,10 @@ class ActorTable:
 
     def lookup_actor(self, proc: int, namespace: str, name: str):
         """get_actor(): (aid, meta) and ``proc`` now holds a ref to its anchor; or None."""
-        aid = self.names.get((namespace or "", name))
-        a = self.actors.get(aid) if aid is not None else None
-        if a is None or a.state is A.DEAD or a.anchor not in self.objs:
-            return None
+        key = (namespace or "", name)
+        a = self._live_named(key)
+        if a is None:  # (rank 0: maybe an actor of another rank)
+            return self.remote_names.get(key)
         self._hold_anchor(a, proc)
         return (a.key, a.opts.get("meta"))
 
@@ -321,6 +327,7 @@ class ActorTable:
     def _free_name(self, a: Actor) -> None:
         if a.name_key is not None and self.names.get(a.name_key) == a.key:
             del self.names[a.name_key]
+            self._name_freed(a.name_key, a.key)
         a.name_key = None
 
     # ------------------------------------------------------------------ kill / exit

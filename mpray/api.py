@@ -24,6 +24,7 @@ from . import _global
 from . import config as C
 from . import protocol as P
 from .client import Client
+from .cluster import SPILL_MIN_TASK_S
 from .node import NodeSetup, node_main
 from .object_ref import ObjectRef
 from .remote_function import RemoteFunction
@@ -119,8 +120,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
 
 
 def _rank_share(args: dict, local_ranks: int) -> dict:
-    """Under MPI, ranks on one host share what detection finds (unless told otherwise);
-    driver leases are off so the node sees every task (it spills work to other ranks)."""
+    """Under MPI, ranks on one host share what detection finds (unless told otherwise)."""
     env = os.environ
     args = dict(args)
     # (inside a SLURM step, detection already gives each task its share of the node)
@@ -133,8 +133,6 @@ def _rank_share(args: dict, local_ranks: int) -> dict:
         from . import resources as R
 
         args["object_store_memory"] = max(64 << 20, R.default_object_store_bytes() // local_ranks)
-    if args.get("lease_depth") is None and not env.get("MPRAY_LEASE_DEPTH"):
-        args["lease_depth"] = 0
     return args
 
 
@@ -204,8 +202,11 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> Non
     )
     client._mailbox = (mailbox, cfg.direct_ring_bytes)
     if slots and cfg.lease_depth:
+        # (with other ranks, tasks long enough to be worth moving go by the node)
+        spill_long = SPILL_MIN_TASK_S if launch is not None and launch.size > 1 else 0.0
         client.direct = DirectTasks(client, mailbox, cfg.direct_ring_bytes, slot_efds,
-                                    max_leases=cfg.num_cpus, depth=cfg.lease_depth)
+                                    max_leases=cfg.num_cpus, depth=cfg.lease_depth,
+                                    spill_long=spill_long)
     from .actor_calls import DirectActors
 
     client.actors = DirectActors(client, client.direct)

@@ -244,7 +244,8 @@ class Client(Waiting):
             oid = msg[1]
             self.store_obj(oid, msg[2], msg[3])
             d = self.direct
-            if d is not None and (d.pending or d.flagged or d.seeding) and d.on_node_value(oid):
+            if d is not None and (d.pending or d.flagged or d.seeding or d.dropped) \
+                    and d.on_node_value(oid):
                 self._decref.append(oid)  # its ref died while the task ran
         elif op == P.EXEC:
             if msg[3] is not None:  # keep the function even if this EXEC is bounced
@@ -284,8 +285,10 @@ class Client(Waiting):
                 self.direct.on_lease(msg[1], msg[2], msg[3], msg[4], msg[5])
         elif op == P.RECLAIM:
             self.reclaim = True
+        elif op == P.NO_LEASE:
+            self.direct.on_no_lease(msg[1])
         elif op == P.DONE_D:
-            self.direct.on_done(msg[1], msg[2], msg[3], msg[4])
+            self.direct.on_done(msg[1], msg[2], msg[3], msg[4], msg[5])
         elif op == P.RETURN_D:
             self.direct.on_returned(msg[1], msg[2])
         elif op == P.EXPIRED:

@@ -22,7 +22,7 @@ import collections
 
 from . import protocol as P
 from .serialization import ERROR
-from .states import O, T, TASK_TRANSITIONS, _move
+from .states import TASK_TRANSITIONS, O, T, _move
 
 AGENT = (1 << (P.RANK_SHIFT - P.PROC_BITS)) - 1  # the rank's MPI process, as seen by its node
 FWD = 60  # node -> agent (op, rank, spec, blob): run this task there (blob: its function,
@@ -31,7 +31,20 @@ FETCH = 61  # node -> agent (op, oid): bring this object of another rank here (P
 REMOTE_DONE = 62  # agent -> node (op, tid, results): a forwarded task ended there
 CLUSTER = 63  # agent -> node (op, rank, [(node_id, resources), ...]): the ranks, once
 LOAD = 64  # agent -> node (op, [(queued, free_cpus), ...]): the ranks' load, now and then
+TO_RANK = 65  # node -> agent (op, rank, msg): give msg to that rank's node
+# actor names, kept for the whole job by rank 0 (see actor_names)
+NAME_CLAIM = 66  # (op, rank, key, aid, meta, get_if_exists): may this creation have the name?
+NAME_ANSWER = 67  # (op, aid, ("ok",) | ("exists", aid, meta) | ("error", message))
+NAME_LOOKUP = 68  # (op, rank, req, proc, key): get_actor() of a name that rank does not know
+NAME_FOUND = 69  # (op, req, proc, (aid, meta) | None): its answer
+NAME_FREE = 70  # (op, key, aid): that actor's name is free again
 SPILL_MIN_TASK_S = 0.002  # moving a task to another rank costs about this much
+
+
+def running_mean(n: int, mean: float, x: float, weight: float) -> float:
+    """Mean task time after its ``n``-th sample ``x``: a plain mean of the first samples
+    (one slow start does not decide), then a moving mean with ``x`` weighted ``weight``."""
+    return mean + max(1.0 / n, weight) * (x - mean)
 
 
 class ClusterView:
@@ -96,7 +109,7 @@ class ClusterView:
         queued work × mean task time, plus the cost of moving the task), if it is lower
         than here.  Tasks shorter than moving them costs stay (they would only slow)."""
         backlog = len(self.ready.get(t.resources, ()))
-        mean = self.mean_task_s
+        mean = self.task_time.get(t.spec[P.S_FID], (0, 0.0))[1]  # (unknown yet: stays)
         if not backlog or mean < SPILL_MIN_TASK_S or not self.load:
             return None
         cpus = max(1.0, self.total.get("CPU", 1.0))
@@ -117,7 +130,7 @@ class ClusterView:
         """Move tasks from the tail of a ready queue that waits here to ranks where
         they would start sooner (each move counts against that rank until its next
         load report, so a burst does not all go to one rank)."""
-        if self.mean_task_s < SPILL_MIN_TASK_S or len(self.ranks) < 2:
+        if len(self.ranks) < 2:
             return
         for _ in range(len(q)):
             t = self.tasks.get(q[-1])
@@ -146,7 +159,11 @@ class ClusterView:
         if fid not in sent and fid in self.funcs:  # (actor calls name a method instead)
             sent.add(fid)
             blob = self.funcs[fid]
-        self.out[AGENT].append((FWD, rank, t.spec, blob))
+        spec = t.spec
+        if len(spec) > P.S_LEASE and spec[P.S_LEASE]:  # (leases are of workers here)
+            self._send(t.owner, (P.NO_LEASE, t.key + 1))
+            spec = spec[:P.S_LEASE] + (False,) + spec[P.S_LEASE + 1:]
+        self.out[AGENT].append((FWD, rank, spec, blob))
         if a is not None:  # calls made while it waited for its arguments follow it, in order
             queued, a.queue = list(a.queue), collections.deque()
             for tid in queued:
@@ -205,4 +222,5 @@ def _fits_total(total: dict, res: tuple) -> bool:
     return all(amount <= total.get(name, 0) + 1e-9 for name, amount in res if amount)
 
 
-__all__ = ["AGENT", "CLUSTER", "ClusterView", "FETCH", "FWD", "LOAD", "O", "REMOTE_DONE"]
+__all__ = ["AGENT", "CLUSTER", "ClusterView", "FETCH", "FWD", "LOAD", "O", "REMOTE_DONE",
+           "SPILL_MIN_TASK_S", "running_mean"]

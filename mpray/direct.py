@@ -19,6 +19,12 @@ Only tasks the node would not need to know about go direct: submitted by the dri
 resources exactly ``{"CPU": 1}``, default strategy, no ObjectRef pickled inside the
 arguments, and every top-level ref argument already resolved here (and not an error).
 Everything else takes the node's path unchanged.
+
+Under MPI (``spill_long``) the node must also see every task that is worth moving to
+another rank: this driver learns each function's mean run time (its workers time its
+direct tasks), and once that reaches the spill threshold the function's tasks take the
+node's path, those queued here too.  Shorter tasks would only slow down by moving, so
+they keep the direct path.
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ import os
 import pickle
 import signal
 import threading
+
 from . import exceptions as exc
 from . import protocol as P
+from .cluster import running_mean
 from .rings import Doorbell, Ring, ring_bytes
 from .serialization import ERROR
 
 DEFAULT_SHAPE = (("CPU", 1.0),)
+RUN_WEIGHT = 0.25  # weight of the newest run time in a function's moving mean
 SLOT_HEADER = 128  # [0:8] worker doorbell flag, [64:72] direct-task cancel word
 
 
@@ -79,7 +88,7 @@ class DirectTasks:
     """The driver's leases and its queue of direct tasks (driver process only)."""
 
     def __init__(self, client, mailbox, cap: int, slot_efds: list[int], max_leases: int,
-                 depth: int) -> None:
+                 depth: int, spill_long: float = 0.0) -> None:
         self.client = client
         self.lock = threading.RLock()
         self.mailbox = mailbox
@@ -101,12 +110,19 @@ class DirectTasks:
         self.seeding: dict[int, int] = {}
         self.expired: set[int] = set()  # epochs that ended before their grant was read
         self.blobs: dict[int, bytes] = {}  # fid -> cloudpickled function
+        # > 0 under MPI: functions whose tasks run this long (seconds, on average) go by
+        # the node, which may move them to other ranks
+        self.spill_long = spill_long
+        self.run_s: dict[int, tuple[int, float]] = {}  # fid -> (runs, mean run time)
+        self.long_fids: set[int] = set()
 
     # ------------------------------------------------------------------ submit
     @_locked
     def submit(self, spec: tuple, deps: tuple, keep) -> bool | None:
         """Run a task on a lease.  False: take the node's path; None: the node's path,
         flagged so that its worker becomes a lease when the task is done."""
+        if self.long_fids and spec[P.S_FID] in self.long_fids:
+            return False  # worth moving to another rank: the node decides
         tid = spec[P.S_TID]
         rec = [tid, spec, deps, keep, None]
         self.records[tid] = rec
@@ -253,18 +269,22 @@ class DirectTasks:
         self._refill()
 
     @_locked
-    def on_done(self, tid: int, retryable: bool, payload, via_node: bool) -> None:
-        """A direct task ended.  Its values came just before (direct), or come from the
-        node (``via_node``: arena values and values holding refs, which the node must
-        register first), or not at all (``retryable`` error: retry or give up here)."""
+    def on_done(self, tid: int, retryable: bool, payload, via_node: bool,
+                run_s: float = 0.0) -> None:
+        """A direct task ended, after running ``run_s`` seconds.  Its values came just
+        before (direct), or come from the node (``via_node``: arena values and values
+        holding refs, which the node must register first), or not at all (``retryable``
+        error: retry or give up here)."""
         rec = self.records.pop(tid, None)
         if rec is None:
             return
         lease = self.leases.get(rec[4])
+        spec = rec[1]
         if lease is not None:
             lease.inflight.pop(tid, None)
             lease.paused = False
-        spec = rec[1]
+        if self.spill_long and run_s:
+            self._timed(spec[P.S_FID], run_s)
         if retryable and spec[P.S_RETRIES] > 0 and rec[3] != "cancelled":
             rec[1] = spec[:P.S_RETRIES] + (spec[P.S_RETRIES] - 1,) + spec[P.S_RETRIES + 1:]
             self._to_node(rec)
@@ -277,9 +297,20 @@ class DirectTasks:
         self._refill()
 
     @_locked
+    def on_no_lease(self, first_oid: int) -> None:
+        """A task sent to become a lease runs without one (the node said so)."""
+        self._unflag(first_oid)
+
+    def _unflag(self, first_oid: int) -> None:
+        if first_oid in self.flagged:
+            self.flagged.discard(first_oid)
+            if self.queue:  # what waited for that lease may have to go by the node
+                self._refill()
+
+    @_locked
     def on_node_value(self, oid: int) -> bool:
         """The node sent a value: True when this process must now release its hold."""
-        self.flagged.discard(oid)  # that task ended; its worker may not have become a lease
+        self._unflag(oid)  # that task ended; its worker may not become a lease
         wid = self.seeding.pop(oid, None)
         if wid is not None:  # the lease it created is free for our tasks now
             lease = self.leases.get(wid)
@@ -355,6 +386,22 @@ class DirectTasks:
             return True
         return False
 
+    def _timed(self, fid: int, took: float) -> None:
+        """Learn how long ``fid``'s tasks run; when that reaches the spill threshold, its
+        tasks (the ones queued here too) go by the node from now on."""
+        n, mean = self.run_s.get(fid, (0, 0.0))
+        mean = running_mean(n + 1, mean, took, RUN_WEIGHT)
+        self.run_s[fid] = (n + 1, mean)
+        if mean >= self.spill_long:
+            self.long_fids.add(fid)
+            keep = collections.deque()
+            for queued in self.queue:
+                if queued[1][P.S_FID] == fid:
+                    self._to_node(queued)
+                else:
+                    keep.append(queued)
+            self.queue = keep
+
     # ------------------------------------------------------------------ cancel
     @_locked
     def cancel(self, tid: int, force: bool) -> bool:
@@ -396,12 +443,15 @@ class DirectTasks:
         tid, spec = rec[0], rec[1]
         self.records.pop(tid, None)
         for i in range(spec[P.S_NRET]):
-            self.promised.discard(tid + 1 + i)  # SUBMIT registers them now
+            # SUBMIT registers the returns now: they are the node's objects from here on
+            # (its worker may hand their values straight here; they are not direct
+            # values).  One dropped here already is released when its value comes (see
+            # on_node_value).
+            self.promised.discard(tid + 1 + i)
+            self.pending.pop(tid + 1 + i, None)
         # its arguments may be values only this process has seen (direct results)
         self.client.publish([oid for _pos, oid in spec[P.S_DEPS]])
         self.client.send([(P.SUBMIT, spec)])
-        # the returns stay in ``pending`` until the node sends their values; a dropped
-        # one is released then (see on_node_value)
 
     def _store_error(self, spec: tuple, err: BaseException) -> None:
         payload = pickle.dumps(err, protocol=5)

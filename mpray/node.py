@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from . import cluster
 from . import protocol as P
+from .actor_names import LATER
 from .direct import slot_bytes, slot_rings
 from .rings import Doorbell, Outbox, Ring, anonymous_shared, ring_bytes
 from .scheduler import Scheduler
@@ -259,7 +260,9 @@ class Node:
         elif op == P.CANCEL:
             s.cancel(m[1], m[2], m[3])
         elif op == P.QUERY:
-            s.out[proc].append((P.REPLY, m[1], self._query(m[2], proc)))
+            reply = self._query(m[2], proc, m[1])
+            if reply is not LATER:
+                s.out[proc].append((P.REPLY, m[1], reply))
         elif op == P.KILL_ACTOR:
             s.kill_actor(m[1], m[2])
         elif op == P.ACTOR_EXIT:
@@ -278,11 +281,22 @@ class Node:
             s.update_load(m[1])
         elif op == cluster.CLUSTER:
             s.attach_cluster(m[1], m[2])
+        elif op == cluster.NAME_CLAIM:
+            s.name_claim(m[1], m[2], m[3], m[4], m[5])
+        elif op == cluster.NAME_ANSWER:
+            s.name_answer(m[1], m[2])
+        elif op == cluster.NAME_LOOKUP:
+            s.name_lookup(m[1], m[2], m[3], m[4])
+        elif op == cluster.NAME_FOUND:
+            s.out[m[2]].append((P.REPLY, m[1], m[3]))
+        elif op == cluster.NAME_FREE:
+            s.name_free(m[1], m[2])
 
-    def _query(self, what, proc: int):
+    def _query(self, what, proc: int, req: int):
         s = self.sched
         if type(what) is tuple and what[0] == "actor":  # get_actor(name, namespace)
-            return s.lookup_actor(proc, what[1], what[2])
+            found = s.lookup_actor(proc, what[1], what[2])
+            return found if found is not None else s.ask_name(proc, req, (what[1] or "", what[2]))
         if what == "actors":
             return s.list_actors()
         if what == "available":

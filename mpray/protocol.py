@@ -61,8 +61,10 @@ PROMISE = 20  # driver->node (op, oid): a direct task's result whose ref is leav
 LEASE = 40  # node->driver (op, wid, epoch, slot, pid, first_oid) / node->worker (op, epoch)
 LEASE_LOST = 41  # node->driver (op, wid, epoch, reason): the leased worker died
 RECLAIM = 42  # node->worker (op,): others wait for CPUs: end the lease once idle
+NO_LEASE = 47  # node->driver (op, first_oid): that task asked for a lease but runs without
+#                one (queued behind another task, or moved to another rank)
 # on a lease's own rings (driver <-> worker, no node in between)
-DONE_D = 50  # worker->driver (op, tid, status, retryable, payload): a direct task ended
+DONE_D = 50  # worker->driver (op, tid, retryable, payload, via_node, run_s): a direct task ended
 RETURN_D = 51  # worker->driver (op, tids, blocked): direct tasks handed back unstarted
 EXPIRED = 52  # worker->driver (op, wid, epoch): lease ended (idle); later EXECs bounced
 RESUMED = 53  # worker->driver (op, wid, epoch): its task stopped waiting; send work again

@@ -26,14 +26,26 @@ import pickle
 
 from . import exceptions as exc
 from . import protocol as P
+from .actor_names import ActorNames
 from .actor_table import ACTOR_MARK, ActorTable
 from .allocator import Allocator
-from .cluster import AGENT, ClusterView
+from .cluster import AGENT, ClusterView, running_mean
 from .objects import Obj, ObjectDirectory
-from .worker_table import Worker, WorkerTable, _amount
 from .serialization import ERROR
-from .states import (OBJ_TRANSITIONS, TASK_TRANSITIONS, WORKER_TRANSITIONS, O, ObjState,
-                     T, TaskState, TransitionError, W, WorkerState, _move)
+from .states import (
+    OBJ_TRANSITIONS,
+    TASK_TRANSITIONS,
+    WORKER_TRANSITIONS,
+    O,
+    ObjState,
+    T,
+    TaskState,
+    TransitionError,
+    W,
+    WorkerState,
+    _move,
+)
+from .worker_table import Worker, WorkerTable, _amount
 
 __all__ = ["OBJ_TRANSITIONS", "TASK_TRANSITIONS", "WORKER_TRANSITIONS", "Obj", "ObjState",
            "Scheduler", "Task", "TaskState", "TransitionError", "Worker", "WorkerState",
@@ -66,7 +78,7 @@ class Task:
         return range(self.key + 1, self.key + 1 + self.spec[P.S_NRET])
 
 
-class Scheduler(ObjectDirectory, ActorTable, ClusterView, WorkerTable):
+class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTable):
     """Local scheduler + object directory of one node."""
 
     def __init__(
@@ -111,9 +123,12 @@ class Scheduler(ObjectDirectory, ActorTable, ClusterView, WorkerTable):
         self._warned: set = set()
         self.stats = {"submitted": 0, "finished": 0, "failed": 0, "retried": 0}
         self._init_actors()
+        self._init_names()
         self._init_cluster()
         self.now = 0.0  # set by the node's loop before each batch of events
-        self.mean_task_s = 0.0  # moving average of task durations here
+        # fid -> (tasks timed, their moving mean run time here): the spill rule's clock,
+        # per function, so that one long function does not make short ones move
+        self.task_time: dict = {}
 
     # ------------------------------------------------------------------ helpers
     def _send(self, proc: int, msg: tuple) -> None:
@@ -349,6 +364,7 @@ class Scheduler(ObjectDirectory, ActorTable, ClusterView, WorkerTable):
 
     def _dispatch(self, t: Task, w: Worker) -> None:  # noqa: C901 - one message build
         spec = t.spec
+        wants_lease = len(spec) > P.S_LEASE and spec[P.S_LEASE]
         if w.state is W.IDLE:  # take a lease on the task's resources
             for name, amount in t.resources:
                 if amount:
@@ -358,12 +374,15 @@ class Scheduler(ObjectDirectory, ActorTable, ClusterView, WorkerTable):
             _move(w, W.BUSY, WORKER_TRANSITIONS, "worker")
             w.idle_since = 0.0
             w.task = t.key
-            if len(spec) > P.S_LEASE and spec[P.S_LEASE] and w.key in self.leasable:
+            if wants_lease and w.key in self.leasable:
                 # the owner asked: from now on the worker is its lease, running this task
                 # first and then what the owner sends it directly, on this task's CPU
                 self._epoch += 1
                 w.lease = (t.owner, self._epoch)
                 self.actions.append(("lease", w.key, self._epoch, t.owner, t.key + 1))
+                wants_lease = False
+        if wants_lease:  # the owner must not wait for a lease that is not coming
+            self._send(t.owner, (P.NO_LEASE, t.key + 1))
         w.queue.append(t.key)
         deps = []
         for pos, oid in spec[P.S_DEPS]:
@@ -454,8 +473,10 @@ class Scheduler(ObjectDirectory, ActorTable, ClusterView, WorkerTable):
         self._ended(t, wid, status, results, delivered)
 
     def _ended(self, t: Task, wid: int, status: int, results, delivered: bool) -> None:
-        if t.started and wid != AGENT:  # how long tasks take here (the spill rule's clock)
-            self.mean_task_s += 0.05 * ((self.now - t.started) - self.mean_task_s)
+        if t.started and wid != AGENT and t.actor is None and not t.creating:
+            fid = t.spec[P.S_FID]
+            n, mean = self.task_time.get(fid, (0, 0.0))
+            self.task_time[fid] = (n + 1, running_mean(n + 1, mean, self.now - t.started, 0.05))
         if status == P.APP_ERROR:
             _move(t, T.FAILED, TASK_TRANSITIONS, "task")
             self.stats["failed"] += 1

@@ -84,6 +84,7 @@ class WorkerLoop:
         self.pid = os.getpid()
         self.host = socket.gethostname()
         self.base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.started = 0.0  # when the running task started
 
     def on_cancel_signal(self, signum, frame) -> None:
         cur = self.client.current_task
@@ -124,7 +125,7 @@ class WorkerLoop:
                     err = pickle.dumps(exc.TaskCancelledError(P.id_hex(msg[1])), protocol=5)
                     client.send_driver(
                         [(P.OBJ, msg[1] + 1 + i, ERROR, err) for i in range(msg[7])]
-                        + [(P.DONE_D, msg[1], False, None, False)])
+                        + [(P.DONE_D, msg[1], False, None, False, 0.0)])
                 continue
             self.run(msg)
 
@@ -138,6 +139,7 @@ class WorkerLoop:
 
     def run(self, msg: tuple) -> None:
         _, tid, fid, fblob, name, args_blob, deps, nret, gpus, retry_exc, owner = msg[:11]
+        self.started = time.monotonic()  # (a direct task's run time goes to the driver)
         if gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         try:
@@ -277,18 +279,20 @@ class WorkerLoop:
         driver can ask for them."""
         client = self.client
         client.lease_active = time.monotonic()
+        run_s = client.lease_active - self.started
         if retryable and not actor:  # the driver decides: retry through the node, or not
-            client.send_driver([(P.DONE_D, tid, True, stored[0][2] if stored else None, False)])
+            client.send_driver([(P.DONE_D, tid, True, stored[0][2] if stored else None, False,
+                                 run_s)])
         elif any(kind == ARENA or contained for _o, kind, _p, contained in stored):
             client.send([(P.PUT_FOR, 0, oid, kind, payload, contained)
                          for oid, kind, payload, contained in stored])
             client.send_driver([(P.ADONE_D, tid, None) if actor
-                                else (P.DONE_D, tid, False, None, True)])
+                                else (P.DONE_D, tid, False, None, True, run_s)])
         elif actor:  # the values ride in the one message that ends the call
             client.send_driver([(P.ADONE_D, tid, [r[:3] for r in stored])])
         else:
             client.send_driver([(P.OBJ, oid, kind, payload) for oid, kind, payload, _c in stored]
-                               + [(P.DONE_D, tid, False, None, False)])
+                               + [(P.DONE_D, tid, False, None, False, run_s)])
 
     def _deliver(self, stored: list) -> bool:
         """Hand a node task's results straight to the driver: saves it waiting for the

@@ -29,7 +29,7 @@ import time
 
 from mpray import protocol as P
 from mpray.allocator import Allocator, ArenaFull
-from mpray.cluster import CLUSTER, FETCH, FWD, LOAD, REMOTE_DONE
+from mpray.cluster import CLUSTER, FETCH, FWD, LOAD, REMOTE_DONE, TO_RANK
 from mpray.rings import Ring
 from mpray.serialization import ARENA, ERROR
 
@@ -194,6 +194,8 @@ class Agent:
             rank = self.where.get(m[1])
             if rank is not None:
                 self.send(rank, ("node", m))
+        elif op == TO_RANK:  # a message for another rank's node (actor names)
+            self.send(m[1], ("node", m[2]))
         elif op == P.KILL_ACTOR:  # an actor of another rank: (op, aid, no_restart, rank)
             self.send(m[3], ("node", m[:3]))
         elif op == FETCH:

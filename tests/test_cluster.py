@@ -102,7 +102,7 @@ def test_infeasible_here_goes_where_it_fits_without_a_warning():
 def test_a_backlog_spills_to_the_least_loaded_rank():
     s = sched(workers=1)
     s.update_load([(10, 0.0), (0, 1.0), (5, 0.0)])
-    s.mean_task_s = 0.05  # tasks here take 50 ms: worth moving
+    s.task_time[FID] = (5, 0.05)  # its tasks take 50 ms here: worth moving
     for i in range(6):
         s.submit(0, spec(100 + 10 * i))
     s.schedule()
@@ -112,7 +112,7 @@ def test_a_backlog_spills_to_the_least_loaded_rank():
 def test_tasks_shorter_than_a_move_stay():
     s = sched(workers=1)
     s.update_load([(10, 0.0), (0, 1.0), (0, 1.0)])
-    s.mean_task_s = 0.0001
+    s.task_time[FID] = (5, 0.0001)
     for i in range(6):
         s.submit(0, spec(100 + 10 * i))
     assert fwds(s) == []
@@ -125,7 +125,18 @@ def test_the_mean_task_time_is_learned_from_finished_tasks():
     s.schedule()
     s.now = 10.2
     s.task_done(1, 100, P.OK, [(101, INLINE, NONE, ())], False)
-    assert 0.005 < s.mean_task_s < 0.2
+    assert s.task_time[FID] == (1, pytest.approx(0.2))
+
+
+def test_one_long_function_does_not_make_short_ones_move():
+    s = sched(workers=1)
+    s.update_load([(10, 0.0), (0, 1.0), (0, 1.0)])
+    s.task_time[FID] = (5, 0.0001)
+    s.task_time["long"] = (5, 0.5)
+    for i in range(6):
+        s.submit(0, spec(100 + 10 * i))
+    s.schedule()
+    assert fwds(s) == []
 
 
 def test_forwarded_tasks_run_where_they_arrive():
@@ -171,7 +182,7 @@ def test_queued_work_spills_once_tasks_are_known_to_be_long():
     s.schedule()
     assert fwds(s) == []  # nothing known about these tasks yet: all wait here
     s.update_load([(5, 0.0), (0, 1.0), (0, 1.0)])
-    s.mean_task_s = 0.05
+    s.task_time[FID] = (1, 0.05)
     s.schedule()
     moved = fwds(s)
     assert {m[1] for m in moved} == {1, 2} and 2 <= len(moved) <= 4

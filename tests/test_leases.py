@@ -113,6 +113,29 @@ def test_retry_exceptions_on_direct_task(ray_start, tmp_path):
     assert counter.read_text() == "3"
 
 
+def test_retried_direct_task_result_freed_when_dropped(ray_start, tmp_path):
+    """A direct task retried by the node: its worker may hand the value straight here,
+    but the node registered it, so dropping the ref must free the node's copy."""
+    counter = tmp_path / "n"
+
+    @mpray.remote(max_retries=1, retry_exceptions=True)
+    def flaky_big(path):
+        n = int(open(path).read()) if os.path.exists(path) else 0
+        open(path, "w").write(str(n + 1))
+        if n == 0:
+            raise ValueError("first attempt")
+        return np.full(4 * MB, 7, dtype=np.uint8)
+
+    warm_leases()
+    base = mpray.api._node_stats()["arena_used"]
+    ref = flaky_big.remote(str(counter))
+    assert mpray.get(ref, timeout=60)[5] == 7
+    assert counter.read_text() == "2"
+    del ref
+    gc.collect()
+    assert wait_for(lambda: mpray.api._node_stats()["arena_used"] == base, 5)
+
+
 def test_cancel_running_and_queued_direct_tasks(ray_start, tmp_path):
     @mpray.remote
     def sleeper(path, s):

@@ -64,6 +64,51 @@ vals, _r = ray.get(call_from_there.options(scheduling_strategy=Affinity(ids[0], 
 assert vals == [31, 32]
 named = Counter.options(name="far", scheduling_strategy=last).remote()
 assert ray.get(ray.get_actor("far").node.remote()) == ids[-1]
+
+
+# names are unique in the whole job, and found from every rank (rank 0 keeps them)
+@ray.remote
+def lookup(name):
+    try:
+        return ray.get(ray.get_actor(name).inc.remote())
+    except ValueError as e:
+        return str(e)
+
+
+@ray.remote
+def make_named(name, **opts):
+    try:
+        h = Counter.options(name=name, **opts).remote()
+    except ValueError as e:
+        return "refused: " + str(e)
+    return h, ray.get(h.inc.remote())
+
+
+vals = ray.get([lookup.options(scheduling_strategy=Affinity(i, soft=False)).remote("far")
+                for i in ids])
+assert sorted(vals) == list(range(1, len(ids) + 1)), vals  # (one actor, every rank)
+there = ray.get(make_named.options(scheduling_strategy=last).remote("made_there"))
+assert there[1] == 1
+assert ray.get(ray.get_actor("made_there").inc.remote()) == 2  # (rank 0 knows it)
+try:
+    Counter.options(name="made_there").remote()
+    raise AssertionError("a name taken on another rank was given again")
+except ValueError as e:
+    assert "already exists" in str(e), e
+again = ray.get(make_named.options(scheduling_strategy=last).remote("far"))
+assert again.startswith("refused: ") and "already exists" in again, again
+same = ray.get(make_named.options(scheduling_strategy=last).remote("made_there",
+                                                                     get_if_exists=True))
+assert same[1] == 3  # the same actor
+assert "no live actor" in ray.get(
+    lookup.options(scheduling_strategy=last).remote("nobody"))
+ray.kill(ray.get_actor("made_there"))
+deadline = time.monotonic() + 10
+while "no live actor" not in ray.get(lookup.options(scheduling_strategy=last)
+                                     .remote("made_there")):
+    assert time.monotonic() < deadline, "a killed actor's name stayed taken"
+    time.sleep(0.05)
+del there, same
 spread = [Counter.options(scheduling_strategy="SPREAD").remote() for _ in range(2 * len(ids))]
 assert set(ray.get([a.node.remote() for a in spread])) == set(ids)
 ray.kill(far)

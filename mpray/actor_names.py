@@ -1,0 +1,115 @@
+"""Actor names, unique in the whole job: rank 0's node keeps every rank's names (pure).
+
+A mixin of ``scheduler.Scheduler`` beside ``actor_table.ActorTable``.  On one host (or
+rank 0) names live in ``ActorTable.names`` alone.  Under MPI, rank 0 is the job's name
+registry, as Ray's GCS is::
+
+    rank r: submit(named creation) ─▶ parked in ``claiming`` ─▶ NAME_CLAIM ─▶ rank 0
+    rank 0: name free?  ─▶ kept in ``remote_names`` ─▶ NAME_ANSWER ok ─▶ rank r admits it
+            taken        ─▶ NAME_ANSWER exists|error ─▶ rank r answers the creator
+    rank r: get_actor() not known here ─▶ NAME_LOOKUP ─▶ rank 0 ─▶ NAME_FOUND ─▶ REPLY
+    rank r: the actor's name is freed (death, kill) ─▶ NAME_FREE ─▶ rank 0
+
+A handle found on another rank does not hold the actor's anchor there: as with handles
+passed between ranks, the handles of the rank that created an actor keep it alive.
+"""
+
+from __future__ import annotations
+
+from . import protocol as P
+from .cluster import (
+    AGENT,
+    NAME_ANSWER,
+    NAME_CLAIM,
+    NAME_FOUND,
+    NAME_FREE,
+    NAME_LOOKUP,
+    TO_RANK,
+)
+from .states import A
+
+LATER = object()  # a query whose answer comes from another rank
+
+
+def name_taken(key: tuple) -> str:
+    return f"Actor with name '{key[1]}' already exists in the namespace {key[0] or '(default)'}"
+
+
+class ActorNames:
+    """Names across ranks (uses names, actors, rank, ranks, agent, out, submit)."""
+
+    def _init_names(self) -> None:
+        self.claiming: dict[int, tuple[int, tuple]] = {}  # aid -> (proc, creation spec)
+        self.cleared: set[int] = set()  # aids whose name rank 0 granted (admit them now)
+        self.remote_names: dict[tuple, tuple[int, dict]] = {}  # rank 0: other ranks' names
+
+    def _names_at_rank0(self) -> bool:
+        """True where names must be cleared with rank 0 (a rank other than 0 of a job)."""
+        return self.agent is not None and len(self.ranks) > 1 and self.rank != 0
+
+    def _to_rank(self, rank: int, msg: tuple) -> None:
+        self.out[AGENT].append((TO_RANK, rank, msg))
+
+    def _claim_elsewhere(self, proc: int, spec: tuple, key: tuple) -> bool:
+        """Park a named creation until rank 0 grants its name (True: parked)."""
+        aid = spec[P.S_TID]
+        if aid in self.cleared:
+            self.cleared.discard(aid)
+            return False
+        opts = spec[P.S_CREATE]
+        self.claiming[aid] = (proc, spec)
+        self._to_rank(0, (NAME_CLAIM, self.rank, key, aid, opts.get("meta"),
+                          bool(opts.get("get_if_exists"))))
+        return True
+
+    def _live_named(self, key: tuple):
+        """The live actor of this node that has this name, or None."""
+        aid = self.names.get(key)
+        a = self.actors.get(aid) if aid is not None else None
+        if a is None or a.state is A.DEAD or a.anchor not in self.objs:
+            return None
+        return a
+
+    def named(self, key: tuple) -> tuple[int, dict] | None:
+        """(aid, meta) of the live actor that has this name, here or (rank 0) anywhere."""
+        a = self._live_named(key)
+        return (a.key, a.opts.get("meta")) if a is not None else self.remote_names.get(key)
+
+    # ------------------------------------------------------------------ rank 0
+    def name_claim(self, rank: int, key: tuple, aid: int, meta, get_if_exists: bool) -> None:
+        found = self.named(key)
+        if found is None:
+            self.remote_names[key] = (aid, meta)
+            answer: tuple = ("ok",)
+        elif get_if_exists:
+            answer = ("exists", found[0], found[1])
+        else:
+            answer = ("error", name_taken(key))
+        self._to_rank(rank, (NAME_ANSWER, aid, answer))
+
+    def name_lookup(self, rank: int, req: int, proc: int, key: tuple) -> None:
+        self._to_rank(rank, (NAME_FOUND, req, proc, self.named(key)))
+
+    def name_free(self, key: tuple, aid: int) -> None:
+        if self.remote_names.get(key, (None,))[0] == aid:
+            del self.remote_names[key]
+
+    # ------------------------------------------------------------------ other ranks
+    def name_answer(self, aid: int, answer: tuple) -> None:
+        proc, spec = self.claiming.pop(aid)
+        if answer[0] == "ok":
+            self.cleared.add(aid)
+            self.submit(proc, spec)
+        else:  # taken: the creator hears it (and the actor that has it, if it asked)
+            self._send(proc, (P.REPLY, spec[P.S_CREATE].get("req"), answer))
+
+    def ask_name(self, proc: int, req: int, key: tuple):
+        """get_actor() of a name not known here: rank 0 answers (LATER), or None."""
+        if not self._names_at_rank0():
+            return None
+        self._to_rank(0, (NAME_LOOKUP, self.rank, req, proc, key))
+        return LATER
+
+    def _name_freed(self, key: tuple, aid: int) -> None:
+        if self._names_at_rank0():
+            self._to_rank(0, (NAME_FREE, key, aid))
