@@ -118,22 +118,29 @@ def mpray_fetch(repeat: int) -> None:
     there = NodeAffinitySchedulingStrategy(ray.nodes()[1]["NodeID"], soft=False)
 
     @ray.remote
-    def make(n, k):
-        return [ray.put(np.ones(max(1, n // 8))) for _ in range(k)]
+    class Holder:  # on rank 1: one value per size, handed out again and again
+        def __init__(self):
+            self.refs = {}
 
+        def ref(self, n):
+            if n not in self.refs:
+                self.refs[n] = ray.put(np.ones(max(1, n // 8)))
+            return [self.refs[n]]
+
+    holder = Holder.options(scheduling_strategy=there).remote()
     for size in SIZES:
-        refs = ray.get(make.options(scheduling_strategy=there).remote(size, repeat + 1))
         ts = []
         base = ray.api._node_stats()["arena_used"]
-        while refs:
-            r = refs.pop(0)
+        for _ in range(repeat + 1):
+            r = ray.get(holder.ref.remote(size))[0]
             t = time.perf_counter()
             x = ray.get(r)
             ts.append(time.perf_counter() - t)
             del x, r
             gc.collect()
-            # like the raw figure's warm buffer: the copy's space is free again (and is
-            # reused) before the next fetch lands; the first fetch is the warm-up
+            # like the raw figure's warm buffer on both sides: the copy's space here is
+            # free again (and reused) before the next fetch, which reads the same place
+            # there; the first fetch is the warm-up
             deadline = time.monotonic() + 2
             while ray.api._node_stats()["arena_used"] > base and time.monotonic() < deadline:
                 time.sleep(0.005)
@@ -279,6 +286,8 @@ def main() -> int:
     ap.add_argument("--ranks", default="2,4", help="rank counts for throughput/allreduce")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--timeout", type=int, default=300, help="seconds per mpiexec")
+    ap.add_argument("--allreduce-ranks", help="rank counts for allreduce (default: --ranks)")
+    ap.add_argument("--json", metavar="PATH", help="also write the raw results here")
     ap.add_argument("--_fig", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._fig:
@@ -286,12 +295,18 @@ def main() -> int:
         return 0
     ranks = [int(x) for x in a.ranks.split(",") if x.strip()]
     res: list[dict] = []
+    reduce_ranks = ranks if a.allreduce_ranks is None else \
+        [int(x) for x in a.allreduce_ranks.split(",") if x.strip()]
     res += run("raw_fetch", 2, a.repeat, a.timeout) + run("mpray_fetch", 2, a.repeat, a.timeout)
     for n in ranks:
         res += run("raw_tput", n, a.repeat, a.timeout) + run("mpray_tput", n, a.repeat, a.timeout)
+    for n in reduce_ranks:
         if n >= 2:
             res += run("raw_allreduce", n, a.repeat, a.timeout)
             res += run("mpray_allreduce", n, a.repeat, a.timeout)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f)
     print(f"\nmpray over MPI beside raw MPI; medians of {a.repeat}; {os.cpu_count()} CPUs\n")
     print("object fetch, rank 1 -> rank 0      raw mpi4py Get   mpray get   mpray/raw bandwidth")
     for size in SIZES:
@@ -313,7 +328,7 @@ def main() -> int:
         ratio = f"{best / fut:6.2f}x" if best and fut else "—"
         print(f"  {n:2d} ranks  {txt}  {ratio}")
     print("\nallreduce 100 MiB      comm.Allreduce   mpray ring (actors)   Allreduce/mpray")
-    for n in ranks:
+    for n in reduce_ranks:
         row = {r["peer"]: med(r["ms"]) for r in res if r["fig"] == "allreduce"
                and r["ranks"] == n}
         if "raw" in row and "mpray" in row:
