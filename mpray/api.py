@@ -186,6 +186,11 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> Non
     if pid == 0:  # ---- the node process
         code = 0
         try:
+            if launch is not None:
+                # MPI launchers end a rank by SIGKILLing its process group; out of it,
+                # the node outlives its rank long enough to see it gone (pidfd), end
+                # its workers and remove the session directory
+                os.setpgid(0, 0)
             node_main(setup, driver_pid)
         except BaseException:  # noqa: BLE001
             import traceback

@@ -445,6 +445,8 @@ class Node:
                 time.sleep(0.001)
         self.pids.clear()
         _remove_tree(self.setup.session_dir)
+        if self.setup.agent_rings is not None and os.getppid() != self.driver_pid:
+            _remove_mpi_segments()  # (our rank was killed: MPI_Finalize never ran there)
 
 
 class _NoBell:
@@ -471,6 +473,30 @@ def _remove_tree(path: str) -> None:
 
     if path and os.path.isdir(path):
         shutil.rmtree(path, ignore_errors=True)
+
+
+# shared-memory files of MPI libraries (MPICH; Open MPI's shared-memory transports)
+MPI_SEGMENT_PREFIXES = ("/dev/shm/mpich_shm_", "/dev/shm/vader_segment.",
+                        "/dev/shm/sm_segment.")
+
+
+def _remove_mpi_segments() -> None:
+    """Unlink the MPI library's shared-memory files this rank had mapped.  Its
+    MPI_Finalize unlinks them; a rank killed by its launcher never gets there, and the
+    files would outlive the job.  The node inherited the rank's mappings at fork, so they
+    are this job's; ranks still running keep their mappings (unlink removes the name)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split(None, 5)[5].strip() for line in f
+                     if line.count(" ") >= 5 and "/dev/shm/" in line}
+    except OSError:
+        return
+    for path in paths:
+        if path.startswith(MPI_SEGMENT_PREFIXES):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def _exit_on_term(signum, frame) -> None:

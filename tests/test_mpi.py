@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import time
 import psutil
 import pytest
 
-from conftest import session_dir_base
+from conftest import session_dir_base, wait_for
 
 pytest.importorskip("mpi4py")
 MPIEXEC = shutil.which("mpiexec")
@@ -115,6 +116,37 @@ def test_driver_exception_ends_the_job_promptly():
     assert r.returncode != 0
     assert r.stdout.count("RuntimeError: the driver failed on purpose") == 1, r.stdout
     assert took < 10 + 5, f"the job took {took:.1f} s to end"  # (+ launcher start-up)
+
+
+def _segments() -> set[str]:
+    return {f for f in os.listdir("/dev/shm") if f.startswith("mpich_shm_")}
+
+
+def test_a_job_its_launcher_ends_leaves_nothing_behind(tmp_path):
+    """mpiexec ending a job (a scheduler's time limit, say) kills the ranks' process
+    groups: each rank's node, in a group of its own, sees its rank gone and removes its
+    workers, its session directory and the MPI library's shared-memory files."""
+    script = tmp_path / "wait.py"
+    script.write_text("import time, mpray as ray\nray.init()\nprint('up', flush=True)\n"
+                      "time.sleep(60)\n")
+    dirs, segs = _dirs(), _segments()
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, str(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "up"
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert len(tree) >= 6  # hydra proxy, 2 ranks, 2 nodes, their workers
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    gone, alive = psutil.wait_procs(tree, timeout=10)
+    assert not alive, f"left running: {alive}"
+    assert wait_for(lambda: _dirs() <= dirs and _segments() <= segs, 10), \
+        f"left behind: {_dirs() - dirs} {_segments() - segs}"
 
 
 def test_single_rank_launch_runs_single_host(tmp_path):
