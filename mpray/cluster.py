@@ -38,6 +38,12 @@ NAME_ANSWER = 67  # (op, aid, ("ok",) | ("exists", aid, meta) | ("error", messag
 NAME_LOOKUP = 68  # (op, rank, req, proc, key): get_actor() of a name that rank does not know
 NAME_FOUND = 69  # (op, req, proc, (aid, meta) | None): its answer
 NAME_FREE = 70  # (op, key, aid): that actor's name is free again
+# holds lent between ranks: a forwarded task's result that refers to objects of the rank
+# it ran on goes home with one hold on each, which the home gives back when its copy of
+# the ref is gone
+LEND = 71  # agent -> node (op, adds, removes): holds this rank lends other ranks
+UNLEND = 72  # node -> agent (op, oid): a hold lent to this rank can be given back
+LENT_HOLDER = -2  # pseudo process that holds what this rank lent
 SPILL_MIN_TASK_S = 0.002  # moving a task to another rank costs about this much
 
 
@@ -176,8 +182,33 @@ class ClusterView:
         t = self.tasks.get(tid)
         if t is None or t.state is not T.DISPATCHED or t.worker != AGENT:
             return
+        for r in results:  # (oid, kind, payload, contained[, lent])
+            for c in (r[4] if len(r) > 4 else ()):
+                # the rank that ran it lent us a hold on an object it refers to; ours goes
+                # back when that object's placeholder here is freed (one per placeholder)
+                co = self.objs.get(c) or self._remote_placeholder(c, fetch=False)
+                if co is None or co.lent:
+                    self._unlend(c)
+                else:
+                    co.lent = True
+        results = [r[:4] for r in results]
         status = P.APP_ERROR if any(kind == ERROR for _o, kind, _p, _c in results) else P.OK
         self._ended(t, AGENT, status, results, False)
+
+    def _unlend(self, oid: int) -> None:
+        self.out[AGENT].append((UNLEND, oid))
+
+    def lend(self, adds, removes) -> None:
+        """Holds this rank's agent keeps for other ranks (it counts them per rank)."""
+        for oid in adds:
+            o = self.objs.get(oid)
+            if o is not None:
+                o.procs.add(LENT_HOLDER)
+        for oid in removes:
+            o = self.objs.get(oid)
+            if o is not None:
+                o.procs.discard(LENT_HOLDER)
+                self._maybe_free(o)
 
     # ------------------------------------------------------------------ remote objects
     def _remote_placeholder(self, oid: int, fetch: bool = True):
@@ -222,5 +253,6 @@ def _fits_total(total: dict, res: tuple) -> bool:
     return all(amount <= total.get(name, 0) + 1e-9 for name, amount in res if amount)
 
 
-__all__ = ["AGENT", "CLUSTER", "ClusterView", "FETCH", "FWD", "LOAD", "O", "REMOTE_DONE",
+__all__ = ["AGENT", "CLUSTER", "ClusterView", "FETCH", "FWD", "LEND", "LOAD", "O",
+           "REMOTE_DONE", "UNLEND",
            "SPILL_MIN_TASK_S", "running_mean"]

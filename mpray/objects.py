@@ -31,7 +31,7 @@ class Obj:
 
     __slots__ = ("key", "owner", "state", "kind", "payload", "procs", "task_refs",
                  "contained_in", "contains", "pins", "subscribers", "waiting_tasks", "history",
-                 "remote")
+                 "remote", "lent")
 
     def __init__(self, key: int, owner: int) -> None:
         self.key = key
@@ -48,6 +48,7 @@ class Obj:
         self.waiting_tasks: list = []
         self.history = [O.PENDING]
         self.remote = False  # a copy (or placeholder) of another rank's object
+        self.lent = False  # its home rank lent us a hold on it (given back when freed)
 
 
 class ObjectDirectory:
@@ -70,6 +71,8 @@ class ObjectDirectory:
             self.alloc.free(o.payload[0])
         _move(o, O.FREED, OBJ_TRANSITIONS, "object")
         del self.objs[o.key]
+        if o.lent:
+            self._unlend(o.key)
         if o.key in self.anchors:  # the last handle to an actor is gone
             self._anchor_freed(o.key)
         for c in o.contains:

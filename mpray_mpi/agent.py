@@ -29,7 +29,7 @@ import time
 
 from mpray import protocol as P
 from mpray.allocator import Allocator, ArenaFull
-from mpray.cluster import CLUSTER, FETCH, FWD, LOAD, REMOTE_DONE, TO_RANK
+from mpray.cluster import CLUSTER, FETCH, FWD, LEND, LOAD, REMOTE_DONE, TO_RANK, UNLEND
 from mpray.rings import Ring
 from mpray.serialization import ARENA, ERROR
 
@@ -85,6 +85,7 @@ class Agent:
         self.hello_req: int | None = None
         self.where: dict[int, int] = {}  # tid -> the rank this rank forwarded it to
         self.keep: set[int] = set()  # anchors of actors placed here by other ranks
+        self.lent: collections.Counter = collections.Counter()  # oid -> holds lent away
         self.load_reqs: set[int] = set()
         self.outbox: dict[int, list] = collections.defaultdict(list)
         self.stopped: set[int] = set()
@@ -194,6 +195,8 @@ class Agent:
             rank = self.where.get(m[1])
             if rank is not None:
                 self.send(rank, ("node", m))
+        elif op == UNLEND:  # a hold another rank lent this one: give it back
+            self.send(P.id_rank(m[1]), ("unlend", m[1]))
         elif op == TO_RANK:  # a message for another rank's node (actor names)
             self.send(m[1], ("node", m[2]))
         elif op == P.KILL_ACTOR:  # an actor of another rank: (op, aid, no_restart, rank)
@@ -221,10 +224,16 @@ class Agent:
         if tid is not None:
             rec = self.inbound.get(tid)
             if rec is not None:
-                # the agent's hold on the result goes when its reader has it (a result
-                # that holds refs stays: its owner rank may read those later)
-                release = ("ref", oid) if not contains and oid not in self.keep else None
-                rec[2].append((oid, kind, self._ship(kind, payload, release), tuple(contains)))
+                # the agent's hold on the result goes when its reader has it; the objects
+                # of this rank it refers to go home with a hold each, lent to the home
+                # rank (it gives them back as its refs go).  A result that refers to other
+                # ranks' objects stays held here (no reference counting across 3 ranks).
+                release, lent = None, ()
+                if oid not in self.keep and all(P.id_rank(c) == self.rank for c in contains):
+                    self._lend(contains)
+                    release, lent = ("ref", oid), tuple(contains)
+                rec[2].append((oid, kind, self._ship(kind, payload, release), tuple(contains),
+                               lent))
                 if len(rec[2]) == rec[1]:
                     del self.inbound[tid]
                     self.send(rec[0], ("done", tid, rec[2]))
@@ -253,6 +262,13 @@ class Agent:
         self.win.Sync()  # (our stores into the window, visible to RMA before we answer)
         self.release(release)
         return ("win", self.rank, woff, (0, hlen, places, total))
+
+    def _lend(self, oids) -> None:
+        new = [c for c in oids if not self.lent[c]]
+        for c in oids:
+            self.lent[c] += 1
+        if new:  # (before the release of what refers to them: one FIFO to the node)
+            self.to_node([(LEND, new, ())])
 
     def release(self, token) -> None:
         """Drop a hold taken for a reader on another rank."""
@@ -296,15 +312,21 @@ class Agent:
 
             if not results:
                 finish()
-            for i, (oid, vkind, desc, contained) in enumerate(results):
-                def put(k, p, i=i, oid=oid, contained=contained):
-                    got[i] = (oid, k, p, contained)
+            for i, (oid, vkind, desc, contained, lent) in enumerate(results):
+                def put(k, p, i=i, oid=oid, contained=contained, lent=lent):
+                    got[i] = (oid, k, p, contained, lent)
                     state["missing"] -= 1
                     if state["missing"] == 0:
                         finish()
                 self.import_value(desc, vkind, put)
         elif kind == "node":  # a message for this rank's node (cancel, kill)
             self.to_node([msg[1]])
+        elif kind == "unlend":
+            oid = msg[1]
+            self.lent[oid] -= 1
+            if self.lent[oid] <= 0:
+                del self.lent[oid]
+                self.to_node([(LEND, (), [oid])])
         elif kind == "freeexp":
             self.export_alloc.free(msg[1])
         elif kind == "release":

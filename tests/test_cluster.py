@@ -9,7 +9,7 @@ import pytest
 
 from mpray import exceptions as exc
 from mpray import protocol as P
-from mpray.cluster import AGENT, FETCH, FWD
+from mpray.cluster import AGENT, FETCH, FWD, LENT_HOLDER, UNLEND
 from mpray.scheduler import Scheduler, TaskState
 from mpray.serialization import ERROR, INLINE
 from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
@@ -156,6 +156,37 @@ def test_remote_done_seals_the_results_for_their_owner():
     s.submit(0, spec(110, strategy=Affinity("n1", soft=False)))
     s.remote_done(110, [(111, ERROR, b"err", ())])
     assert s.objs[111].kind == ERROR and s.stats["failed"] == 1
+
+
+def test_holds_lent_by_the_rank_that_ran_a_task_go_back_when_their_refs_go():
+    s = sched()
+    inner, other = RANK1 + 7, RANK1 + 8
+    s.submit(0, spec(100, strategy=Affinity("n1", soft=False)))
+    s.submit(0, spec(110, strategy=Affinity("n1", soft=False)))
+    fwds(s)
+    # rank 1 ran it: its result refers to one of rank 1's objects, with a hold lent
+    s.remote_done(100, [(101, INLINE, NONE, (inner,), (inner,))])
+    assert s.objs[inner].lent and s.objs[inner].contained_in == 1
+    s.out[AGENT].clear()
+    # a second result lending a hold on the same object: one is enough, it goes back
+    s.remote_done(110, [(111, INLINE, NONE, (inner, other), (inner, other))])
+    assert s.out[AGENT] == [(UNLEND, inner)] and s.objs[other].lent
+    s.out[AGENT].clear()
+    s.refs(0, (), [101])  # the owner drops the first result: inner is still in the second
+    assert inner in s.objs and s.out[AGENT] == []
+    s.refs(0, (), [111])
+    assert inner not in s.objs and other not in s.objs
+    assert sorted(s.out[AGENT]) == [(UNLEND, inner), (UNLEND, other)]
+
+
+def test_a_lent_hold_keeps_the_object_at_its_home():
+    s = sched()
+    s.put(2, 500, INLINE, NONE)  # a worker's object, then the agent lends a hold on it
+    s.lend([500], ())
+    s.refs(2, (), [500])
+    assert 500 in s.objs and LENT_HOLDER in s.objs[500].procs
+    s.lend((), [500])
+    assert 500 not in s.objs
 
 
 def test_another_ranks_object_is_fetched_once_and_freed_with_its_holders():

@@ -3,8 +3,11 @@
 Prints "OK actors_spill" on rank 0 when every check held."""
 
 import faulthandler
+import os
 import signal
 import time
+
+import psutil
 
 import mpray as ray
 from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
@@ -26,6 +29,9 @@ class Counter:
 
     def node(self):
         return ray.get_runtime_context().get_node_id()
+
+    def pid(self):
+        return os.getpid()
 
 
 @ray.remote
@@ -53,6 +59,15 @@ def make_counter():
 h = ray.get(make_counter.options(scheduling_strategy=last).remote())
 assert ray.get(h.node.remote()) == ids[-1]
 assert ray.get([h.inc.remote() for _ in range(20)]) == list(range(2, 22))
+# it lives while the driver holds the handle, and ends when the driver drops it
+pid = ray.get(h.pid.remote())
+time.sleep(0.3)
+assert psutil.pid_exists(pid)
+del h
+deadline = time.monotonic() + 10
+while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+    assert time.monotonic() < deadline, "an actor made on another rank outlived its handles"
+    time.sleep(0.05)
 
 
 # actors placed on another rank by affinity or SPREAD: calls reach them there, in order

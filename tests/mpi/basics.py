@@ -5,6 +5,7 @@ Prints "OK basics" on rank 0 when every check held (ranks > 0 never get past ini
 import faulthandler
 import os
 import signal
+import time
 
 import numpy as np
 
@@ -74,9 +75,22 @@ def put_there(n):
     return [ray.put(np.full(n, 7.0)), ray.put("small")]
 
 
+@ray.remote
+def store_used():
+    return ray.api._node_stats()["arena_used"]
+
+
+base = ray.get(store_used.options(scheduling_strategy=last).remote())
 big_ref, small_ref = ray.get(put_there.options(scheduling_strategy=last).remote(500_000))
 assert ray.get(small_ref) == "small"
 assert float(ray.get(big_ref).sum()) == 7.0 * 500_000
+assert ray.get(store_used.options(scheduling_strategy=last).remote()) > base
+# they live on while the driver holds their refs, and go there once it drops them
+del big_ref, small_ref
+deadline = time.monotonic() + 10
+while ray.get(store_used.options(scheduling_strategy=last).remote()) > base:
+    assert time.monotonic() < deadline, "objects another rank returned refs to stayed there"
+    time.sleep(0.05)
 
 
 # nested: a task on another rank spreads its own tasks over the ranks
