@@ -43,6 +43,7 @@ NAME_FREE = 70  # (op, key, aid): that actor's name is free again
 # the ref is gone
 LEND = 71  # agent -> node (op, adds, removes): holds this rank lends other ranks
 UNLEND = 72  # node -> agent (op, oid): a hold lent to this rank can be given back
+BORROWED = 73  # agent -> node (op, oids): holds another rank lent this one, with a task
 LENT_HOLDER = -2  # pseudo process that holds what this rank lent
 SPILL_MIN_TASK_S = 0.002  # moving a task to another rank costs about this much
 
@@ -183,17 +184,21 @@ class ClusterView:
         if t is None or t.state is not T.DISPATCHED or t.worker != AGENT:
             return
         for r in results:  # (oid, kind, payload, contained[, lent])
-            for c in (r[4] if len(r) > 4 else ()):
-                # the rank that ran it lent us a hold on an object it refers to; ours goes
-                # back when that object's placeholder here is freed (one per placeholder)
-                co = self.objs.get(c) or self._remote_placeholder(c, fetch=False)
-                if co is None or co.lent:
-                    self._unlend(c)
-                else:
-                    co.lent = True
+            self.borrowed(r[4] if len(r) > 4 else ())  # (the rank that ran it lent them)
         results = [r[:4] for r in results]
         status = P.APP_ERROR if any(kind == ERROR for _o, kind, _p, _c in results) else P.OK
         self._ended(t, AGENT, status, results, False)
+
+    def borrowed(self, oids) -> None:
+        """Another rank lent this one a hold on each of these objects of its own: it goes
+        back when the object's placeholder here is freed (one per placeholder: a hold
+        lent again for the same object goes back at once)."""
+        for c in oids:
+            co = self.objs.get(c) or self._remote_placeholder(c, fetch=False)
+            if co is None or co.lent:
+                self._unlend(c)
+            else:
+                co.lent = True
 
     def _unlend(self, oid: int) -> None:
         self.out[AGENT].append((UNLEND, oid))
@@ -253,6 +258,6 @@ def _fits_total(total: dict, res: tuple) -> bool:
     return all(amount <= total.get(name, 0) + 1e-9 for name, amount in res if amount)
 
 
-__all__ = ["AGENT", "CLUSTER", "ClusterView", "FETCH", "FWD", "LEND", "LOAD", "O",
+__all__ = ["AGENT", "BORROWED", "CLUSTER", "ClusterView", "FETCH", "FWD", "LEND", "LOAD", "O",
            "REMOTE_DONE", "UNLEND",
            "SPILL_MIN_TASK_S", "running_mean"]

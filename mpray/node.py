@@ -283,6 +283,8 @@ class Node:
             s.attach_cluster(m[1], m[2])
         elif op == cluster.LEND:
             s.lend(m[1], m[2])
+        elif op == cluster.BORROWED:
+            s.borrowed(m[1])
         elif op == cluster.NAME_CLAIM:
             s.name_claim(m[1], m[2], m[3], m[4], m[5])
         elif op == cluster.NAME_ANSWER:

@@ -192,7 +192,9 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
             t.creating = True
             self._actor_created_anchor(self.actors[tid])
         for oid in spec[P.S_CONTAINED]:
-            o = self.objs.get(oid)
+            # (another rank's object gets its placeholder, so that a hold lent with a
+            # task forwarded here lasts at least as long as the task)
+            o = self.objs.get(oid) or self._remote_placeholder(oid, fetch=False)
             if o is not None:
                 o.task_refs += 1
         missing = 0

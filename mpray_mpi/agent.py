@@ -29,7 +29,17 @@ import time
 
 from mpray import protocol as P
 from mpray.allocator import Allocator, ArenaFull
-from mpray.cluster import CLUSTER, FETCH, FWD, LEND, LOAD, REMOTE_DONE, TO_RANK, UNLEND
+from mpray.cluster import (
+    BORROWED,
+    CLUSTER,
+    FETCH,
+    FWD,
+    LEND,
+    LOAD,
+    REMOTE_DONE,
+    TO_RANK,
+    UNLEND,
+)
 from mpray.rings import Ring
 from mpray.serialization import ARENA, ERROR
 
@@ -189,8 +199,13 @@ class Agent:
     def from_node(self, m: tuple) -> None:
         op = m[0]
         if op == FWD:
-            self.where[m[2][P.S_TID]] = m[1]
-            self.send(m[1], ("task", m[2], m[3]))
+            spec = m[2]
+            self.where[spec[P.S_TID]] = m[1]
+            # refs to this rank's objects inside its arguments go with a hold each (the
+            # task there may keep them: in an actor's state, say)
+            lent = tuple(c for c in spec[P.S_CONTAINED] if P.id_rank(c) == self.rank)
+            self._lend(lent)
+            self.send(m[1], ("task", spec, m[3], lent))
         elif op == P.CANCEL:  # a task this rank forwarded: cancel it where it runs
             rank = self.where.get(m[1])
             if rank is not None:
@@ -284,14 +299,15 @@ class Agent:
     def from_rank(self, src: int, msg: tuple) -> None:
         kind = msg[0]
         if kind == "task":
-            _, spec, blob = msg
+            _, spec, blob, lent = msg
             tid = spec[P.S_TID]
             self.inbound[tid] = [src, spec[P.S_NRET], []]
             if len(spec) > P.S_CREATE:  # an actor placed here: its anchor stays held
                 self.keep.add(tid + 1)  # (its creator's rank sends the kill)
             for i in range(spec[P.S_NRET]):
                 self.result_of[tid + 1 + i] = tid
-            self.to_node(([(P.FUNC, spec[P.S_FID], blob)] if blob is not None else [])
+            self.to_node(([(BORROWED, lent)] if lent else [])
+                         + ([(P.FUNC, spec[P.S_FID], blob)] if blob is not None else [])
                          + [(P.SUBMIT, spec)])
         elif kind == "fetch":
             oid = msg[1]

@@ -70,6 +70,37 @@ while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_Z
     time.sleep(0.05)
 
 
+# a handle passed to another rank keeps the actor alive while it is held there
+@ray.remote
+class Keeper:
+    def __init__(self):
+        self.h = None
+
+    def keep(self, handles):
+        self.h = handles[0]
+
+    def call(self):
+        return ray.get(self.h.inc.remote())
+
+    def drop(self):
+        self.h = None
+
+
+keeper = Keeper.options(scheduling_strategy=last).remote()
+mine = Counter.remote()
+mine_pid = ray.get(mine.pid.remote())
+ray.get(keeper.keep.remote([mine]))
+del mine
+time.sleep(0.5)
+assert ray.get(keeper.call.remote()) == 1, "the actor ended while another rank held a handle"
+ray.get(keeper.drop.remote())
+deadline = time.monotonic() + 10
+while psutil.pid_exists(mine_pid) and psutil.Process(mine_pid).status() != psutil.STATUS_ZOMBIE:
+    assert time.monotonic() < deadline, "the actor outlived its last handle (on another rank)"
+    time.sleep(0.05)
+del keeper
+
+
 # actors placed on another rank by affinity or SPREAD: calls reach them there, in order
 far = Counter.options(scheduling_strategy=last).remote()
 assert ray.get(far.node.remote()) == ids[-1]
