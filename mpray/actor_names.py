@@ -8,10 +8,11 @@ registry, as Ray's GCS is::
     rank 0: name free?  ─▶ kept in ``remote_names`` ─▶ NAME_ANSWER ok ─▶ rank r admits it
             taken        ─▶ NAME_ANSWER exists|error ─▶ rank r answers the creator
     rank r: get_actor() not known here ─▶ NAME_LOOKUP ─▶ rank 0 ─▶ NAME_FOUND ─▶ REPLY
+            (an actor of rank 0 found so: rank 0 lends rank r a hold on it, see cluster)
     rank r: the actor's name is freed (death, kill) ─▶ NAME_FREE ─▶ rank 0
 
-A handle found on another rank does not hold the actor's anchor there: as with handles
-passed between ranks, the handles of the rank that created an actor keep it alive.
+A handle found on rank r for an actor of rank 0 holds it (a hold lent to rank r); one
+of a third rank's actor holds nothing there.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from . import protocol as P
 from .cluster import (
     AGENT,
+    LENT_HOLDER,
     NAME_ANSWER,
     NAME_CLAIM,
     NAME_FOUND,
@@ -88,7 +90,16 @@ class ActorNames:
         self._to_rank(rank, (NAME_ANSWER, aid, answer))
 
     def name_lookup(self, rank: int, req: int, proc: int, key: tuple) -> None:
-        self._to_rank(rank, (NAME_FOUND, req, proc, self.named(key)))
+        a = self._live_named(key)
+        if a is None:  # (an actor of a third rank, or none)
+            self._to_rank(rank, (NAME_FOUND, req, proc, self.remote_names.get(key), ()))
+            return
+        # the handle found there holds the actor here: a hold lent to that rank, which
+        # this node takes now and its agent counts (given back when the handle goes)
+        self.objs[a.anchor].procs.add(LENT_HOLDER)
+        lent = (a.anchor,)
+        found = (a.key, a.opts.get("meta"))
+        self.out[AGENT].append((TO_RANK, rank, (NAME_FOUND, req, proc, found, lent), lent))
 
     def name_free(self, key: tuple, aid: int) -> None:
         if self.remote_names.get(key, (None,))[0] == aid:
@@ -102,6 +113,13 @@ class ActorNames:
             self.submit(proc, spec)
         else:  # taken: the creator hears it (and the actor that has it, if it asked)
             self._send(proc, (P.REPLY, spec[P.S_CREATE].get("req"), answer))
+
+    def name_found(self, req: int, proc: int, found, lent: tuple) -> None:
+        """Rank 0's answer to a get_actor() of ``proc`` here."""
+        if lent:
+            self.borrowed(lent)
+            self.objs[lent[0]].procs.add(proc)  # (as a local lookup holds it for proc)
+        self._send(proc, (P.REPLY, req, found))
 
     def ask_name(self, proc: int, req: int, key: tuple):
         """get_actor() of a name not known here: rank 0 answers (LATER), or None."""

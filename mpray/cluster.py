@@ -31,12 +31,13 @@ FETCH = 61  # node -> agent (op, oid): bring this object of another rank here (P
 REMOTE_DONE = 62  # agent -> node (op, tid, results): a forwarded task ended there
 CLUSTER = 63  # agent -> node (op, rank, [(node_id, resources), ...]): the ranks, once
 LOAD = 64  # agent -> node (op, [(queued, free_cpus), ...]): the ranks' load, now and then
-TO_RANK = 65  # node -> agent (op, rank, msg): give msg to that rank's node
+TO_RANK = 65  # node -> agent (op, rank, msg[, lent]): give msg to that rank's node (lent:
+#               holds this node took for that rank, which the agent counts as lent)
 # actor names, kept for the whole job by rank 0 (see actor_names)
 NAME_CLAIM = 66  # (op, rank, key, aid, meta, get_if_exists): may this creation have the name?
 NAME_ANSWER = 67  # (op, aid, ("ok",) | ("exists", aid, meta) | ("error", message))
 NAME_LOOKUP = 68  # (op, rank, req, proc, key): get_actor() of a name that rank does not know
-NAME_FOUND = 69  # (op, req, proc, (aid, meta) | None): its answer
+NAME_FOUND = 69  # (op, req, proc, (aid, meta) | None, lent): its answer
 NAME_FREE = 70  # (op, key, aid): that actor's name is free again
 # holds lent between ranks: a forwarded task's result that refers to objects of the rank
 # it ran on goes home with one hold on each, which the home gives back when its copy of

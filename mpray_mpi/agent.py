@@ -213,6 +213,8 @@ class Agent:
         elif op == UNLEND:  # a hold another rank lent this one: give it back
             self.send(P.id_rank(m[1]), ("unlend", m[1]))
         elif op == TO_RANK:  # a message for another rank's node (actor names)
+            for c in (m[3] if len(m) > 3 else ()):
+                self.lent[c] += 1  # (the node took the hold itself)
             self.send(m[1], ("node", m[2]))
         elif op == P.KILL_ACTOR:  # an actor of another rank: (op, aid, no_restart, rank)
             self.send(m[3], ("node", m[:3]))

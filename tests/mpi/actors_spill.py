@@ -98,6 +98,23 @@ deadline = time.monotonic() + 10
 while psutil.pid_exists(mine_pid) and psutil.Process(mine_pid).status() != psutil.STATUS_ZOMBIE:
     assert time.monotonic() < deadline, "the actor outlived its last handle (on another rank)"
     time.sleep(0.05)
+# so does a handle found by name there
+@ray.remote
+def keep_by_name(keeper, name):
+    ray.get(keeper.keep.remote([ray.get_actor(name)]))
+
+
+mine = Counter.options(name="mine").remote()
+mine_pid = ray.get(mine.pid.remote())
+ray.get(keep_by_name.options(scheduling_strategy=last).remote(keeper, "mine"))
+del mine
+time.sleep(0.5)
+assert ray.get(keeper.call.remote()) == 1, "the actor ended while another rank held a handle"
+ray.get(keeper.drop.remote())
+deadline = time.monotonic() + 10
+while psutil.pid_exists(mine_pid) and psutil.Process(mine_pid).status() != psutil.STATUS_ZOMBIE:
+    assert time.monotonic() < deadline, "the actor outlived its last handle (found by name)"
+    time.sleep(0.05)
 del keeper
 
 
