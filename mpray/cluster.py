@@ -204,17 +204,6 @@ class ClusterView:
     def _unlend(self, oid: int) -> None:
         self.out[AGENT].append((UNLEND, oid))
 
-    def lend(self, adds, removes) -> None:
-        """Holds this rank's agent keeps for other ranks (it counts them per rank)."""
-        for oid in adds:
-            o = self.objs.get(oid)
-            if o is not None:
-                o.procs.add(LENT_HOLDER)
-        for oid in removes:
-            o = self.objs.get(oid)
-            if o is not None:
-                o.procs.discard(LENT_HOLDER)
-                self._maybe_free(o)
 
     # ------------------------------------------------------------------ remote objects
     def _remote_placeholder(self, oid: int, fetch: bool = True):

@@ -281,8 +281,8 @@ class Node:
             s.update_load(m[1])
         elif op == cluster.CLUSTER:
             s.attach_cluster(m[1], m[2])
-        elif op == cluster.LEND:
-            s.lend(m[1], m[2])
+        elif op == cluster.LEND:  # holds this rank's agent lent other ranks (it counts them)
+            s.refs(cluster.LENT_HOLDER, m[1], m[2])
         elif op == cluster.BORROWED:
             s.borrowed(m[1])
         elif op == cluster.NAME_CLAIM:

@@ -182,10 +182,10 @@ def test_holds_lent_by_the_rank_that_ran_a_task_go_back_when_their_refs_go():
 def test_a_lent_hold_keeps_the_object_at_its_home():
     s = sched()
     s.put(2, 500, INLINE, NONE)  # a worker's object, then the agent lends a hold on it
-    s.lend([500], ())
+    s.refs(LENT_HOLDER, [500], ())
     s.refs(2, (), [500])
     assert 500 in s.objs and LENT_HOLDER in s.objs[500].procs
-    s.lend((), [500])
+    s.refs(LENT_HOLDER, (), [500])
     assert 500 not in s.objs
 
 

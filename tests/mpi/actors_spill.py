@@ -59,15 +59,21 @@ def make_counter():
 h = ray.get(make_counter.options(scheduling_strategy=last).remote())
 assert ray.get(h.node.remote()) == ids[-1]
 assert ray.get([h.inc.remote() for _ in range(20)]) == list(range(2, 22))
+
+
+def wait_gone(pid: int, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 # it lives while the driver holds the handle, and ends when the driver drops it
 pid = ray.get(h.pid.remote())
 time.sleep(0.3)
 assert psutil.pid_exists(pid)
 del h
-deadline = time.monotonic() + 10
-while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-    assert time.monotonic() < deadline, "an actor made on another rank outlived its handles"
-    time.sleep(0.05)
+wait_gone(pid, "an actor made on another rank outlived its handles")
 
 
 # a handle passed to another rank keeps the actor alive while it is held there
@@ -86,35 +92,31 @@ class Keeper:
         self.h = None
 
 
-keeper = Keeper.options(scheduling_strategy=last).remote()
-mine = Counter.remote()
-mine_pid = ray.get(mine.pid.remote())
-ray.get(keeper.keep.remote([mine]))
-del mine
-time.sleep(0.5)
-assert ray.get(keeper.call.remote()) == 1, "the actor ended while another rank held a handle"
-ray.get(keeper.drop.remote())
-deadline = time.monotonic() + 10
-while psutil.pid_exists(mine_pid) and psutil.Process(mine_pid).status() != psutil.STATUS_ZOMBIE:
-    assert time.monotonic() < deadline, "the actor outlived its last handle (on another rank)"
-    time.sleep(0.05)
-# so does a handle found by name there
+def check_kept_there(mine, hand_over, how: str) -> None:
+    """``hand_over(mine)`` gives the keeper (on another rank) a handle to ``mine``: the
+    actor outlives ours while the keeper holds it, and ends when the keeper drops it."""
+    pid = ray.get(mine.pid.remote())
+    hand_over(mine)
+    del mine
+    time.sleep(0.5)
+    assert ray.get(keeper.call.remote()) == 1, f"the actor ended while {how} held it"
+    ray.get(keeper.drop.remote())
+    wait_gone(pid, f"the actor outlived its last handle ({how})")
+
+
 @ray.remote
 def keep_by_name(keeper, name):
     ray.get(keeper.keep.remote([ray.get_actor(name)]))
 
 
-mine = Counter.options(name="mine").remote()
-mine_pid = ray.get(mine.pid.remote())
-ray.get(keep_by_name.options(scheduling_strategy=last).remote(keeper, "mine"))
-del mine
-time.sleep(0.5)
-assert ray.get(keeper.call.remote()) == 1, "the actor ended while another rank held a handle"
-ray.get(keeper.drop.remote())
-deadline = time.monotonic() + 10
-while psutil.pid_exists(mine_pid) and psutil.Process(mine_pid).status() != psutil.STATUS_ZOMBIE:
-    assert time.monotonic() < deadline, "the actor outlived its last handle (found by name)"
-    time.sleep(0.05)
+keeper = Keeper.options(scheduling_strategy=last).remote()
+check_kept_there(Counter.remote(), lambda h: ray.get(keeper.keep.remote([h])),
+                 "a handle passed to another rank")
+# so does a handle found by name there
+check_kept_there(Counter.options(name="mine").remote(),
+                 lambda h: ray.get(keep_by_name.options(scheduling_strategy=last)
+                                   .remote(keeper, "mine")),
+                 "a handle found by name on another rank")
 del keeper
 
 
