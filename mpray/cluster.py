@@ -39,9 +39,9 @@ NAME_ANSWER = 67  # (op, aid, ("ok",) | ("exists", aid, meta) | ("error", messag
 NAME_LOOKUP = 68  # (op, rank, req, proc, key): get_actor() of a name that rank does not know
 NAME_FOUND = 69  # (op, req, proc, (aid, meta) | None, lent): its answer
 NAME_FREE = 70  # (op, key, aid): that actor's name is free again
-# holds lent between ranks: a forwarded task's result that refers to objects of the rank
-# it ran on goes home with one hold on each, which the home gives back when its copy of
-# the ref is gone
+# holds lent between ranks: refs to a rank's objects that leave it inside a forwarded
+# task's arguments or result (or rank 0's answer to a get_actor) go with one hold each,
+# which the receiving rank gives back when its placeholder for the object is freed
 LEND = 71  # agent -> node (op, adds, removes): holds this rank lends other ranks
 UNLEND = 72  # node -> agent (op, oid): a hold lent to this rank can be given back
 BORROWED = 73  # agent -> node (op, oids): holds another rank lent this one, with a task
@@ -204,7 +204,6 @@ class ClusterView:
     def _unlend(self, oid: int) -> None:
         self.out[AGENT].append((UNLEND, oid))
 
-
     # ------------------------------------------------------------------ remote objects
     def _remote_placeholder(self, oid: int, fetch: bool = True):
         """An object of another rank, not known here: a placeholder that tracks who holds
@@ -249,5 +248,4 @@ def _fits_total(total: dict, res: tuple) -> bool:
 
 
 __all__ = ["AGENT", "BORROWED", "CLUSTER", "ClusterView", "FETCH", "FWD", "LEND", "LOAD", "O",
-           "REMOTE_DONE", "UNLEND",
-           "SPILL_MIN_TASK_S", "running_mean"]
+           "REMOTE_DONE", "SPILL_MIN_TASK_S", "UNLEND", "running_mean"]
