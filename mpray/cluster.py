@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 
 from . import protocol as P
-from .serialization import ERROR
+from .serialization import ARENA, ERROR
 from .states import TASK_TRANSITIONS, O, T, _move
 
 AGENT = (1 << (P.RANK_SHIFT - P.PROC_BITS)) - 1  # the rank's MPI process, as seen by its node
@@ -47,6 +47,7 @@ UNLEND = 72  # node -> agent (op, oid): a hold lent to this rank can be given ba
 BORROWED = 73  # agent -> node (op, oids): holds another rank lent this one, with a task
 LENT_HOLDER = -2  # pseudo process that holds what this rank lent
 SPILL_MIN_TASK_S = 0.002  # moving a task to another rank costs about this much
+MOVE_BYTES_PER_S = 5e9  # a fetch between ranks (100 MiB in ~20 ms here, benchmarks/)
 
 
 def running_mean(n: int, mean: float, x: float, weight: float) -> float:
@@ -114,25 +115,39 @@ class ClusterView:
 
     def _spill_target(self, t) -> int | None:
         """Work waits here: the rank with the lowest estimated wait (the paper's rule:
-        queued work × mean task time, plus the cost of moving the task), if it is lower
-        than here.  Tasks shorter than moving them costs stay (they would only slow)."""
+        queued work × mean task time, plus the cost of moving the task and the bytes of
+        its arguments that rank lacks), if it is lower than here.  Tasks shorter than
+        moving them costs stay (they would only slow)."""
         backlog = len(self.ready.get(t.resources, ()))
         mean = self.task_time.get(t.spec[P.S_FID], (0, 0.0))[1]  # (unknown yet: stays)
         if not backlog or mean < SPILL_MIN_TASK_S or not self.load:
             return None
         cpus = max(1.0, self.total.get("CPU", 1.0))
         best, best_wait = None, backlog / cpus * mean
+        sizes = self._arg_sizes(t)
         for r, (queued, free) in enumerate(self.load):
             if r == self.rank or not _fits_total(self.ranks[r][1], t.resources):
                 continue
             rcpus = max(1.0, float(self.ranks[r][1].get("CPU", 1.0)))
-            wait = max(0.0, queued - free) / rcpus * mean + SPILL_MIN_TASK_S
+            moved = sum(n for home, n in sizes if home != r)  # (those at home there stay)
+            wait = (max(0.0, queued - free) / rcpus * mean + SPILL_MIN_TASK_S
+                    + moved / MOVE_BYTES_PER_S)
             if wait < best_wait:
                 best, best_wait = r, wait
         if best is not None:  # count it there until the next load report
             q, free = self.load[best]
             self.load[best] = (q + 1, free - 1)
         return best
+
+    def _arg_sizes(self, t) -> list[tuple[int, int]]:
+        """(home rank, bytes) of ``t``'s arguments in this rank's store: what moving it
+        elsewhere would have to move (a rank prefers tasks whose arguments it holds)."""
+        out = []
+        for _pos, oid in t.spec[P.S_DEPS]:
+            o = self.objs.get(oid)
+            if o is not None and o.kind == ARENA and o.state is O.IN_ARENA:
+                out.append((P.id_rank(oid), o.payload[3]))
+        return out
 
     def _spill_queue(self, q) -> None:
         """Move tasks from the tail of a ready queue that waits here to ranks where

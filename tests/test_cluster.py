@@ -11,7 +11,7 @@ from mpray import exceptions as exc
 from mpray import protocol as P
 from mpray.cluster import AGENT, FETCH, FWD, LENT_HOLDER, UNLEND
 from mpray.scheduler import Scheduler, TaskState
-from mpray.serialization import ERROR, INLINE
+from mpray.serialization import ARENA, ERROR, INLINE
 from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
 from mpray_mpi.launch import detect
 
@@ -126,6 +126,35 @@ def test_the_mean_task_time_is_learned_from_finished_tasks():
     s.now = 10.2
     s.task_done(1, 100, P.OK, [(101, INLINE, NONE, ())], False)
     assert s.task_time[FID] == (1, pytest.approx(0.2))
+
+
+def test_a_task_stays_with_large_arguments_unless_the_wait_here_outweighs_them():
+    s = sched(workers=1)
+    s.update_load([(10, 0.0), (0, 1.0), (0, 1.0)])
+    s.task_time[FID] = (5, 0.05)
+    big = 900
+    s.put(0, big, ARENA, (0, 64, (), 2_000_000_000))  # 2 GB here: 0.4 s to move
+    for i in range(6):  # 0.3 s of work waits here: cheaper than moving 2 GB
+        s.submit(0, spec(100 + 10 * i, deps=[(0, big)]))
+    s.schedule()
+    assert fwds(s) == []
+    for i in range(6, 20):  # 1 s of work waits here now: some go, with their argument
+        s.submit(0, spec(100 + 10 * i, deps=[(0, big)]))
+    s.schedule()
+    assert fwds(s)
+
+
+def test_a_rank_that_holds_the_arguments_is_preferred():
+    s = sched(workers=1)
+    s.update_load([(10, 0.0), (0, 1.0), (0, 1.0)])
+    s.task_time[FID] = (5, 0.05)
+    there = P.id_base(2, 3) + 5  # rank 2's object, fetched here before
+    s.refs(0, [there], ())  # (the driver holds it)
+    s.put_fetched(there, ARENA, (0, 64, (), 2_000_000_000))  # 0.4 s to move to rank 1
+    for i in range(6):
+        s.submit(0, spec(100 + 10 * i, deps=[(0, there)]))
+    s.schedule()
+    assert {m[1] for m in fwds(s)} == {2}
 
 
 def test_one_long_function_does_not_make_short_ones_move():
