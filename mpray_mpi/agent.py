@@ -43,10 +43,13 @@ from mpray.cluster import (
 from mpray.rings import Ring
 from mpray.serialization import ARENA, ERROR
 
+from .inbox import MAX_FRAME, Inbox
+
 TAG = 71
 LOAD_INTERVAL = 0.02  # seconds between load reports (global scheduling)
 HOT_S = 0.1  # after work, poll at the shortest pause for this long
 IDLE_LOAD_INTERVAL = 1.0  # seconds between load reports of a rank with nothing to do
+INBOX_KINDS = ("task", "node")  # what goes through the inbox (in order, one-sided)
 IDLE_PAUSE = 4e-3  # longest pause between polls of a rank idle for a second (CPU it costs)
 
 
@@ -76,13 +79,14 @@ class Agent:
             self.expmem = memoryview(self.win.tomemory()).cast("B") if export_bytes else None
             self.export_alloc = Allocator(export_bytes)
         self.loadwin = MPI.Win.Allocate(16 * size if rank == 0 else 0, 8, comm=comm)
+        import numpy as np
+
+        self.inbox = Inbox(MPI, comm, np)  # (tasks and node messages come this way)
         # One passive epoch for the whole run, without locks (MODE_NOCHECK: messages
         # already order who reads what): a Get or Put then completes with Flush, and on
         # shared-memory windows needs nothing from the target (no waiting for it to poll)
         for w in self._windows():
             w.Lock_all(MPI.MODE_NOCHECK)
-        import numpy as np
-
         self._np = np
         self.load_table = np.zeros(2 * size, dtype=np.float64)
         self.reqs: list = []
@@ -99,6 +103,9 @@ class Agent:
         self.lent: collections.Counter = collections.Counter()  # oid -> holds lent away
         self.load_reqs: set[int] = set()
         self.outbox: dict[int, list] = collections.defaultdict(list)
+        self.inq: collections.deque = collections.deque()  # (src, msg) read from the inbox
+        self.big: dict[tuple, list] = {}  # (src, token) -> messages too big for the inbox
+        self._token = 0
         self.stopped: set[int] = set()
         self.stop_requested = False
         self.last_load = 0.0
@@ -121,7 +128,29 @@ class Agent:
         if self.outbox:
             out, self.outbox = self.outbox, collections.defaultdict(list)
             for rank, msgs in out.items():
-                self.reqs.append(self.comm.isend(("batch", msgs), dest=rank, tag=TAG))
+                ordered = [m for m in msgs if m[0] in INBOX_KINDS]
+                rest = [m for m in msgs if m[0] not in INBOX_KINDS] if ordered else msgs
+                if ordered:
+                    self._post(rank, ordered)
+                if rest:
+                    self.reqs.append(self.comm.isend(("batch", rest), dest=rank, tag=TAG))
+        if self.inbox.pending:
+            self.inbox.flush()
+
+    def _post(self, rank: int, msgs: list) -> None:
+        """Tasks and node messages go through ``rank``'s inbox (one-sided, in order); a
+        frame too big for it goes as a message whose place an inbox frame keeps."""
+        frame = pickle.dumps((self.rank, msgs), protocol=5)
+        if len(frame) <= MAX_FRAME:
+            self.inbox.post(rank, frame)
+        elif len(msgs) > 1:
+            half = len(msgs) // 2
+            self._post(rank, msgs[:half])
+            self._post(rank, msgs[half:])
+        else:
+            self._token += 1
+            self.reqs.append(self.comm.isend(("big", self._token, msgs), dest=rank, tag=TAG))
+            self.inbox.post(rank, pickle.dumps((self.rank, [("await", self._token)])))
 
     def _new_req(self) -> int:
         self._req += 1
@@ -147,7 +176,28 @@ class Agent:
         comm, st = self.comm, self.status
         while comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=TAG, status=st):
             src = st.Get_source()
-            for msg in comm.recv(source=src, tag=TAG)[1]:
+            got = comm.recv(source=src, tag=TAG)
+            if got[0] == "big":  # its place in the order is in the inbox
+                self.big[(src, got[1])] = got[2]
+            else:
+                for msg in got[1]:
+                    self.from_rank(src, msg)
+            busy = True
+        for f in self.inbox.poll():
+            src, msgs = pickle.loads(f)
+            self.inq.extend((src, m) for m in msgs)
+        inq = self.inq
+        while inq:
+            src, msg = inq[0]
+            if msg[0] == "await":  # a big frame's place: wait for its message
+                msgs = self.big.pop((src, msg[1]), None)
+                if msgs is None:
+                    break
+                inq.popleft()
+                for m in msgs:
+                    self.from_rank(src, m)
+            else:
+                inq.popleft()
                 self.from_rank(src, msg)
             busy = True
         frames = self.down.pop_all()
@@ -398,7 +448,8 @@ class Agent:
         self._alloc(total, landed)
 
     def _windows(self) -> list:
-        return [w for w in (self.arena_win, self.win, self.loadwin) if w is not None]
+        return [w for w in (self.arena_win, self.win, self.loadwin, self.inbox.win)
+                if w is not None]
 
     def _get(self, win, src: int, soff: int, off: int, total: int) -> None:
         """RMA Get of ``total`` bytes at ``soff`` in ``src``'s window into our arena."""
@@ -452,6 +503,7 @@ class Agent:
         if self.win is not None:
             self.win.Free()
         self.loadwin.Free()
+        self.inbox.free()
         # (an arena window stays until MPI_Finalize at exit: arrays the user got from
         # get() may still point into it)
 

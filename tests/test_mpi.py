@@ -71,7 +71,7 @@ def launch(cmd: list, timeout: float, env: dict | None = None) -> subprocess.Com
 
 
 @pytest.mark.parametrize("ranks", [2, 4])
-@pytest.mark.parametrize("script", ["basics.py", "actors_spill.py"])
+@pytest.mark.parametrize("script", ["basics.py", "actors_spill.py", "inbox.py"])
 def test_script_passes_under_mpiexec(script: str, ranks: int):
     r = run_mpi(script, ranks)
     name = script[:-3]

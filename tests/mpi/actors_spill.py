@@ -127,6 +127,20 @@ assert ray.get([far.inc.remote() for _ in range(30)]) == list(range(1, 31))
 vals, _r = ray.get(call_from_there.options(scheduling_strategy=Affinity(ids[0], soft=False))
                    .remote(far, 2))
 assert vals == [31, 32]
+# a message too big for the inbox (a 3 MiB function) keeps its place among the others
+blob = os.urandom(3 << 20)
+
+
+@ray.remote
+def captured():
+    return len(blob)
+
+
+calls = [far.inc.remote() for _ in range(5)]
+big = captured.options(scheduling_strategy=last).remote()
+calls += [far.inc.remote() for _ in range(5)]
+assert ray.get(big) == 3 << 20
+assert ray.get(calls) == list(range(33, 43))
 named = Counter.options(name="far", scheduling_strategy=last).remote()
 assert ray.get(ray.get_actor("far").node.remote()) == ids[-1]
 
