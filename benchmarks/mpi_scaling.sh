@@ -14,7 +14,7 @@ timeout 60 mpiexec -n 2 python -c "from mpi4py import MPI; c = MPI.COMM_WORLD; \
 print('mpi ok', c.rank, c.size, MPI.Get_library_version().splitlines()[0])" || exit 1
 timeout 900 python benchmarks/mpi_compare.py --ranks "$ranks" --allreduce-ranks "4,$N" \
     --repeat 3 --timeout 120 --json "$OUT/mpi_scaling.json" 2>&1 | tee "$OUT/mpi_scaling.txt"
-for s in tests/mpi/actors_spill.py tests/mpi/basics.py examples/mpi_demo.py; do
+for s in tests/mpi/actors_spill.py tests/mpi/basics.py tests/mpi/inbox.py examples/mpi_demo.py; do
     t0=$SECONDS
     timeout 120 mpiexec -n "$N" python "$s" > "$OUT/run.log" 2>&1
     rc=$?
