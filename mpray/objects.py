@@ -108,7 +108,8 @@ class ObjectDirectory:
         if o.subscribers:
             for p in o.subscribers:
                 if p != o.owner or o.owner not in o.procs:
-                    self._send(p, msg)
+                    # (the agent serves it to another rank: with the refs it holds)
+                    self._send(p, msg if p != self.agent else msg + (o.contains,))
             o.subscribers = _EMPTY
         waiting, o.waiting_tasks = o.waiting_tasks, []
         for tid in waiting:
@@ -170,7 +171,8 @@ class ObjectDirectory:
                     o.subscribers = set()
                 o.subscribers.add(proc)
             else:
-                self._send(proc, (P.OBJ, oid, o.kind, o.payload))
+                self._send(proc, (P.OBJ, oid, o.kind, o.payload) if proc != self.agent
+                           else (P.OBJ, oid, o.kind, o.payload, o.contains))
 
     def pin(self, proc: int, oids) -> None:
         for oid in oids:

@@ -310,7 +310,11 @@ class Agent:
                     self.send(rec[0], ("done", tid, rec[2]))
         asking = self.serving.pop(oid, None)
         for r in asking or ():  # (each asker's PIN goes when it has the value)
-            self.send(r, ("value", oid, kind, self._ship(kind, payload, ("pin", oid))))
+            # the objects of this rank it refers to go with a hold each, as with results
+            lent = tuple(c for c in contains if P.id_rank(c) == self.rank)
+            self._lend(lent)
+            self.send(r, ("value", oid, kind, self._ship(kind, payload, ("pin", oid)),
+                          tuple(contains), lent))
 
     def _ship(self, kind: int, payload, release):
         """How a reader on another rank gets this value (``release`` is the hold to drop
@@ -371,8 +375,9 @@ class Agent:
             # PIN first (one per asker): the value must stay until that reader has it
             self.to_node([(P.PIN, [oid]), (P.SUBSCRIBE, [oid])])
         elif kind == "value":
-            _, oid, vkind, desc = msg
-            self.import_value(desc, vkind, lambda k, p: self.to_node([(P.PUT, oid, k, p, ())]))
+            _, oid, vkind, desc, contained, lent = msg
+            self.import_value(desc, vkind, lambda k, p: self.to_node(
+                ([(BORROWED, lent)] if lent else []) + [(P.PUT, oid, k, p, contained)]))
         elif kind == "done":
             _, tid, results = msg
             self.where.pop(tid, None)

@@ -3,6 +3,7 @@
 Prints "OK basics" on rank 0 when every check held (ranks > 0 never get past init)."""
 
 import faulthandler
+import gc
 import os
 import signal
 import time
@@ -85,6 +86,19 @@ big_ref, small_ref = ray.get(put_there.options(scheduling_strategy=last).remote(
 assert ray.get(small_ref) == "small"
 assert float(ray.get(big_ref).sum()) == 7.0 * 500_000
 assert ray.get(store_used.options(scheduling_strategy=last).remote()) > base
+# a ref read out of a value fetched from there keeps its object alive there too
+@ray.remote
+def nest_there():
+    return ray.put([ray.put(np.full(300_000, 3.0))])
+
+
+outer = ray.get(nest_there.options(scheduling_strategy=last).remote())
+inner = ray.get(outer)[0]
+del outer
+gc.collect()
+time.sleep(0.5)  # (the outer object is gone there by now)
+assert float(ray.get(inner, timeout=20).sum()) == 3.0 * 300_000
+del inner
 # they live on while the driver holds their refs, and go there once it drops them
 del big_ref, small_ref
 deadline = time.monotonic() + 10
