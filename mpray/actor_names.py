@@ -117,7 +117,7 @@ class ActorNames:
     def name_found(self, req: int, proc: int, found, lent: tuple) -> None:
         """Rank 0's answer to a get_actor() of ``proc`` here."""
         if lent:
-            self.borrowed(lent)
+            self.borrowed(lent, 0)
             self.objs[lent[0]].procs.add(proc)  # (as a local lookup holds it for proc)
         self._send(proc, (P.REPLY, req, found))
 

@@ -28,7 +28,7 @@ AGENT = (1 << (P.RANK_SHIFT - P.PROC_BITS)) - 1  # the rank's MPI process, as se
 FWD = 60  # node -> agent (op, rank, spec, blob): run this task there (blob: its function,
 #          the first time that rank gets it from this node)
 FETCH = 61  # node -> agent (op, oid): bring this object of another rank here (PUT it)
-REMOTE_DONE = 62  # agent -> node (op, tid, results): a forwarded task ended there
+REMOTE_DONE = 62  # agent -> node (op, tid, results, rank): a forwarded task ended there
 CLUSTER = 63  # agent -> node (op, rank, [(node_id, resources), ...]): the ranks, once
 LOAD = 64  # agent -> node (op, [(queued, free_cpus), ...]): the ranks' load, now and then
 TO_RANK = 65  # node -> agent (op, rank, msg[, lent]): give msg to that rank's node (lent:
@@ -39,12 +39,14 @@ NAME_ANSWER = 67  # (op, aid, ("ok",) | ("exists", aid, meta) | ("error", messag
 NAME_LOOKUP = 68  # (op, rank, req, proc, key): get_actor() of a name that rank does not know
 NAME_FOUND = 69  # (op, req, proc, (aid, meta) | None, lent): its answer
 NAME_FREE = 70  # (op, key, aid): that actor's name is free again
-# holds lent between ranks: refs to a rank's objects that leave it inside a forwarded
-# task's arguments or result (or rank 0's answer to a get_actor) go with one hold each,
-# which the receiving rank gives back when its placeholder for the object is freed
+# holds lent between ranks: refs that leave a rank inside a forwarded task's arguments or
+# result, a value another rank reads (or rank 0's answer to a get_actor) go with one hold
+# each, lent by the sending rank, which the receiving rank gives back when its
+# placeholder for the object is freed (a rank that lent holds on another rank's object
+# keeps its own placeholder, and so its own borrowed hold, until they all come back)
 LEND = 71  # agent -> node (op, adds, removes): holds this rank lends other ranks
-UNLEND = 72  # node -> agent (op, oid): a hold lent to this rank can be given back
-BORROWED = 73  # agent -> node (op, oids): holds another rank lent this one, with a task
+UNLEND = 72  # node -> agent (op, oid, rank): give back the hold that rank lent this one
+BORROWED = 73  # agent -> node (op, oids, rank): holds that rank lent this one
 LENT_HOLDER = -2  # pseudo process that holds what this rank lent
 SPILL_MIN_TASK_S = 0.002  # moving a task to another rank costs about this much
 MOVE_BYTES_PER_S = 5e9  # a fetch between ranks (100 MiB in ~20 ms here, benchmarks/)
@@ -194,30 +196,30 @@ class ClusterView:
                 if c is not None and c.state in (T.PENDING_ARGS, T.READY):
                     self._forward(c, rank)
 
-    def remote_done(self, tid: int, results) -> None:
-        """A task this node forwarded ended on another rank: its values came home."""
+    def remote_done(self, tid: int, results, lender: int) -> None:
+        """A task this node forwarded ended on rank ``lender``: its values came home."""
         t = self.tasks.get(tid)
         if t is None or t.state is not T.DISPATCHED or t.worker != AGENT:
             return
         for r in results:  # (oid, kind, payload, contained[, lent])
-            self.borrowed(r[4] if len(r) > 4 else ())  # (the rank that ran it lent them)
+            self.borrowed(r[4] if len(r) > 4 else (), lender)
         results = [r[:4] for r in results]
         status = P.APP_ERROR if any(kind == ERROR for _o, kind, _p, _c in results) else P.OK
         self._ended(t, AGENT, status, results, False)
 
-    def borrowed(self, oids) -> None:
-        """Another rank lent this one a hold on each of these objects of its own: it goes
-        back when the object's placeholder here is freed (one per placeholder: a hold
-        lent again for the same object goes back at once)."""
+    def borrowed(self, oids, lender: int) -> None:
+        """Rank ``lender`` lent this one a hold on each of these objects (its own, or
+        ones it holds itself): it goes back there when the object's placeholder here is
+        freed (one per placeholder: a hold lent again goes back at once)."""
         for c in oids:
             co = self.objs.get(c) or self._remote_placeholder(c, fetch=False)
-            if co is None or co.lent:
-                self._unlend(c)
+            if co is None or co.lent is not None or not co.remote:
+                self._unlend(c, lender)  # (holds here count this rank's own objects)
             else:
-                co.lent = True
+                co.lent = lender
 
-    def _unlend(self, oid: int) -> None:
-        self.out[AGENT].append((UNLEND, oid))
+    def _unlend(self, oid: int, lender: int) -> None:
+        self.out[AGENT].append((UNLEND, oid, lender))
 
     # ------------------------------------------------------------------ remote objects
     def _remote_placeholder(self, oid: int, fetch: bool = True):

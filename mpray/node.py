@@ -276,7 +276,7 @@ class Node:
         elif op == P.SHUTDOWN:
             self.running = False
         elif op == cluster.REMOTE_DONE:
-            s.remote_done(m[1], m[2])
+            s.remote_done(m[1], m[2], m[3])
         elif op == cluster.LOAD:
             s.update_load(m[1])
         elif op == cluster.CLUSTER:
@@ -284,7 +284,7 @@ class Node:
         elif op == cluster.LEND:  # holds this rank's agent lent other ranks (it counts them)
             s.refs(cluster.LENT_HOLDER, m[1], m[2])
         elif op == cluster.BORROWED:
-            s.borrowed(m[1])
+            s.borrowed(m[1], m[2])
         elif op == cluster.NAME_CLAIM:
             s.name_claim(m[1], m[2], m[3], m[4], m[5])
         elif op == cluster.NAME_ANSWER:

@@ -48,7 +48,7 @@ class Obj:
         self.waiting_tasks: list = []
         self.history = [O.PENDING]
         self.remote = False  # a copy (or placeholder) of another rank's object
-        self.lent = False  # its home rank lent us a hold on it (given back when freed)
+        self.lent: int | None = None  # the rank that lent us a hold on it (back when freed)
 
 
 class ObjectDirectory:
@@ -71,8 +71,8 @@ class ObjectDirectory:
             self.alloc.free(o.payload[0])
         _move(o, O.FREED, OBJ_TRANSITIONS, "object")
         del self.objs[o.key]
-        if o.lent:
-            self._unlend(o.key)
+        if o.lent is not None:
+            self._unlend(o.key, o.lent)
         if o.key in self.anchors:  # the last handle to an actor is gone
             self._anchor_freed(o.key)
         for c in o.contains:

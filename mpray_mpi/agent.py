@@ -255,9 +255,9 @@ class Agent:
         if op == FWD:
             spec = m[2]
             self.where[spec[P.S_TID]] = m[1]
-            # refs to this rank's objects inside its arguments go with a hold each (the
+            # the refs inside its arguments go with a hold each, lent by this rank (the
             # task there may keep them: in an actor's state, say)
-            lent = tuple(c for c in spec[P.S_CONTAINED] if P.id_rank(c) == self.rank)
+            lent = tuple(spec[P.S_CONTAINED])
             self._lend(lent)
             self.send(m[1], ("task", spec, m[3], lent))
         elif op == P.CANCEL:  # a task this rank forwarded: cancel it where it runs
@@ -265,7 +265,7 @@ class Agent:
             if rank is not None:
                 self.send(rank, ("node", m))
         elif op == UNLEND:  # a hold another rank lent this one: give it back
-            self.send(P.id_rank(m[1]), ("unlend", m[1]))
+            self.send(m[2], ("unlend", m[1]))
         elif op == TO_RANK:  # a message for another rank's node (actor names)
             for c in (m[3] if len(m) > 3 else ()):
                 self.lent[c] += 1  # (the node took the hold itself)
@@ -295,12 +295,11 @@ class Agent:
         if tid is not None:
             rec = self.inbound.get(tid)
             if rec is not None:
-                # the agent's hold on the result goes when its reader has it; the objects
-                # of this rank it refers to go home with a hold each, lent to the home
-                # rank (it gives them back as its refs go).  A result that refers to other
-                # ranks' objects stays held here (no reference counting across 3 ranks).
+                # the agent's hold on the result goes when its reader has it; the refs
+                # it holds go home with a hold each, lent by this rank (the home rank
+                # gives them back as its refs go)
                 release, lent = None, ()
-                if oid not in self.keep and all(P.id_rank(c) == self.rank for c in contains):
+                if oid not in self.keep:
                     self._lend(contains)
                     release, lent = ("ref", oid), tuple(contains)
                 rec[2].append((oid, kind, self._ship(kind, payload, release), tuple(contains),
@@ -310,8 +309,7 @@ class Agent:
                     self.send(rec[0], ("done", tid, rec[2]))
         asking = self.serving.pop(oid, None)
         for r in asking or ():  # (each asker's PIN goes when it has the value)
-            # the objects of this rank it refers to go with a hold each, as with results
-            lent = tuple(c for c in contains if P.id_rank(c) == self.rank)
+            lent = tuple(contains)  # (a hold on each ref inside, as with results)
             self._lend(lent)
             self.send(r, ("value", oid, kind, self._ship(kind, payload, ("pin", oid)),
                           tuple(contains), lent))
@@ -366,7 +364,7 @@ class Agent:
                 self.keep.add(tid + 1)  # (its creator's rank sends the kill)
             for i in range(spec[P.S_NRET]):
                 self.result_of[tid + 1 + i] = tid
-            self.to_node(([(BORROWED, lent)] if lent else [])
+            self.to_node(([(BORROWED, lent, src)] if lent else [])
                          + ([(P.FUNC, spec[P.S_FID], blob)] if blob is not None else [])
                          + [(P.SUBMIT, spec)])
         elif kind == "fetch":
@@ -377,7 +375,7 @@ class Agent:
         elif kind == "value":
             _, oid, vkind, desc, contained, lent = msg
             self.import_value(desc, vkind, lambda k, p: self.to_node(
-                ([(BORROWED, lent)] if lent else []) + [(P.PUT, oid, k, p, contained)]))
+                ([(BORROWED, lent, src)] if lent else []) + [(P.PUT, oid, k, p, contained)]))
         elif kind == "done":
             _, tid, results = msg
             self.where.pop(tid, None)
@@ -385,7 +383,7 @@ class Agent:
             state = {"missing": len(results)}
 
             def finish() -> None:
-                self.to_node([(REMOTE_DONE, tid, got)])
+                self.to_node([(REMOTE_DONE, tid, got, src)])
 
             if not results:
                 finish()

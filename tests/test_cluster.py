@@ -179,11 +179,11 @@ def test_remote_done_seals_the_results_for_their_owner():
     s = sched()
     s.submit(0, spec(100, strategy=Affinity("n1", soft=False)))
     fwds(s)
-    s.remote_done(100, [(101, INLINE, NONE, ())])
+    s.remote_done(100, [(101, INLINE, NONE, ())], 1)
     assert s.objs[101].kind == INLINE and (P.OBJ, 101, INLINE, NONE) in s.out[0]
     assert 100 not in s.tasks
     s.submit(0, spec(110, strategy=Affinity("n1", soft=False)))
-    s.remote_done(110, [(111, ERROR, b"err", ())])
+    s.remote_done(110, [(111, ERROR, b"err", ())], 1)
     assert s.objs[111].kind == ERROR and s.stats["failed"] == 1
 
 
@@ -194,18 +194,18 @@ def test_holds_lent_by_the_rank_that_ran_a_task_go_back_when_their_refs_go():
     s.submit(0, spec(110, strategy=Affinity("n1", soft=False)))
     fwds(s)
     # rank 1 ran it: its result refers to one of rank 1's objects, with a hold lent
-    s.remote_done(100, [(101, INLINE, NONE, (inner,), (inner,))])
-    assert s.objs[inner].lent and s.objs[inner].contained_in == 1
+    s.remote_done(100, [(101, INLINE, NONE, (inner,), (inner,))], 1)
+    assert s.objs[inner].lent == 1 and s.objs[inner].contained_in == 1
     s.out[AGENT].clear()
     # a second result lending a hold on the same object: one is enough, it goes back
-    s.remote_done(110, [(111, INLINE, NONE, (inner, other), (inner, other))])
-    assert s.out[AGENT] == [(UNLEND, inner)] and s.objs[other].lent
+    s.remote_done(110, [(111, INLINE, NONE, (inner, other), (inner, other))], 1)
+    assert s.out[AGENT] == [(UNLEND, inner, 1)] and s.objs[other].lent == 1
     s.out[AGENT].clear()
     s.refs(0, (), [101])  # the owner drops the first result: inner is still in the second
     assert inner in s.objs and s.out[AGENT] == []
     s.refs(0, (), [111])
     assert inner not in s.objs and other not in s.objs
-    assert sorted(s.out[AGENT]) == [(UNLEND, inner), (UNLEND, other)]
+    assert sorted(s.out[AGENT]) == [(UNLEND, inner, 1), (UNLEND, other, 1)]
 
 
 def test_a_lent_hold_keeps_the_object_at_its_home():
@@ -269,11 +269,11 @@ def test_an_actor_placed_on_another_rank_gets_its_calls_there():
     s.submit(0, call_spec(100, 120))
     assert [(m[1], m[2][P.S_TID]) for m in fwds(s)] == [(2, 110), (2, 120)]
     # its creation ended there: alive here too (for the driver), calls still go there
-    s.remote_done(100, [(101, INLINE, NONE, ())])
+    s.remote_done(100, [(101, INLINE, NONE, ())], 1)
     assert s.actors[100].state.value == "ALIVE"
     # its calls end; then the last handle here goes: the actor is ended on its rank
-    s.remote_done(110, [(111, INLINE, NONE, ())])
-    s.remote_done(120, [(121, INLINE, NONE, ())])
+    s.remote_done(110, [(111, INLINE, NONE, ())], 1)
+    s.remote_done(120, [(121, INLINE, NONE, ())], 1)
     assert not [m for m in s.out[AGENT] if m[0] == P.KILL_ACTOR]  # (calls held it)
     s.refs(0, (), [101])
     assert (P.KILL_ACTOR, 100, True, 2) in s.out[AGENT]

@@ -107,6 +107,39 @@ while ray.get(store_used.options(scheduling_strategy=last).remote()) > base:
     time.sleep(0.05)
 
 
+# a ref passed on by a rank that is not its object's home still holds it there (the
+# driver lends on to the last rank the hold that rank 1 lent it)
+mid = Affinity(ids[1], soft=False)
+
+
+@ray.remote
+class Keeper:
+    def keep(self, refs):
+        self.refs = refs
+
+    def total(self):
+        return float(ray.get(self.refs[0]).sum())
+
+    def drop(self):
+        self.refs = None
+
+
+base = ray.get(store_used.options(scheduling_strategy=mid).remote())
+held = ray.get(put_there.options(scheduling_strategy=mid).remote(400_000))
+keeper = Keeper.options(scheduling_strategy=last).remote()
+ray.get(keeper.keep.remote(held))
+del held
+gc.collect()
+time.sleep(0.5)
+assert ray.get(keeper.total.remote(), timeout=20) == 7.0 * 400_000
+ray.get(keeper.drop.remote())
+deadline = time.monotonic() + 10
+while ray.get(store_used.options(scheduling_strategy=mid).remote()) > base:
+    assert time.monotonic() < deadline, "objects passed on between ranks stayed at home"
+    time.sleep(0.05)
+del keeper
+
+
 # nested: a task on another rank spreads its own tasks over the ranks
 @ray.remote
 def fan_out(k):
