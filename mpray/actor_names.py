@@ -7,12 +7,13 @@ registry, as Ray's GCS is::
     rank r: submit(named creation) ─▶ parked in ``claiming`` ─▶ NAME_CLAIM ─▶ rank 0
     rank 0: name free?  ─▶ kept in ``remote_names`` ─▶ NAME_ANSWER ok ─▶ rank r admits it
             taken        ─▶ NAME_ANSWER exists|error ─▶ rank r answers the creator
-    rank r: get_actor() not known here ─▶ NAME_LOOKUP ─▶ rank 0 ─▶ NAME_FOUND ─▶ REPLY
-            (an actor of rank 0 found so: rank 0 lends rank r a hold on it, see cluster)
+    rank r: get_actor() not known here ─▶ NAME_LOOKUP ─▶ rank 0 ─┬─ its own ─▶ NAME_FOUND
+            (rank 0 and get_actor() of another rank's actor: straight ─┴─ another rank's:
+             to the rank that has it)                        NAME_LOOKUP there ─▶ NAME_FOUND
+            NAME_FOUND comes from the rank whose actor it is, with a hold on it lent to
+            the asking rank (see cluster), so a handle found so keeps the actor alive
     rank r: the actor's name is freed (death, kill) ─▶ NAME_FREE ─▶ rank 0
 
-A handle found on rank r for an actor of rank 0 holds it (a hold lent to rank r); one
-of a third rank's actor holds nothing there.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class ActorNames:
     def _init_names(self) -> None:
         self.claiming: dict[int, tuple[int, tuple]] = {}  # aid -> (proc, creation spec)
         self.cleared: set[int] = set()  # aids whose name rank 0 granted (admit them now)
-        self.remote_names: dict[tuple, tuple[int, dict]] = {}  # rank 0: other ranks' names
+        # rank 0: other ranks' names: (namespace, name) -> (aid, meta, the rank that has it)
+        self.remote_names: dict[tuple, tuple[int, dict, int]] = {}
 
     def _names_at_rank0(self) -> bool:
         """True where names must be cleared with rank 0 (a rank other than 0 of a job)."""
@@ -75,13 +77,16 @@ class ActorNames:
     def named(self, key: tuple) -> tuple[int, dict] | None:
         """(aid, meta) of the live actor that has this name, here or (rank 0) anywhere."""
         a = self._live_named(key)
-        return (a.key, a.opts.get("meta")) if a is not None else self.remote_names.get(key)
+        if a is not None:
+            return (a.key, a.opts.get("meta"))
+        entry = self.remote_names.get(key)
+        return entry[:2] if entry is not None else None
 
     # ------------------------------------------------------------------ rank 0
     def name_claim(self, rank: int, key: tuple, aid: int, meta, get_if_exists: bool) -> None:
         found = self.named(key)
         if found is None:
-            self.remote_names[key] = (aid, meta)
+            self.remote_names[key] = (aid, meta, rank)
             answer: tuple = ("ok",)
         elif get_if_exists:
             answer = ("exists", found[0], found[1])
@@ -90,16 +95,22 @@ class ActorNames:
         self._to_rank(rank, (NAME_ANSWER, aid, answer))
 
     def name_lookup(self, rank: int, req: int, proc: int, key: tuple) -> None:
+        """get_actor() on ``rank``: answered by the rank whose actor it is."""
         a = self._live_named(key)
-        if a is None:  # (an actor of a third rank, or none)
-            self._to_rank(rank, (NAME_FOUND, req, proc, self.remote_names.get(key), ()))
+        if a is None:
+            entry = self.remote_names.get(key)  # (rank 0: another rank's actor: ask it)
+            if entry is not None and entry[2] != self.rank:
+                self._to_rank(entry[2], (NAME_LOOKUP, rank, req, proc, key))
+            else:
+                self._to_rank(rank, (NAME_FOUND, req, proc, None, (), self.rank))
             return
         # the handle found there holds the actor here: a hold lent to that rank, which
         # this node takes now and its agent counts (given back when the handle goes)
         self.objs[a.anchor].procs.add(LENT_HOLDER)
         lent = (a.anchor,)
         found = (a.key, a.opts.get("meta"))
-        self.out[AGENT].append((TO_RANK, rank, (NAME_FOUND, req, proc, found, lent), lent))
+        self.out[AGENT].append((TO_RANK, rank, (NAME_FOUND, req, proc, found, lent, self.rank),
+                                lent))
 
     def name_free(self, key: tuple, aid: int) -> None:
         if self.remote_names.get(key, (None,))[0] == aid:
@@ -114,18 +125,23 @@ class ActorNames:
         else:  # taken: the creator hears it (and the actor that has it, if it asked)
             self._send(proc, (P.REPLY, spec[P.S_CREATE].get("req"), answer))
 
-    def name_found(self, req: int, proc: int, found, lent: tuple) -> None:
-        """Rank 0's answer to a get_actor() of ``proc`` here."""
+    def name_found(self, req: int, proc: int, found, lent: tuple, lender: int) -> None:
+        """The answer to a get_actor() of ``proc`` here (from the actor's rank)."""
         if lent:
-            self.borrowed(lent, 0)
+            self.borrowed(lent, lender)
             self.objs[lent[0]].procs.add(proc)  # (as a local lookup holds it for proc)
         self._send(proc, (P.REPLY, req, found))
 
     def ask_name(self, proc: int, req: int, key: tuple):
-        """get_actor() of a name not known here: rank 0 answers (LATER), or None."""
-        if not self._names_at_rank0():
+        """get_actor() of a name with no live actor here: another rank answers (LATER),
+        or None (no rank has it)."""
+        if self._names_at_rank0():
+            self._to_rank(0, (NAME_LOOKUP, self.rank, req, proc, key))
+            return LATER
+        entry = self.remote_names.get(key)  # (rank 0: another rank's actor: ask it)
+        if entry is None or entry[2] == self.rank:
             return None
-        self._to_rank(0, (NAME_LOOKUP, self.rank, req, proc, key))
+        self._to_rank(entry[2], (NAME_LOOKUP, self.rank, req, proc, key))
         return LATER
 
     def _name_freed(self, key: tuple, aid: int) -> None:

@@ -90,7 +90,7 @@ class ActorTable:
                 self._hold_anchor(other, proc)
                 self._send(proc, (P.REPLY, req, ("exists", other.key, other.opts.get("meta"))))
             else:  # (rank 0: an actor of another rank has it)
-                aid2, meta = self.remote_names[key]
+                aid2, meta, _rank = self.remote_names[key]
                 self._send(proc, (P.REPLY, req, ("exists", aid2, meta)))
             return False
         a = self.actors[aid] = Actor(aid, spec, proc)
@@ -113,10 +113,9 @@ class ActorTable:
 
     def lookup_actor(self, proc: int, namespace: str, name: str):
         """get_actor(): (aid, meta) and ``proc`` now holds a ref to its anchor; or None."""
-        key = (namespace or "", name)
-        a = self._live_named(key)
-        if a is None:  # (rank 0: maybe an actor of another rank)
-            return self.remote_names.get(key)
+        a = self._live_named((namespace or "", name))
+        if a is None:  # (maybe another rank's: see actor_names.ask_name)
+            return None
         self._hold_anchor(a, proc)
         return (a.key, a.opts.get("meta"))
 

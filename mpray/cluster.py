@@ -37,7 +37,7 @@ TO_RANK = 65  # node -> agent (op, rank, msg[, lent]): give msg to that rank's n
 NAME_CLAIM = 66  # (op, rank, key, aid, meta, get_if_exists): may this creation have the name?
 NAME_ANSWER = 67  # (op, aid, ("ok",) | ("exists", aid, meta) | ("error", message))
 NAME_LOOKUP = 68  # (op, rank, req, proc, key): get_actor() of a name that rank does not know
-NAME_FOUND = 69  # (op, req, proc, (aid, meta) | None, lent): its answer
+NAME_FOUND = 69  # (op, req, proc, (aid, meta) | None, lent, lender): its answer
 NAME_FREE = 70  # (op, key, aid): that actor's name is free again
 # holds lent between ranks: refs that leave a rank inside a forwarded task's arguments or
 # result, a value another rank reads (or rank 0's answer to a get_actor) go with one hold

@@ -292,7 +292,7 @@ class Node:
         elif op == cluster.NAME_LOOKUP:
             s.name_lookup(m[1], m[2], m[3], m[4])
         elif op == cluster.NAME_FOUND:
-            s.name_found(m[1], m[2], m[3], m[4])
+            s.name_found(m[1], m[2], m[3], m[4], m[5])
         elif op == cluster.NAME_FREE:
             s.name_free(m[1], m[2])
 

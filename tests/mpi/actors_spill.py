@@ -181,13 +181,20 @@ same = ray.get(make_named.options(scheduling_strategy=last).remote("made_there",
 assert same[1] == 3  # the same actor
 assert "no live actor" in ray.get(
     lookup.options(scheduling_strategy=last).remote("nobody"))
-ray.kill(ray.get_actor("made_there"))
+# a handle found by name holds that rank's actor: it outlives the other handles, and
+# ends (freeing its name) with the found one
+found = ray.get_actor("made_there")
+pid = ray.get(found.pid.remote())
+del there, same
+time.sleep(0.5)
+assert ray.get(found.inc.remote()) == 4, "a handle found by name did not keep its actor"
+del found
+wait_gone(pid, "an actor outlived its last handle (one found by name)")
 deadline = time.monotonic() + 10
 while "no live actor" not in ray.get(lookup.options(scheduling_strategy=last)
                                      .remote("made_there")):
-    assert time.monotonic() < deadline, "a killed actor's name stayed taken"
+    assert time.monotonic() < deadline, "an ended actor's name stayed taken"
     time.sleep(0.05)
-del there, same
 spread = [Counter.options(scheduling_strategy="SPREAD").remote() for _ in range(2 * len(ids))]
 assert set(ray.get([a.node.remote() for a in spread])) == set(ids)
 ray.kill(far)
