@@ -92,7 +92,7 @@ class Keeper:
         self.h = None
 
 
-def check_kept_there(mine, hand_over, how: str) -> None:
+def check_kept_there(keeper, mine, hand_over, how: str) -> None:
     """``hand_over(mine)`` gives the keeper (on another rank) a handle to ``mine``: the
     actor outlives ours while the keeper holds it, and ends when the keeper drops it."""
     pid = ray.get(mine.pid.remote())
@@ -110,12 +110,12 @@ def keep_by_name(keeper, name):
 
 
 keeper = Keeper.options(scheduling_strategy=last).remote()
-check_kept_there(Counter.remote(), lambda h: ray.get(keeper.keep.remote([h])),
+check_kept_there(keeper, Counter.remote(), lambda h, k=keeper: ray.get(k.keep.remote([h])),
                  "a handle passed to another rank")
 # so does a handle found by name there
-check_kept_there(Counter.options(name="mine").remote(),
-                 lambda h: ray.get(keep_by_name.options(scheduling_strategy=last)
-                                   .remote(keeper, "mine")),
+check_kept_there(keeper, Counter.options(name="mine").remote(),
+                 lambda h, k=keeper: ray.get(keep_by_name.options(scheduling_strategy=last)
+                                             .remote(k, "mine")),
                  "a handle found by name on another rank")
 del keeper
 
