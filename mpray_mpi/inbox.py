@@ -48,6 +48,7 @@ class Inbox:
         self._one = np.zeros(1, dtype=np.int64)
         self._got = np.zeros(1, dtype=np.int64)
         self._mark = np.zeros(1, dtype=np.int64)
+        self._len = np.zeros(1, dtype=np.int64)
 
     # ------------------------------------------------------------------ sender
     def post(self, rank: int, frame: bytes) -> None:
@@ -91,11 +92,11 @@ class Inbox:
         MPI, win = self.MPI, self.win
         view = memoryview(frame)
         n = -(-len(frame) // CHUNK)
-        header = self.np.array([0, len(frame)], dtype=self.np.int64)
+        self._len[0] = len(frame)
         for i in range(n):
             base = HDR + ((claim + i) % NSLOTS) * SLOT
             if i == 0:
-                win.Put([header[1:], MPI.INT64_T], rank, (base + 8, 1, MPI.INT64_T))
+                win.Put([self._len, MPI.INT64_T], rank, (base + 8, 1, MPI.INT64_T))
             chunk = view[i * CHUNK:(i + 1) * CHUNK]
             win.Put([chunk, MPI.BYTE], rank, (base + 16, len(chunk), MPI.BYTE))
         win.Flush(rank)  # the bytes are there before any ready mark is
