@@ -2,11 +2,11 @@
 
 Data flow::
 
-    Cls.remote(*args) ─▶ SUBMIT (creation spec: class id, args, options) ─▶ node's actor table
+    Cls.remote(*args) ─▶ Submit (creation spec: class id, args, options) ─▶ node's actor table
                          (named actors wait for the node's answer: a name is unique)
                       ◀─ ActorHandle(actor id, ObjectRef to the actor's *anchor*, metadata)
-    handle.f.remote() ─▶ driver: actor_calls.DirectActors (mailbox ring or node)
-                         worker: SUBMIT through the node (the node keeps the order)
+    handle.f.remote() ─▶ driver: its owner machine (owner_actors: mailbox ring or node)
+                         worker: Submit through the node (the node keeps each caller's order)
 
 The handle's anchor ref is what keeps a non-detached actor alive: handles pickled into
 arguments or results are contained refs like any other, so the object directory's
@@ -157,23 +157,19 @@ class ActorHandle:
         display = f"{self._meta['class_name']}.{name}"
         tid = client.new_ids(nret)
         blob, deps, contained, keep = encode_args(client, args, kwargs, display)
-        spec = (tid, name, display, blob, deps, nret, (), retries, retry_exc, contained, None,
-                False, self._aid)
-        refs = _refs(tid, nret)
-        actors = client.actors
-        if actors is not None:
-            # what the call reads stays alive here until it is sent (refs inside the
-            # arguments: the arguments themselves) or, sent direct, until it is done
-            if contained:
-                hold = (keep, self._anchor, args, kwargs)
-            elif deps:
-                hold = (keep, self._anchor, [x for x in args if type(x) is ObjectRef],
-                        [x for x in kwargs.values() if type(x) is ObjectRef])
-            else:
-                hold = (keep, self._anchor)
-            actors.submit(self._aid, spec, hold)
+        spec = P.TaskSpec(tid, None, display, blob, deps, nret, (), retries, retry_exc,
+                          contained, None, actor=self._aid, method=name)
+        refs = _refs(tid, nret)  # (before the call can end)
+        # what the call reads stays alive here until it is sent (refs inside the
+        # arguments: the arguments themselves) or, sent direct, until it is done
+        if contained:
+            hold = (keep, self._anchor, args, kwargs)
+        elif deps:
+            hold = (keep, self._anchor, [x for x in args if type(x) is ObjectRef],
+                    [x for x in kwargs.values() if type(x) is ObjectRef])
         else:
-            client.send([(P.SUBMIT, spec)])
+            hold = (keep, self._anchor)
+        client.submit_call(spec, hold)
         return refs
 
 
@@ -241,26 +237,21 @@ class ActorClass(BlobRegistration):
             "held": held, "get_if_exists": bool(opts.get("get_if_exists")), "req": None,
         }
         blob, deps, contained, keep = encode_args(client, args, kwargs, f"{self.__name__}")
-        if client.direct is not None:
-            client.publish([oid for _p, oid in deps])
-            client.publish(contained)
-
-        def spec_for(req):
-            copts["req"] = req
-            return (tid, fid, f"{self.__name__}.__init__", blob, deps, 1, place, 0, False,
-                    contained, opts.get("scheduling_strategy"), False, tid, copts)
-
         if name:  # the node answers: the name is ours, or taken (maybe by the one we want)
-            reply = client.request(lambda req: (P.SUBMIT, spec_for(req)))[2]
+            copts["req"] = client.new_ids(0)
+        spec = P.TaskSpec(tid, fid, f"{self.__name__}.__init__", blob, deps, 1, place, 0,
+                          False, contained, opts.get("scheduling_strategy"), actor=tid,
+                          create=copts)
+        anchor = ObjectRef(tid + 1, owned=True, tid=tid)
+        client.submit_task(spec, False, keep)  # (the creation task holds its arguments)
+        if name:
+            reply = client.wait_reply(copts["req"]).data
             if reply[0] == "error":
                 raise ValueError(reply[1])
             if reply[0] == "exists":
                 return ActorHandle(reply[1], ObjectRef(reply[1] + 1, owned=True, tid=reply[1]),
                                    reply[2])
-        else:
-            client.send([(P.SUBMIT, spec_for(None))])
-        del keep  # the creation task holds its promoted arguments now
-        return ActorHandle(tid, ObjectRef(tid + 1, owned=True, tid=tid), meta)
+        return ActorHandle(tid, anchor, meta)
 
 
 class _ActorOptions:
@@ -304,11 +295,11 @@ def kill_actor(actor: Any, no_restart: bool = True) -> None:
         raise ValueError(f"mpray.kill() only supports actor handles (for tasks, use "
                          f"mpray.cancel()); got {type(actor).__name__}")
     client = _global.client_or_raise()
-    client.send([(P.KILL_ACTOR, actor._aid, bool(no_restart))])
+    client.send([P.KillActor(actor._aid, bool(no_restart))])
     # a task's result must not overtake the kill on its way to the driver (see report)
     client.order_via_node = True
-    if no_restart and client.actors is not None:
-        client.actors.killed(actor._aid)
+    if no_restart:
+        client.actor_killed(actor._aid)
 
 
 def lookup_actor(name: str, namespace: str | None = None) -> ActorHandle:
@@ -322,7 +313,7 @@ def lookup_actor(name: str, namespace: str | None = None) -> ActorHandle:
 
         client = _auto_init()
     ns = namespace or _namespace()
-    reply = client.request(lambda req: (P.QUERY, req, ("actor", ns, name)))[2]
+    reply = client.request(lambda req: P.Query(req, ("actor", ns, name))).data
     if reply is None:
         raise ValueError(f"Failed to look up actor with name '{name}' in namespace "
                          f"'{ns or '(default)'}': no live actor has that name (it was never "

@@ -4,31 +4,22 @@ A mixin of ``scheduler.Scheduler`` beside ``actor_table.ActorTable``.  On one ho
 rank 0) names live in ``ActorTable.names`` alone.  Under MPI, rank 0 is the job's name
 registry, as Ray's GCS is::
 
-    rank r: submit(named creation) ─▶ parked in ``claiming`` ─▶ NAME_CLAIM ─▶ rank 0
-    rank 0: name free?  ─▶ kept in ``remote_names`` ─▶ NAME_ANSWER ok ─▶ rank r admits it
-            taken        ─▶ NAME_ANSWER exists|error ─▶ rank r answers the creator
-    rank r: get_actor() not known here ─▶ NAME_LOOKUP ─▶ rank 0 ─┬─ its own ─▶ NAME_FOUND
+    rank r: submit(named creation) ─▶ parked in ``claiming`` ─▶ NameClaim ─▶ rank 0
+    rank 0: name free?  ─▶ kept in ``remote_names`` ─▶ NameAnswer ok ─▶ rank r admits it
+            taken        ─▶ NameAnswer exists|error ─▶ rank r answers the creator
+    rank r: get_actor() not known here ─▶ NameLookup ─▶ rank 0 ─┬─ its own ─▶ NameFound
             (rank 0 and get_actor() of another rank's actor: straight ─┴─ another rank's:
-             to the rank that has it)                        NAME_LOOKUP there ─▶ NAME_FOUND
-            NAME_FOUND comes from the rank whose actor it is, with a hold on it lent to
+             to the rank that has it)                        NameLookup there ─▶ NameFound
+            NameFound comes from the rank whose actor it is, with a hold on it lent to
             the asking rank (see cluster), so a handle found so keeps the actor alive
-    rank r: the actor's name is freed (death, kill) ─▶ NAME_FREE ─▶ rank 0
+    rank r: the actor's name is freed (death, kill) ─▶ NameFree ─▶ rank 0
 
 """
 
 from __future__ import annotations
 
 from . import protocol as P
-from .cluster import (
-    AGENT,
-    LENT_HOLDER,
-    NAME_ANSWER,
-    NAME_CLAIM,
-    NAME_FOUND,
-    NAME_FREE,
-    NAME_LOOKUP,
-    TO_RANK,
-)
+from .cluster import AGENT, LENT_HOLDER
 from .states import A
 
 LATER = object()  # a query whose answer comes from another rank
@@ -51,19 +42,19 @@ class ActorNames:
         """True where names must be cleared with rank 0 (a rank other than 0 of a job)."""
         return self.agent is not None and len(self.ranks) > 1 and self.rank != 0
 
-    def _to_rank(self, rank: int, msg: tuple) -> None:
-        self.out[AGENT].append((TO_RANK, rank, msg))
+    def _to_rank(self, rank: int, msg: P.Record) -> None:
+        self.out[AGENT].append(P.ToRank(rank, msg))
 
     def _claim_elsewhere(self, proc: int, spec: tuple, key: tuple) -> bool:
         """Park a named creation until rank 0 grants its name (True: parked)."""
-        aid = spec[P.S_TID]
+        aid = spec.tid
         if aid in self.cleared:
             self.cleared.discard(aid)
             return False
-        opts = spec[P.S_CREATE]
+        opts = spec.create
         self.claiming[aid] = (proc, spec)
-        self._to_rank(0, (NAME_CLAIM, self.rank, key, aid, opts.get("meta"),
-                          bool(opts.get("get_if_exists"))))
+        self._to_rank(0, P.NameClaim(self.rank, key, aid, opts.get("meta"),
+                                     bool(opts.get("get_if_exists"))))
         return True
 
     def _live_named(self, key: tuple):
@@ -92,7 +83,7 @@ class ActorNames:
             answer = ("exists", found[0], found[1])
         else:
             answer = ("error", name_taken(key))
-        self._to_rank(rank, (NAME_ANSWER, aid, answer))
+        self._to_rank(rank, P.NameAnswer(aid, answer))
 
     def name_lookup(self, rank: int, req: int, proc: int, key: tuple) -> None:
         """get_actor() on ``rank``: answered by the rank whose actor it is."""
@@ -100,17 +91,17 @@ class ActorNames:
         if a is None:
             entry = self.remote_names.get(key)  # (rank 0: another rank's actor: ask it)
             if entry is not None and entry[2] != self.rank:
-                self._to_rank(entry[2], (NAME_LOOKUP, rank, req, proc, key))
+                self._to_rank(entry[2], P.NameLookup(rank, req, proc, key))
             else:
-                self._to_rank(rank, (NAME_FOUND, req, proc, None, (), self.rank))
+                self._to_rank(rank, P.NameFound(req, proc, None, (), self.rank))
             return
         # the handle found there holds the actor here: a hold lent to that rank, which
         # this node takes now and its agent counts (given back when the handle goes)
         self.objs[a.anchor].procs.add(LENT_HOLDER)
         lent = (a.anchor,)
         found = (a.key, a.opts.get("meta"))
-        self.out[AGENT].append((TO_RANK, rank, (NAME_FOUND, req, proc, found, lent, self.rank),
-                                lent))
+        self.out[AGENT].append(P.ToRank(rank, P.NameFound(req, proc, found, lent, self.rank),
+                                        lent))
 
     def name_free(self, key: tuple, aid: int) -> None:
         if self.remote_names.get(key, (None,))[0] == aid:
@@ -123,27 +114,27 @@ class ActorNames:
             self.cleared.add(aid)
             self.submit(proc, spec)
         else:  # taken: the creator hears it (and the actor that has it, if it asked)
-            self._send(proc, (P.REPLY, spec[P.S_CREATE].get("req"), answer))
+            self._send(proc, P.Reply(spec.create.get("req"), answer))
 
     def name_found(self, req: int, proc: int, found, lent: tuple, lender: int) -> None:
         """The answer to a get_actor() of ``proc`` here (from the actor's rank)."""
         if lent:
             self.borrowed(lent, lender)
             self.objs[lent[0]].procs.add(proc)  # (as a local lookup holds it for proc)
-        self._send(proc, (P.REPLY, req, found))
+        self._send(proc, P.Reply(req, found))
 
     def ask_name(self, proc: int, req: int, key: tuple):
         """get_actor() of a name with no live actor here: another rank answers (LATER),
         or None (no rank has it)."""
         if self._names_at_rank0():
-            self._to_rank(0, (NAME_LOOKUP, self.rank, req, proc, key))
+            self._to_rank(0, P.NameLookup(self.rank, req, proc, key))
             return LATER
         entry = self.remote_names.get(key)  # (rank 0: another rank's actor: ask it)
         if entry is None or entry[2] == self.rank:
             return None
-        self._to_rank(entry[2], (NAME_LOOKUP, self.rank, req, proc, key))
+        self._to_rank(entry[2], P.NameLookup(self.rank, req, proc, key))
         return LATER
 
     def _name_freed(self, key: tuple, aid: int) -> None:
         if self._names_at_rank0():
-            self._to_rank(0, (NAME_FREE, key, aid))
+            self._to_rank(0, P.NameFree(key, aid))

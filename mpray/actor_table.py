@@ -6,8 +6,10 @@ A mixin of ``scheduler.Scheduler``, like ``objects.ObjectDirectory``.  Data flow
                              worker gets ACREATE and becomes the actor's process for life
     task_done(creation)   ─▶ ALIVE: resources switch to the actor's lifetime shape;
                              ("actor_update", aid) tells the driver (slot for direct calls)
-    submit(call spec)     ─▶ Task in the actor's FIFO ─▶ ACALL to the actor's worker, in
-                             order, once the head's arguments are ready
+    submit(call spec)     ─▶ Task in its caller's FIFO at the actor ─▶ ACall to the actor's
+                             worker, in each caller's order, once its arguments are ready
+                             (a call waiting for its arguments holds back only its own
+                             caller's later calls, as Ray orders calls per caller)
     worker_died(actor's)  ─▶ RESTARTING (new creation Task) | DEAD; calls in flight are
                              retried (max_task_retries) or fail with a specific error
     kill / anchor freed   ─▶ the process is killed; DEAD once it is gone (the name at once)
@@ -44,12 +46,13 @@ class Actor:
         self.anchor = key + 1
         self.spec = spec
         self.owner = owner
-        self.opts: dict = spec[P.S_CREATE]
+        self.opts: dict = spec.create
         r = self.opts.get("max_restarts", 0)
         self.restarts_left = -1 if r == -1 else int(r or 0)
         self.state = A.PENDING_CREATION
         self.worker: int | None = None
-        self.queue: collections.deque[int] = collections.deque()  # calls not yet sent
+        # calls not yet sent, per caller (the process that submitted them)
+        self.queue: dict[int, collections.deque[int]] = {}
         self.incarnation = 0
         self.death: bytes | None = None  # pickled ActorDiedError once DEAD
         self.killed: str | None = None  # why it must not restart (kill, exit_actor, ...)
@@ -61,6 +64,21 @@ class Actor:
     @property
     def class_name(self) -> str:
         return self.opts.get("class_name", "Actor")
+
+    def queue_call(self, t, front: bool = False) -> None:
+        q = self.queue.get(t.owner)
+        if q is None:
+            q = self.queue[t.owner] = collections.deque()
+        if front:
+            q.appendleft(t.key)
+        else:
+            q.append(t.key)
+
+    def take_queued(self) -> list[int]:
+        """Every call not sent yet (each caller's in order), and forget them."""
+        out = [tid for q in self.queue.values() for tid in q]
+        self.queue = {}
+        return out
 
 
 class ActorTable:
@@ -74,8 +92,8 @@ class ActorTable:
     # ------------------------------------------------------------------ creation
     def _actor_admit(self, proc: int, spec: tuple) -> bool:
         """A creation arrives: register the actor (False: refused, already answered)."""
-        opts = spec[P.S_CREATE]
-        aid = spec[P.S_TID]
+        opts = spec.create
+        aid = spec.tid
         name = opts.get("name")
         req = opts.get("req")
         # (one placed here by another rank has its name there, at its creator's node)
@@ -85,13 +103,13 @@ class ActorTable:
         if key is not None and (key in self.names or key in self.remote_names):
             other = self.actors.get(self.names.get(key))
             if not opts.get("get_if_exists"):
-                self._send(proc, (P.REPLY, req, ("error", name_taken(key))))
+                self._send(proc, P.Reply(req, ("error", name_taken(key))))
             elif other is not None:
                 self._hold_anchor(other, proc)
-                self._send(proc, (P.REPLY, req, ("exists", other.key, other.opts.get("meta"))))
+                self._send(proc, P.Reply(req, ("exists", other.key, other.opts.get("meta"))))
             else:  # (rank 0: an actor of another rank has it)
                 aid2, meta, _rank = self.remote_names[key]
-                self._send(proc, (P.REPLY, req, ("exists", aid2, meta)))
+                self._send(proc, P.Reply(req, ("exists", aid2, meta)))
             return False
         a = self.actors[aid] = Actor(aid, spec, proc)
         self.anchors[a.anchor] = aid
@@ -99,7 +117,7 @@ class ActorTable:
             self.names[key] = aid
             a.name_key = key
         if req is not None:
-            self._send(proc, (P.REPLY, req, ("ok",)))
+            self._send(proc, P.Reply(req, ("ok",)))
         return True
 
     def _actor_created_anchor(self, a: Actor) -> None:
@@ -153,7 +171,7 @@ class ActorTable:
         if a is None or a.state is A.DEAD or a.killed:
             self._fail(t, self._death_payload(a, t.actor))
             return False
-        a.queue.append(t.key)
+        a.queue_call(t)
         return True
 
     def _death_payload(self, a: Actor | None, aid: int) -> bytes:
@@ -165,37 +183,42 @@ class ActorTable:
             protocol=5)
 
     def _actor_pump(self, a: Actor) -> None:
-        """Send the actor its ready calls, in submission order."""
+        """Send the actor its ready calls, in each caller's submission order."""
         if a.state is not A.ALIVE:
             return
         w = self.workers.get(a.worker)
         if w is None:
             return
-        q = a.queue
-        while q:
-            t = self.tasks.get(q[0])
-            if t is None or t.state is not T.READY and t.state is not T.PENDING_ARGS:
-                q.popleft()  # ended already (cancelled, failed)
-                continue
-            if t.state is T.PENDING_ARGS:
-                break  # later calls of this caller must wait for it
-            q.popleft()
-            spec = t.spec
-            deps = []
-            for pos, oid in spec[P.S_DEPS]:
-                o = self.objs[oid]
-                deps.append((pos, oid, o.kind, o.payload))
-            w.queue.append(t.key)
-            t.worker = w.key
-            _move(t, T.DISPATCHED, TASK_TRANSITIONS, "task")
-            self._send(w.key, (P.ACALL, t.key, spec[P.S_FID], spec[P.S_ARGS], deps,
-                               spec[P.S_NRET], spec[P.S_RETRY_EXC], t.owner,
-                               spec[P.S_RETRIES], a.key, a.incarnation, False))
+        for caller, q in list(a.queue.items()):
+            while q:
+                t = self.tasks.get(q[0])
+                if t is None or t.state is not T.READY and t.state is not T.PENDING_ARGS:
+                    q.popleft()  # ended already (cancelled, failed)
+                    continue
+                if t.state is T.PENDING_ARGS:
+                    break  # this caller's later calls must wait for it (others need not)
+                q.popleft()
+                self._send_call(a, w, t)
+            if not q:
+                del a.queue[caller]
+
+    def _send_call(self, a: Actor, w, t) -> None:
+        spec = t.spec
+        deps = []
+        for pos, oid in spec.deps:
+            o = self.objs[oid]
+            deps.append((pos, oid, o.kind, o.payload))
+        w.queue.append(t.key)
+        t.worker = w.key
+        _move(t, T.DISPATCHED, TASK_TRANSITIONS, "task")
+        self._send(w.key, P.ACall(t.key, spec.method, spec.args, deps, spec.nret,
+                                  spec.retry_exc, t.owner, spec.retries, a.key,
+                                  a.incarnation, False))
 
     def _actor_call_finished(self, t) -> None:
         o = self.objs.get(t.actor + 1)
         if t.owner == 0:
-            self._send(0, (P.ANODE_DONE, t.actor, t.key))
+            self._send(0, P.ANodeDone(t.actor, t.key))
         if o is not None:
             o.task_refs -= 1
             self._maybe_free(o)
@@ -240,14 +263,14 @@ class ActorTable:
                 self.stats["retried"] += 1
                 _move(t, T.RETRYING, TASK_TRANSITIONS, "task")
                 _move(t, T.READY, TASK_TRANSITIONS, "task")
-                a.queue.appendleft(t.key)
+                a.queue_call(t, front=True)
             else:
                 cls = exc.ActorUnavailableError if restart else exc.ActorDiedError
                 self._fail(t, pickle.dumps(cls(
                     f"The actor {a.class_name} ({P.id_hex(a.key)}) died while running "
-                    f"{t.spec[P.S_NAME]}: {a.killed or reason}"
+                    f"{t.spec.name}: {a.killed or reason}"
                     + ("; it is being restarted" if restart else "")
-                    + (f" (max_task_retries={t.spec[P.S_RETRIES]})" if restart else ""),
+                    + (f" (max_task_retries={t.spec.retries})" if restart else ""),
                     actor_id=P.id_hex(a.key)), protocol=5))
         if a.state is A.DEAD:
             return
@@ -294,16 +317,15 @@ class ActorTable:
         _move(a, A.DEAD, ACTOR_TRANSITIONS, "actor")
         a.death = pickle.dumps(exc.ActorDiedError(cause, actor_id=P.id_hex(a.key)), protocol=5)
         self._free_name(a)
-        for tid in a.queue:
+        for tid in a.take_queued():
             t = self.tasks.get(tid)
             if t is not None and t.state in (T.PENDING_ARGS, T.READY):
                 self._fail(t, a.death)
-        a.queue.clear()
         t = self.tasks.get(a.key)
         if t is not None and t.creating and t.state in (T.PENDING_ARGS, T.READY):
             self._fail(t, a.death, T.CANCELLED)  # waiting to be placed: never runs now
         # the constructor's arguments were kept for restarts
-        for oid in list(a.spec[P.S_CONTAINED]) + [oid for _p, oid in a.spec[P.S_DEPS]]:
+        for oid in list(a.spec.contained) + [oid for _p, oid in a.spec.deps]:
             o = self.objs.get(oid)
             if o is not None:
                 o.task_refs -= 1
@@ -314,14 +336,14 @@ class ActorTable:
             self._maybe_free(o)
         self._announce(a)
         if a.worker is not None:
-            self.actions.append(("kill", a.worker))
+            self.actions.append(P.Kill(a.worker))
         if a.anchor not in self.anchors:  # no handle left: nothing can reach it any more
             self.actors.pop(a.key, None)
 
     def _announce(self, a: Actor) -> None:
         """Tell the driver (it sends direct calls, and fails or retries its own)."""
-        self.actions.append(("actor_update", a.key, a.state.value, a.incarnation, a.worker,
-                             a.death))
+        self.actions.append(P.AnnounceActor(a.key, a.state.value, a.incarnation, a.worker,
+                                            a.death))
 
     def _free_name(self, a: Actor) -> None:
         if a.name_key is not None and self.names.get(a.name_key) == a.key:
@@ -336,7 +358,7 @@ class ActorTable:
                                        or a is not None and a.remote_rank is not None):
             # (MPI) it lives on another rank: the kill goes there
             rank = a.remote_rank if a is not None else P.id_rank(aid)
-            self.out[self.agent].append((P.KILL_ACTOR, aid, no_restart, rank))
+            self.out[self.agent].append(P.ToRank(rank, P.KillActor(aid, no_restart)))
             if a is not None and no_restart:
                 a.killed = why or "it was killed with mpray.kill()"
                 self._free_name(a)
@@ -347,9 +369,9 @@ class ActorTable:
             a.killed = why or "it was killed with mpray.kill()"
             self._free_name(a)  # at once, as in Ray: the name can be taken again
             # the driver sends later calls the node's way (which fails them) from now on
-            self.actions.append(("actor_update", a.key, "KILLED", a.incarnation, None, None))
+            self.actions.append(P.AnnounceActor(a.key, "KILLED", a.incarnation, None, None))
         if a.worker is not None:
-            self.actions.append(("kill", a.worker))
+            self.actions.append(P.Kill(a.worker))
         elif no_restart:  # not placed yet: it never runs
             self._actor_dead(a, f"The actor {a.class_name} ({P.id_hex(aid)}) is dead: "
                                 f"{a.killed}")
@@ -370,11 +392,11 @@ class ActorTable:
             return
         a.terminating = True
         if a.remote_rank is not None:  # (MPI) it lives there: end it there
-            self.out[self.agent].append((P.KILL_ACTOR, a.key, True, a.remote_rank))
+            self.out[self.agent].append(P.ToRank(a.remote_rank, P.KillActor(a.key, True)))
             self._actor_dead(a, f"The actor {a.class_name} ({P.id_hex(a.key)}) is dead: "
                                 "all references to the actor were removed")
         elif a.worker is not None:
-            self.actions.append(("kill", a.worker))
+            self.actions.append(P.Kill(a.worker))
         else:  # waiting to be (re)placed: it never runs again
             self._actor_dead(a, f"The actor {a.class_name} ({P.id_hex(a.key)}) is dead: "
                                 "all references to the actor were removed")

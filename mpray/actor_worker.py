@@ -2,10 +2,10 @@
 
 Data flow::
 
-    node ──ACREATE──▶ construct the instance (as a task: errors go to the creator)
-    node ──ACALL (calls from workers) ─┐                              ┌─▶ DONE to the node
+    node ──ACreate──▶ construct the instance (as a task: errors go to the creator)
+    node ──ACall (calls from workers) ─┐                              ┌─▶ Done to the node
                                        ├─▶ exec_queue ─▶ run method ─┤
-    driver ──ACALL (d2w mailbox ring) ─┘   (in order, or on threads  └─▶ ADONE_D + values to
+    driver ──ACall (d2w mailbox ring) ─┘   (in order, or on threads  └─▶ ADoneD + values to
                                             / an event loop)             the driver (w2d)
 
 Three ways to run calls, chosen once from the class and ``max_concurrency``:
@@ -36,11 +36,14 @@ from .worker import ActorExit
 
 
 class ActorServer:
-    def __init__(self, loop, msg: tuple) -> None:
+    def __init__(self, loop, msg: P.ACreate) -> None:
         self.wl = loop  # the WorkerLoop (runs calls, reports results)
         self.client = loop.client
-        (_, self.tid, self.fid, self.fblob, self.name, self.args_blob, self.deps, gpus,
-         self.aid, self.inc, self.opts, self.owner) = msg
+        self.tid, self.fid, self.fblob, self.name = msg.tid, msg.fid, msg.fblob, msg.name
+        self.args_blob, self.deps = msg.args, msg.deps
+        self.aid, self.inc, self.opts, self.owner = msg.aid, msg.incarnation, msg.opts, \
+            msg.owner
+        gpus = msg.gpus
         if gpus:  # the actor's GPUs, for its whole life
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         self.class_name = self.opts.get("class_name", "Actor")
@@ -75,8 +78,9 @@ class ActorServer:
         return getattr(self.instance, name)
 
     # ------------------------------------------------------------------ one call
-    def run_call(self, msg: tuple) -> None:
-        _, tid, method, args_blob, deps, nret, retry_exc, owner, retries, _a, _i, direct = msg
+    def run_call(self, msg: P.ACall) -> None:
+        tid, method, args_blob, deps, nret = msg.tid, msg.method, msg.args, msg.deps, msg.nret
+        retry_exc, owner, retries, direct = msg.retry_exc, msg.owner, msg.retries, msg.direct
         wl = self.wl
         name = self.names.get(method)
         if name is None:
@@ -99,7 +103,8 @@ class ActorServer:
     def cancelled(self, tid: int, nret: int, owner: int, direct: bool) -> None:
         err = pickle.dumps(exc.TaskCancelledError(P.id_hex(tid)), protocol=5)
         self.client.hold(1)
-        self.wl.report(tid, P.APP_ERROR, [(tid + 1 + i, ERROR, err, ()) for i in range(nret)],
+        self.wl.report(tid, P.APP_ERROR,
+                       [(oid, ERROR, err, ()) for oid in P.return_ids(tid, nret)],
                        False, owner, direct, actor=True)
 
     # ------------------------------------------------------------------ serving
@@ -112,7 +117,7 @@ class ActorServer:
                 continue
             client.pump_locked(0)  # a DROP for the next call may have come while one ran
             msg = q.popleft()
-            if msg[0] == P.ACALL:
+            if type(msg) is P.ACall:
                 self.run_call(msg)
 
     def _serve_concurrent(self, start) -> None:
@@ -124,7 +129,7 @@ class ActorServer:
             client.wait_until(lambda: bool(q) or client.stop_requested or self.exiting, None)
             while q:
                 msg = q.popleft()
-                if msg[0] == P.ACALL:
+                if type(msg) is P.ACall:
                     start(msg)
 
     def serve_threaded(self, n: int) -> None:
@@ -140,19 +145,19 @@ class ActorServer:
                 del self.running[tid]
             client.dropped_tasks.discard(tid)
             msg = entry[1]
-            self.cancelled(tid, msg[5], msg[7], msg[11])
+            self.cancelled(tid, msg.nret, msg.owner, msg.direct)
 
         def start(msg: tuple) -> None:
             with lock:
-                self.running[msg[1]] = (pool.submit(self._threaded_call, msg), msg)
+                self.running[msg.tid] = (pool.submit(self._threaded_call, msg), msg)
 
         client.drop_hook = drop
         self._serve_concurrent(start)
         pool.shutdown(wait=False)
 
-    def _threaded_call(self, msg: tuple) -> None:
+    def _threaded_call(self, msg: P.ACall) -> None:
         with self.lock:
-            self.running.pop(msg[1], None)
+            self.running.pop(msg.tid, None)
         self.run_call(msg)
 
     def serve_async(self, limit: int) -> None:
@@ -177,7 +182,7 @@ class ActorServer:
                 fut.cancel()  # the coroutine sees CancelledError and reports it
 
         def start(msg: tuple) -> None:
-            tid = msg[1]
+            tid = msg.tid
             fut = self.running[tid] = asyncio.run_coroutine_threadsafe(
                 self._async_call(msg, sem), loop)
             fut.add_done_callback(lambda _f: self.running.pop(tid, None))
@@ -185,8 +190,9 @@ class ActorServer:
         client.drop_hook = drop
         self._serve_concurrent(start)
 
-    async def _async_call(self, msg: tuple, sem) -> None:
-        _, tid, method, args_blob, deps, nret, retry_exc, owner, retries, _a, _i, direct = msg
+    async def _async_call(self, msg: P.ACall, sem) -> None:
+        tid, method, args_blob, deps, nret = msg.tid, msg.method, msg.args, msg.deps, msg.nret
+        retry_exc, owner, retries, direct = msg.retry_exc, msg.owner, msg.retries, msg.direct
         wl = self.wl
         client = self.client
         name = f"{self.class_name}.{method}"
@@ -242,7 +248,7 @@ def exit_actor() -> None:
     client = _global.client
     if client is None or client.actor_id is None:
         raise TypeError("exit_actor() can only be called inside an actor's method")
-    client.send([(P.ACTOR_EXIT, client.actor_id)])
+    client.send([P.ActorExit(client.actor_id)])
     client.order_via_node = True  # this call's error must not overtake the exit
     _global.actor_server.exiting = True
     raise ActorExit(f"The actor {P.id_hex(client.actor_id)} exited: it called exit_actor()")
@@ -253,8 +259,8 @@ def is_async_class(cls: type) -> bool:
                for _n, m in inspect.getmembers(cls, inspect.isfunction))
 
 
-def serve_actor(loop, msg: tuple) -> None:
-    """Become the actor ACREATE describes; returns only when the process should exit."""
+def serve_actor(loop, msg: P.ACreate) -> None:
+    """Become the actor ACreate describes; returns only when the process should exit."""
     from . import _global
 
     server = ActorServer(loop, msg)

@@ -3,7 +3,7 @@
 Data flow of ``init()``::
 
     driver: resolve Config ─▶ memfd arena (mapped, fd closed) ─▶ shared control block
-            (doorbells + driver⇄node rings) ─▶ fork node ─▶ Client(proc=0)
+            (doorbells + driver⇄node rings) ─▶ fork node ─▶ DriverClient(proc=0)
     node:   forks num_cpus workers at once, more when tasks block or queue
 
 Nothing here is on the per-task hot path except thin argument checks.
@@ -23,7 +23,8 @@ from typing import Any, Sequence
 from . import _global
 from . import config as C
 from . import protocol as P
-from .client import Client
+from .driver_client import DriverClient
+from .mailbox import slot_bytes
 from .cluster import SPILL_MIN_TASK_S
 from .node import NodeSetup, node_main
 from .object_ref import ObjectRef
@@ -149,8 +150,6 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> Non
     cap = cfg.driver_ring_bytes
     ctrl = anonymous_shared(128 + 2 * ring_bytes(cap))
     node_id = os.urandom(8).hex()
-    from .direct import DirectTasks, slot_bytes
-
     slots = cfg.direct_slots
     mailbox = anonymous_shared(max(1, slots) * slot_bytes(cfg.direct_ring_bytes))
     slot_efds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(slots)]
@@ -200,21 +199,16 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> Non
         finally:
             os._exit(code)
     node_pidfd = os.pidfd_open(pid)
-    client = Client(
+    # (with other ranks, tasks long enough to be worth moving go by the node)
+    spill_long = SPILL_MIN_TASK_S if launch is not None and launch.size > 1 else 0.0
+    client = DriverClient(
         proc=0, rank=setup.rank, up=up, down=down, my_bell=driver_bell, node_bell=node_bell,
         arena=arena, inline_max=cfg.inline_max, node_pid=pid, node_pidfd=node_pidfd,
         id_start=_next_driver_id(), spin_us=cfg.spin_us,
+        mailbox=mailbox if slots else None, mailbox_cap=cfg.direct_ring_bytes,
+        slot_efds=slot_efds, max_leases=cfg.num_cpus, lease_depth=cfg.lease_depth,
+        spill_long=spill_long,
     )
-    client._mailbox = (mailbox, cfg.direct_ring_bytes)
-    if slots and cfg.lease_depth:
-        # (with other ranks, tasks long enough to be worth moving go by the node)
-        spill_long = SPILL_MIN_TASK_S if launch is not None and launch.size > 1 else 0.0
-        client.direct = DirectTasks(client, mailbox, cfg.direct_ring_bytes, slot_efds,
-                                    max_leases=cfg.num_cpus, depth=cfg.lease_depth,
-                                    spill_long=spill_long)
-    from .actor_calls import DirectActors
-
-    client.actors = DirectActors(client, client.direct)
     _global.session = _Session(cfg, pid, node_pidfd, setup, session_dir)
     _global.session.agent_mem = agent_mem
     _global.session.agent_rings = agent_rings
@@ -241,7 +235,7 @@ def _context() -> RayContext:
                       node_id=s.node_id, address="local")
 
 
-def _auto_init() -> Client:
+def _auto_init() -> DriverClient:
     with _init_lock:
         if _global.client is None:
             init()
@@ -264,7 +258,7 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
             s.mpi.stop()
         _last_driver_id = client._next_id
         try:
-            client.send([(P.SHUTDOWN,)])
+            client.send([P.Shutdown()])
         except Exception:  # noqa: BLE001 - the node may already be gone
             pass
         client.close()
@@ -292,12 +286,7 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
         for r in (st.driver_up, st.driver_down):
             r.release()
         client._arena_mv = None
-        for r in client._w2d.values():
-            r.release()
-        client._w2d.clear()
-        client.actors.close()
-        if client.direct is not None:
-            client.direct.close()
+        client.close_rings()
         for fd in st.slot_efds or ():
             os.close(fd)
         for r in s.agent_rings or ():
@@ -423,11 +412,7 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     if ref._tid is None:
         raise TypeError(f"{ref} was created by put(); only task results can be cancelled")
     client = _global.client_or_raise()
-    if client.direct is not None:
-        client.direct.cancel(ref._tid, bool(force))
-    if client.actors is not None:
-        client.actors.cancel(ref._tid)
-    client.send([(P.CANCEL, ref._tid, bool(force), bool(recursive))])
+    client.cancel(ref._tid, bool(force), bool(recursive))
 
 
 # ---------------------------------------------------------------------- cluster
@@ -450,8 +435,8 @@ def cluster_resources() -> dict[str, float]:
 
 def available_resources() -> dict[str, float]:
     _info()
-    reply = _global.client.request(lambda req: (P.QUERY, req, "available"))
-    return {k: v for k, v in reply[2].items() if v > 0}
+    reply = _global.client.request(lambda req: P.Query(req, "available"))
+    return {k: v for k, v in reply.data.items() if v > 0}
 
 
 def nodes() -> list[dict]:
@@ -469,7 +454,7 @@ def nodes() -> list[dict]:
 def _node_stats() -> dict:
     """Internal counters of the node (tests and benchmarks use them)."""
     _info()
-    return _global.client.request(lambda req: (P.QUERY, req, "stats"))[2]
+    return _global.client.request(lambda req: P.Query(req, "stats")).data
 
 
 def timeline(filename: str | None = None) -> list:

@@ -1,19 +1,22 @@
-"""The core client: one per process (the driver and every worker).
+"""The core client's common I/O shell: one per process (the driver and every worker).
 
 Data flow::
 
     user code ──submit/put/get/wait──▶ Client ──frames──▶ up ring ──▶ node
                                           ▲                             │
-        zero-copy views ◀── arena ◀───────┴──── OBJ/ALLOC_OK/REPLY ◀── down ring
+        zero-copy views ◀── arena ◀───────┴──── Obj/AllocOk/Reply ◀── down ring
 
-The client owns the refs it creates: it keeps a local count per object id and tells the
-node only about 0→1 (INCREF, for borrowed refs) and 1→0 (DECREF) transitions, batched
-into the next frame it sends.  Values the node pushes (results of this process's tasks,
+The client counts this process's ``ObjectRef``s per object id and tells the node only
+about 0→1 (``Refs`` increfs, for borrowed refs) and 1→0 (decrefs) transitions, batched
+into the next frame it sends.  Values that arrive (results of this process's tasks,
 objects it subscribed to) are cached as (kind, payload) until the last local ref goes.
 
-How a client waits (pumping its rings, blocking waits, futures and the background pump
-thread) is the ``waiting.Waiting`` mixin.  ``ObjectRef.__del__`` can run anywhere (GC),
-so it only appends to a list that is flushed with the next frame, or at once when the
+Roles: ``driver_client.DriverClient`` adds the owner machine (leases, direct actor
+calls, the mailbox); ``worker_client.WorkerClient`` adds running tasks (their queue,
+leases from the driver's side, handing work back while a task waits).  How a client
+waits (pumping its rings, blocking waits, futures, the background pump thread) is the
+``waiting.Waiting`` mixin.  ``ObjectRef.__del__`` can run anywhere (GC), so what it
+causes only goes into deques that are flushed with the next frame, or at once when the
 send lock is free.
 """
 
@@ -35,22 +38,12 @@ from . import serialization as ser
 from .rings import Doorbell, Ring, RingClosed
 from .waiting import Waiting
 
+
 class Client(Waiting):
-    def __init__(
-        self,
-        proc: int,
-        rank: int,
-        up: Ring,
-        down: Ring,
-        my_bell: Doorbell,
-        node_bell: Doorbell,
-        arena,
-        inline_max: int,
-        node_pid: int,
-        node_pidfd: int | None,
-        id_start: int | None = None,
-        spin_us: int = 0,
-    ) -> None:
+    def __init__(self, proc: int, rank: int, up: Ring, down: Ring, my_bell: Doorbell,
+                 node_bell: Doorbell, arena, inline_max: int, node_pid: int,
+                 node_pidfd: int | None, id_start: int | None = None,
+                 spin_us: int = 0) -> None:
         self.proc = proc
         self.token = (os.getpid(), proc, time.monotonic_ns())  # unique per client instance
         self.rank = rank
@@ -80,37 +73,17 @@ class Client(Waiting):
         self._send_lock = threading.Lock()
         self._pump_lock = threading.Lock()
         self._cond = threading.Condition()
+        self._waiters = 0  # threads waiting on _cond for the pumping thread
         self._replies: dict[int, Any] = {}
         self._futures: dict[int, list] = {}
         self._future_thread: threading.Thread | None = None
         self._bg_running = False
         self._bg_wake = threading.Event()
         self._fg_pump = 0.0  # when a user thread last pumped (the background one waits)
-        self.exec_queue: collections.deque[tuple] = collections.deque()
-        self.dropped_tasks: set[int] = set()  # worker: cancelled before they started
-        self.lease_active = 0.0  # worker: when its lease last had work
-        self.reclaim = False  # worker: the node wants its lease back as soon as it idles
-        # set while a worker holds serialised results that contain refs it is about to
-        # drop: their releases must go out after the DONE that registers the containment
-        self.hold_releases = 0
-        self._hold_lock = threading.Lock()
-        self._driver_lock = threading.Lock()  # worker: producers of the ring to the driver
-        # worker: the actor this process is (id, incarnation, "sync" | "concurrent")
-        self.actor_id: int | None = None
-        self.actor_inc = 0
-        self.actor_mode: str | None = None
-        self.drop_hook = None  # concurrent actor: cancel a call that is queued or running
-        self.order_via_node = False  # worker: this task's results go the node's way
-        self.actors = None  # driver: DirectActors (calls to actors); None in workers
         self.func_blobs: dict[int, bytes] = {}
-        self._mailbox = None  # (mmap, ring capacity): the driver's worker->driver slots
-        self._w2d: dict[int, Ring] = {}  # driver: slot -> ring it polls (worker results)
-        self.direct = None  # driver: DirectTasks (leases); None in workers
-        # worker: its mailbox slot's rings to/from the driver, and its current lease
-        self._d2w: Ring | None = None
-        self._to_driver: Ring | None = None
-        self._driver_bell: Doorbell | None = None
-        self.lease_epoch: int | None = None
+        # set while a worker holds serialised results that contain refs it is about to
+        # drop: their releases must go out after the Done that registers the containment
+        self.hold_releases = 0
         # A foreground wait first polls its rings for up to spin_max seconds, yielding the
         # CPU between polls: a reply that comes within that time saves the sleep and the
         # wake-up (about 20 µs on each side here).  Adaptive: after a wait longer than
@@ -122,6 +95,21 @@ class Client(Waiting):
         self.blocked = False
         self.current_task: int | None = None
         self.stop_requested = False
+        self.actor_id: int | None = None  # (set in an actor's process)
+        self.actor_inc = 0
+        self.actor_mode: str | None = None
+        self._on = self._handlers()
+
+    def _handlers(self) -> dict:
+        """Opcode -> handler(msg) of the messages this process receives."""
+        def reply(m):
+            self._replies[m.req] = m
+
+        def stop(m):
+            self.stop_requested = True
+
+        return {P.Obj.OP: lambda m: self.store_obj(m.oid, m.kind, m.payload),
+                P.AllocOk.OP: reply, P.Reply.OP: reply, P.Stop.OP: stop}
 
     # ------------------------------------------------------------------ ids
     def new_ids(self, n: int) -> int:
@@ -132,7 +120,7 @@ class Client(Waiting):
         return first
 
     # ------------------------------------------------------------------ sending
-    # Small messages (lazy PUTs, PINs, ref count changes, unpins) wait in deques: their
+    # Small messages (lazy Puts, Pins, ref count changes, unpins) wait in deques: their
     # append and popleft are atomic, so a finalizer or another thread can add to them at
     # any moment without a lock, and the sender drains them in front of its own frame.
     def send(self, msgs: list) -> None:
@@ -155,19 +143,19 @@ class Client(Waiting):
         if self.closed:
             raise exc.RaySystemError("mpray is shut down")
         if self._pending or self._unpin or self._incref or self._decref:
-            # Holds go before the frame's messages, releases after them: PUT/PIN/INCREF
+            # Holds go before the frame's messages, releases after them: Put/Pin/incref
             # may register what the messages refer to, and a message may create a new
             # hold (a task's args, a result's contained refs) that must be in place
             # before this process's own hold on the same object is dropped.
             pre = self._drain_deque(self._pending)
             if self._incref:
-                pre.append((P.REFS, self._drain_deque(self._incref), ()))
+                pre.append(P.Refs(self._drain_deque(self._incref), ()))
             msgs[:0] = pre
             if self._decref:
-                msgs.append((P.REFS, (), self._drain_deque(self._decref)))
+                msgs.append(P.Refs((), self._drain_deque(self._decref)))
             if self._unpin:
-                msgs.append((P.UNPIN, self._drain_deque(self._unpin)))
-        frame = pickle.dumps(msgs, protocol=5)
+                msgs.append(P.Unpin(self._drain_deque(self._unpin)))
+        frame = P.encode(msgs)
         try:
             self._up.push(frame, wake=self._node_bell.force, deadline=self._push_deadline())
         except RingClosed as e:
@@ -191,15 +179,6 @@ class Client(Waiting):
             finally:
                 self._send_lock.release()
 
-    def hold(self, delta: int) -> None:
-        """Hold back releases while results holding refs are on their way (counted: the
-        threads of a concurrent actor report at the same time)."""
-        if self.actor_mode == "concurrent":
-            with self._hold_lock:
-                self.hold_releases += delta
-        else:
-            self.hold_releases += delta
-
     # ------------------------------------------------------------------ refs
     def add_ref(self, oid: int, borrowed: bool) -> None:
         refs = self._refs
@@ -220,16 +199,16 @@ class Client(Waiting):
             return
         del refs[oid]
         value = self._values.pop(oid, None)
-        d = self.direct
-        if d is not None and d.forget(oid):
-            return  # the node never knew it, or will be told once its value arrives
         self._subscribed.discard(oid)
         self._reborrowed.discard(oid)
-        self._decref.append(oid)
         # A value known to be small and inline only costs the node a little memory: its
         # release rides along with the next frame.  Anything else (arena space, or a value
         # never seen here, which may hold arena space or refs to it) is released now.
-        if value is None or value[0] != ser.INLINE or len(self._decref) >= 512:
+        self._last_ref_gone(oid, value is None or value[0] != ser.INLINE)
+
+    def _last_ref_gone(self, oid: int, urgent: bool) -> None:
+        self._decref.append(oid)
+        if urgent or len(self._decref) >= 512:
             self._flush_soon()
 
     def _unpin_later(self, oid: int) -> None:
@@ -238,167 +217,39 @@ class Client(Waiting):
         self._flush_soon()
 
     # ------------------------------------------------------------------ receiving
-    def _handle(self, msg: tuple) -> None:
-        op = msg[0]
-        if op == P.OBJ:
-            oid = msg[1]
-            self.store_obj(oid, msg[2], msg[3])
-            d = self.direct
-            if d is not None and (d.pending or d.flagged or d.seeding or d.dropped) \
-                    and d.on_node_value(oid):
-                self._decref.append(oid)  # its ref died while the task ran
-        elif op == P.EXEC:
-            if msg[3] is not None:  # keep the function even if this EXEC is bounced
-                self.func_blobs[msg[2]] = msg[3]
-            direct = len(msg) > 11
-            if direct and msg[11] != self.lease_epoch and not self.blocked:
-                # the node's LEASE for it may be in our down ring, not read yet
-                self._drain_frames(self._down.pop_all())
-            if direct and (self.blocked or msg[11] != self.lease_epoch):
-                self.send_driver([(P.RETURN_D, [msg[1]], self.blocked)])
-            elif self.blocked:  # never queue work behind a task that waits: hand it back
-                self._pending.append((P.RETURN, [msg[1]]))
-                self._flush_soon()
-            else:
-                self.exec_queue.append(msg)
-        elif op == P.ACALL:
-            if msg[9] == self.actor_id and msg[10] == self.actor_inc:
-                self.exec_queue.append(msg)  # (else meant for an earlier process in this slot)
-        elif op == P.ADONE_D:
-            self.actors.on_done(msg[1], msg[2])
-        elif op == P.ACTOR:
-            self.actors.on_update(*msg[1:])
-        elif op == P.ANODE_DONE:
-            self.actors.on_node_done(msg[1], msg[2])
-        elif op == P.ACREATE:
-            self.exec_queue.append(msg)
-        elif op == P.DROP:
-            self.dropped_tasks.add(msg[1])
-            if self.drop_hook is not None:
-                self.drop_hook(msg[1])
-        elif op == P.LEASE:
-            if self.is_worker:
-                self.lease_epoch = msg[1]
-                self.lease_active = time.monotonic()
-                self.reclaim = False
-            else:
-                self.direct.on_lease(msg[1], msg[2], msg[3], msg[4], msg[5])
-        elif op == P.RECLAIM:
-            self.reclaim = True
-        elif op == P.NO_LEASE:
-            self.direct.on_no_lease(msg[1])
-        elif op == P.DONE_D:
-            self.direct.on_done(msg[1], msg[2], msg[3], msg[4], msg[5])
-        elif op == P.RETURN_D:
-            self.direct.on_returned(msg[1], msg[2])
-        elif op == P.EXPIRED:
-            self.direct.on_expired(msg[1], msg[2])
-        elif op == P.RESUMED:
-            self.direct.on_resumed(msg[1], msg[2])
-        elif op == P.LEASE_LOST:
-            self.direct.on_lost(msg[1], msg[2], msg[3])
-        elif op == P.ALLOC_OK or op == P.REPLY:
-            self._replies[msg[1]] = msg
-        elif op == P.SLOT:
-            from .direct import slot_rings
-
-            mem, cap = self._mailbox
-            w2d, d2w = slot_rings(mem, msg[1], cap)
-            d2w.release()
-            self._w2d[msg[1]] = w2d
-        elif op == P.SLOT_FREE:
-            ring = self._w2d.pop(msg[1], None)
-            if ring is not None:
-                self._drain_frames(ring.pop_all(), True)
-                ring.release()
-        elif op == P.STOP:
-            self.stop_requested = True
-
     def store_obj(self, oid: int, kind: int, payload) -> None:
         """Keep a value that arrived, if anything here still wants it."""
         if oid in self._refs or oid in self._subscribed or oid in self._futures:
             self._values[oid] = (kind, payload)
             futs = self._futures.pop(oid, None)
             if futs:
-                self._resolve_futures(oid, futs)
+                self._futures_ready(oid, futs)
 
-    def _drain_frames(self, frames: list, from_worker: bool = False) -> None:
-        handle = self._handle
-        d = self.direct
+    def _futures_ready(self, oid: int, futs: list) -> None:
+        self._resolve_futures(oid, futs)
+
+    def _drain_frames(self, frames: list) -> None:
+        on = self._on
         for f in frames:
-            for m in pickle.loads(f):
-                if from_worker and m[0] == P.OBJ and d is not None and m[1] in d.pending:
-                    d.flagged.discard(m[1])
-                    # a leased task's value, straight from its worker: the node never saw
-                    # it (results of the node's tasks come this way too, registered)
-                    d.on_direct_value(m[1], m[2], m[3], deliver=True)
-                else:
-                    handle(m)
+            for m in P.decode(f):
+                on[m[0]](m)
 
     def _drain(self) -> bool:
-        got = False
-        if self._w2d:
-            for ring in list(self._w2d.values()):
-                frames = ring.pop_all()
-                if frames:
-                    got = True
-                    self._drain_frames(frames, True)
-        frames = self._down.pop_all()  # first: a LEASE must be seen before its EXECs
+        frames = self._down.pop_all()
         if frames:
-            got = True
             self._drain_frames(frames)
-        if self._d2w is not None:
-            frames = self._d2w.pop_all()
-            if frames:
-                got = True
-                self._drain_frames(frames)
-        return got
-
-    def _has_data(self) -> bool:
-        if self._down.has_data():
             return True
-        if self._d2w is not None and self._d2w.has_data():
-            return True
-        for ring in self._w2d.values():
-            if ring.has_data():
-                return True
         return False
 
-    def send_driver(self, msgs: list) -> None:
-        """Worker: a frame on this worker's mailbox ring to the driver (never full for
-        long: the driver drains it whenever it waits, and holds few tasks per lease)."""
-        frame = pickle.dumps(msgs, protocol=5)
-        ring = self._to_driver
-        with self._driver_lock:
-            k = ring.try_push(frame)
-            if k != len(frame):  # full: wait for room for the rest (fragments continue)
-                ring.push(memoryview(frame)[max(k, 0):], wake=self._driver_bell.force,
-                          deadline=self._push_deadline())
-        self._driver_bell.ring()
-
-    def publish(self, oids) -> None:
-        """Driver: make objects only this process knows of known to the node, before a
-        message that refers to them goes out (PUT for values here, PROMISE for results of
-        direct tasks still running)."""
-        d = self.direct
-        if d is None:
-            return
-        for oid in oids:
-            if oid in d.local_only:
-                d.local_only.discard(oid)
-                v = self._values.get(oid)
-                if v is not None:
-                    self._pending.append((P.PUT, oid, v[0], v[1], ()))
-            elif oid in d.pending and oid not in d.promised:
-                d.promised.add(oid)
-                self._pending.append((P.PROMISE, oid))
+    def _has_data(self) -> bool:
+        return self._down.has_data()
 
     # ------------------------------------------------------------------ objects
     def _subscribe(self, oids: Iterable[int]) -> None:
         need = [o for o in oids if o not in self._values and o not in self._subscribed]
         if need:
             self._subscribed.update(need)
-            self.send([(P.SUBSCRIBE, need)])
+            self.send([P.Subscribe(need)])
 
     def store_value(self, value: Any) -> tuple[int, Any, list[int]]:
         """Serialise a value, writing it into the arena when large: (kind, payload, refs)."""
@@ -407,17 +258,17 @@ class Client(Waiting):
             return kind, payload, contained
         header, raws = payload
         total, places = ser.arena_layout(header, raws)
-        reply = self.request(lambda req: (P.ALLOC, req, total), timeout=None)
-        off, err = reply[2], reply[3]
-        if off is None:
+        reply = self.request(lambda req: P.Alloc(req, total), timeout=None)
+        if reply.offset is None:
             raise exc.ObjectStoreFullError(
-                f"cannot store an object of {total} bytes in the object store: {err}. "
-                "Free some references, or pass a larger object_store_memory to mpray.init()"
-            )
+                f"cannot store an object of {total} bytes in the object store: "
+                f"{reply.error}. Free some references, or pass a larger "
+                "object_store_memory to mpray.init()")
+        off = reply.offset
         try:
             ser.write_arena(self._arena_mv, off, header, raws, places)
         except BaseException:
-            self.send([(P.FREE_RANGE, off)])
+            self.send([P.FreeRange(off)])
             raise
         return ser.ARENA, (off, len(header), places, total), contained
 
@@ -425,19 +276,19 @@ class Client(Waiting):
         kind, payload, contained = self.store_value(value)
         oid = self.new_ids(0)  # the caller wraps it in an ObjectRef, which counts it
         self._values[oid] = (kind, payload)
-        msg = (P.PUT, oid, kind, payload, contained)
-        if contained and self.direct is not None:
-            self.publish(contained)
-        if kind == ser.INLINE:
+        self._send_put(P.Put(oid, kind, payload, contained))
+        return oid
+
+    def _send_put(self, msg: P.Record) -> None:
+        if msg.kind == ser.INLINE:
             # Lazy: the node needs a small object only once its ref leaves this process,
             # and every message that could carry the ref flushes _pending first (one FIFO
-            # ring), so the PUT rides along with the next frame instead of a frame of its own.
+            # ring), so the Put rides along with the next frame instead of a frame of its own.
             self._pending.append(msg)
             if len(self._pending) >= 512:
                 self.send([])
         else:
             self.send([msg])
-        return oid
 
     def materialize(self, oid: int, kind: int, payload) -> Any:
         """Turn a cached (kind, payload) into the user's value; raise stored errors."""
@@ -461,7 +312,7 @@ class Client(Waiting):
             # the user dropped the last view (numpy collapses ndarray->ndarray base chains)
             base = np.frombuffer(self._arena_mv[off : off + total].toreadonly(), np.uint8)
             self._mapped[oid] = weakref.ref(base)
-            self._pending.append((P.PIN, [oid]))
+            self._pending.append(P.Pin([oid]))
             weakref.finalize(base, self._unpin_later, oid)
         return base
 
@@ -515,6 +366,23 @@ class Client(Waiting):
         else:
             self._drain()
         return {o for o in oids if o in values}
+
+    # ------------------------------------------------------------------ tasks
+    def register_function(self, fid: int, blob: bytes) -> None:
+        self.send([P.Func(fid, blob)])
+
+    def submit_task(self, spec: P.TaskSpec, direct_ok: bool, hold) -> None:
+        """Send a task (its ObjectRefs exist already): by the node, here."""
+        self.send([P.Submit(spec)])
+
+    def submit_call(self, spec: P.TaskSpec, hold) -> None:
+        self.send([P.Submit(spec)])
+
+    def cancel(self, tid: int, force: bool, recursive: bool) -> None:
+        self.send([P.Cancel(tid, force, recursive)])
+
+    def actor_killed(self, aid: int) -> None:
+        pass
 
     # ------------------------------------------------------------------ misc
     def close(self) -> None:

@@ -6,10 +6,10 @@ Data flow::
 
     submit(spec) ─▶ placement: SPREAD round robin, node affinity, infeasible here but
                     feasible there, or a backlog here while another rank idles
-                 ─▶ ("FWD", rank, spec) to the agent; the task waits here (DISPATCHED,
+                 ─▶ Fwd(rank, spec) to the agent; the task waits here (DISPATCHED,
                     worker AGENT) holding its arguments, until remote_done(tid, results)
     an ObjectRef of another rank's object, unknown here (a dependency, get, borrow)
-                 ─▶ a placeholder (Obj.remote) + ("FETCH", oid) to the agent, once;
+                 ─▶ a placeholder (Obj.remote) + Fetch(oid) to the agent, once;
                     the agent PUTs the value, which seals the placeholder
 
 Every object's value is kept at the node of the rank in its id (results of forwarded
@@ -25,28 +25,7 @@ from .serialization import ARENA, ERROR
 from .states import TASK_TRANSITIONS, O, T, _move
 
 AGENT = (1 << (P.RANK_SHIFT - P.PROC_BITS)) - 1  # the rank's MPI process, as seen by its node
-FWD = 60  # node -> agent (op, rank, spec, blob): run this task there (blob: its function,
-#          the first time that rank gets it from this node)
-FETCH = 61  # node -> agent (op, oid): bring this object of another rank here (PUT it)
-REMOTE_DONE = 62  # agent -> node (op, tid, results, rank): a forwarded task ended there
-CLUSTER = 63  # agent -> node (op, rank, [(node_id, resources), ...]): the ranks, once
-LOAD = 64  # agent -> node (op, [(queued, free_cpus), ...]): the ranks' load, now and then
-TO_RANK = 65  # node -> agent (op, rank, msg[, lent]): give msg to that rank's node (lent:
-#               holds this node took for that rank, which the agent counts as lent)
-# actor names, kept for the whole job by rank 0 (see actor_names)
-NAME_CLAIM = 66  # (op, rank, key, aid, meta, get_if_exists): may this creation have the name?
-NAME_ANSWER = 67  # (op, aid, ("ok",) | ("exists", aid, meta) | ("error", message))
-NAME_LOOKUP = 68  # (op, rank, req, proc, key): get_actor() of a name that rank does not know
-NAME_FOUND = 69  # (op, req, proc, (aid, meta) | None, lent, lender): its answer
-NAME_FREE = 70  # (op, key, aid): that actor's name is free again
-# holds lent between ranks: refs that leave a rank inside a forwarded task's arguments or
-# result, a value another rank reads (or rank 0's answer to a get_actor) go with one hold
-# each, lent by the sending rank, which the receiving rank gives back when its
-# placeholder for the object is freed (a rank that lent holds on another rank's object
-# keeps its own placeholder, and so its own borrowed hold, until they all come back)
-LEND = 71  # agent -> node (op, adds, removes): holds this rank lends other ranks
-UNLEND = 72  # node -> agent (op, oid, rank): give back the hold that rank lent this one
-BORROWED = 73  # agent -> node (op, oids, rank): holds that rank lent this one
+# (the messages between a node and its rank's agent are protocol's ``cluster`` channel)
 LENT_HOLDER = -2  # pseudo process that holds what this rank lent
 SPILL_MIN_TASK_S = 0.002  # moving a task to another rank costs about this much
 MOVE_BYTES_PER_S = 5e9  # a fetch between ranks (100 MiB in ~20 ms here, benchmarks/)
@@ -82,10 +61,10 @@ class ClusterView:
     # ------------------------------------------------------------------ placement
     def _placement(self, t) -> int | None:
         """The rank that should run ``t`` (None: this node)."""
-        if (self.agent is None or len(self.ranks) < 2 or not t.spec[P.S_NRET]
+        if (self.agent is None or len(self.ranks) < 2 or not t.spec.nret
                 or t.actor is not None or t.owner == AGENT):
             return None  # (a task forwarded here runs here: no ping-pong)
-        strategy = t.spec[P.S_STRATEGY]
+        strategy = t.spec.strategy
         if t.creating and strategy in (None, "DEFAULT"):
             return None  # an actor lives where it is created, unless placed elsewhere
         if strategy == "SPREAD":
@@ -121,7 +100,7 @@ class ClusterView:
         its arguments that rank lacks), if it is lower than here.  Tasks shorter than
         moving them costs stay (they would only slow)."""
         backlog = len(self.ready.get(t.resources, ()))
-        mean = self.task_time.get(t.spec[P.S_FID], (0, 0.0))[1]  # (unknown yet: stays)
+        mean = self.task_time.get(t.spec.fid, (0, 0.0))[1]  # (unknown yet: stays)
         if not backlog or mean < SPILL_MIN_TASK_S or not self.load:
             return None
         cpus = max(1.0, self.total.get("CPU", 1.0))
@@ -145,7 +124,7 @@ class ClusterView:
         """(home rank, bytes) of ``t``'s arguments in this rank's store: what moving it
         elsewhere would have to move (a rank prefers tasks whose arguments it holds)."""
         out = []
-        for _pos, oid in t.spec[P.S_DEPS]:
+        for _pos, oid in t.spec.deps:
             o = self.objs.get(oid)
             if o is not None and o.kind == ARENA and o.state is O.IN_ARENA:
                 out.append((P.id_rank(oid), o.payload[3]))
@@ -162,8 +141,8 @@ class ClusterView:
             if t is None or t.state is not T.READY:
                 q.pop()
                 continue
-            if (t.owner == AGENT or t.creating or not t.spec[P.S_NRET]
-                    or t.spec[P.S_STRATEGY] not in (None, "DEFAULT")):
+            if (t.owner == AGENT or t.creating or not t.spec.nret
+                    or t.spec.strategy not in (None, "DEFAULT")):
                 return
             target = self._spill_target(t)
             if target is None:
@@ -178,20 +157,19 @@ class ClusterView:
             a.remote_rank = rank
         _move(t, T.DISPATCHED, TASK_TRANSITIONS, "task")
         t.worker = AGENT
-        fid = t.spec[P.S_FID]
+        fid = t.spec.fid
         blob = None
         sent = self.fids_sent.setdefault(rank, set())
         if fid not in sent and fid in self.funcs:  # (actor calls name a method instead)
             sent.add(fid)
             blob = self.funcs[fid]
         spec = t.spec
-        if len(spec) > P.S_LEASE and spec[P.S_LEASE]:  # (leases are of workers here)
-            self._send(t.owner, (P.NO_LEASE, t.key + 1))
-            spec = spec[:P.S_LEASE] + (False,) + spec[P.S_LEASE + 1:]
-        self.out[AGENT].append((FWD, rank, spec, blob))
+        if spec.lease:  # (leases are of workers here)
+            self._send(t.owner, P.NoLease(t.key + 1))
+            spec = spec._replace(lease=False)
+        self.out[AGENT].append(P.Fwd(rank, spec, blob))
         if a is not None:  # calls made while it waited for its arguments follow it, in order
-            queued, a.queue = list(a.queue), collections.deque()
-            for tid in queued:
+            for tid in a.take_queued():
                 c = self.tasks.get(tid)
                 if c is not None and c.state in (T.PENDING_ARGS, T.READY):
                     self._forward(c, rank)
@@ -201,8 +179,8 @@ class ClusterView:
         t = self.tasks.get(tid)
         if t is None or t.state is not T.DISPATCHED or t.worker != AGENT:
             return
-        for r in results:  # (oid, kind, payload, contained[, lent])
-            self.borrowed(r[4] if len(r) > 4 else (), lender)
+        for r in results:  # (oid, kind, payload, contained, lent)
+            self.borrowed(r[4], lender)
         results = [r[:4] for r in results]
         status = P.APP_ERROR if any(kind == ERROR for _o, kind, _p, _c in results) else P.OK
         self._ended(t, AGENT, status, results, False)
@@ -219,7 +197,7 @@ class ClusterView:
                 co.lent = lender
 
     def _unlend(self, oid: int, lender: int) -> None:
-        self.out[AGENT].append((UNLEND, oid, lender))
+        self.out[AGENT].append(P.Unlend(oid, lender))
 
     # ------------------------------------------------------------------ remote objects
     def _remote_placeholder(self, oid: int, fetch: bool = True):
@@ -231,7 +209,7 @@ class ClusterView:
         o.remote = True
         if fetch and oid not in self.fetching:
             self.fetching.add(oid)
-            self.out[AGENT].append((FETCH, oid))
+            self.out[AGENT].append(P.Fetch(oid))
         return o
 
     def put_fetched(self, oid: int, kind: int, payload, contained=()) -> None:
@@ -264,5 +242,4 @@ def _fits_total(total: dict, res: tuple) -> bool:
     return all(amount <= total.get(name, 0) + 1e-9 for name, amount in res if amount)
 
 
-__all__ = ["AGENT", "BORROWED", "CLUSTER", "ClusterView", "FETCH", "FWD", "LEND", "LOAD", "O",
-           "REMOTE_DONE", "SPILL_MIN_TASK_S", "UNLEND", "running_mean"]
+__all__ = ["AGENT", "ClusterView", "LENT_HOLDER", "O", "SPILL_MIN_TASK_S", "running_mean"]

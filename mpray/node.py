@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
-import pickle
 import signal
 import sys
 import time
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from . import cluster
 from . import protocol as P
 from .actor_names import LATER
-from .direct import slot_bytes, slot_rings
+from .mailbox import slot_bell, slot_rings
 from .rings import Doorbell, Outbox, Ring, anonymous_shared, ring_bytes
 from .scheduler import Scheduler
 
@@ -118,6 +117,7 @@ class Node:
         self._backlog: set[int] = set()
         self.free_slots = list(range(setup.mailbox_slots - 1, -1, -1))
         self.slot_of: dict[int, int] = {}  # wid -> mailbox slot
+        self._on = self._handlers()
 
     # ------------------------------------------------------------------ workers
     def start_worker(self) -> None:
@@ -138,8 +138,7 @@ class Node:
             # by the driver) as the worker's one doorbell, rung by the node and the driver
             cap_d = self.setup.mailbox_ring_bytes
             mailbox_rings = slot_rings(self.setup.mailbox, slot, cap_d)
-            bell = Doorbell(self.setup.slot_efds[slot], self.setup.mailbox,
-                            slot * slot_bytes(cap_d))
+            bell = slot_bell(self.setup.mailbox, slot, cap_d, self.setup.slot_efds[slot])
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -171,7 +170,7 @@ class Node:
         if slot is not None:
             self.slot_of[wid] = slot
             self.sched.leasable.add(wid)
-            self.sched.out[0].append((P.SLOT, slot, wid))
+            self.sched.out[0].append(P.Slot(slot, wid))
         self.sched.worker_started(wid, time.monotonic())
 
     def _reap(self) -> None:
@@ -195,7 +194,7 @@ class Node:
             if slot is not None:
                 # the driver drains what the worker wrote, then stops polling the slot;
                 # the slot is reused only after that message, so order is preserved
-                self.sched.out[0].append((P.SLOT_FREE, slot))
+                self.sched.out[0].append(P.SlotFree(slot))
                 self.free_slots.insert(0, slot)
             self.sched.worker_died(wid, reason)
 
@@ -213,88 +212,79 @@ class Node:
 
     # ------------------------------------------------------------------ events
     def _handle(self, proc: int, frames: list[bytes]) -> None:
+        on = self._on
         for frame in frames:
-            for m in pickle.loads(frame):
+            for m in P.decode(frame):
                 try:
-                    self._event(proc, m)
+                    on[m[0]](proc, m)
                 except Exception:  # noqa: BLE001 - a bug must be loud, not kill the node
                     import traceback
 
                     print(f"mpray node (pid {os.getpid()}): internal error handling "
-                          f"message {m[:2]!r} from process {proc}:", file=sys.stderr)
+                          f"{m!r:.200} from process {proc}:", file=sys.stderr)
                     traceback.print_exc()
 
-    def _event(self, proc: int, m: tuple) -> None:
+    def _handlers(self) -> dict:
+        """Opcode -> handler(proc, msg): every message a node receives (protocol's
+        node_in and cluster channels), each an event of the scheduler."""
         s = self.sched
-        op = m[0]
-        if op == P.SUBMIT:
-            s.submit(proc, m[1])
-        elif op == P.REFS:
-            s.refs(proc, m[1], m[2])
-        elif op == P.DONE:
+
+        def done(proc, m):
             if proc in s.workers:
-                s.task_done(proc, m[1], m[2], m[3], m[4], m[5])
-        elif op == P.PUT:
+                s.task_done(proc, m.tid, m.status, m.results, m.retryable, m.delivered)
+
+        def put(proc, m):
             if proc == s.agent:
-                s.put_fetched(m[1], m[2], m[3], m[4])
+                s.put_fetched(m.oid, m.kind, m.payload, m.contained)
             else:
-                s.put(proc, m[1], m[2], m[3], m[4])
-        elif op == P.SUBSCRIBE:
-            s.subscribe(proc, m[1])
-        elif op == P.PIN:
-            s.pin(proc, m[1])
-        elif op == P.UNPIN:
-            s.unpin(proc, m[1])
-        elif op == P.ALLOC:
-            s.allocate(proc, m[1], m[2])
-        elif op == P.FREE_RANGE:
-            s.free_range(proc, m[1])
-        elif op == P.BLOCKED:
-            s.worker_blocked(proc, m[1])
-        elif op == P.RETURN:
-            s.tasks_returned(proc, m[1])
-        elif op == P.UNBLOCKED:
-            s.worker_unblocked(proc)
-        elif op == P.FUNC:
-            s.register_function(m[1], m[2])
-        elif op == P.CANCEL:
-            s.cancel(m[1], m[2], m[3])
-        elif op == P.QUERY:
-            reply = self._query(m[2], proc, m[1])
+                s.put(proc, m.oid, m.kind, m.payload, m.contained)
+
+        def query(proc, m):
+            reply = self._query(m.what, proc, m.req)
             if reply is not LATER:
-                s.out[proc].append((P.REPLY, m[1], reply))
-        elif op == P.KILL_ACTOR:
-            s.kill_actor(m[1], m[2])
-        elif op == P.ACTOR_EXIT:
-            s.actor_exit(proc, m[1])
-        elif op == P.LEASE_END:
-            s.lease_end(proc, m[1])
-        elif op == P.PUT_FOR:
-            s.put_for(proc, m[1], m[2], m[3], m[4], m[5])
-        elif op == P.PROMISE:
-            s.promise(proc, m[1])
-        elif op == P.SHUTDOWN:
+                s.out[proc].append(P.Reply(m.req, reply))
+
+        def stop(proc, m):
             self.running = False
-        elif op == cluster.REMOTE_DONE:
-            s.remote_done(m[1], m[2], m[3])
-        elif op == cluster.LOAD:
-            s.update_load(m[1])
-        elif op == cluster.CLUSTER:
-            s.attach_cluster(m[1], m[2])
-        elif op == cluster.LEND:  # holds this rank's agent lent other ranks (it counts them)
-            s.refs(cluster.LENT_HOLDER, m[1], m[2])
-        elif op == cluster.BORROWED:
-            s.borrowed(m[1], m[2])
-        elif op == cluster.NAME_CLAIM:
-            s.name_claim(m[1], m[2], m[3], m[4], m[5])
-        elif op == cluster.NAME_ANSWER:
-            s.name_answer(m[1], m[2])
-        elif op == cluster.NAME_LOOKUP:
-            s.name_lookup(m[1], m[2], m[3], m[4])
-        elif op == cluster.NAME_FOUND:
-            s.name_found(m[1], m[2], m[3], m[4], m[5])
-        elif op == cluster.NAME_FREE:
-            s.name_free(m[1], m[2])
+
+        return {
+            P.Submit.OP: lambda proc, m: s.submit(proc, m.spec),
+            P.Refs.OP: lambda proc, m: s.refs(proc, m.increfs, m.decrefs),
+            P.Done.OP: done,
+            P.Put.OP: put,
+            P.Subscribe.OP: lambda proc, m: s.subscribe(proc, m.oids),
+            P.Pin.OP: lambda proc, m: s.pin(proc, m.oids),
+            P.Unpin.OP: lambda proc, m: s.unpin(proc, m.oids),
+            P.Alloc.OP: lambda proc, m: s.allocate(proc, m.req, m.nbytes),
+            P.FreeRange.OP: lambda proc, m: s.free_range(proc, m.offset),
+            P.Blocked.OP: lambda proc, m: s.worker_blocked(proc, m.returned),
+            P.Return.OP: lambda proc, m: s.tasks_returned(proc, m.tids),
+            P.Unblocked.OP: lambda proc, m: s.worker_unblocked(proc),
+            P.Func.OP: lambda proc, m: s.register_function(m.fid, m.blob),
+            P.Cancel.OP: lambda proc, m: s.cancel(m.tid, m.force, m.recursive),
+            P.Query.OP: query,
+            P.KillActor.OP: lambda proc, m: s.kill_actor(m.aid, m.no_restart),
+            P.ActorExit.OP: lambda proc, m: s.actor_exit(proc, m.aid),
+            P.LeaseEnd.OP: lambda proc, m: s.lease_end(proc, m.epoch),
+            P.PutFor.OP: lambda proc, m: s.put_for(proc, m.owner, m.oid, m.kind, m.payload,
+                                                   m.contained),
+            P.Promise.OP: lambda proc, m: s.promise(proc, m.oid),
+            P.Shutdown.OP: stop,
+            # from the rank's MPI agent
+            P.RemoteDone.OP: lambda proc, m: s.remote_done(m.tid, m.results, m.rank),
+            P.Load.OP: lambda proc, m: s.update_load(m.load),
+            P.ClusterInfo.OP: lambda proc, m: s.attach_cluster(m.rank, m.ranks),
+            # holds this rank's agent lent other ranks (it counts them)
+            P.Lend.OP: lambda proc, m: s.refs(cluster.LENT_HOLDER, m.adds, m.removes),
+            P.Borrowed.OP: lambda proc, m: s.borrowed(m.oids, m.rank),
+            P.NameClaim.OP: lambda proc, m: s.name_claim(m.rank, m.key, m.aid, m.meta,
+                                                         m.get_if_exists),
+            P.NameAnswer.OP: lambda proc, m: s.name_answer(m.aid, m.answer),
+            P.NameLookup.OP: lambda proc, m: s.name_lookup(m.rank, m.req, m.proc, m.key),
+            P.NameFound.OP: lambda proc, m: s.name_found(m.req, m.proc, m.found, m.lent,
+                                                         m.lender),
+            P.NameFree.OP: lambda proc, m: s.name_free(m.key, m.aid),
+        }
 
     def _query(self, what, proc: int, req: int):
         s = self.sched
@@ -320,34 +310,33 @@ class Node:
         while s.actions:
             acts, s.actions = s.actions, []
             for a in acts:
-                kind = a[0]
-                if kind == "start_worker":
+                kind = type(a)
+                if kind is P.StartWorker:
                     self.start_worker()
-                elif kind == "kill":
-                    ch = self.channels.get(a[1])
+                elif kind is P.Kill:
+                    ch = self.channels.get(a.wid)
                     if ch is not None:
                         _kill(ch.pid, signal.SIGKILL)
-                elif kind == "interrupt":
-                    ch = self.channels.get(a[1])
+                elif kind is P.Interrupt:
+                    ch = self.channels.get(a.wid)
                     if ch is not None:
-                        ch.mem[_FLAG_BYTES : _FLAG_BYTES + 8] = int(a[2] & (2**63 - 1)).to_bytes(8, "little")
+                        word = int(a.tid & (2**63 - 1)).to_bytes(8, "little")
+                        ch.mem[_FLAG_BYTES : _FLAG_BYTES + 8] = word
                         _kill(ch.pid, signal.SIGUSR1)
-                elif kind == "warn":
-                    print(a[1], file=sys.stderr, flush=True)
-                elif kind == "lease":
-                    _, wid, epoch, proc, first_oid = a
-                    ch = self.channels[wid]
-                    s.out[wid].append((P.LEASE, epoch))
-                    s.out[proc].append((P.LEASE, wid, epoch, self.slot_of[wid], ch.pid,
-                                        first_oid))
-                elif kind == "actor_update":
-                    _, aid, state, inc, wid, death = a
-                    ch = self.channels.get(wid) if wid is not None else None
-                    s.out[0].append((P.ACTOR, aid, state, inc, wid, self.slot_of.get(wid),
-                                     ch.pid if ch is not None else 0, death))
-                elif kind == "lease_lost":
-                    _, wid, epoch, proc, reason = a
-                    s.out[proc].append((P.LEASE_LOST, wid, epoch, reason))
+                elif kind is P.Warn:
+                    print(a.text, file=sys.stderr, flush=True)
+                elif kind is P.GrantLease:
+                    ch = self.channels[a.wid]
+                    s.out[a.wid].append(P.Leased(a.epoch))
+                    s.out[a.owner].append(P.LeaseGrant(a.wid, a.epoch, self.slot_of[a.wid],
+                                                       ch.pid, a.first_oid))
+                elif kind is P.AnnounceActor:
+                    ch = self.channels.get(a.wid) if a.wid is not None else None
+                    s.out[0].append(P.ActorUpdate(a.aid, a.state, a.incarnation, a.wid,
+                                                  self.slot_of.get(a.wid),
+                                                  ch.pid if ch is not None else 0, a.death))
+                elif kind is P.LoseLease:
+                    s.out[a.owner].append(P.LeaseLost(a.wid, a.epoch, a.reason))
             s.schedule()
 
     def _flush(self) -> bool:
@@ -361,7 +350,7 @@ class Node:
                 ch = channels.get(proc)
                 if ch is None or not msgs:
                     continue
-                if not ch.out.send(pickle.dumps(msgs, protocol=5)):
+                if not ch.out.send(P.encode(msgs)):
                     self._backlog.add(proc)
                 ch.bell.ring()
         if self._backlog:

@@ -101,15 +101,15 @@ class ObjectDirectory:
             if co is not None:
                 co.contained_in += 1
         _move(o, O.IN_ARENA if kind == ARENA else O.INLINE, OBJ_TRANSITIONS, "object")
-        msg = (P.OBJ, oid, kind, payload)
+        # (with what it holds refs to: the rank's agent ships a forwarded task's results
+        # home, or serves a value to another rank, with a hold on each)
+        msg = P.Obj(oid, kind, payload, o.contains)
         if o.owner in o.procs and not owner_has_it:
-            # (the rank's agent ships a forwarded task's results home: with what they hold)
-            self._send(o.owner, msg if o.owner != self.agent else msg + (o.contains,))
+            self._send(o.owner, msg)
         if o.subscribers:
             for p in o.subscribers:
                 if p != o.owner or o.owner not in o.procs:
-                    # (the agent serves it to another rank: with the refs it holds)
-                    self._send(p, msg if p != self.agent else msg + (o.contains,))
+                    self._send(p, msg)
             o.subscribers = _EMPTY
         waiting, o.waiting_tasks = o.waiting_tasks, []
         for tid in waiting:
@@ -163,7 +163,7 @@ class ObjectDirectory:
                 err = exc.ObjectFreedError(
                     P.id_hex(oid), "the object was freed (no reference to it was left)"
                 )
-                self._send(proc, (P.OBJ, oid, ERROR, self._error_payload(err)))
+                self._send(proc, P.Obj(oid, ERROR, self._error_payload(err)))
             elif o.state is O.PENDING:
                 if o.remote and oid not in self.fetching:  # a placeholder: fetch it now
                     self._remote_placeholder(oid)
@@ -171,8 +171,7 @@ class ObjectDirectory:
                     o.subscribers = set()
                 o.subscribers.add(proc)
             else:
-                self._send(proc, (P.OBJ, oid, o.kind, o.payload) if proc != self.agent
-                           else (P.OBJ, oid, o.kind, o.payload, o.contains))
+                self._send(proc, P.Obj(oid, o.kind, o.payload, o.contains))
 
     def pin(self, proc: int, oids) -> None:
         for oid in oids:
@@ -193,10 +192,10 @@ class ObjectDirectory:
         try:
             off = self.alloc.alloc(nbytes)
         except ArenaFull as e:
-            self._send(proc, (P.ALLOC_OK, req, None, str(e)))
+            self._send(proc, P.AllocOk(req, None, str(e)))
             return
         self.reserved[proc].add(off)
-        self._send(proc, (P.ALLOC_OK, req, off, None))
+        self._send(proc, P.AllocOk(req, off, None))
 
     def free_range(self, proc: int, offset: int) -> None:
         if offset in self.reserved[proc]:

@@ -1,105 +1,356 @@
-"""Message opcodes and id layout shared by the client, the node and the workers.
+"""The one message schema: every record that crosses a process or rank boundary.
 
-Every frame on a ring is ``pickle.dumps(list_of_messages)``; a message is a tuple whose
-first item is one of the opcodes below.  Tuples of ints/bytes pickle and unpickle in
-about a microsecond, which keeps the per-message cost at the level FACTS.md measured.
+Each message kind is a ``Record``: a ``tuple`` subclass whose item 0 is its opcode and
+whose fields have names (C-level accessors, as ``collections.namedtuple`` uses), so a
+message is read by name at every end and its layout is written down once, here.
 
-Upstream (driver/worker ─▶ node)                 Downstream (node ─▶ driver/worker)
-  SUBMIT  (op, spec)                               OBJ        (op, oid, kind, payload)
-  PUT     (op, oid, kind, payload, contained)      EXEC       (op, tid, fid, fblob, name, args,
-  REFS    (op, increfs, decrefs)                               deps, returns, gpus, retry_exc)
-  SUBSCRIBE (op, oids)                             ALLOC_OK   (op, req, offset | None, error)
-  PIN / UNPIN (op, oids)                           REPLY      (op, req, data)
-  ALLOC   (op, req, nbytes)                        STOP       (op,)
-  DONE    (op, tid, status, results, retryable)
-  BLOCKED (op, returned_tids) / UNBLOCKED (op,)
-  RETURN  (op, tids)                               DROP       (op, tid)
-  CANCEL  (op, tid, force, recursive)
-  FUNC    (op, fid, blob)
-  QUERY   (op, req, what)
-  SHUTDOWN (op,)
+On the wire a frame is ``pickle.dumps`` of a list of *plain* tuples (``encode``):
+pickling a tuple subclass costs about four times a plain tuple's, so the encoder strips
+the type and ``decode`` puts it back from the opcode (``tuple.__new__``, ~0.1 µs).
+Records nested inside a message (the ``TaskSpec`` of a ``Submit`` or ``Fwd``, the
+message inside a ``ToRank``) are stripped by the constructor and re-typed by ``decode``.
 
-Ids are Python ints: ``(rank << 56) | (proc << 36) | counter``.  A task id ``t`` owns the
-return ids ``t+1 … t+num_returns``, so an object's producing task is known without a
-lookup table on the client side.
+Data flow::
+
+    sender: Exec(tid=…, …) ─▶ encode([…]) ─▶ ring / MPI ─▶ decode(frame) ─▶ msg.tid …
+
+Channels (``docs/architecture.md`` has the picture; ``docs/protocol.md`` is generated
+from this module by ``protocol_table()``):
+
+* to the node, from the driver, workers and the rank's MPI agent (``NODE_IN``);
+* from the node to them (``NODE_OUT``);
+* on a mailbox slot, between the driver and a worker, with no node in between
+  (``MAILBOX``);
+* between a node and its rank's MPI agent (``CLUSTER``), and between agents (``RANKS``).
+
+Ids are Python ints: ``(rank << 56) | (proc << 36) | counter``.  A task id ``t`` owns
+the return ids ``return_ids(t, n)`` = ``t+1 … t+n``, so an object's producing task is
+known without a lookup table.
 """
 
 from __future__ import annotations
 
-# upstream
-SUBMIT = 1
-PUT = 2
-REFS = 3
-SUBSCRIBE = 4
-PIN = 5
-UNPIN = 6
-ALLOC = 7
-DONE = 8
-BLOCKED = 9
-UNBLOCKED = 10
-CANCEL = 11
-FUNC = 12
-QUERY = 13
-SHUTDOWN = 14
-FREE_RANGE = 15  # (op, offset): an ALLOC whose value was never sealed
-RETURN = 16  # (op, tids): pipelined tasks handed back unstarted
+import pickle
+from collections import _tuplegetter  # the C field accessor namedtuple uses
+from typing import Any, Iterable
 
-# downstream
-OBJ = 32
-EXEC = 33
-ALLOC_OK = 34
-REPLY = 35
-STOP = 36
-DROP = 37  # (op, tid): forget a queued task (it was cancelled)
-SLOT = 38  # (op, slot, wid): a worker now writes results to the driver through mailbox slot
-SLOT_FREE = 39  # (op, slot): that worker is gone; drain the slot and stop polling it
+_new = tuple.__new__
 
-# leases: the driver sends default-shaped tasks straight to workers it leased
-LEASE_END = 18  # worker->node (op, epoch): the lease went idle and is given back
-PUT_FOR = 19  # worker->node (op, owner, oid, kind, payload, contained): a direct result
-PROMISE = 20  # driver->node (op, oid): a direct task's result whose ref is leaving; wait for it
-LEASE = 40  # node->driver (op, wid, epoch, slot, pid, first_oid) / node->worker (op, epoch)
-LEASE_LOST = 41  # node->driver (op, wid, epoch, reason): the leased worker died
-RECLAIM = 42  # node->worker (op,): others wait for CPUs: end the lease once idle
-NO_LEASE = 47  # node->driver (op, first_oid): that task asked for a lease but runs without
-#                one (queued behind another task, or moved to another rank)
-# on a lease's own rings (driver <-> worker, no node in between)
-DONE_D = 50  # worker->driver (op, tid, retryable, payload, via_node, run_s): a direct task ended
-RETURN_D = 51  # worker->driver (op, tids, blocked): direct tasks handed back unstarted
-EXPIRED = 52  # worker->driver (op, wid, epoch): lease ended (idle); later EXECs bounced
-RESUMED = 53  # worker->driver (op, wid, epoch): its task stopped waiting; send work again
 
-# actors
-KILL_ACTOR = 21  # ->node (op, aid, no_restart)
-ACTOR_EXIT = 22  # actor worker->node (op, aid): exit_actor() was called; do not restart
-ACREATE = 43  # node->worker (op, tid, fid, fblob, name, args, deps, gpus, aid, incarnation,
-#               opts, owner): become this actor (run the constructor, then serve calls)
-ACALL = 44  # node|driver->actor (op, tid, method, args, deps, nret, retry_exc, owner,
-#             retries, aid, incarnation, direct): one method call
-ACTOR = 45  # node->driver (op, aid, state, incarnation, wid, slot, pid, death): a transition
-ANODE_DONE = 46  # node->driver (op, aid, tid): a call the driver sent the node's way ended
-ADONE_D = 54  # actor->driver (op, tid, values): a direct call ended; values: [(oid, kind,
-#               payload)], or None when they go through the node (arena space, refs inside)
+class Record(tuple):
+    """Base of every record: a tuple with named fields (see ``record``)."""
+
+    __slots__ = ()
+    OP: int | None = None  # the opcode (item 0) of a message; None for plain records
+    FIELDS: tuple[str, ...] = ()
+    CHANNEL = ""
+    DOC = ""
+
+    def __repr__(self) -> str:
+        start = 0 if self.OP is None else 1
+        body = ", ".join(f"{f}={v!r}" for f, v in zip(self.FIELDS, self[start:]))
+        return f"{type(self).__name__}({body})"
+
+    def _replace(self, **changes: Any) -> "Record":
+        start = 0 if self.OP is None else 1
+        vals = list(self)
+        for k, v in changes.items():
+            vals[start + self.FIELDS.index(k)] = v
+        return _new(type(self), vals)
+
+    def _asdict(self) -> dict:
+        start = 0 if self.OP is None else 1
+        return dict(zip(self.FIELDS, self[start:]))
+
+
+KINDS: dict[int, type] = {}  # opcode -> record class
+_WRAP: dict[int, Any] = {}  # opcode -> how decode() re-types a plain tuple
+
+
+def record(name: str, op: int | None, fields: str, channel: str, doc: str,
+           defaults: dict | None = None, nested: dict | None = None) -> type:
+    """Define a record type: ``fields`` space-separated, ``defaults`` for trailing
+    optional fields, ``nested`` maps a field to the record type it holds (stripped to
+    a plain tuple by the constructor, re-typed by ``decode``)."""
+    names = tuple(fields.split())
+    defaults = defaults or {}
+    nested = nested or {}
+    start = 0 if op is None else 1
+    ns: dict[str, Any] = {"__slots__": (), "OP": op, "FIELDS": names, "CHANNEL": channel,
+                          "DOC": doc, "__doc__": f"{name}({', '.join(names)}): {doc}"}
+    for i, f in enumerate(names):
+        ns[f] = _tuplegetter(start + i, f)
+    params = ", ".join(f"{f}=_d_{f}" if f in defaults else f for f in names)
+    items = ", ".join(f"_plain({f})" if f in nested else f for f in names)
+    values = ([] if op is None else [str(op)]) + ([items] if items else [])
+    src = (f"def __new__(_cls, {params}):\n"
+           f"    return _new(_cls, ({''.join(v + ', ' for v in values)}))\n")
+    env = {"_new": _new, "_plain": _plain, **{f"_d_{k}": v for k, v in defaults.items()}}
+    exec(src, env)  # noqa: S102 - a generated constructor, as namedtuple makes
+    ns["__new__"] = env["__new__"]
+    cls = type(name, (Record,), ns)
+    if op is not None:
+        if op in KINDS:
+            raise ValueError(f"opcode {op} of {name} is taken by {KINDS[op].__name__}")
+        KINDS[op] = cls
+        if nested:
+            pos = {start + names.index(f): t for f, t in nested.items()}
+            _WRAP[op] = _nested_wrapper(cls, pos)
+        else:
+            _WRAP[op] = cls
+    return cls
+
+
+def _plain(x):
+    """A nested record travels as a plain tuple (None stays None)."""
+    return x if x is None or type(x) is tuple else tuple(x)
+
+
+def _nested_wrapper(cls: type, pos: dict):
+    def wrap(m: tuple):
+        vals = list(m)
+        for i, t in pos.items():
+            v = vals[i]
+            if v is not None:
+                vals[i] = wrap_any(v) if t is None else _new(t, v)
+        return _new(cls, vals)
+    return wrap
+
+
+def wrap_any(m: tuple) -> Record:
+    """Re-type one plain message tuple."""
+    w = _WRAP[m[0]]
+    return _new(w, m) if type(w) is type else w(m)
+
+
+def encode(msgs: list) -> bytes:
+    """A frame: the messages as plain tuples, pickled (protocol 5)."""
+    return pickle.dumps([tuple(m) for m in msgs], protocol=5)
+
+
+def decode(frame: bytes) -> list:
+    """The messages of a frame, typed again."""
+    out = []
+    for m in pickle.loads(frame):
+        w = _WRAP[m[0]]
+        out.append(_new(w, m) if type(w) is type else w(m))
+    return out
+
+
+# ----------------------------------------------------------------------------- the task
+TaskSpec = record(
+    "TaskSpec", None,
+    "tid fid name args deps nret res retries retry_exc contained strategy lease actor "
+    "method create", "",
+    "a task as its owner submits it: fid names the registered function (an actor "
+    "creation: the class), args the pickled (args, kwargs) with top-level refs as None, "
+    "deps ((position, oid), ...) those refs, res the resource shape ((name, amount), ...) "
+    "sorted, retries left, retry_exc False/True/pickled exception classes, contained the "
+    "ids of refs pickled inside args, strategy None/'SPREAD'/a NodeAffinity strategy; "
+    "lease: ask the node to lease the worker to the owner when done; actor: the actor id "
+    "of a method call or creation, method: the method's name (calls), create: the "
+    "creation's options (creations)",
+    defaults={"lease": False, "actor": None, "method": None, "create": None})
+
+
+def return_ids(tid: int, nret: int) -> range:
+    """The ids of a task's return objects."""
+    return range(tid + 1, tid + 1 + nret)
+
+
+def spec_returns(spec) -> range:
+    return range(spec.tid + 1, spec.tid + 1 + spec.nret)
+
+
+# A value as it travels in results: (oid, kind, payload, contained) plain tuples, with
+# kind one of serialization.INLINE / ARENA / ERROR (see there for the payloads).
+
+# ----------------------------------------------------------------------------- to the node
+_N = "node_in"
+Submit = record("Submit", 1, "spec", _N, "run this task (spec)", nested={"spec": TaskSpec})
+Put = record("Put", 2, "oid kind payload contained", _N,
+             "a value the sender made (put, or a direct task's result it seals)")
+Refs = record("Refs", 3, "increfs decrefs", _N,
+              "this process's first ref to each of increfs (borrowed), its last to decrefs")
+Subscribe = record("Subscribe", 4, "oids", _N, "send me these values when they exist")
+Pin = record("Pin", 5, "oids", _N, "a zero-copy view of each is mapped here")
+Unpin = record("Unpin", 6, "oids", _N, "that view is gone")
+Alloc = record("Alloc", 7, "req nbytes", _N, "reserve arena space (answered by AllocOk)")
+Done = record("Done", 8, "tid status results retryable delivered", _N,
+              "a node task ended: results [(oid, kind, payload, contained)]; delivered: "
+              "the worker handed them to their owner itself", defaults={"delivered": False})
+Blocked = record("Blocked", 9, "returned", _N,
+                 "this worker's task waits in get: its CPU is lent; returned: tids of "
+                 "pipelined tasks handed back unstarted")
+Unblocked = record("Unblocked", 10, "", _N, "the task stopped waiting")
+Cancel = record("Cancel", 11, "tid force recursive", _N, "cancel this task")
+Func = record("Func", 12, "fid blob", _N, "register a cloudpickled function or class")
+Query = record("Query", 13, "req what", _N, "a question answered with Reply")
+Shutdown = record("Shutdown", 14, "", _N, "the driver ends the session")
+FreeRange = record("FreeRange", 15, "offset", _N, "an Alloc whose value was never sealed")
+Return = record("Return", 16, "tids", _N, "pipelined tasks handed back unstarted")
+LeaseEnd = record("LeaseEnd", 18, "epoch", _N, "a leased worker gives its lease back")
+PutFor = record("PutFor", 19, "owner oid kind payload contained", _N,
+                "a leased task's result the node must hold for its owner (arena space, "
+                "or refs inside)")
+Promise = record("Promise", 20, "oid", _N,
+                 "a direct task's result whose ref is leaving its owner: others may wait "
+                 "for it; the owner Puts it when it arrives")
+KillActor = record("KillActor", 21, "aid no_restart", _N, "kill this actor")
+ActorExit = record("ActorExit", 22, "aid", _N, "the actor called exit_actor()")
+
+# ----------------------------------------------------------------------------- from the node
+_O = "node_out"
+Obj = record("Obj", 32, "oid kind payload contains", _O,
+             "a value (to its owner, a subscriber, or the agent: contains is what the "
+             "value holds refs to)", defaults={"contains": ()})
+Exec = record("Exec", 33, "tid fid fblob name args deps nret gpus retry_exc owner epoch", _O,
+              "run this task: deps [(position, oid, kind, payload)], fblob the function "
+              "the first time this worker gets it; epoch: a leased task from the owner "
+              "(None: from the node)", defaults={"epoch": None})
+AllocOk = record("AllocOk", 34, "req offset error", _O, "the answer to Alloc (offset None: "
+                 "error says why)")
+Reply = record("Reply", 35, "req data", _O, "the answer to a Query or a named creation")
+Stop = record("Stop", 36, "", _O, "exit")
+Drop = record("Drop", 37, "tid", _O, "forget this queued task or call (it was cancelled)")
+Slot = record("Slot", 38, "slot wid", _O, "that worker writes to the driver on mailbox slot")
+SlotFree = record("SlotFree", 39, "slot", _O, "that worker is gone: drain the slot")
+LeaseGrant = record("LeaseGrant", 40, "wid epoch slot pid first_oid", _O,
+                    "that worker is now the driver's lease (it ran the flagged task whose "
+                    "first return is first_oid)")
+LeaseLost = record("LeaseLost", 41, "wid epoch reason", _O, "the leased worker died")
+Reclaim = record("Reclaim", 42, "", _O, "others wait for CPUs: end the lease once idle")
+ACreate = record("ACreate", 43,
+                 "tid fid fblob name args deps gpus aid incarnation opts owner", _O,
+                 "become this actor: run the constructor, then serve calls")
+ACall = record("ACall", 44,
+               "tid method args deps nret retry_exc owner retries aid incarnation direct",
+               _O, "one method call (direct: from the driver's mailbox ring)")
+ActorUpdate = record("ActorUpdate", 45, "aid state incarnation wid slot pid death", _O,
+                     "an actor's transition (state ALIVE/RESTARTING/DEAD/KILLED)")
+ANodeDone = record("ANodeDone", 46, "aid tid", _O,
+                   "a call the driver sent the node's way ended")
+NoLease = record("NoLease", 47, "first_oid", _O,
+                 "the task flagged to become a lease runs without one")
+Leased = record("Leased", 48, "epoch", _O, "to a worker: you are leased (this epoch)")
+
+# ----------------------------------------------------------------------------- mailbox slot
+_M = "mailbox"
+DoneD = record("DoneD", 50, "tid values error via_node run_s", _M,
+               "a leased task ended after run_s seconds: its values [(oid, kind, payload)] "
+               "come with it, or from the node (via_node: arena space or refs inside); "
+               "error: a retryable error's payload (the owner retries or gives up)")
+ReturnD = record("ReturnD", 51, "wid tids blocked", _M,
+                 "leased tasks handed back unstarted (blocked: the worker's task waits "
+                 "in get: send it nothing until Resumed)")
+Expired = record("Expired", 52, "wid epoch", _M, "the lease ended (idle)")
+Resumed = record("Resumed", 53, "wid epoch", _M, "its task stopped waiting: send work")
+ADoneD = record("ADoneD", 54, "tid values", _M,
+                "a direct actor call ended: values [(oid, kind, payload)], or None when "
+                "they go through the node")
+
+# ----------------------------------------------------------------------------- node <-> agent
+_C = "cluster"
+Fwd = record("Fwd", 60, "rank spec blob", _C,
+             "run this task on that rank (blob: its function, the first time)",
+             nested={"spec": TaskSpec})
+Fetch = record("Fetch", 61, "oid", _C, "bring this object of another rank here")
+RemoteDone = record("RemoteDone", 62, "tid results rank", _C,
+                    "a forwarded task ended there: results [(oid, kind, payload, contained, "
+                    "lent)]")
+ClusterInfo = record("ClusterInfo", 63, "rank ranks", _C,
+                     "the ranks: [(node_id, resources), ...], and which one this is")
+Load = record("Load", 64, "load", _C, "[(queued, free CPUs)] per rank")
+ToRank = record("ToRank", 65, "rank msg lent", _C,
+                "give msg to that rank's node (lent: holds taken for that rank)",
+                defaults={"lent": ()}, nested={"msg": None})
+NameClaim = record("NameClaim", 66, "rank key aid meta get_if_exists", _C,
+                   "may this creation have the name? (to rank 0)")
+NameAnswer = record("NameAnswer", 67, "aid answer", _C,
+                    "('ok',) | ('exists', aid, meta) | ('error', message)")
+NameLookup = record("NameLookup", 68, "rank req proc key", _C,
+                    "get_actor() of a name that rank does not know")
+NameFound = record("NameFound", 69, "req proc found lent lender", _C,
+                   "its answer: (aid, meta) or None, with the hold lent on the anchor")
+NameFree = record("NameFree", 70, "key aid", _C, "that actor's name is free again")
+Lend = record("Lend", 71, "adds removes", _C, "holds this rank lends other ranks")
+Unlend = record("Unlend", 72, "oid rank", _C, "give back the hold that rank lent this one")
+Borrowed = record("Borrowed", 73, "oids rank", _C, "holds that rank lent this one")
+
+# ----------------------------------------------------------------------------- agent <-> agent
+_R = "ranks"
+RTask = record("RTask", 80, "spec blob lent", _R, "run this task here",
+               nested={"spec": TaskSpec})
+RFetch = record("RFetch", 81, "oid", _R, "send me this object of yours")
+RValue = record("RValue", 82, "oid kind desc contained lent", _R,
+                "an object you asked for (desc: where its bytes are)")
+RDone = record("RDone", 83, "tid results", _R, "your task ended here")
+RNode = record("RNode", 84, "msg", _R, "for your node (cancel, kill, names)",
+               nested={"msg": None})
+RUnlend = record("RUnlend", 85, "oid", _R, "a hold you lent me comes back")
+RFreeExp = record("RFreeExp", 86, "woff", _R, "I have read your export window there")
+RRelease = record("RRelease", 87, "token", _R, "I have read your value: drop its hold")
+RStop = record("RStop", 88, "", _R, "shut down")
+RStopped = record("RStopped", 89, "", _R, "shut down done")
+RAwait = record("RAwait", 90, "token", _R, "a big frame's place in the inbox order")
+RBig = record("RBig", 91, "token msgs", _R, "messages too big for the inbox")
+RBatch = record("RBatch", 92, "msgs", _R, "messages that need no order (a plain send)")
+
+# ----------------------------------------------------------------------------- instructions
+# What the node's pure machine asks its I/O loop to do (never on the wire).
+_A = "node_actions"
+ACTIONS: list[type] = [
+    StartWorker := record("StartWorker", None, "", _A, "fork one more worker"),
+    Kill := record("Kill", None, "wid", _A, "SIGKILL that worker"),
+    Interrupt := record("Interrupt", None, "wid tid", _A,
+                        "raise TaskCancelledError in that worker's task tid (SIGUSR1)"),
+    Warn := record("Warn", None, "text", _A, "print a warning to stderr"),
+    GrantLease := record("GrantLease", None, "wid epoch owner first_oid", _A,
+                         "that worker is owner's lease now: LeaseGrant and Leased"),
+    LoseLease := record("LoseLease", None, "wid epoch owner reason", _A,
+                        "the leased worker died: LeaseLost to its owner"),
+    AnnounceActor := record("AnnounceActor", None, "aid state incarnation wid death", _A,
+                            "tell the driver of an actor's transition (ActorUpdate)"),
+]
+
+# What happens in an owner process (owner.py), and what its machine asks its I/O shell
+# to do (never on the wire).  Messages it receives (LeaseGrant, DoneD, Obj, ...) are
+# events too, as they are.
+_E = "owner_events"
+OWNER_EVENTS: list[type] = [
+    SubmitTask := record("SubmitTask", None, "spec deps hold", _E,
+                         "run this task: deps are its arguments' values when all are here "
+                         "((position, oid, kind, payload), ...), else None (the node's path); "
+                         "hold keeps what the task reads alive until it is done"),
+    SubmitCall := record("SubmitCall", None, "spec hold", _E, "call an actor's method"),
+    CancelTask := record("CancelTask", None, "tid force", _E, "cancel a task or call"),
+    RefGone := record("RefGone", None, "oid urgent", _E,
+                      "the last ObjectRef to oid in this process died (urgent: its value "
+                      "may hold arena space)"),
+    Publish := record("Publish", None, "oids msg", _E,
+                      "refs to these objects are about to leave this process (in msg, "
+                      "sent to the node after they are made known there)",
+                      defaults={"msg": None}),
+    ActorKilled := record("ActorKilled", None, "aid", _E,
+                          "kill(no_restart=True) was sent: later calls go the node's way"),
+]
+_I = "owner_actions"
+OWNER_ACTIONS: list[type] = [
+    ToNode := record("ToNode", None, "msg", _I, "send msg to the node"),
+    ToSlot := record("ToSlot", None, "slot msg", _I,
+                     "push msg into that mailbox slot's ring to its worker, ring its bell"),
+    Deliver := record("Deliver", None, "oid kind payload", _I,
+                      "a value is here: keep it if anything here wants it"),
+    Release := record("Release", None, "oid urgent", _I,
+                      "tell the node this process holds oid no more"),
+    Signal := record("Signal", None, "pid signum", _I, "send a signal to a worker"),
+    CancelWord := record("CancelWord", None, "slot tid", _I,
+                         "write tid into the slot's cancel word (before SIGUSR1)"),
+]
 
 # DONE status
 OK = 0
 APP_ERROR = 1  # results hold one ERROR payload for every return
-
-# spec tuple field positions (client builds it, node reads a few fields, worker runs it)
-S_TID = 0
-S_FID = 1
-S_NAME = 2
-S_ARGS = 3
-S_DEPS = 4  # tuple of (position, oid): top-level ObjectRef arguments
-S_NRET = 5
-S_RES = 6  # dict of resources, e.g. {"CPU": 1.0}
-S_RETRIES = 7
-S_RETRY_EXC = 8  # False, True, or pickled tuple of exception classes
-S_CONTAINED = 9  # ObjectRef ids pickled anywhere inside the arguments
-S_STRATEGY = 10
-S_LEASE = 11  # optional: True = lease the worker to the owner once this task is done
-S_ACTOR = 12  # actor calls and creations: the actor id (its creation task's id)
-S_CREATE = 13  # actor creations: the actor's options (dict), see actor.py
 
 PROC_BITS = 36
 RANK_SHIFT = 56
@@ -120,3 +371,14 @@ def id_rank(oid: int) -> int:
 
 def id_hex(oid: int) -> str:
     return format(oid, "016x")
+
+
+def protocol_table(kinds: Iterable[type] | None = None) -> str:
+    """The schema as a Markdown table (docs/protocol.md is this, checked by a test)."""
+    rows = ["| channel | op | message | fields | meaning |", "|---|---|---|---|---|"]
+    for cls in sorted(kinds or [*KINDS.values(), *ACTIONS, *OWNER_EVENTS, *OWNER_ACTIONS],
+                      key=lambda c: (c.CHANNEL, c.OP or 0, c.__name__)):
+        rows.append(f"| {cls.CHANNEL} | {cls.OP if cls.OP is not None else '—'} | "
+                    f"`{cls.__name__}` | "
+                    f"{', '.join(cls.FIELDS) or '—'} | {cls.DOC} |")
+    return "\n".join(rows) + "\n"

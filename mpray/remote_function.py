@@ -2,8 +2,10 @@
 
 Data flow of ``f.remote(*args)``::
 
-    args ─ top-level ObjectRefs become deps ─ pickle (ref ids recorded) ─▶ spec tuple
-    spec ─▶ Client.send([(SUBMIT, spec)]) ─▶ up ring        returns ObjectRef(tid + 1 …)
+    args ─ top-level ObjectRefs become deps ─ pickle (ref ids recorded) ─▶ TaskSpec
+    ObjectRef(tid + 1 …) first (a result may come back at once), then
+    spec ─▶ client.submit_task ─▶ driver: its owner machine (a lease, or the node)
+                                  worker: Submit to the node
 
 The function itself is cloudpickled once per session and registered with the node
 (FUNC); specs carry only its id.  Large arguments (> inline_max) are put into the
@@ -106,12 +108,17 @@ class _Prepared:
         self.retry_exc = rex if isinstance(rex, bool) else pickle.dumps(tuple(rex))
         self.name = opts.get("name") or default_name
         self.strategy = opts.get("scheduling_strategy")
-        # leased workers take plain one-CPU tasks only (see direct.py)
+        # leased workers take plain one-CPU tasks only (see owner.py)
         self.direct_ok = self.res == (("CPU", 1.0),) and self.strategy in (None, "DEFAULT")
+
+
+_NO_ARGS = (ser.dumps_plain(([], {})), (), (), None)  # a call without arguments
 
 
 def encode_args(client, args: tuple, kwargs: dict, fname: str) -> tuple[bytes, tuple, list]:
     """Pickle call arguments; top-level refs become deps, big values go to the store."""
+    if not args and not kwargs:
+        return _NO_ARGS
     deps = []
     a = list(args)
     for i, x in enumerate(a):
@@ -185,9 +192,7 @@ class BlobRegistration:
         if self._blob is None:
             self._blob = cloudpickle.dumps(self._blob_payload(), protocol=5)
         fid = client.new_ids(0)
-        client.send([(P.FUNC, fid, self._blob)])
-        if client.direct is not None:
-            client.direct.blobs[fid] = self._blob
+        client.register_function(fid, self._blob)
         self._registered = (client.token, fid)
         return fid
 
@@ -237,26 +242,15 @@ class RemoteFunction(BlobRegistration):
         nret = prep.nret
         tid = client.new_ids(nret)
         blob, deps, contained, keep = encode_args(client, args, kwargs, self._name)
-        spec = (tid, fid, prep.name, blob, deps, nret, prep.res, prep.retries,
-                prep.retry_exc, contained, prep.strategy)
-        d = client.direct
-        if d is not None and prep.direct_ok and not contained and nret:
-            resolved = _resolve_locally(client, deps)
-            if resolved is not None:
-                # the refs the task reads stay alive here until it is done
-                hold = (keep, [x for x in args if type(x) is ObjectRef],
-                        [x for x in kwargs.values() if type(x) is ObjectRef]) if deps else keep
-                taken = d.submit(spec, resolved, hold)
-                if taken:
-                    return _refs(tid, nret)
-                if taken is None:  # ask the node to lease us the worker that runs it
-                    spec = spec + (True,)
-        if d is not None:
-            client.publish([oid for _p, oid in deps])
-            client.publish(contained)
-        client.send([(P.SUBMIT, spec)])
-        del keep  # the task holds its promoted arguments now
-        return _refs(tid, nret)
+        spec = P.TaskSpec(tid, fid, prep.name, blob, deps, nret, prep.res, prep.retries,
+                          prep.retry_exc, contained, prep.strategy)
+        # the refs exist before the task can end: its value may come back at once
+        refs = _refs(tid, nret)
+        # what the task reads stays alive here until it is done (or handed to the node)
+        hold = (keep, [x for x in args if type(x) is ObjectRef],
+                [x for x in kwargs.values() if type(x) is ObjectRef]) if deps else keep
+        client.submit_task(spec, prep.direct_ok, hold)
+        return refs
 
 
 def _refs(tid: int, nret: int):
@@ -264,21 +258,7 @@ def _refs(tid: int, nret: int):
         return ObjectRef(tid + 1, True, tid)
     if nret == 0:
         return None
-    return [ObjectRef(tid + 1 + i, True, tid) for i in range(nret)]
-
-
-def _resolve_locally(client, deps: tuple):
-    """Deps as (pos, oid, kind, payload) when every value is here and not an error."""
-    if not deps:
-        return ()
-    values = client._values
-    out = []
-    for pos, oid in deps:
-        v = values.get(oid)
-        if v is None or v[0] == ser.ERROR:
-            return None
-        out.append((pos, oid, v[0], v[1]))
-    return tuple(out)
+    return [ObjectRef(oid, True, tid) for oid in P.return_ids(tid, nret)]
 
 
 class _BoundOptions:

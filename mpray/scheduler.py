@@ -30,6 +30,7 @@ from .actor_names import ActorNames
 from .actor_table import ACTOR_MARK, ActorTable
 from .allocator import Allocator
 from .cluster import AGENT, ClusterView, running_mean
+from .invariants import check_scheduler
 from .objects import Obj, ObjectDirectory
 from .serialization import ERROR
 from .states import (
@@ -75,7 +76,7 @@ class Task:
 
     @property
     def returns(self) -> range:
-        return range(self.key + 1, self.key + 1 + self.spec[P.S_NRET])
+        return P.return_ids(self.key, self.spec.nret)
 
 
 class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTable):
@@ -131,7 +132,7 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
         self.task_time: dict = {}
 
     # ------------------------------------------------------------------ helpers
-    def _send(self, proc: int, msg: tuple) -> None:
+    def _send(self, proc: int, msg: P.Record) -> None:
         if proc in self.workers or proc == 0 or proc == self.agent:
             self.out[proc].append(msg)
 
@@ -139,12 +140,12 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
         return pickle.dumps(e, protocol=5)
 
     def _release_task_refs(self, t: Task) -> None:
-        for oid in t.spec[P.S_CONTAINED]:
+        for oid in t.spec.contained:
             o = self.objs.get(oid)
             if o is not None:
                 o.task_refs -= 1
                 self._maybe_free(o)
-        for _, oid in t.spec[P.S_DEPS]:
+        for _, oid in t.spec.deps:
             o = self.objs.get(oid)
             if o is not None:
                 o.task_refs -= 1
@@ -155,32 +156,27 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
         self.funcs[fid] = blob
 
     @staticmethod
-    def _shape_of(spec: tuple) -> tuple:
-        res = spec[P.S_RES]
-        if type(res) is dict:
-            res = tuple(sorted(res.items()))
-        if len(spec) > P.S_CREATE:  # a constructor: its own queue, never pipelined
+    def _shape_of(spec: P.TaskSpec) -> tuple:
+        res = spec.res
+        if spec.create is not None:  # a constructor: its own queue, never pipelined
             res = tuple(sorted(res + (ACTOR_MARK,)))
         return res
 
-    def submit(self, proc: int, spec: tuple) -> None:
-        tid = spec[P.S_TID]
-        res = spec[P.S_RES]
+    def submit(self, proc: int, spec: P.TaskSpec) -> None:
+        tid = spec.tid
+        res = spec.res
         actor = None
-        if len(spec) > P.S_ACTOR:
-            if len(spec) > P.S_CREATE:
-                if not self._actor_admit(proc, spec):
-                    return  # a duplicate name: refused (the creator got the answer)
-                res = self._shape_of(spec)
-            else:
-                actor = spec[P.S_ACTOR]
-        if type(res) is dict:
-            res = tuple(sorted(res.items()))
+        if spec.create is not None:
+            if not self._actor_admit(proc, spec):
+                return  # a duplicate name: refused (the creator got the answer)
+            res = self._shape_of(spec)
+        elif spec.actor is not None:
+            actor = spec.actor
         parent = None
         if proc != 0:
             w = self.workers.get(proc)
             parent = w.task if w else None
-        t = Task(tid, spec, proc, parent, res, spec[P.S_RETRIES])
+        t = Task(tid, spec, proc, parent, res, spec.retries)
         self.tasks[tid] = t
         self.stats["submitted"] += 1
         if parent is not None:
@@ -188,10 +184,10 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
         for oid in t.returns:
             o = self._obj(oid, proc)
             o.procs.add(proc)
-        if len(spec) > P.S_CREATE:
+        if spec.create is not None:
             t.creating = True
             self._actor_created_anchor(self.actors[tid])
-        for oid in spec[P.S_CONTAINED]:
+        for oid in spec.contained:
             # (another rank's object gets its placeholder, so that a hold lent with a
             # task forwarded here lasts at least as long as the task)
             o = self.objs.get(oid) or self._remote_placeholder(oid, fetch=False)
@@ -199,7 +195,7 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
                 o.task_refs += 1
         missing = 0
         error = None
-        for _, oid in spec[P.S_DEPS]:
+        for _, oid in spec.deps:
             o = self.objs.get(oid)
             if o is None:  # another rank's object: fetched from its home
                 o = self._remote_placeholder(oid)
@@ -219,12 +215,12 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
             t.actor = actor
             if not self._actor_call(t):
                 return  # the actor is gone: the call failed at once
-        strategy = spec[P.S_STRATEGY]
+        strategy = spec.strategy
         if (error is None and strategy is not None and not isinstance(strategy, str)
                 and not getattr(strategy, "soft", True)
                 and not self._node_exists(getattr(strategy, "node_id", self.node_id))):
             error = self._error_payload(exc.TaskUnschedulableError(
-                f"task {spec[P.S_NAME]} has a hard NodeAffinitySchedulingStrategy for node "
+                f"task {spec.name} has a hard NodeAffinitySchedulingStrategy for node "
                 f"{strategy.node_id}, which does not exist (this node is {self.node_id})"))
         if error is not None:
             self._fail(t, error)
@@ -241,12 +237,10 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
                 key = (name, amount)
                 if key not in self._warned:
                     self._warned.add(key)
-                    self.actions.append((
-                        "warn",
-                        f"mpray: task {t.spec[P.S_NAME]} needs {{{name!r}: {amount}}} but this "
+                    self.actions.append(P.Warn(
+                        f"mpray: task {t.spec.name} needs {{{name!r}: {amount}}} but this "
                         f"node has {self.total.get(name, 0)} in total; it will wait until a node "
-                        f"with these resources joins (resources: {self.total})",
-                    ))
+                        f"with these resources joins (resources: {self.total})"))
                 return
 
     def _fits(self, res: tuple) -> bool:
@@ -331,14 +325,14 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
             want = min(want, self.max_workers - active - self.starting)
             for _ in range(max(0, want)):
                 self.starting += 1
-                self.actions.append(("start_worker",))
+                self.actions.append(P.StartWorker())
         if self.ready:
             # work waits here while owners hold leases: ask leased workers to give theirs
             # back as soon as they have nothing of their owner's to do
             for w in self.workers.values():
                 if w.lease is not None and not w.reclaim:
                     w.reclaim = True
-                    self._send(w.key, (P.RECLAIM,))
+                    self._send(w.key, P.Reclaim())
 
     def _pipeline(self, key: tuple, q: collections.deque) -> None:
         """Queue ready tasks behind running ones of the same shape (bounded depth)."""
@@ -366,7 +360,7 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
 
     def _dispatch(self, t: Task, w: Worker) -> None:  # noqa: C901 - one message build
         spec = t.spec
-        wants_lease = len(spec) > P.S_LEASE and spec[P.S_LEASE]
+        wants_lease = spec.lease
         if w.state is W.IDLE:  # take a lease on the task's resources
             for name, amount in t.resources:
                 if amount:
@@ -381,16 +375,16 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
                 # first and then what the owner sends it directly, on this task's CPU
                 self._epoch += 1
                 w.lease = (t.owner, self._epoch)
-                self.actions.append(("lease", w.key, self._epoch, t.owner, t.key + 1))
+                self.actions.append(P.GrantLease(w.key, self._epoch, t.owner, t.key + 1))
                 wants_lease = False
         if wants_lease:  # the owner must not wait for a lease that is not coming
-            self._send(t.owner, (P.NO_LEASE, t.key + 1))
+            self._send(t.owner, P.NoLease(t.key + 1))
         w.queue.append(t.key)
         deps = []
-        for pos, oid in spec[P.S_DEPS]:
+        for pos, oid in spec.deps:
             o = self.objs[oid]
             deps.append((pos, oid, o.kind, o.payload))
-        fid = spec[P.S_FID]
+        fid = spec.fid
         fblob = None
         if fid not in w.fids:
             fblob = self.funcs.get(fid)
@@ -401,14 +395,12 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
         if t.creating:  # the worker becomes this actor for the rest of its life
             a = self.actors[t.key]
             self._actor_placed(a, w)
-            self._send(w.key, (P.ACREATE, t.key, fid, fblob, spec[P.S_NAME], spec[P.S_ARGS],
-                               deps, tuple(g for g, _ in w.gpus), a.key, a.incarnation,
-                               spec[P.S_CREATE], t.owner))
+            self._send(w.key, P.ACreate(t.key, fid, fblob, spec.name, spec.args, deps,
+                                        tuple(g for g, _ in w.gpus), a.key, a.incarnation,
+                                        spec.create, t.owner))
             return
-        self._send(w.key, (
-            P.EXEC, t.key, fid, fblob, spec[P.S_NAME], spec[P.S_ARGS], deps,
-            spec[P.S_NRET], tuple(g for g, _ in w.gpus), spec[P.S_RETRY_EXC], t.owner,
-        ))
+        self._send(w.key, P.Exec(t.key, fid, fblob, spec.name, spec.args, deps, spec.nret,
+                                 tuple(g for g, _ in w.gpus), spec.retry_exc, t.owner))
 
     def _store_results(self, t: Task, proc: int, results, delivered: bool = False) -> None:
         for oid, kind, payload, contained in results:
@@ -476,7 +468,7 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
 
     def _ended(self, t: Task, wid: int, status: int, results, delivered: bool) -> None:
         if t.started and wid != AGENT and t.actor is None and not t.creating:
-            fid = t.spec[P.S_FID]
+            fid = t.spec.fid
             n, mean = self.task_time.get(fid, (0, 0.0))
             self.task_time[fid] = (n + 1, running_mean(n + 1, mean, self.now - t.started, 0.05))
         if status == P.APP_ERROR:
@@ -497,11 +489,11 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
         if t is None:
             return
         if t.state is T.DISPATCHED and t.worker == AGENT:  # it runs on another rank
-            self.out[AGENT].append((P.CANCEL, tid, force, recursive))
+            self.out[AGENT].append(P.Cancel(tid, force, recursive))
             return
         err = self._error_payload(exc.TaskCancelledError(P.id_hex(tid)))
         if t.state in (T.PENDING_ARGS, T.READY):
-            for _, oid in t.spec[P.S_DEPS]:
+            for _, oid in t.spec.deps:
                 o = self.objs.get(oid)
                 if o is not None and tid in o.waiting_tasks:
                     o.waiting_tasks.remove(tid)
@@ -510,20 +502,25 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
             # the actor decides: a queued call is dropped, a running async one cancelled,
             # a running sync one finishes (as in Ray); it reports the outcome itself
             t.cancel = True
-            self._send(t.worker, (P.DROP, tid))
+            self._send(t.worker, P.Drop(tid))
         elif t.state is T.DISPATCHED and not t.cancel:
             w = self.workers.get(t.worker)
             if w is not None and t.key != w.task:  # queued at the worker, not started
                 w.queue.remove(t.key)
-                self._send(w.key, (P.DROP, t.key))
+                self._send(w.key, P.Drop(t.key))
                 self._fail(t, err, T.CANCELLED)
                 return
             t.cancel = True
             if force:
-                self.actions.append(("kill", t.worker))
+                self.actions.append(P.Kill(t.worker))
             else:
-                self.actions.append(("interrupt", t.worker, tid))
+                self.actions.append(P.Interrupt(t.worker, tid))
 
     # ------------------------------------------------------------------ queries
+    def check_invariants(self) -> None:
+        """Raise AssertionError naming what broke (the pure tests call this after every
+        event; see invariants.py)."""
+        check_scheduler(self)
+
     def available(self) -> dict[str, float]:
         return {k: v for k, v in self.avail.items()}

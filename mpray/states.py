@@ -1,9 +1,10 @@
-"""States and transitions of tasks, objects, workers and actors, written as data.
+"""States and transitions of every control plane's entities, written as data.
 
-The node's state machines (``scheduler.Scheduler`` and its ``objects.ObjectDirectory``)
-move every entity only through ``_move``, which checks these tables and raises
-``TransitionError`` with the entity's recent history on an impossible transition, so a
-protocol bug surfaces loudly in tests instead of corrupting the node.
+The node's machine (``scheduler.Scheduler`` and its parts: tasks, objects, workers,
+actors) and the owner's (``owner.Owner``: its direct tasks, leases, owned objects and
+actor channels) move every entity only through ``_move``, which checks these tables and
+raises ``TransitionError`` with the entity's recent history on an impossible transition,
+so a protocol bug surfaces loudly in tests instead of corrupting a process.
 """
 
 from __future__ import annotations
@@ -79,6 +80,70 @@ ACTOR_TRANSITIONS: dict[ActorState, frozenset[ActorState]] = {
     A.ALIVE: frozenset({A.RESTARTING, A.DEAD}),
     A.RESTARTING: frozenset({A.ALIVE, A.DEAD}),
     A.DEAD: frozenset(),
+}
+
+
+# ----------------------------------------------------------------------------- the owner
+# (owner.py: the driver's decisions about its direct tasks, its leases and its calls to
+# actors.  Objects of the node path are the node's business and not tracked here.)
+
+
+class OwnedState(_State):
+    """A return object of a task the owner runs itself (on a lease, or a direct call)."""
+
+    PENDING = "PENDING"  # the value is not here yet; the node has never heard of it
+    PROMISED = "PROMISED"  # pending, and the node holds a Promise (a ref left this process)
+    LOCAL = "LOCAL"  # the value came here directly; the node has never heard of it
+
+
+class DirectState(_State):
+    """A task the owner runs on one of its leases."""
+
+    QUEUED = "QUEUED"  # waits here for room on a lease
+    SENT = "SENT"  # in a lease's ring or running there
+    ENDED = "ENDED"  # its outcome is known here (or it went the node's way)
+
+
+class LeaseState(_State):
+    """A worker leased to the owner (seen from the owner)."""
+
+    ACTIVE = "ACTIVE"
+    PAUSED = "PAUSED"  # its task waits in get: it handed its queued tasks back
+    ENDED = "ENDED"  # expired (idle), bounced a task, or died
+
+
+class ChannelState(_State):
+    """An actor as its caller sees it (from the node's ActorUpdate messages)."""
+
+    UNKNOWN = "UNKNOWN"  # no update yet: calls wait here (the constructor may still run)
+    ALIVE = "ALIVE"
+    RESTARTING = "RESTARTING"
+    DEAD = "DEAD"
+
+
+OW, D, L, C = OwnedState, DirectState, LeaseState, ChannelState
+OWNED_TRANSITIONS: dict[OwnedState, frozenset[OwnedState]] = {
+    # (leaving the table: the value arrived and the node holds it, or it is gone)
+    OW.PENDING: frozenset({OW.PROMISED, OW.LOCAL}),
+    OW.PROMISED: frozenset(),
+    OW.LOCAL: frozenset(),
+}
+DIRECT_TRANSITIONS: dict[DirectState, frozenset[DirectState]] = {
+    D.QUEUED: frozenset({D.SENT, D.ENDED}),
+    # SENT -> QUEUED: handed back unstarted (its worker blocks, or its lease ended)
+    D.SENT: frozenset({D.QUEUED, D.ENDED}),
+    D.ENDED: frozenset(),
+}
+LEASE_TRANSITIONS: dict[LeaseState, frozenset[LeaseState]] = {
+    L.ACTIVE: frozenset({L.PAUSED, L.ENDED}),
+    L.PAUSED: frozenset({L.ACTIVE, L.ENDED}),
+    L.ENDED: frozenset(),
+}
+CHANNEL_TRANSITIONS: dict[ChannelState, frozenset[ChannelState]] = {
+    C.UNKNOWN: frozenset({C.ALIVE, C.RESTARTING, C.DEAD}),
+    C.ALIVE: frozenset({C.RESTARTING, C.DEAD}),
+    C.RESTARTING: frozenset({C.ALIVE, C.DEAD}),
+    C.DEAD: frozenset(),
 }
 
 

@@ -6,8 +6,8 @@ Data flow::
     get / wait / request ─▶ wait_until(pred) ─▶ pump(spin): poll the rings up to spin_max
                                                  (yielding the CPU), then sleep on the
                                                  eventfd ─▶ _drain ─▶ Client._handle
-    a task that waits    ─▶ _blocking_wait: BLOCKED to the node (its CPU is lent, queued
-                                            work handed back), UNBLOCKED after
+    a task that waits    ─▶ _blocking_wait (worker_client: Blocked to the node, its CPU
+                                            lent and queued work handed back; Unblocked)
     ref.future() / await ─▶ the background pump thread, while no user thread pumps
 
 Only one thread drains the rings at a time (``_pump_lock``); the others wait on a
@@ -22,7 +22,6 @@ import threading
 import time
 
 from . import exceptions as exc
-from . import protocol as P
 
 _HOST = socket.gethostname()
 
@@ -62,8 +61,7 @@ class Waiting:
         with self._pump_lock:
             got = self.pump(timeout, spin=True)
         if self._futures:
-            with self._cond:
-                self._cond.notify_all()
+            self._notify_waiters()
         return got
 
     def _sleep(self, timeout: float | None) -> bool:
@@ -107,59 +105,39 @@ class Waiting:
                     self.pump(remaining, spin=True)
                 finally:
                     self._pump_lock.release()
-                    with self._cond:
-                        self._cond.notify_all()
+                    self._notify_waiters()
             else:
                 with self._cond:
-                    self._cond.wait(0.002 if remaining is None else min(remaining, 0.002))
+                    self._waiters += 1
+                    try:
+                        self._cond.wait(0.002 if remaining is None else min(remaining, 0.002))
+                    finally:
+                        self._waiters -= 1
         return True
+
+    def _notify_waiters(self) -> None:
+        """Wake threads waiting for the pumping one (none, mostly: then this is free; a
+        waiter that starts waiting just after the check wakes within 2 ms anyway)."""
+        if self._waiters:
+            with self._cond:
+                self._cond.notify_all()
 
     def request(self, msg_builder, timeout: float | None = 60.0):
         """Send a request carrying a fresh request id; return the node's reply."""
         req = self.new_ids(0)
         self.send([msg_builder(req)])
+        return self.wait_reply(req, timeout)
+
+    def wait_reply(self, req: int, timeout: float | None = 60.0):
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._blocking_wait(lambda: req in self._replies, deadline):
             raise exc.GetTimeoutError(f"no reply from the mpray node within {timeout} s")
         return self._replies.pop(req)
 
     def _blocking_wait(self, pred, deadline) -> bool:
-        if pred():
-            return True
-        if self.actor_mode is not None:
-            return self._actor_blocking_wait(pred, deadline)
-        if self.is_worker and not self.blocked and self.current_task is not None:
-            self.blocked = True
-            self._drain()
-            # queued tasks must not wait behind one that waits: hand them all back
-            mine = [m[1] for m in self.exec_queue if len(m) <= 11]
-            leased = [m[1] for m in self.exec_queue if len(m) > 11]
-            self.exec_queue.clear()
-            epoch = self.lease_epoch
-            if epoch is not None:  # the driver holds back our lease's work meanwhile
-                self.send_driver([(P.RETURN_D, leased, True)])
-            self.send([(P.BLOCKED, mine)])
-            try:
-                return self.wait_until(pred, deadline)
-            finally:
-                self.blocked = False
-                self.send([(P.UNBLOCKED,)])
-                if epoch is not None and epoch == self.lease_epoch:
-                    self.send_driver([(P.RESUMED, self.proc, epoch)])
-        return self.wait_until(pred, deadline)
-
-    def _actor_blocking_wait(self, pred, deadline) -> bool:
-        """An actor waits: its calls stay queued (order), a sync actor lends its CPU."""
-        if self.actor_mode != "sync" or self.blocked or self.current_task is None:
-            return self.wait_until(pred, deadline)
-        self.blocked = True
-        self.send([(P.BLOCKED, [])])
-        try:
-            return self.wait_until(pred, deadline)
-        finally:
-            self.blocked = False
-            self.send([(P.UNBLOCKED,)])
-
+        """Wait for ``pred()`` (a worker also tells the node its task waits: see
+        ``worker_client``)."""
+        return pred() or self.wait_until(pred, deadline)
 
     # ------------------------------------------------------------------ futures
     def future(self, oid: int, ref=None):
@@ -190,10 +168,7 @@ class Waiting:
             f._mpray_ref = None
 
     def _background_needed(self) -> bool:
-        d = self.direct
-        a = self.actors
-        return bool(self._futures or (d is not None and d.queue)
-                    or (a is not None and a.backlog)) and not self.closed
+        return bool(self._futures) and not self.closed
 
     def ensure_background_pump(self) -> None:
         ev = self._bg_wake
@@ -236,8 +211,7 @@ class Waiting:
                     return
                 finally:
                     self._pump_lock.release()
-                    with self._cond:
-                        self._cond.notify_all()
+                    self._notify_waiters()
 
         self._future_thread = threading.Thread(target=run, name="mpray-pump", daemon=True)
         self._future_thread.start()

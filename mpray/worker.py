@@ -2,11 +2,12 @@
 
 Data flow::
 
-    node ──EXEC (fid, [fblob], args, resolved deps)──▶ down ring ──▶ worker_main loop
-                                                                      │ resolve args (zero-copy)
+    node ──Exec (fid, [fblob], args, resolved deps)──▶ down ring ──▶ worker_main loop
+    driver ──Exec (leased: epoch) ──▶ its mailbox slot's d2w ring ──▶ │ resolve args (zero-copy)
                                                                       │ fn(*args, **kwargs)
                                                                       ▼ serialise returns
-    node ◀──────────────── DONE (tid, status, results) ◀── up ring ◀──┘ (ALLOC first if large)
+    node ◀──────────────── Done (tid, status, results) ◀── up ring ◀──┘ (Alloc first if large)
+    driver ◀── Obj… DoneD (leased) / ADoneD (direct actor call) ◀── w2d ring
 
 A task that calls ``get``/``wait`` on unfinished objects reports BLOCKED so the node can
 lend its CPU to another worker (nested tasks never deadlock), then UNBLOCKED.
@@ -26,7 +27,8 @@ import time
 from . import _global
 from . import exceptions as exc
 from . import protocol as P
-from .client import Client
+from .mailbox import cancel_word
+from .worker_client import WorkerClient
 from .serialization import ARENA, ERROR
 
 _MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPICH_", "I_MPI_", "PRTE_")
@@ -74,7 +76,7 @@ LEASE_IDLE = 0.02  # seconds a lease may sit without direct tasks before it is g
 
 
 class WorkerLoop:
-    def __init__(self, client: Client, wid: int, cancel_slot, direct_cancel=None) -> None:
+    def __init__(self, client: WorkerClient, wid: int, cancel_slot, direct_cancel=None) -> None:
         self.client = client
         self.wid = wid
         self.funcs: dict[int, object] = {}
@@ -88,12 +90,17 @@ class WorkerLoop:
 
     def on_cancel_signal(self, signum, frame) -> None:
         cur = self.client.current_task
-        if not self.in_user or cur is None:
-            return
-        cur &= 2**63 - 1
+        if self.in_user and cur is not None and self.cancel_requested(cur):
+            raise _Cancelled()
+
+    def cancel_requested(self, tid: int) -> bool:
+        """Was ``tid`` cancelled (its id in a cancel word)?  Ids are never reused, so a
+        word left from an earlier task never matches a later one."""
+        tid &= 2**63 - 1
         for slot in (self.cancel_slot, self.direct_cancel):
-            if slot is not None and int.from_bytes(slot[:8], "little") == cur:
-                raise _Cancelled()
+            if slot is not None and int.from_bytes(slot[:8], "little") == tid:
+                return True
+        return False
 
     def serve(self) -> None:
         client = self.client
@@ -112,20 +119,20 @@ class WorkerLoop:
                     self.end_lease()
                 continue
             msg = q.popleft()
-            if msg[0] == P.ACREATE:  # this worker becomes an actor, for good
+            if type(msg) is P.ACreate:  # this worker becomes an actor, for good
                 from .actor_worker import serve_actor
 
                 serve_actor(self, msg)
                 return
-            if msg[0] != P.EXEC:
+            if type(msg) is not P.Exec:
                 continue  # a call for an actor that lived in this mailbox slot before
-            if msg[1] in client.dropped_tasks:  # cancelled while queued here
-                client.dropped_tasks.discard(msg[1])
-                if len(msg) > 11:
-                    err = pickle.dumps(exc.TaskCancelledError(P.id_hex(msg[1])), protocol=5)
-                    client.send_driver(
-                        [(P.OBJ, msg[1] + 1 + i, ERROR, err) for i in range(msg[7])]
-                        + [(P.DONE_D, msg[1], False, None, False, 0.0)])
+            if msg.tid in client.dropped_tasks:  # cancelled while queued here
+                client.dropped_tasks.discard(msg.tid)
+                if msg.epoch is not None:
+                    err = pickle.dumps(exc.TaskCancelledError(P.id_hex(msg.tid)), protocol=5)
+                    client.send_driver([P.DoneD(
+                        msg.tid, [(oid, ERROR, err) for oid in P.return_ids(msg.tid, msg.nret)],
+                        None, False, 0.0)])
                 continue
             self.run(msg)
 
@@ -134,25 +141,25 @@ class WorkerLoop:
         client = self.client
         epoch, client.lease_epoch = client.lease_epoch, None
         client.reclaim = False
-        client.send([(P.LEASE_END, epoch)])
-        client.send_driver([(P.EXPIRED, self.wid, epoch)])
+        client.send([P.LeaseEnd(epoch)])
+        client.send_driver([P.Expired(self.wid, epoch)])
 
-    def run(self, msg: tuple) -> None:
-        _, tid, fid, fblob, name, args_blob, deps, nret, gpus, retry_exc, owner = msg[:11]
+    def run(self, msg: P.Exec) -> None:
+        tid, name, nret, gpus = msg.tid, msg.name, msg.nret, msg.gpus
         self.started = time.monotonic()  # (a direct task's run time goes to the driver)
         if gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         try:
             status, stored, retryable = self.execute(
-                tid, lambda: self.function(fid, fblob, name), args_blob, deps, nret, name,
-                retry_exc)
+                tid, lambda: self.function(msg.fid, msg.fblob, name), msg.args, msg.deps,
+                nret, name, msg.retry_exc)
         finally:
             if gpus:
                 if self.base_cuda is None:
                     os.environ.pop("CUDA_VISIBLE_DEVICES", None)
                 else:
                     os.environ["CUDA_VISIBLE_DEVICES"] = self.base_cuda
-        self.report(tid, status, stored, retryable, owner, len(msg) > 11)
+        self.report(tid, status, stored, retryable, msg.owner, msg.epoch is not None)
 
     def function(self, fid: int, fblob: bytes | None, name: str):
         fn = self.funcs.get(fid)
@@ -186,6 +193,9 @@ class WorkerLoop:
             args, kwargs = self.load_args(args_blob, deps)
             self.in_user = True
             try:
+                # (a cancel whose signal came before the task got here: it never runs)
+                if self.cancel_requested(tid):
+                    raise _Cancelled()
                 result = fn(*args, **kwargs)
             finally:
                 self.in_user = False
@@ -223,7 +233,7 @@ class WorkerLoop:
                     f"task {name} declared num_returns={nret} but returned {len(outs)} values"
                 )
         del result
-        for i, v in enumerate(outs):
+        for (i, v), oid in zip(enumerate(outs), P.return_ids(tid, nret)):
             try:
                 kind, payload, contained = self.client.store_value(v)
             except TypeError as e:
@@ -231,7 +241,7 @@ class WorkerLoop:
                     f"could not serialize return value {i} of task {name} "
                     f"({type(v).__name__}): {e}"
                 ) from e
-            stored.append((tid + 1 + i, kind, payload, contained))
+            stored.append((oid, kind, payload, contained))
 
     def failed(self, tid: int, e: BaseException, name: str, nret: int, retry_exc,
                stored: list) -> tuple[int, list, bool]:
@@ -239,7 +249,7 @@ class WorkerLoop:
         client = self.client
         for _oid, kind, payload, _c in stored:
             if kind == ARENA:
-                client.send([(P.FREE_RANGE, payload[0])])
+                client.send([P.FreeRange(payload[0])])
         retryable = False
         if isinstance(e, _Cancelled):
             err: BaseException = exc.TaskCancelledError(P.id_hex(tid))
@@ -252,7 +262,8 @@ class WorkerLoop:
             retryable = _retryable(e, retry_exc)
         payload = pickle.dumps(err, protocol=5)
         e = err = None  # drop the traceback's frames (and the values they hold) now
-        return P.APP_ERROR, [(tid + 1 + i, ERROR, payload, ()) for i in range(nret)], retryable
+        return P.APP_ERROR, [(oid, ERROR, payload, ()) for oid in P.return_ids(tid, nret)], \
+            retryable
 
     def report(self, tid: int, status: int, stored: list, retryable: bool, owner: int,
                direct: bool, actor: bool = False) -> None:
@@ -268,7 +279,7 @@ class WorkerLoop:
                     and not client.order_via_node and not any(r[3] for r in stored)):
                 delivered = self._deliver(stored)
             client.order_via_node = False
-            client.send([(P.DONE, tid, status, stored, retryable, delivered)])
+            client.send([P.Done(tid, status, stored, retryable, delivered)])
         client.hold(-1)
         client.lease_active = time.monotonic()  # a lease idles from its last task's end
         client._flush_soon()
@@ -281,40 +292,29 @@ class WorkerLoop:
         client.lease_active = time.monotonic()
         run_s = client.lease_active - self.started
         if retryable and not actor:  # the driver decides: retry through the node, or not
-            client.send_driver([(P.DONE_D, tid, True, stored[0][2] if stored else None, False,
-                                 run_s)])
+            client.send_driver([P.DoneD(tid, None, stored[0][2] if stored else None, False,
+                                        run_s)])
         elif any(kind == ARENA or contained for _o, kind, _p, contained in stored):
-            client.send([(P.PUT_FOR, 0, oid, kind, payload, contained)
+            client.send([P.PutFor(0, oid, kind, payload, contained)
                          for oid, kind, payload, contained in stored])
-            client.send_driver([(P.ADONE_D, tid, None) if actor
-                                else (P.DONE_D, tid, False, None, True, run_s)])
-        elif actor:  # the values ride in the one message that ends the call
-            client.send_driver([(P.ADONE_D, tid, [r[:3] for r in stored])])
-        else:
-            client.send_driver([(P.OBJ, oid, kind, payload) for oid, kind, payload, _c in stored]
-                               + [(P.DONE_D, tid, False, None, False, run_s)])
+            client.send_driver([P.ADoneD(tid, None) if actor
+                                else P.DoneD(tid, None, None, True, run_s)])
+        else:  # the values ride in the one message that ends the task or call
+            values = [r[:3] for r in stored]
+            client.send_driver([P.ADoneD(tid, values) if actor
+                                else P.DoneD(tid, values, None, False, run_s)])
 
     def _deliver(self, stored: list) -> bool:
         """Hand a node task's results straight to the driver: saves it waiting for the
         node's hop.  Never blocks: if the driver is not reading and its slot is full,
         the node's ordinary path delivers instead.
         """
-        frame = pickle.dumps([(P.OBJ, oid, kind, payload) for oid, kind, payload, _c in stored],
-                             protocol=5)
-        client = self.client
-        ring = client._to_driver
-        with client._driver_lock:
-            if ring.free_bytes() < len(frame) + 64 or len(frame) > ring._max_frag:
-                return False
-            if ring.try_push(frame) != len(frame):
-                return False
-        client._driver_bell.ring()
-        return True
+        return self.client.try_send_driver(
+            [P.Obj(oid, kind, payload) for oid, kind, payload, _c in stored])
 
 
 def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem,
                 slot=None, mailbox_rings=None) -> None:
-    from .direct import slot_bytes
     from .node import set_parent_death_signal
 
     set_parent_death_signal(signal.SIGKILL)
@@ -324,7 +324,7 @@ def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem,
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     strip_mpi_environment()
     os.environ["MPRAY_WORKER_ID"] = str(wid)
-    client = Client(
+    client = WorkerClient(
         proc=wid, rank=setup.rank, up=up, down=down, my_bell=bell, node_bell=node_bell,
         arena=setup.arena, inline_max=setup.inline_max, node_pid=node_pid, node_pidfd=None,
         spin_us=setup.spin_us,
@@ -335,8 +335,7 @@ def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem,
         # they are bounced, and the driver, which already retried them, ignores that)
         client._to_driver, client._d2w = mailbox_rings
         client._driver_bell = setup.driver_bell
-        base = slot * slot_bytes(setup.mailbox_ring_bytes)
-        direct_cancel = memoryview(setup.mailbox)[base + 64 : base + 72]
+        direct_cancel = cancel_word(setup.mailbox, slot, setup.mailbox_ring_bytes)
     _global.client = client
     _global.node_id = setup.node_id
     _global.node_info = setup.node_info

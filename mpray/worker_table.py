@@ -111,7 +111,7 @@ class WorkerTable:
             self.idle.remove(wid)
         self.leasable.discard(wid)
         if w.lease is not None:
-            self.actions.append(("lease_lost", wid, w.lease[1], w.lease[0], reason))
+            self.actions.append(P.LoseLease(wid, w.lease[1], w.lease[0], reason))
         _move(w, W.DEAD, WORKER_TRANSITIONS, "worker")
         del self.workers[wid]
         self.out.pop(wid, None)
@@ -135,8 +135,8 @@ class WorkerTable:
                 self._enqueue(t, front=True)
             else:
                 self._fail(t, self._error_payload(exc.WorkerCrashedError(
-                    f"the worker running task {t.spec[P.S_NAME]} died: {reason}; "
-                    f"retries exhausted (max_retries={t.spec[P.S_RETRIES]})")))
+                    f"the worker running task {t.spec.name} died: {reason}; "
+                    f"retries exhausted (max_retries={t.spec.retries})")))
         # everything the dead process held goes away with it
         for off in self.reserved.pop(wid, ()):
             self.alloc.free(off)
@@ -159,7 +159,7 @@ class WorkerTable:
             elif extra > 0 and now - w.idle_since > self.idle_timeout:
                 self.idle.remove(wid)  # never dispatch to a worker being retired
                 self.retiring.add(wid)
-                self.actions.append(("kill", wid))
+                self.actions.append(P.Kill(wid))
                 extra -= 1
 
     # ------------------------------------------------------------------ leases

@@ -22,6 +22,8 @@ import sys
 import threading
 import traceback
 
+from mpray import protocol as P
+
 from .launch import Launch, detect
 
 __all__ = ["Connection", "Launch", "MPISession", "connect", "detect", "start"]
@@ -136,7 +138,7 @@ def start(launch: Launch, session, setup, conn: Connection) -> None:
         from mpray import api
 
         api.shutdown()  # this rank's node and workers
-        agent.send(0, ("stopped",))
+        agent.send(0, P.RStopped())
         agent.close()
     except BaseException:  # noqa: BLE001
         abort(comm, "rank failed while serving:\n" + traceback.format_exc())

@@ -2,9 +2,9 @@
 
 Data flow::
 
-    node ──FWD/FETCH/OBJ/ALLOC_OK──▶ down ring ─┐                 ┌─▶ isend ("task", "fetch",
-                                                ├─ Agent.step() ──┤     "value", "done", ...)
-    node ◀──SUBMIT/PUT/REMOTE_DONE── up ring  ◀─┘      ▲          └─◀ Iprobe/recv
+    node ──Fwd/Fetch/Obj/AllocOk──▶ down ring ─┐                 ┌─▶ inbox / isend (RTask,
+                                               ├─ Agent.step() ──┤     RFetch, RValue, RDone…)
+    node ◀──Submit/Put/RemoteDone── up ring  ◀─┘      ▲          └─◀ inbox poll / Iprobe+recv
                                                        │
                           export window (Win.Allocate): values other ranks read with Get
 
@@ -29,17 +29,6 @@ import time
 
 from mpray import protocol as P
 from mpray.allocator import Allocator, ArenaFull
-from mpray.cluster import (
-    BORROWED,
-    CLUSTER,
-    FETCH,
-    FWD,
-    LEND,
-    LOAD,
-    REMOTE_DONE,
-    TO_RANK,
-    UNLEND,
-)
 from mpray.rings import Ring
 from mpray.serialization import ARENA, ERROR
 
@@ -49,7 +38,7 @@ TAG = 71
 LOAD_INTERVAL = 0.02  # seconds between load reports (global scheduling)
 HOT_S = 0.1  # after work, poll at the shortest pause for this long
 IDLE_LOAD_INTERVAL = 1.0  # seconds between load reports of a rank with nothing to do
-INBOX_KINDS = ("task", "node")  # what goes through the inbox (in order, one-sided)
+INBOX_KINDS = (P.RTask, P.RNode)  # what goes through the inbox (in order, one-sided)
 IDLE_PAUSE = 4e-3  # longest pause between polls of a rank idle for a second (CPU it costs)
 
 
@@ -123,24 +112,25 @@ class Agent:
     def flush(self) -> None:
         if self.node_out:
             msgs, self.node_out = self.node_out, []
-            self.up.push(pickle.dumps(msgs, protocol=5), wake=self.node_bell.force)
+            self.up.push(P.encode(msgs), wake=self.node_bell.force)
             self.node_bell.ring()
         if self.outbox:
             out, self.outbox = self.outbox, collections.defaultdict(list)
             for rank, msgs in out.items():
-                ordered = [m for m in msgs if m[0] in INBOX_KINDS]
-                rest = [m for m in msgs if m[0] not in INBOX_KINDS] if ordered else msgs
+                ordered = [m for m in msgs if type(m) in INBOX_KINDS]
+                rest = [m for m in msgs if type(m) not in INBOX_KINDS] if ordered else msgs
                 if ordered:
                     self._post(rank, ordered)
                 if rest:
-                    self.reqs.append(self.comm.isend(("batch", rest), dest=rank, tag=TAG))
+                    self.reqs.append(self.comm.isend(P.encode([P.RBatch(P.encode(rest))]),
+                                                     dest=rank, tag=TAG))
         if self.inbox.pending:
             self.inbox.flush()
 
     def _post(self, rank: int, msgs: list) -> None:
         """Tasks and node messages go through ``rank``'s inbox (one-sided, in order); a
         frame too big for it goes as a message whose place an inbox frame keeps."""
-        frame = pickle.dumps((self.rank, msgs), protocol=5)
+        frame = pickle.dumps((self.rank, P.encode(msgs)), protocol=5)
         if len(frame) <= MAX_FRAME:
             self.inbox.post(rank, frame)
         elif len(msgs) > 1:
@@ -149,8 +139,9 @@ class Agent:
             self._post(rank, msgs[half:])
         else:
             self._token += 1
-            self.reqs.append(self.comm.isend(("big", self._token, msgs), dest=rank, tag=TAG))
-            self.inbox.post(rank, pickle.dumps((self.rank, [("await", self._token)])))
+            self.reqs.append(self.comm.isend(P.encode([P.RBig(self._token, P.encode(msgs))]),
+                                             dest=rank, tag=TAG))
+            self.inbox.post(rank, pickle.dumps((self.rank, P.encode([P.RAwait(self._token)]))))
 
     def _new_req(self) -> int:
         self._req += 1
@@ -160,8 +151,8 @@ class Agent:
         """Give the node the ranks, and wait until it has them: the driver's first task
         (say, pinned to another rank's node) must not reach the node before they do."""
         req = self._new_req()
-        self.to_node([(CLUSTER, self.rank, [(nid, res) for nid, res, _h in self.ranks]),
-                      (P.QUERY, req, "load")])
+        self.to_node([P.ClusterInfo(self.rank, [(nid, res) for nid, res, _h in self.ranks]),
+                      P.Query(req, "load")])
         self.hello_req = req
         self.load_reqs.add(req)
         deadline = time.monotonic() + timeout
@@ -176,21 +167,21 @@ class Agent:
         comm, st = self.comm, self.status
         while comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=TAG, status=st):
             src = st.Get_source()
-            got = comm.recv(source=src, tag=TAG)
-            if got[0] == "big":  # its place in the order is in the inbox
-                self.big[(src, got[1])] = got[2]
+            (got,) = P.decode(comm.recv(source=src, tag=TAG))
+            if type(got) is P.RBig:  # its place in the order is in the inbox
+                self.big[(src, got.token)] = P.decode(got.msgs)
             else:
-                for msg in got[1]:
+                for msg in P.decode(got.msgs):
                     self.from_rank(src, msg)
             busy = True
         for f in self.inbox.poll():
-            src, msgs = pickle.loads(f)
-            self.inq.extend((src, m) for m in msgs)
+            src, frame = pickle.loads(f)
+            self.inq.extend((src, m) for m in P.decode(frame))
         inq = self.inq
         while inq:
             src, msg = inq[0]
-            if msg[0] == "await":  # a big frame's place: wait for its message
-                msgs = self.big.pop((src, msg[1]), None)
+            if type(msg) is P.RAwait:  # a big frame's place: wait for its message
+                msgs = self.big.pop((src, msg.token), None)
                 if msgs is None:
                     break
                 inq.popleft()
@@ -202,9 +193,9 @@ class Agent:
             busy = True
         frames = self.down.pop_all()
         for f in frames:
-            for m in pickle.loads(f):
-                if m[0] != P.REPLY:  # (load reports are not work: they must not keep
-                    busy = True      # an idle rank polling at the shortest pause)
+            for m in P.decode(f):
+                if type(m) is not P.Reply:  # (load reports are not work: they must not
+                    busy = True             # keep an idle rank polling at the shortest pause)
                 self.from_node(m)
         if self.reqs:
             self.reqs = [r for r in self.reqs if not r.Test()]
@@ -250,44 +241,42 @@ class Agent:
                     pause = min(pause * 2, 1e-3 if idle < 1.0 else IDLE_PAUSE)
 
     # ------------------------------------------------------------------ from the node
-    def from_node(self, m: tuple) -> None:
-        op = m[0]
-        if op == FWD:
-            spec = m[2]
-            self.where[spec[P.S_TID]] = m[1]
+    def from_node(self, m) -> None:
+        kind = type(m)
+        if kind is P.Fwd:
+            spec = m.spec
+            self.where[spec.tid] = m.rank
             # the refs inside its arguments go with a hold each, lent by this rank (the
             # task there may keep them: in an actor's state, say)
-            lent = tuple(spec[P.S_CONTAINED])
+            lent = tuple(spec.contained)
             self._lend(lent)
-            self.send(m[1], ("task", spec, m[3], lent))
-        elif op == P.CANCEL:  # a task this rank forwarded: cancel it where it runs
-            rank = self.where.get(m[1])
+            self.send(m.rank, P.RTask(spec, m.blob, lent))
+        elif kind is P.Cancel:  # a task this rank forwarded: cancel it where it runs
+            rank = self.where.get(m.tid)
             if rank is not None:
-                self.send(rank, ("node", m))
-        elif op == UNLEND:  # a hold another rank lent this one: give it back
-            self.send(m[2], ("unlend", m[1]))
-        elif op == TO_RANK:  # a message for another rank's node (actor names)
-            for c in (m[3] if len(m) > 3 else ()):
+                self.send(rank, P.RNode(m))
+        elif kind is P.Unlend:  # a hold another rank lent this one: give it back
+            self.send(m.rank, P.RUnlend(m.oid))
+        elif kind is P.ToRank:  # a message for another rank's node (kills, actor names)
+            for c in m.lent:
                 self.lent[c] += 1  # (the node took the hold itself)
-            self.send(m[1], ("node", m[2]))
-        elif op == P.KILL_ACTOR:  # an actor of another rank: (op, aid, no_restart, rank)
-            self.send(m[3], ("node", m[:3]))
-        elif op == FETCH:
-            self.send(P.id_rank(m[1]), ("fetch", m[1]))
-        elif op == P.OBJ:
-            self.on_value(m[1], m[2], m[3], m[4] if len(m) > 4 else ())
-        elif op == P.ALLOC_OK:
-            cont = self.waiting_alloc.pop(m[1])
-            if m[2] is None:
-                cont(None, m[3])
+            self.send(m.rank, P.RNode(m.msg))
+        elif kind is P.Fetch:
+            self.send(P.id_rank(m.oid), P.RFetch(m.oid))
+        elif kind is P.Obj:
+            self.on_value(m.oid, m.kind, m.payload, m.contains)
+        elif kind is P.AllocOk:
+            cont = self.waiting_alloc.pop(m.req)
+            if m.offset is None:
+                cont(None, m.error)
             else:
-                cont(m[2], None)
-        elif op == P.REPLY:  # (other replies, e.g. to a forwarded named creation: none)
-            if m[1] == self.hello_req:
+                cont(m.offset, None)
+        elif kind is P.Reply:  # (other replies, e.g. to a forwarded named creation: none)
+            if m.req == self.hello_req:
                 self.hello_req = None
-            if m[1] in self.load_reqs:
-                self.load_reqs.discard(m[1])
-                self._on_load(m[2])
+            if m.req in self.load_reqs:
+                self.load_reqs.discard(m.req)
+                self._on_load(m.data)
 
     def on_value(self, oid: int, kind: int, payload, contains) -> None:
         """A value this agent waited for: a forwarded task's result, or one to serve."""
@@ -306,13 +295,13 @@ class Agent:
                                lent))
                 if len(rec[2]) == rec[1]:
                     del self.inbound[tid]
-                    self.send(rec[0], ("done", tid, rec[2]))
+                    self.send(rec[0], P.RDone(tid, rec[2]))
         asking = self.serving.pop(oid, None)
         for r in asking or ():  # (each asker's PIN goes when it has the value)
             lent = tuple(contains)  # (a hold on each ref inside, as with results)
             self._lend(lent)
-            self.send(r, ("value", oid, kind, self._ship(kind, payload, ("pin", oid)),
-                          tuple(contains), lent))
+            self.send(r, P.RValue(oid, kind, self._ship(kind, payload, ("pin", oid)),
+                                  tuple(contains), lent))
 
     def _ship(self, kind: int, payload, release):
         """How a reader on another rank gets this value (``release`` is the hold to drop
@@ -341,7 +330,7 @@ class Agent:
         for c in oids:
             self.lent[c] += 1
         if new:  # (before the release of what refers to them: one FIFO to the node)
-            self.to_node([(LEND, new, ())])
+            self.to_node([P.Lend(new, ())])
 
     def release(self, token) -> None:
         """Drop a hold taken for a reader on another rank."""
@@ -349,67 +338,70 @@ class Agent:
             return
         what, oid = token
         if what == "pin":
-            self.to_node([(P.UNPIN, [oid])])
+            self.to_node([P.Unpin([oid])])
         else:
-            self.to_node([(P.REFS, (), [oid])])
+            self.to_node([P.Refs((), [oid])])
 
     # ------------------------------------------------------------------ from other ranks
-    def from_rank(self, src: int, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == "task":
-            _, spec, blob, lent = msg
-            tid = spec[P.S_TID]
-            self.inbound[tid] = [src, spec[P.S_NRET], []]
-            if len(spec) > P.S_CREATE:  # an actor placed here: its anchor stays held
+    def from_rank(self, src: int, msg) -> None:
+        kind = type(msg)
+        if kind is P.RTask:
+            spec = msg.spec
+            tid = spec.tid
+            self.inbound[tid] = [src, spec.nret, []]
+            if spec.create is not None:  # an actor placed here: its anchor stays held
                 self.keep.add(tid + 1)  # (its creator's rank sends the kill)
-            for i in range(spec[P.S_NRET]):
-                self.result_of[tid + 1 + i] = tid
-            self.to_node(([(BORROWED, lent, src)] if lent else [])
-                         + ([(P.FUNC, spec[P.S_FID], blob)] if blob is not None else [])
-                         + [(P.SUBMIT, spec)])
-        elif kind == "fetch":
-            oid = msg[1]
+            for oid in P.spec_returns(spec):
+                self.result_of[oid] = tid
+            self.to_node(([P.Borrowed(msg.lent, src)] if msg.lent else [])
+                         + ([P.Func(spec.fid, msg.blob)] if msg.blob is not None else [])
+                         + [P.Submit(spec)])
+        elif kind is P.RFetch:
+            oid = msg.oid
             self.serving[oid].append(src)
-            # PIN first (one per asker): the value must stay until that reader has it
-            self.to_node([(P.PIN, [oid]), (P.SUBSCRIBE, [oid])])
-        elif kind == "value":
-            _, oid, vkind, desc, contained, lent = msg
-            self.import_value(desc, vkind, lambda k, p: self.to_node(
-                ([(BORROWED, lent, src)] if lent else []) + [(P.PUT, oid, k, p, contained)]))
-        elif kind == "done":
-            _, tid, results = msg
-            self.where.pop(tid, None)
-            got: list = [None] * len(results)
-            state = {"missing": len(results)}
-
-            def finish() -> None:
-                self.to_node([(REMOTE_DONE, tid, got, src)])
-
-            if not results:
-                finish()
-            for i, (oid, vkind, desc, contained, lent) in enumerate(results):
-                def put(k, p, i=i, oid=oid, contained=contained, lent=lent):
-                    got[i] = (oid, k, p, contained, lent)
-                    state["missing"] -= 1
-                    if state["missing"] == 0:
-                        finish()
-                self.import_value(desc, vkind, put)
-        elif kind == "node":  # a message for this rank's node (cancel, kill)
-            self.to_node([msg[1]])
-        elif kind == "unlend":
-            oid = msg[1]
+            # Pin first (one per asker): the value must stay until that reader has it
+            self.to_node([P.Pin([oid]), P.Subscribe([oid])])
+        elif kind is P.RValue:
+            lent, oid, contained = msg.lent, msg.oid, msg.contained
+            self.import_value(msg.desc, msg.kind, lambda k, p: self.to_node(
+                ([P.Borrowed(lent, src)] if lent else []) + [P.Put(oid, k, p, contained)]))
+        elif kind is P.RDone:
+            self._import_results(src, msg.tid, msg.results)
+        elif kind is P.RNode:  # a message for this rank's node (cancel, kill, names)
+            self.to_node([msg.msg])
+        elif kind is P.RUnlend:
+            oid = msg.oid
             self.lent[oid] -= 1
             if self.lent[oid] <= 0:
                 del self.lent[oid]
-                self.to_node([(LEND, (), [oid])])
-        elif kind == "freeexp":
-            self.export_alloc.free(msg[1])
-        elif kind == "release":
-            self.release(msg[1])
-        elif kind == "stop":
+                self.to_node([P.Lend((), [oid])])
+        elif kind is P.RFreeExp:
+            self.export_alloc.free(msg.woff)
+        elif kind is P.RRelease:
+            self.release(msg.token)
+        elif kind is P.RStop:
             self.stop_requested = True
-        elif kind == "stopped":
+        elif kind is P.RStopped:
             self.stopped.add(src)
+
+    def _import_results(self, src: int, tid: int, results: list) -> None:
+        """A task this rank forwarded ended on ``src``: bring its values home."""
+        self.where.pop(tid, None)
+        got: list = [None] * len(results)
+        missing = [len(results)]
+
+        def finish() -> None:
+            self.to_node([P.RemoteDone(tid, got, src)])
+
+        if not results:
+            finish()
+        for i, (oid, vkind, desc, contained, lent) in enumerate(results):
+            def put(k, p, i=i, oid=oid, contained=contained, lent=lent):
+                got[i] = (oid, k, p, contained, lent)
+                missing[0] -= 1
+                if missing[0] == 0:
+                    finish()
+            self.import_value(desc, vkind, put)
 
     def import_value(self, desc, kind: int, done) -> None:
         """Bring a shipped value into this rank's arena; ``done(kind, payload)``."""
@@ -425,7 +417,7 @@ class Agent:
                 self._get(self.arena_win, src, soff, off, total)
 
             if release is not None:
-                after = ("release", release)
+                after = P.RRelease(release)
         elif how == "bytes":  # they came in the message
             data, (_o, hlen, places, total) = desc[1], desc[2]
 
@@ -437,7 +429,7 @@ class Agent:
             def fill(off):
                 self._get(self.win, src, woff, off, total)
 
-            after = ("freeexp", woff)
+            after = P.RFreeExp(woff)
 
         def landed(off, err):
             if off is None:
@@ -463,13 +455,13 @@ class Agent:
     def _alloc(self, nbytes: int, cont) -> None:
         req = self._new_req()
         self.waiting_alloc[req] = cont
-        self.to_node([(P.ALLOC, req, nbytes)])
+        self.to_node([P.Alloc(req, nbytes)])
 
     # ------------------------------------------------------------------ load (global scheduling)
     def _req_load(self) -> None:
         req = self._new_req()
         self.load_reqs.add(req)
-        self.to_node([(P.QUERY, req, "load")])
+        self.to_node([P.Query(req, "load")])
 
     def _on_load(self, mine) -> None:
         """Publish this rank's (queued, free CPUs) in rank 0's window; read everyone's."""
@@ -481,13 +473,13 @@ class Agent:
         w.Get([self.load_table, MPI.DOUBLE], 0, target=(0, 2 * self.size, MPI.DOUBLE))
         w.Flush(0)
         t = self.load_table
-        self.to_node([(LOAD, [(int(t[2 * r]), float(t[2 * r + 1])) for r in range(self.size)])])
+        self.to_node([P.Load([(int(t[2 * r]), float(t[2 * r + 1])) for r in range(self.size)])])
 
     # ------------------------------------------------------------------ shutdown
     def stop_all(self, timeout: float = 10.0) -> bool:
         """Rank 0: stop every other rank and wait for them (True if all answered)."""
         for r in range(1, self.size):
-            self.send(r, ("stop",))
+            self.send(r, P.RStop())
         deadline = time.monotonic() + timeout
         self.run(lambda: len(self.stopped) >= self.size - 1 or time.monotonic() > deadline)
         return len(self.stopped) >= self.size - 1

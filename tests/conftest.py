@@ -5,14 +5,23 @@
 * ``ray_factory`` - ``ray_factory(**init_kwargs)`` for tests that need other settings
   (custom resources, GPUs, ...); shut down at teardown.
 * an autouse leak check: after every test no child process of the test process is left
-  (module sessions excepted while they live), no new ``mpray`` entry in /dev/shm and no
-  new session directory under ``$TMPDIR/mpray-<uid>``.
+  (module sessions excepted while they live), no new ``mpray`` entry in /dev/shm that the
+  test could have made and no new session directory of the test process under
+  ``$MPRAY_TMPDIR/mpray-<uid>`` (else ``$TMPDIR``).
+* ``PrivateTmpdir`` - an ``MPRAY_TMPDIR`` of one test's own for the mpray programs it
+  starts (mpiexec, sbatch), so that what they leave is told apart from what other mpray
+  programs on this machine do meanwhile.
+
+The checks look only at what the test itself started: other mpray programs (another
+user's script, another test run) may create and remove session directories and
+/dev/shm entries at any time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -71,12 +80,16 @@ def _mpi_session():
         yield ctx
 
 
-def session_dir_base() -> str:
-    return os.path.join(tempfile.gettempdir(), f"mpray-{os.getuid()}")
+def session_dir_base(tmpdir: str | None = None) -> str:
+    """Where mpray makes session directories: ``<tmpdir>/mpray-<uid>``, ``tmpdir`` as
+    mpray resolves it (MPRAY_TMPDIR, else TMPDIR, else /tmp)."""
+    tmpdir = tmpdir or os.environ.get("MPRAY_TMPDIR") or tempfile.gettempdir()
+    return os.path.join(tmpdir, f"mpray-{os.getuid()}")
 
 
 def _session_dirs() -> set[str]:
-    """Session directories created by this process (other processes may run mpray too)."""
+    """Session directories created by this process (other processes may run mpray too):
+    named ``<pid>-<random>`` or ``j<SLURM_JOB_ID>-<pid>-<random>``."""
     mine = f"{os.getpid()}-"
     try:
         return {e for e in os.listdir(session_dir_base()) if e.split("-", 1)[0] + "-" == mine
@@ -85,11 +98,82 @@ def _session_dirs() -> set[str]:
         return set()
 
 
+class PrivateTmpdir:
+    """An ``MPRAY_TMPDIR`` of one test's own.  The mpray programs the test starts (pass
+    ``env`` to them: mpiexec, srun and sbatch hand the environment on to every rank)
+    make their session directories under it and nowhere else, so whatever is left there
+    is theirs, while other mpray programs on this machine come and go."""
+
+    def __init__(self, parent: str | None = None):
+        self.path = tempfile.mkdtemp(prefix="mpray-test-", dir=parent)
+        self.base = session_dir_base(self.path)
+        self.env = {"MPRAY_TMPDIR": self.path}
+
+    def left(self) -> list[str]:
+        try:
+            return sorted(os.listdir(self.base))
+        except FileNotFoundError:
+            return []
+
+    def check_clean(self, timeout: float = EXIT_GRACE_S, detail: str = "",
+                    made: bool = True) -> None:
+        """The programs made their session directories here (``made``: they called
+        init()), and removed them all."""
+        assert not made or os.path.isdir(self.base), (
+            f"no session directory was made under the job's MPRAY_TMPDIR ({self.path}): "
+            f"was its environment passed on?\n{detail}")
+        wait_for(lambda: not self.left(), timeout)
+        assert not self.left(), f"session directories left in {self.base}: {self.left()}"
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 def _shm_entries() -> set[str]:
     try:
         return {e for e in os.listdir("/dev/shm") if "mpray" in e}
     except FileNotFoundError:
         return set()
+
+
+def _shm_holders(paths: set[str], skip: set[int]) -> dict[str, set[int]]:
+    """``{path: pids}``: the processes (but those in ``skip``) that have one of ``paths``
+    open or mapped.  Reads /proc of every process: only for the rare new entry."""
+    held: dict[str, set[int]] = {}
+    for pid in (int(e) for e in os.listdir("/proc") if e.isdigit()):
+        if pid in skip:
+            continue
+        names = set()
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                names |= {line.split(None, 5)[5].strip() for line in f
+                          if line.count(" ") >= 5 and "/dev/shm/" in line}
+            fd_dir = f"/proc/{pid}/fd"
+            for fd in os.listdir(fd_dir):
+                with contextlib.suppress(OSError):
+                    names.add(os.readlink(os.path.join(fd_dir, fd)))
+        except OSError:  # gone, or not ours to read
+            pass
+        for path in names & paths:
+            held.setdefault(path, set()).add(pid)
+    return held
+
+
+def _new_shm_of_this_test(before: set[str]) -> list[str]:
+    """The /dev/shm ``mpray`` entries that appeared during the test and that the test's
+    processes could have made: owned by this user and not in use by a process outside
+    this process's tree (another mpray program's, which may come and go meanwhile).
+    The test's own processes are gone by now (checked before), so an entry of theirs
+    that is left is held by nobody."""
+    new = set()
+    for e in _shm_entries() - before:
+        with contextlib.suppress(OSError):
+            if os.stat(os.path.join("/dev/shm", e)).st_uid == os.getuid():
+                new.add(os.path.join("/dev/shm", e))
+    if not new:
+        return []
+    held = _shm_holders(new, _descendants(os.getpid()))
+    return sorted(os.path.basename(p) for p in new - set(held))
 
 
 def _descendants(pid: int) -> set[int]:
@@ -160,7 +244,7 @@ def _no_leaks(request):
             problems.append(f"child processes left behind after {EXIT_GRACE_S} s: "
                             f"{_describe(procs)}")
             _kill_all(procs)
-    new_shm = _shm_entries() - shm_before
+    new_shm = _new_shm_of_this_test(shm_before)
     if new_shm:
         problems.append(f"new /dev/shm entries: {sorted(new_shm)}")
     keep = {os.path.basename(_module_session["session_dir"] or "")}
@@ -215,3 +299,42 @@ def ray_factory():
     finally:
         if started:
             mpray.shutdown()
+
+
+# Events of the node's pure machine: the pure tests check its invariants after each one
+# (a module opts in with ``pytestmark = pytest.mark.usefixtures("node_invariants")``).
+SCHEDULER_EVENTS = (
+    "submit", "put", "put_for", "promise", "refs", "subscribe", "pin", "unpin", "allocate",
+    "free_range", "task_done", "worker_started", "worker_blocked", "worker_unblocked",
+    "worker_died", "tasks_returned", "cancel", "tick", "schedule", "lease_end",
+    "kill_actor", "actor_exit", "register_function", "attach_cluster", "update_load",
+    "remote_done", "borrowed", "put_fetched", "name_claim", "name_answer", "name_lookup",
+    "name_found", "name_free", "lookup_actor", "ask_name",
+)
+
+
+@pytest.fixture
+def node_invariants(monkeypatch):
+    """Run ``Scheduler.check_invariants()`` after every outermost event (an event that
+    triggers another, as a granted name does a submit, is checked once, at its end).
+    Only for tests without processes: a forked node would inherit the patch."""
+    from mpray.scheduler import Scheduler
+
+    checked = {"events": 0}
+
+    def wrap(orig):
+        def event(self, *args, **kwargs):
+            depth = getattr(self, "_event_depth", 0)
+            self._event_depth = depth + 1
+            try:
+                return orig(self, *args, **kwargs)
+            finally:
+                self._event_depth = depth
+                if depth == 0:
+                    self.check_invariants()
+                    checked["events"] += 1
+        return event
+
+    for name in SCHEDULER_EVENTS:
+        monkeypatch.setattr(Scheduler, name, wrap(getattr(Scheduler, name)))
+    yield checked

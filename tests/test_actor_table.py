@@ -15,6 +15,8 @@ from mpray.scheduler import Scheduler, TaskState, WorkerState
 from mpray.serialization import ERROR, INLINE
 from mpray.states import ActorState, TransitionError, _move
 
+pytestmark = pytest.mark.usefixtures("node_invariants")  # checked after every event
+
 A, T, W = ActorState, TaskState, WorkerState
 CLS = 9
 NONE = pickle.dumps(None)
@@ -32,34 +34,51 @@ def create(s: Scheduler, aid: int, owner: int = 0, *, place=(("CPU", 1.0),), hel
            name=None, req=None, deps=(), **opts) -> None:
     copts = {"class_name": "K", "meta": {"m": 1}, "name": name, "namespace": "ns",
              "held": held, "req": req, **opts}
-    s.submit(owner, (aid, CLS, "K.__init__", b"args", tuple(deps), 1, place, 0, False, (),
-                     None, False, aid, copts))
+    s.submit(owner, P.TaskSpec(aid, CLS, "K.__init__", b"args", tuple(deps), 1, place, 0,
+                               False, (), None, lease=False, actor=aid, create=copts))
 
 
 def call(s: Scheduler, aid: int, tid: int, owner: int = 0, *, deps=(), retries=0,
          nret=1) -> None:
-    s.submit(owner, (tid, "m", "K.m", b"args", tuple(deps), nret, (), retries, False, (),
-                     None, False, aid))
+    s.submit(owner, P.TaskSpec(tid, None, "K.m", b"args", tuple(deps), nret, (), retries,
+                               False, (), None, lease=False, actor=aid, method="m"))
 
 
-def msgs(s: Scheduler, proc: int, op: int) -> list[tuple]:
-    got = [m for m in s.out.get(proc, []) if m[0] == op]
-    s.out[proc] = [m for m in s.out.get(proc, []) if m[0] != op]
+def task(s: Scheduler, tid: int, owner: int = 0) -> None:
+    """A plain task (its return tid+1 stays pending until sealed)."""
+    s.submit(owner, P.TaskSpec(tid, CLS, "f", b"", (), 1, (("CPU", 1.0),), 0, False, (), None))
+
+
+def msgs(s: Scheduler, proc: int, kind: type) -> list[P.Record]:
+    """Take the messages of record type ``kind`` queued for ``proc``."""
+    got = [m for m in s.out.get(proc, []) if type(m) is kind]
+    s.out[proc] = [m for m in s.out.get(proc, []) if type(m) is not kind]
     return got
 
 
-def acts(s: Scheduler, kind: str) -> list[tuple]:
-    got = [a for a in s.actions if a[0] == kind]
-    s.actions = [a for a in s.actions if a[0] != kind]
+def acts(s: Scheduler, kind: type) -> list[P.Record]:
+    """Take the actions of record type ``kind``."""
+    got = [a for a in s.actions if type(a) is kind]
+    s.actions = [a for a in s.actions if type(a) is not kind]
     return got
+
+
+def kills(s: Scheduler) -> list[int]:
+    """The workers a Kill action is queued for (the actions stay)."""
+    return [a.wid for a in s.actions if type(a) is P.Kill]
+
+
+def queued(a) -> dict[int, list[int]]:
+    """The calls an actor holds back, per caller."""
+    return {caller: list(q) for caller, q in a.queue.items()}
 
 
 def constructed(s: Scheduler, aid: int) -> int:
     """Place the constructor and report it done; returns the actor's worker."""
     s.schedule()
-    (m,) = [m for p in list(s.out) for m in msgs(s, p, P.ACREATE)]
+    (m,) = [m for p in list(s.out) for m in msgs(s, p, P.ACreate)]
     wid = s.actors[aid].worker
-    assert m[1] == aid and m[8] == aid
+    assert m.tid == aid and m.aid == aid
     s.task_done(wid, aid, P.OK, [(aid + 1, INLINE, NONE, ())], False)
     return wid
 
@@ -76,20 +95,20 @@ def test_creation_places_then_frees_the_cpu_and_dispatches_calls_in_order():
     call(s, 100, 110)
     call(s, 100, 120)
     a = s.actors[100]
-    assert a.state is A.PENDING_CREATION and list(a.queue) == [110, 120]
+    assert a.state is A.PENDING_CREATION and queued(a) == {0: [110, 120]}
     s.schedule()
     assert s.avail["CPU"] == 1.0  # placement needs one CPU
     wid = a.worker
-    (m,) = msgs(s, wid, P.ACREATE)
-    assert m[9] == 0 and m[10]["class_name"] == "K"
+    (m,) = msgs(s, wid, P.ACreate)
+    assert m.incarnation == 0 and m.opts["class_name"] == "K"
     s.task_done(wid, 100, P.OK, [(101, INLINE, NONE, ())], False)
     assert a.state is A.ALIVE and s.avail["CPU"] == 2.0  # ...and holds none while alive
-    assert [x[2] for x in acts(s, "actor_update")] == ["ALIVE"]
-    sent = msgs(s, wid, P.ACALL)
-    assert [x[1] for x in sent] == [110, 120] and sent[0][2] == "m"
+    assert [x.state for x in acts(s, P.AnnounceActor)] == ["ALIVE"]
+    sent = msgs(s, wid, P.ACall)
+    assert [x.tid for x in sent] == [110, 120] and sent[0].method == "m"
     s.task_done(wid, 110, P.OK, [(111, INLINE, NONE, ())], False)
     assert s.objs[111].state.value == "INLINE"
-    assert msgs(s, 0, P.ANODE_DONE) == [(P.ANODE_DONE, 100, 110)]
+    assert msgs(s, 0, P.ANodeDone) == [P.ANodeDone(100, 110)]
     assert s.workers[wid].state is W.BUSY  # an actor's worker never goes idle
 
 
@@ -97,12 +116,41 @@ def test_a_call_waiting_for_its_argument_holds_back_later_calls():
     s = sched()
     create(s, 100)
     wid = constructed(s, 100)
-    s.submit(0, (200, CLS, "f", b"", (), 1, {"CPU": 1.0}, 0, False, (), None))  # a task
+    task(s, 200)
     call(s, 100, 110, deps=[(0, 201)])
     call(s, 100, 120)
-    assert msgs(s, wid, P.ACALL) == []  # 120 waits behind 110
+    assert msgs(s, wid, P.ACall) == []  # 120 waits behind 110
     s.seal(0, 201, INLINE, NONE)
-    assert [x[1] for x in msgs(s, wid, P.ACALL)] == [110, 120]
+    assert [x.tid for x in msgs(s, wid, P.ACall)] == [110, 120]
+
+
+def test_a_pending_call_holds_back_only_its_own_callers_later_calls():
+    """Calls are ordered per caller (as in Ray): one caller's call that waits for its
+    argument does not hold back another caller's ready calls, but does hold back its
+    own caller's later ones."""
+    s = sched()
+    create(s, 100)
+    wid = constructed(s, 100)
+    task(s, 200)
+    s.schedule()
+    other = s.tasks[200].worker  # the worker running task 200 is the second caller
+    assert other != wid and [x.tid for x in msgs(s, other, P.Exec)] == [200]
+    call(s, 100, 110, deps=[(0, 201)])  # the driver's call waits for 200's result ...
+    call(s, 100, 120)  # ... and so does the driver's next call, ready as it is
+    call(s, 100, 130, owner=other)  # the second caller's ready call goes at once
+    sent = msgs(s, wid, P.ACall)
+    assert [(x.tid, x.owner) for x in sent] == [(130, other)]
+    assert s.tasks[110].state is T.PENDING_ARGS and s.tasks[120].state is T.READY
+    assert queued(s.actors[100]) == {0: [110, 120]}
+    call(s, 100, 140, owner=other)  # and so does its next one
+    assert [x.tid for x in msgs(s, wid, P.ACall)] == [140]
+    assert queued(s.actors[100]) == {0: [110, 120]}
+    # the argument arrives: the driver's calls go, in its order
+    s.task_done(other, 200, P.OK, [(201, INLINE, b"arg", ())], False)
+    sent = msgs(s, wid, P.ACall)
+    assert [(x.tid, x.owner) for x in sent] == [(110, 0), (120, 0)]
+    assert sent[0].deps == [(0, 201, INLINE, b"arg")]
+    assert queued(s.actors[100]) == {}
 
 
 def test_restart_retries_calls_with_task_retries_and_fails_the_others():
@@ -111,17 +159,17 @@ def test_restart_retries_calls_with_task_retries_and_fails_the_others():
     wid = constructed(s, 100)
     call(s, 100, 110, retries=1)
     call(s, 100, 120, retries=0)
-    msgs(s, wid, P.ACALL)
+    msgs(s, wid, P.ACall)
     s.worker_died(wid, "killed by SIGKILL")
     a = s.actors[100]
     assert a.state is A.RESTARTING and a.incarnation == 1 and a.restarts_left == 0
     assert isinstance(error_of(s, 121), exc.ActorUnavailableError)
-    assert s.tasks[110].state is T.READY and list(a.queue) == [110]
-    assert [x[2] for x in acts(s, "actor_update")][-1] == "RESTARTING"
+    assert s.tasks[110].state is T.READY and queued(a) == {0: [110]}
+    assert [x.state for x in acts(s, P.AnnounceActor)][-1] == "RESTARTING"
     wid2 = constructed(s, 100)
     assert wid2 != wid and a.state is A.ALIVE
-    (m,) = msgs(s, wid2, P.ACALL)
-    assert m[1] == 110 and m[10] == 1  # resent to the new incarnation
+    (m,) = msgs(s, wid2, P.ACall)
+    assert m.tid == 110 and m.incarnation == 1  # resent to the new incarnation
     # a second death is the last one
     s.worker_died(wid2, "exit 1")
     assert a.state is A.DEAD
@@ -140,7 +188,7 @@ def test_constructor_error_makes_it_dead_with_the_cause():
     s.task_done(wid, 100, P.APP_ERROR, [(101, ERROR, pickle.dumps(err), ())], False)
     a = s.actors[100]
     assert a.state is A.DEAD
-    assert ("kill", wid) in s.actions
+    assert wid in kills(s)
     e = error_of(s, 111)
     assert isinstance(e, exc.ActorDiedError) and "KeyError" in str(e) and "__init__" in str(e)
     assert ("ns", "k") not in s.names  # its name is free again
@@ -149,13 +197,14 @@ def test_constructor_error_makes_it_dead_with_the_cause():
 def test_names_duplicate_get_if_exists_and_lookup():
     s = sched()
     create(s, 100, name="k", req=5)
-    assert msgs(s, 0, P.REPLY) == [(P.REPLY, 5, ("ok",))]
+    assert msgs(s, 0, P.Reply) == [P.Reply(5, ("ok",))]
     create(s, 200, name="k", req=6)
-    ((_, _, reply),) = msgs(s, 0, P.REPLY)
+    (m,) = msgs(s, 0, P.Reply)
+    reply = m.data
     assert reply[0] == "error" and "already exists" in reply[1]
     assert 200 not in s.actors and 200 not in s.tasks  # nothing registered for it
     create(s, 300, owner=2, name="k", req=7, get_if_exists=True)
-    assert msgs(s, 2, P.REPLY) == [(P.REPLY, 7, ("exists", 100, {"m": 1}))]
+    assert msgs(s, 2, P.Reply) == [P.Reply(7, ("exists", 100, {"m": 1}))]
     assert 2 in s.objs[101].procs  # the asker holds the anchor now
     assert s.lookup_actor(1, "ns", "k") == (100, {"m": 1}) and 1 in s.objs[101].procs
     assert s.lookup_actor(1, "other", "k") is None
@@ -166,7 +215,7 @@ def test_last_handle_gone_terminates_and_forgets_the_actor():
     create(s, 100, name="k")
     wid = constructed(s, 100)
     s.refs(0, (), [101])  # the owner's last handle
-    assert ("kill", wid) in s.actions
+    assert wid in kills(s)
     s.worker_died(wid, "killed by SIGKILL")
     assert 100 not in s.actors and ("ns", "k") not in s.names
 
@@ -177,9 +226,9 @@ def test_a_pending_call_keeps_the_actor_until_it_is_done():
     wid = constructed(s, 100)
     call(s, 100, 110)
     s.refs(0, (), [101])  # handle dropped while the call runs
-    assert acts(s, "kill") == []
+    assert acts(s, P.Kill) == []
     s.task_done(wid, 110, P.OK, [(111, INLINE, NONE, ())], False)
-    assert acts(s, "kill") == [("kill", wid)]
+    assert acts(s, P.Kill) == [P.Kill(wid)]
 
 
 def test_detached_actor_outlives_handles_until_killed():
@@ -188,10 +237,10 @@ def test_detached_actor_outlives_handles_until_killed():
     wid = constructed(s, 100)
     assert NODE_HOLDER in s.objs[101].procs
     s.refs(0, (), [101])
-    assert acts(s, "kill") == [] and s.actors[100].state is A.ALIVE
+    assert acts(s, P.Kill) == [] and s.actors[100].state is A.ALIVE
     s.kill_actor(100, True)
     assert ("ns", "d") not in s.names  # freed at once
-    assert acts(s, "kill") == [("kill", wid)]
+    assert acts(s, P.Kill) == [P.Kill(wid)]
     call(s, 100, 110)  # after kill: fails at once
     assert isinstance(error_of(s, 111), exc.ActorDiedError)
     s.worker_died(wid, "killed by SIGKILL")
@@ -200,7 +249,7 @@ def test_detached_actor_outlives_handles_until_killed():
 
 def test_kill_before_placement_never_runs_the_constructor():
     s = sched(cpus=1.0, workers=1)
-    s.submit(0, (200, CLS, "f", b"", (), 1, {"CPU": 1.0}, 0, False, (), None))
+    task(s, 200)
     s.schedule()
     create(s, 100)
     s.schedule()
@@ -226,7 +275,7 @@ def test_actor_workers_do_not_count_against_the_worker_cap():
         create(s, 100 * (i + 1))
     for _ in range(6):
         s.schedule()
-        n = len(acts(s, "start_worker"))
+        n = len(acts(s, P.StartWorker))
         for _ in range(n):
             s.worker_started(max(s.workers, default=0) + 1)
         s.schedule()
@@ -240,13 +289,13 @@ def test_cancel_of_a_dispatched_call_is_left_to_the_actor():
     s = sched()
     create(s, 100)
     wid = constructed(s, 100)
-    s.submit(0, (200, CLS, "f", b"", (), 1, {"CPU": 1.0}, 0, False, (), None))  # a task
+    task(s, 200)
     call(s, 100, 110)
     call(s, 100, 120, deps=[(0, 201)])  # its argument is not ready: queued here
-    msgs(s, wid, P.ACALL)
+    msgs(s, wid, P.ACall)
     assert s.tasks[120].state is T.PENDING_ARGS
     s.cancel(110, False, False)
-    assert msgs(s, wid, P.DROP) == [(P.DROP, 110)]
+    assert msgs(s, wid, P.Drop) == [P.Drop(110)]
     assert s.tasks[110].state is T.DISPATCHED  # the actor reports what happened
     s.cancel(120, False, False)
     assert 120 not in s.tasks and isinstance(error_of(s, 121), exc.TaskCancelledError)

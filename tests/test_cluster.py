@@ -9,11 +9,13 @@ import pytest
 
 from mpray import exceptions as exc
 from mpray import protocol as P
-from mpray.cluster import AGENT, FETCH, FWD, LENT_HOLDER, UNLEND
+from mpray.cluster import AGENT, LENT_HOLDER
 from mpray.scheduler import Scheduler, TaskState
 from mpray.serialization import ARENA, ERROR, INLINE
 from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
 from mpray_mpi.launch import detect
+
+pytestmark = pytest.mark.usefixtures("node_invariants")  # checked after every event
 
 T = TaskState
 FID = 7
@@ -61,14 +63,26 @@ def sched(rank=0, nranks=3, cpus=1.0, workers=1, gpu_rank=None) -> Scheduler:
     return s
 
 
-def spec(tid, res=None, strategy=None, deps=()) -> tuple:
-    return (tid, FID, "f", b"args", tuple(deps), 1, res or {"CPU": 1.0}, 0, False, (), strategy)
+def spec(tid, res=None, strategy=None, deps=()) -> P.TaskSpec:
+    """A task spec record; ``res`` may be a dict (the spec holds it as sorted pairs)."""
+    res = tuple(sorted((res or {"CPU": 1.0}).items()))
+    return P.TaskSpec(tid, FID, "f", b"args", tuple(deps), 1, res, 0, False, (), strategy)
 
 
-def fwds(s: Scheduler) -> list[tuple]:
-    got = [m for m in s.out.get(AGENT, []) if m[0] == FWD]
-    s.out[AGENT] = [m for m in s.out.get(AGENT, []) if m[0] != FWD]
+def fwds(s: Scheduler) -> list[P.Fwd]:
+    """Take the Fwd messages queued for the agent, typed as the agent reads them (the
+    constructor strips the nested TaskSpec to a plain tuple; decode types it again)."""
+    got = [P.wrap_any(m) for m in s.out.get(AGENT, []) if type(m) is P.Fwd]
+    s.out[AGENT] = [m for m in s.out.get(AGENT, []) if type(m) is not P.Fwd]
+    assert all(type(m.spec) is P.TaskSpec for m in got)
     return got
+
+
+def to_rank(s: Scheduler, kind: type) -> list[P.ToRank]:
+    """The ToRank messages queued for the agent whose inner message is a ``kind``
+    (typed as the agent reads them; they stay queued)."""
+    got = [P.wrap_any(m) for m in s.out.get(AGENT, []) if type(m) is P.ToRank]
+    return [m for m in got if type(m.msg) is kind]
 
 
 def test_spread_goes_round_robin_over_the_ranks():
@@ -76,15 +90,16 @@ def test_spread_goes_round_robin_over_the_ranks():
     for i in range(6):
         s.submit(0, spec(100 + 10 * i, strategy="SPREAD"))
     sent = fwds(s)
-    assert sorted(m[1] for m in sent) == [1, 1, 2, 2]  # two of six stay here (rank 0)
-    assert sent[0][3] == b"<f>" and all(m[3] is None for m in sent[1:] if m[1] == sent[0][1])
-    assert all(s.tasks[m[2][P.S_TID]].worker == AGENT for m in sent)
+    assert sorted(m.rank for m in sent) == [1, 1, 2, 2]  # two of six stay here (rank 0)
+    assert sent[0].blob == b"<f>" and all(m.blob is None for m in sent[1:]
+                                          if m.rank == sent[0].rank)
+    assert all(s.tasks[m.spec.tid].worker == AGENT for m in sent)
 
 
 def test_node_affinity_forwards_and_a_missing_hard_node_fails():
     s = sched()
     s.submit(0, spec(100, strategy=Affinity("n2", soft=False)))
-    assert [m[1] for m in fwds(s)] == [2]
+    assert [m.rank for m in fwds(s)] == [2]
     s.submit(0, spec(110, strategy=Affinity("nX", soft=False)))
     assert isinstance(pickle.loads(s.objs[111].payload), exc.TaskUnschedulableError)
     s.submit(0, spec(120, strategy=Affinity("nX", soft=True)))
@@ -95,8 +110,8 @@ def test_node_affinity_forwards_and_a_missing_hard_node_fails():
 def test_infeasible_here_goes_where_it_fits_without_a_warning():
     s = sched(gpu_rank=1)
     s.submit(0, spec(100, res={"CPU": 1.0, "GPU": 1.0}))
-    assert [m[1] for m in fwds(s)] == [1]
-    assert not [a for a in s.actions if a[0] == "warn"]
+    assert [m.rank for m in fwds(s)] == [1]
+    assert not [a for a in s.actions if type(a) is P.Warn]
 
 
 def test_a_backlog_spills_to_the_least_loaded_rank():
@@ -106,7 +121,7 @@ def test_a_backlog_spills_to_the_least_loaded_rank():
     for i in range(6):
         s.submit(0, spec(100 + 10 * i))
     s.schedule()
-    assert {m[1] for m in fwds(s)} == {1}
+    assert {m.rank for m in fwds(s)} == {1}
 
 
 def test_tasks_shorter_than_a_move_stay():
@@ -154,7 +169,7 @@ def test_a_rank_that_holds_the_arguments_is_preferred():
     for i in range(6):
         s.submit(0, spec(100 + 10 * i, deps=[(0, there)]))
     s.schedule()
-    assert {m[1] for m in fwds(s)} == {2}
+    assert {m.rank for m in fwds(s)} == {2}
 
 
 def test_one_long_function_does_not_make_short_ones_move():
@@ -179,11 +194,11 @@ def test_remote_done_seals_the_results_for_their_owner():
     s = sched()
     s.submit(0, spec(100, strategy=Affinity("n1", soft=False)))
     fwds(s)
-    s.remote_done(100, [(101, INLINE, NONE, ())], 1)
-    assert s.objs[101].kind == INLINE and (P.OBJ, 101, INLINE, NONE) in s.out[0]
+    s.remote_done(100, [(101, INLINE, NONE, (), ())], 1)
+    assert s.objs[101].kind == INLINE and P.Obj(101, INLINE, NONE) in s.out[0]
     assert 100 not in s.tasks
     s.submit(0, spec(110, strategy=Affinity("n1", soft=False)))
-    s.remote_done(110, [(111, ERROR, b"err", ())], 1)
+    s.remote_done(110, [(111, ERROR, b"err", (), ())], 1)
     assert s.objs[111].kind == ERROR and s.stats["failed"] == 1
 
 
@@ -199,13 +214,13 @@ def test_holds_lent_by_the_rank_that_ran_a_task_go_back_when_their_refs_go():
     s.out[AGENT].clear()
     # a second result lending a hold on the same object: one is enough, it goes back
     s.remote_done(110, [(111, INLINE, NONE, (inner, other), (inner, other))], 1)
-    assert s.out[AGENT] == [(UNLEND, inner, 1)] and s.objs[other].lent == 1
+    assert s.out[AGENT] == [P.Unlend(inner, 1)] and s.objs[other].lent == 1
     s.out[AGENT].clear()
     s.refs(0, (), [101])  # the owner drops the first result: inner is still in the second
     assert inner in s.objs and s.out[AGENT] == []
     s.refs(0, (), [111])
     assert inner not in s.objs and other not in s.objs
-    assert sorted(s.out[AGENT]) == [(UNLEND, inner, 1), (UNLEND, other, 1)]
+    assert sorted(s.out[AGENT]) == [P.Unlend(inner, 1), P.Unlend(other, 1)]
 
 
 def test_a_lent_hold_keeps_the_object_at_its_home():
@@ -223,14 +238,14 @@ def test_another_ranks_object_is_fetched_once_and_freed_with_its_holders():
     remote = RANK1 + 5
     s.submit(0, spec(100, deps=[(0, remote)]))
     s.submit(0, spec(110, deps=[(0, remote)]))
-    assert [m for m in s.out[AGENT] if m[0] == FETCH] == [(FETCH, remote)]
+    assert [m for m in s.out[AGENT] if type(m) is P.Fetch] == [P.Fetch(remote)]
     assert s.tasks[100].state is T.PENDING_ARGS
     s.put_fetched(remote, INLINE, NONE)
     assert s.tasks[100].state is not T.PENDING_ARGS
     # a borrowed ref only tracks holders (no fetch) and goes with them
     other = RANK1 + 9
     s.refs(2, [other], ())
-    assert other in s.objs and (FETCH, other) not in s.out[AGENT]
+    assert other in s.objs and P.Fetch(other) not in s.out[AGENT]
     s.refs(2, (), [other])
     assert other not in s.objs
 
@@ -245,38 +260,39 @@ def test_queued_work_spills_once_tasks_are_known_to_be_long():
     s.task_time[FID] = (1, 0.05)
     s.schedule()
     moved = fwds(s)
-    assert {m[1] for m in moved} == {1, 2} and 2 <= len(moved) <= 4
-    assert all(m[2][P.S_TID] >= 130 for m in moved)  # from the tail of the queue
+    assert {m.rank for m in moved} == {1, 2} and 2 <= len(moved) <= 4
+    assert all(m.spec.tid >= 130 for m in moved)  # from the tail of the queue
 
 
-def create_spec(aid, strategy=None) -> tuple:
+def create_spec(aid, strategy=None) -> P.TaskSpec:
     copts = {"class_name": "K", "meta": {}, "name": None, "namespace": "", "held": (),
              "req": None}
-    return (aid, FID, "K.__init__", b"args", (), 1, (("CPU", 1.0),), 0, False, (), strategy,
-            False, aid, copts)
+    return P.TaskSpec(aid, FID, "K.__init__", b"args", (), 1, (("CPU", 1.0),), 0, False, (),
+                      strategy, lease=False, actor=aid, create=copts)
 
 
-def call_spec(aid, tid) -> tuple:
-    return (tid, "m", "K.m", b"args", (), 1, (), 0, False, (), None, False, aid)
+def call_spec(aid, tid) -> P.TaskSpec:
+    return P.TaskSpec(tid, None, "K.m", b"args", (), 1, (), 0, False, (), None, lease=False,
+                      actor=aid, method="m")
 
 
 def test_an_actor_placed_on_another_rank_gets_its_calls_there():
     s = sched()
     s.submit(0, create_spec(100, strategy=Affinity("n2", soft=False)))
     (fwd,) = fwds(s)
-    assert fwd[1] == 2 and s.actors[100].remote_rank == 2
+    assert fwd.rank == 2 and s.actors[100].remote_rank == 2
     s.submit(0, call_spec(100, 110))
     s.submit(0, call_spec(100, 120))
-    assert [(m[1], m[2][P.S_TID]) for m in fwds(s)] == [(2, 110), (2, 120)]
+    assert [(m.rank, m.spec.tid) for m in fwds(s)] == [(2, 110), (2, 120)]
     # its creation ended there: alive here too (for the driver), calls still go there
-    s.remote_done(100, [(101, INLINE, NONE, ())], 1)
+    s.remote_done(100, [(101, INLINE, NONE, (), ())], 1)
     assert s.actors[100].state.value == "ALIVE"
     # its calls end; then the last handle here goes: the actor is ended on its rank
-    s.remote_done(110, [(111, INLINE, NONE, ())], 1)
-    s.remote_done(120, [(121, INLINE, NONE, ())], 1)
-    assert not [m for m in s.out[AGENT] if m[0] == P.KILL_ACTOR]  # (calls held it)
+    s.remote_done(110, [(111, INLINE, NONE, (), ())], 1)
+    s.remote_done(120, [(121, INLINE, NONE, (), ())], 1)
+    assert not to_rank(s, P.KillActor)  # (calls held it)
     s.refs(0, (), [101])
-    assert (P.KILL_ACTOR, 100, True, 2) in s.out[AGENT]
+    assert P.ToRank(2, P.KillActor(100, True)) in to_rank(s, P.KillActor)
     assert s.actors.get(100) is None or s.actors[100].state.value == "DEAD"
 
 
@@ -293,5 +309,5 @@ def test_the_rank_an_actor_is_placed_on_ships_its_creation_home():
     s.schedule()
     wid = s.actors[aid].worker
     s.task_done(wid, aid, P.OK, [(aid + 1, INLINE, NONE, ())], False)
-    assert [m for m in s.out[AGENT] if m[0] == P.OBJ and m[1] == aid + 1]  # to the agent
+    assert [m for m in s.out[AGENT] if type(m) is P.Obj and m.oid == aid + 1]  # to the agent
     assert s.actors[aid].state.value == "ALIVE"

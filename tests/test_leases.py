@@ -61,7 +61,7 @@ def test_lease_given_back_when_idle(ray_start):
     refs = [hold.remote(0.3) for _ in range(2)]
     time.sleep(0.1)
     assert mpray.available_resources().get("CPU", 0) == 0  # both CPUs busy or leased
-    assert _global.client.direct.leases, "no lease was granted"  # (read while waiting)
+    assert _global.client.owner.leases, "no lease was granted"  # (read while waiting)
     mpray.get(refs, timeout=30)
     # an idle lease returns its CPU to the node within a short while
     assert wait_for(lambda: mpray.available_resources().get("CPU", 0) == 2, 5)

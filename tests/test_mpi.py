@@ -3,8 +3,10 @@
 
 Every script asserts on its own and prints ``OK <name>`` on rank 0 when it got to the
 end; here we check that, the exit status, and that no rank left a process or a session
-directory behind.  The launcher and mpi4py come from ``pip install mpi4py mpich`` (the
-README's test command).
+directory behind.  Each job gets an MPRAY_TMPDIR of its own (conftest.PrivateTmpdir), so
+the check sees only its session directories, not those of other mpray programs running
+on this machine meanwhile.  The launcher and mpi4py come from ``pip install mpi4py
+mpich`` (the README's test command).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 import psutil
 import pytest
 
-from conftest import session_dir_base, wait_for
+from conftest import PrivateTmpdir, wait_for
 
 pytest.importorskip("mpi4py")
 MPIEXEC = shutil.which("mpiexec")
@@ -32,24 +34,32 @@ pytestmark = [pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip instal
               pytest.mark.timeout(MATRIX_TIMEOUT + 30)]
 
 
-def _dirs() -> set[str]:
-    try:
-        return set(os.listdir(session_dir_base()))
-    except FileNotFoundError:
-        return set()
+# scripts that use mpray_mpi's parts alone: no init(), so no session directory
+NO_SESSION = {"inbox.py"}
 
 
 def run_mpi(script: str, ranks: int, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [MPIEXEC, "-n", str(ranks), sys.executable, os.path.join(HERE, "mpi", script)]
-    return launch(cmd, TIMEOUT, env)
+    return launch(cmd, TIMEOUT, env, sessions=script not in NO_SESSION)
 
 
-def launch(cmd: list, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+def launch(cmd: list, timeout: float, env: dict | None = None,
+           sessions: bool = True) -> subprocess.CompletedProcess:
     """Run an mpiexec command line to its end or ``timeout``; then check that every
-    rank's node and workers are gone, and so are their session directories."""
-    before = _dirs()
+    rank's node and workers are gone, and so are their session directories: made
+    (``sessions``) under an MPRAY_TMPDIR of this run's own, and all removed."""
+    tmp = PrivateTmpdir()
+    try:
+        out, returncode = _run_launcher(cmd, timeout, {**(env or {}), **tmp.env})
+        tmp.check_clean(detail=out[-3000:], made=sessions)
+    finally:
+        tmp.remove()
+    return subprocess.CompletedProcess(cmd, returncode, out, None)
+
+
+def _run_launcher(cmd: list, timeout: float, env: dict) -> tuple[str, int]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})}, start_new_session=True, cwd=HERE)
+                            env={**os.environ, **env}, start_new_session=True, cwd=HERE)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -63,11 +73,7 @@ def launch(cmd: list, timeout: float, env: dict | None = None) -> subprocess.Com
                 pass
         out, _ = proc.communicate()
         pytest.fail(f"{' '.join(cmd[1:])} hung for {timeout} s:\n{out[-4000:]}")
-    deadline = time.monotonic() + 5
-    while _dirs() - before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not (_dirs() - before), f"session directories left: {_dirs() - before}"
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, None)
+    return out, proc.returncode
 
 
 @pytest.mark.parametrize("ranks", [2, 4])
@@ -118,8 +124,30 @@ def test_driver_exception_ends_the_job_promptly():
     assert took < 10 + 5, f"the job took {took:.1f} s to end"  # (+ launcher start-up)
 
 
-def _segments() -> set[str]:
-    return {f for f in os.listdir("/dev/shm") if f.startswith("mpich_shm_")}
+# shared-memory files of MPI libraries (MPICH; Open MPI's shared-memory transports)
+SEGMENT_PREFIXES = ("/dev/shm/mpich_shm_", "/dev/shm/vader_segment.", "/dev/shm/sm_segment.")
+
+
+def _segments_of(procs: list[psutil.Process]) -> set[str]:
+    """The MPI shared-memory files that ``procs`` have mapped or open (and that still
+    have a name): the job's own, whatever other MPI jobs on this machine make."""
+    out = set()
+    for p in procs:
+        try:
+            with open(f"/proc/{p.pid}/maps") as f:
+                paths = {line.split(None, 5)[5].strip() for line in f
+                         if line.count(" ") >= 5 and "/dev/shm/" in line}
+            fd_dir = f"/proc/{p.pid}/fd"
+            for fd in os.listdir(fd_dir):
+                try:
+                    paths.add(os.readlink(os.path.join(fd_dir, fd)))
+                except OSError:
+                    pass
+        except OSError:
+            continue
+        out |= {q for q in paths
+                if q.startswith(SEGMENT_PREFIXES) and not q.endswith(" (deleted)")}
+    return out
 
 
 def test_a_job_its_launcher_ends_leaves_nothing_behind(tmp_path):
@@ -129,24 +157,27 @@ def test_a_job_its_launcher_ends_leaves_nothing_behind(tmp_path):
     script = tmp_path / "wait.py"
     script.write_text("import time, mpray as ray\nray.init()\nprint('up', flush=True)\n"
                       "time.sleep(60)\n")
-    dirs, segs = _dirs(), _segments()
+    tmp = PrivateTmpdir()
     proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, str(script)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            env={**os.environ, **tmp.env}, start_new_session=True)
     try:
         assert proc.stdout.readline().strip() == "up"
         tree = psutil.Process(proc.pid).children(recursive=True)
         assert len(tree) >= 6  # hydra proxy, 2 ranks, 2 nodes, their workers
+        assert tmp.left(), "the ranks made no session directory under their MPRAY_TMPDIR"
+        segs = _segments_of(tree)  # made in MPI_Init and at init(): all there by now
         os.kill(proc.pid, signal.SIGTERM)
         proc.communicate(timeout=30)
+        gone, alive = psutil.wait_procs(tree, timeout=10)
+        assert not alive, f"left running: {alive}"
+        assert wait_for(lambda: not tmp.left() and not any(map(os.path.exists, segs)), 10), \
+            f"left behind: {tmp.left()} {sorted(filter(os.path.exists, segs))}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-    gone, alive = psutil.wait_procs(tree, timeout=10)
-    assert not alive, f"left running: {alive}"
-    assert wait_for(lambda: _dirs() <= dirs and _segments() <= segs, 10), \
-        f"left behind: {_dirs() - dirs} {_segments() - segs}"
+        tmp.remove()
 
 
 def test_single_rank_launch_runs_single_host(tmp_path):
@@ -157,10 +188,10 @@ def test_single_rank_launch_runs_single_host(tmp_path):
         "ray.init()\n"
         "assert len(ray.nodes()) == 1\n"
         "assert 'mpi4py' not in sys.modules, 'single-host mode imported mpi4py'\n"
-        "print('OK one', ray.get(ray.remote(lambda: 42).remote()))\n"
+        # (one write per line: the launcher forwards each rank's output as it comes)
+        "sys.stdout.write(f'OK one {ray.get(ray.remote(lambda: 42).remote())}\\n')\n"
+        "sys.stdout.flush()\n"
         "ray.shutdown()\n")
     for ranks, env in ((1, {}), (2, {"MPRAY_BACKEND": "local"})):
-        out = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, str(script)],
-                             capture_output=True, text=True, timeout=TIMEOUT,
-                             env={**os.environ, **env})
-        assert out.returncode == 0 and out.stdout.count("OK one 42") == ranks, out
+        r = launch([MPIEXEC, "-n", str(ranks), sys.executable, str(script)], TIMEOUT, env)
+        assert r.returncode == 0 and r.stdout.count("OK one 42") == ranks, r.stdout

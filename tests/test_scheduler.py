@@ -20,6 +20,8 @@ from mpray.scheduler import (OBJ_TRANSITIONS, TASK_TRANSITIONS, WORKER_TRANSITIO
                              WorkerState, _move)
 from mpray.serialization import ARENA, ERROR, INLINE
 
+pytestmark = pytest.mark.usefixtures("node_invariants")  # checked after every event
+
 T, O, W = TaskState, ObjState, WorkerState
 FID = 7
 FBLOB = b"<pickled function>"
@@ -29,13 +31,18 @@ FBLOB = b"<pickled function>"
 
 
 def spec(tid, *, fid=FID, name="f", args=b"args", deps=(), nret=1, res=None, retries=0,
-         retry_exc=False, contained=(), strategy=None) -> tuple:
-    """A task spec tuple laid out as protocol.S_* says (returns are tid+1 .. tid+nret)."""
-    s = (tid, fid, name, args, tuple(deps), nret, {"CPU": 1.0} if res is None else res,
-         retries, retry_exc, tuple(contained), strategy)
-    assert (s[P.S_TID], s[P.S_FID], s[P.S_NAME], s[P.S_ARGS], s[P.S_DEPS], s[P.S_NRET],
-            s[P.S_RES], s[P.S_RETRIES], s[P.S_RETRY_EXC], s[P.S_CONTAINED],
-            s[P.S_STRATEGY]) == s
+         retry_exc=False, contained=(), strategy=None) -> P.TaskSpec:
+    """A task spec record (returns are tid+1 .. tid+nret); ``res`` may be given as a
+    dict for brevity: the spec carries it as a sorted tuple of (name, amount) pairs."""
+    res = {"CPU": 1.0} if res is None else res
+    if isinstance(res, dict):
+        res = tuple(sorted(res.items()))
+    s = P.TaskSpec(tid, fid, name, args, tuple(deps), nret, res, retries, retry_exc,
+                   tuple(contained), strategy)
+    assert (s.tid, s.fid, s.name, s.args, s.deps, s.nret, s.res, s.retries, s.retry_exc,
+            s.contained, s.strategy, s.lease, s.actor, s.method, s.create) == (
+        tid, fid, name, args, tuple(deps), nret, res, retries, retry_exc, tuple(contained),
+        strategy, False, None, None, None)
     return s
 
 
@@ -47,24 +54,24 @@ def make(resources=None, *, workers=0, now=0.0, **kw) -> Scheduler:
     return s
 
 
-def drain(s: Scheduler, proc: int, op: int | None = None) -> list[tuple]:
-    """Take the messages queued for ``proc`` (optionally only those with opcode ``op``;
-    the others stay queued)."""
+def drain(s: Scheduler, proc: int, kind: type | None = None) -> list[P.Record]:
+    """Take the messages queued for ``proc`` (optionally only those of record type
+    ``kind``; the others stay queued)."""
     msgs = s.out.pop(proc, [])
-    rest = [m for m in msgs if op is not None and m[0] != op]
+    rest = [m for m in msgs if kind is not None and type(m) is not kind]
     if rest:
         s.out[proc] = rest
-    return [m for m in msgs if op is None or m[0] == op]
+    return [m for m in msgs if kind is None or type(m) is kind]
 
 
-def execs(s: Scheduler) -> dict[int, list[tuple]]:
-    """Take every queued EXEC message, per worker."""
+def execs(s: Scheduler) -> dict[int, list[P.Exec]]:
+    """Take every queued Exec message, per worker."""
     got = {}
     for proc in list(s.out):
         if proc == 0:
             continue
-        ex = [m for m in s.out[proc] if m[0] == P.EXEC]
-        rest = [m for m in s.out[proc] if m[0] != P.EXEC]
+        ex = [m for m in s.out[proc] if type(m) is P.Exec]
+        rest = [m for m in s.out[proc] if type(m) is not P.Exec]
         if ex:
             got[proc] = ex
         if rest:
@@ -74,18 +81,24 @@ def execs(s: Scheduler) -> dict[int, list[tuple]]:
     return got
 
 
-def take_actions(s: Scheduler) -> list[tuple]:
+def take_actions(s: Scheduler) -> list[P.Record]:
     acts, s.actions = s.actions, []
     return acts
 
 
+def typed(records) -> list[tuple]:
+    """Records with their types (action records have no opcode: ``P.Kill(1)`` equals
+    any one-item tuple ``(1,)``, so comparisons of actions must include the type)."""
+    return [(type(r).__name__, *r) for r in records]
+
+
 def objs_sent(s: Scheduler, proc: int) -> dict[int, tuple[int, object]]:
-    """Take the OBJ messages queued for ``proc``: oid -> (kind, payload)."""
+    """Take the Obj messages queued for ``proc``: oid -> (kind, payload)."""
     got = {}
     for m in drain(s, proc):
-        assert m[0] == P.OBJ, m
-        assert m[1] not in got, f"OBJ {m[1]} sent twice to {proc}"
-        got[m[1]] = (m[2], m[3])
+        assert type(m) is P.Obj, m
+        assert m.oid not in got, f"Obj {m.oid} sent twice to {proc}"
+        got[m.oid] = (m.kind, m.payload)
     return got
 
 
@@ -98,14 +111,13 @@ def error_of(kind_payload) -> BaseException:
 
 
 def ok(oid, value=b"v", contained=()):
-    """One DONE result entry."""
+    """One Done result entry."""
     return (oid, INLINE, value, tuple(contained))
 
 
-def app_error(t: Task | tuple, payload: bytes):
-    nret = (t.spec if isinstance(t, Task) else t)[P.S_NRET]
-    tid = (t.key if isinstance(t, Task) else t[P.S_TID])
-    return [(tid + 1 + i, ERROR, payload, ()) for i in range(nret)]
+def app_error(t: Task | P.TaskSpec, payload: bytes):
+    sp = t.spec if isinstance(t, Task) else t
+    return [(sp.tid + 1 + i, ERROR, payload, ()) for i in range(sp.nret)]
 
 
 APP_ERR = pickle.dumps(ValueError("boom"), protocol=5)
@@ -178,7 +190,7 @@ def test_impossible_transition_raises_with_history():
 
 
 def test_move_refuses_transitions_outside_the_table():
-    t = Task(5, spec(5), 0, None, {"CPU": 1.0}, 0)
+    t = Task(5, spec(5), 0, None, (("CPU", 1.0),), 0)
     with pytest.raises(TransitionError, match=r"task 5: PENDING_ARGS -> FINISHED .*"
                                               r"history: PENDING_ARGS$"):
         _move(t, T.FINISHED, TASK_TRANSITIONS, "task")
@@ -202,8 +214,9 @@ def test_dispatch_to_idle_worker_sends_exec_with_resolved_deps():
     assert s.tasks[100].state is T.READY
     assert s.ready_count() == 1
     s.schedule()
-    assert execs(s) == {1: [(P.EXEC, 100, FID, FBLOB, "f", b"A", [(1, 50, INLINE, b"x-value")],
-                             2, (), True, 0)]}  # last: the owner (driver), for direct results
+    assert execs(s) == {1: [P.Exec(100, FID, FBLOB, "f", b"A", [(1, 50, INLINE, b"x-value")],
+                                   2, (), True, 0)]}  # owner: the driver, for direct results
+    # (epoch None: a task from the node, not one the owner sends its leased worker)
     assert s.actions == []
     assert s.avail == {"CPU": 1.0}
     assert running_on(s, 100) == 1
@@ -220,7 +233,7 @@ def test_dispatch_to_idle_worker_sends_exec_with_resolved_deps():
     # the function blob travels once per worker
     s.submit(0, spec(200))
     s.schedule()
-    assert execs(s)[1][0][3] is None
+    assert execs(s)[1][0].fblob is None
 
 
 def test_task_waits_for_pending_dep_then_runs():
@@ -232,18 +245,18 @@ def test_task_waits_for_pending_dep_then_runs():
     assert s.tasks[300].state is T.PENDING_ARGS and s.tasks[300].missing == 2
     s.schedule()
     ex = execs(s)
-    assert [m[1] for ms in ex.values() for m in ms] == [100]
+    assert [m.tid for ms in ex.values() for m in ms] == [100]
     w = running_on(s, 100)
     s.task_done(w, 100, P.OK, [ok(101, b"one")], False)
     assert s.tasks[200].state is T.READY
     assert s.tasks[300].state is T.PENDING_ARGS and s.tasks[300].missing == 1
     s.schedule()
     (m,) = [m for ms in execs(s).values() for m in ms]
-    assert m[1] == 200 and m[6] == [(0, 101, INLINE, b"one"), (2, 101, INLINE, b"one")]
+    assert m.tid == 200 and m.deps == [(0, 101, INLINE, b"one"), (2, 101, INLINE, b"one")]
     s.task_done(running_on(s, 200), 200, P.OK, [ok(201, b"two")], False)
     s.schedule()
     (m,) = [m for ms in execs(s).values() for m in ms]
-    assert m[1] == 300 and m[6] == [(0, 101, INLINE, b"one"), (1, 201, INLINE, b"two")]
+    assert m.tid == 300 and m.deps == [(0, 101, INLINE, b"one"), (1, 201, INLINE, b"two")]
     assert s.tasks[300].history == [T.PENDING_ARGS, T.READY, T.DISPATCHED]
 
 
@@ -302,7 +315,7 @@ def test_succeeded_dep_whose_ref_the_owner_dropped_lives_until_the_task_ends():
     assert objs_sent(s, 0) == {}  # nobody holds 101 any more: nothing to send
     assert s.objs[101].task_refs == 1
     s.schedule()
-    assert execs(s)[1][0][6] == [(0, 101, INLINE, b"v")]
+    assert execs(s)[1][0].deps == [(0, 101, INLINE, b"v")]
     s.task_done(1, 200, P.OK, [ok(201)], False)
     assert 101 not in s.objs
     assert objs_sent(s, 0) == {201: (INLINE, b"v")}
@@ -345,14 +358,14 @@ def test_custom_resources_are_accounted():
         s.submit(0, spec(tid, res={"CPU": 1.0, "accel": 1.0}))
     s.submit(0, spec(300, res={"CPU": 1.0}))
     s.schedule()
-    started = {m[1] for ms in execs(s).values() for m in ms}
+    started = {m.tid for ms in execs(s).values() for m in ms}
     assert started == {100, 300}  # 200 waits for "accel"; 300 is not blocked behind it
     assert s.avail == {"CPU": 2.0, "accel": 0.0}
     assert s.tasks[200].state is T.READY
     s.task_done(running_on(s, 100), 100, P.OK, [ok(101)], False)
     assert s.avail == {"CPU": 3.0, "accel": 1.0}
     s.schedule()
-    assert [m[1] for ms in execs(s).values() for m in ms] == [200]
+    assert [m.tid for ms in execs(s).values() for m in ms] == [200]
     assert s.avail == {"CPU": 2.0, "accel": 0.0}
     assert s.available() == s.avail and s.available() is not s.avail
 
@@ -362,7 +375,7 @@ def test_zero_cpu_task_runs_without_cpu():
     s.submit(0, spec(100))
     s.submit(0, spec(200, res={"CPU": 0}))
     s.schedule()
-    assert {m[1] for ms in execs(s).values() for m in ms} == {100, 200}
+    assert {m.tid for ms in execs(s).values() for m in ms} == {100, 200}
     assert s.avail["CPU"] == 0.0
 
 
@@ -371,17 +384,17 @@ def test_gpu_ids_are_assigned_and_released():
     for tid in (100, 200, 300):
         s.submit(0, spec(tid, res={"CPU": 1.0, "GPU": 1.0}))
     s.schedule()
-    ex = {m[1]: m for ms in execs(s).values() for m in ms}
+    ex = {m.tid: m for ms in execs(s).values() for m in ms}
     assert set(ex) == {100, 200}
-    assert {ex[100][8], ex[200][8]} == {("0",), ("1",)}  # distinct whole GPUs
+    assert {ex[100].gpus, ex[200].gpus} == {("0",), ("1",)}  # distinct whole GPUs
     assert s.avail["GPU"] == 0.0 and s.gpu_free == {"0": 0.0, "1": 0.0}
     assert s.tasks[300].state is T.READY
-    freed = ex[200][8]
+    freed = ex[200].gpus
     s.task_done(running_on(s, 200), 200, P.OK, [ok(201)], False)
     assert s.gpu_free[freed[0]] == 1.0 and s.avail["GPU"] == 1.0
     s.schedule()
     (m,) = [m for ms in execs(s).values() for m in ms]
-    assert m[1] == 300 and m[8] == freed
+    assert m.tid == 300 and m.gpus == freed
     for tid in (100, 300):
         s.task_done(running_on(s, tid), tid, P.OK, [ok(tid + 1)], False)
     assert s.gpu_free == {"0": 1.0, "1": 1.0} and s.avail == s.total
@@ -389,7 +402,7 @@ def test_gpu_ids_are_assigned_and_released():
     s.submit(0, spec(400, res={"CPU": 1.0, "GPU": 2.0}))
     s.schedule()
     (m,) = [m for ms in execs(s).values() for m in ms]
-    assert sorted(m[8]) == ["0", "1"]
+    assert sorted(m.gpus) == ["0", "1"]
 
 
 def test_fractional_gpus_share_a_device():
@@ -397,7 +410,7 @@ def test_fractional_gpus_share_a_device():
     for tid in (100, 200, 300, 400, 500):
         s.submit(0, spec(tid, res={"CPU": 1.0, "GPU": 0.5}))
     s.schedule()
-    ex = {m[1]: m[8] for ms in execs(s).values() for m in ms}
+    ex = {m.tid: m.gpus for ms in execs(s).values() for m in ms}
     assert len(ex) == 4 and s.tasks[500].state is T.READY
     assert sorted(ex.values()) == [("0",), ("0",), ("1",), ("1",)]
     assert s.avail["GPU"] == 0.0 and s.gpu_free == {"0": 0.0, "1": 0.0}
@@ -405,7 +418,7 @@ def test_fractional_gpus_share_a_device():
     s.task_done(running_on(s, tid), tid, P.OK, [ok(tid + 1)], False)
     assert s.gpu_free == {"0": 0.0, "1": 0.5}
     s.schedule()
-    assert [m[8] for ms in execs(s).values() for m in ms] == [("1",)]
+    assert [m.gpus for ms in execs(s).values() for m in ms] == [("1",)]
 
 
 def test_fractional_gpu_request_waits_when_no_single_gpu_has_room():
@@ -416,7 +429,7 @@ def test_fractional_gpu_request_waits_when_no_single_gpu_has_room():
     for tid in (100, 200, 300):
         s.submit(0, spec(tid, res={"CPU": 1.0, "GPU": 0.6}))
     s.schedule()
-    ex = {m[1]: m[8] for ms in execs(s).values() for m in ms}
+    ex = {m.tid: m.gpus for ms in execs(s).values() for m in ms}
     assert all(ex.values()), f"a GPU task was dispatched without a GPU: {ex}"
     assert len(ex) == 2 and s.tasks[300].state is T.READY
 
@@ -429,7 +442,7 @@ def test_start_worker_bounded_by_free_resources():
     for tid in range(100, 600, 100):
         s.submit(0, spec(tid))
     s.schedule()
-    assert take_actions(s) == [("start_worker",)] * 2
+    assert typed(take_actions(s)) == typed([P.StartWorker()] * 2)
     assert s.starting == 2
     s.worker_started(1)
     s.worker_started(2)
@@ -444,7 +457,7 @@ def test_start_worker_bounded_by_max_workers():
     for tid in range(100, 1100, 100):
         s.submit(0, spec(tid))
     s.schedule()
-    assert take_actions(s) == [("start_worker",)] * 3
+    assert typed(take_actions(s)) == typed([P.StartWorker()] * 3)
     for wid in (1, 2, 3):
         s.worker_started(wid)
     s.schedule()
@@ -458,7 +471,7 @@ def test_start_worker_counts_existing_workers():
         s.submit(0, spec(tid))
     s.schedule()
     assert len(execs(s)) == 2
-    assert take_actions(s) == [("start_worker",)]  # 2 busy + 1 = max_workers
+    assert typed(take_actions(s)) == typed([P.StartWorker()])  # 2 busy + 1 = max_workers
 
 
 def test_default_max_workers():
@@ -476,7 +489,7 @@ def test_schedule_again_before_workers_start_does_not_overstart():
     for tid in range(100, 600, 100):
         s.submit(0, spec(tid))
     s.schedule()
-    assert take_actions(s) == [("start_worker",)] * 2
+    assert typed(take_actions(s)) == typed([P.StartWorker()] * 2)
     s.schedule()
     assert take_actions(s) == []
 
@@ -504,10 +517,10 @@ def test_blocked_worker_releases_cpu_and_unblocked_takes_it_back():
     s.worker_blocked(1)  # e.g. ray.get inside the task
     assert s.workers[1].state is W.BLOCKED and s.avail["CPU"] == 1.0
     s.schedule()
-    assert take_actions(s) == [("start_worker",)]  # the blocked one does not count
+    assert typed(take_actions(s)) == typed([P.StartWorker()])  # the blocked one does not count
     s.worker_started(2)
     s.schedule()
-    assert [m[1] for m in execs(s)[2]] == [200]
+    assert [m.tid for m in execs(s)[2]] == [200]
     assert running_on(s, 200) == 2
     assert s.avail["CPU"] == 0.0
     s.worker_unblocked(1)
@@ -564,7 +577,7 @@ def test_worker_death_retries_on_another_worker_then_fails():
     s.submit(0, spec(100, retries=1, name="crashy"))
     s.schedule()
     w1 = running_on(s, 100)
-    assert execs(s)[w1][0][3] == FBLOB
+    assert execs(s)[w1][0].fblob == FBLOB
     s.submit(0, spec(900))  # lands behind the crashed task in the queue ...
     s.worker_died(w1, "SIGSEGV")
     assert w1 not in s.workers and w1 not in s.out and w1 not in s.idle
@@ -577,9 +590,9 @@ def test_worker_death_retries_on_another_worker_then_fails():
     s.schedule()
     w2 = running_on(s, 100)  # ... but the retry goes first, on the surviving worker
     assert w2 != w1
-    assert take_actions(s) == [("start_worker",)]  # for task 900: one CPU is free
+    assert typed(take_actions(s)) == typed([P.StartWorker()])  # for task 900: one CPU is free
     (m,) = execs(s)[w2]
-    assert m[1] == 100 and m[3] == FBLOB  # a fresh worker gets the function too
+    assert m.tid == 100 and m.fblob == FBLOB  # a fresh worker gets the function too
     s.worker_died(w2, "killed by signal SIGKILL")
     e = error_of(objs_sent(s, 0)[101])
     assert isinstance(e, exc.WorkerCrashedError)
@@ -685,7 +698,7 @@ def test_cancel_dispatched_task_interrupts_and_is_not_retried():
     s.schedule()
     execs(s)
     s.cancel(100, force=False, recursive=False)
-    assert take_actions(s) == [("interrupt", 1, 100)]
+    assert typed(take_actions(s)) == typed([P.Interrupt(1, 100)])
     s.cancel(100, force=False, recursive=False)  # already being cancelled
     assert take_actions(s) == []
     assert s.tasks[100].state is T.DISPATCHED  # until the worker reports
@@ -702,7 +715,7 @@ def test_force_cancel_kills_worker_and_stores_cancelled_error():
     execs(s)
     t = s.tasks[100]
     s.cancel(100, force=True, recursive=False)
-    assert take_actions(s) == [("kill", 1)]
+    assert typed(take_actions(s)) == typed([P.Kill(1)])
     s.worker_died(1, "killed by signal SIGKILL")
     e = error_of(objs_sent(s, 0)[101])
     assert isinstance(e, exc.TaskCancelledError) and not isinstance(e, exc.WorkerCrashedError)
@@ -728,7 +741,7 @@ def test_recursive_cancel_reaches_child_tasks_submitted_from_workers():
     s.submit(0, spec(500))  # unrelated
     s.cancel(100, force=False, recursive=True)
     acts = take_actions(s)
-    assert sorted(acts) == sorted([("interrupt", wp, 100), ("interrupt", wc, 200)])
+    assert sorted(typed(acts)) == sorted(typed([P.Interrupt(wp, 100), P.Interrupt(wc, 200)]))
     # queued descendants are cancelled right away; their owners (workers) are told
     assert isinstance(error_of(objs_sent(s, wp)[301]), exc.TaskCancelledError)
     assert isinstance(error_of(objs_sent(s, wc)[401]), exc.TaskCancelledError)
@@ -744,7 +757,7 @@ def test_non_recursive_cancel_leaves_children_alone():
     execs(s)
     s.submit(1, spec(200))
     s.cancel(100, force=True, recursive=False)
-    assert take_actions(s) == [("kill", 1)]
+    assert typed(take_actions(s)) == typed([P.Kill(1)])
     assert s.tasks[200].state is T.READY
 
 
@@ -753,8 +766,8 @@ def test_non_recursive_cancel_leaves_children_alone():
 
 def arena_put(s: Scheduler, proc: int, oid: int, nbytes: int = 1000, contained=()) -> int:
     s.allocate(proc, 77, nbytes)
-    (m,) = drain(s, proc, P.ALLOC_OK)
-    _, req, off, err = m
+    (m,) = drain(s, proc, P.AllocOk)
+    req, off, err = m.req, m.offset, m.error
     assert req == 77 and err is None and off is not None
     assert off in s.reserved[proc]
     s.put(proc, oid, ARENA, (off, 16, ((64, nbytes - 64),), nbytes), contained)
@@ -850,7 +863,7 @@ def test_refs_contained_in_task_args_are_held_until_the_task_ends():
     s.refs(0, [], [10])
     assert 10 in s.objs and s.objs[10].task_refs == 1
     s.schedule()
-    assert execs(s)[1][0][6] == []  # not a top-level dependency
+    assert execs(s)[1][0].deps == []  # not a top-level dependency
     s.task_done(1, 100, P.OK, [ok(101)], False)
     assert 10 not in s.objs
 
@@ -877,7 +890,8 @@ def test_dead_worker_holds_pins_reservations_and_subscriptions_are_dropped():
     s.pin(1, [10])
     s.subscribe(1, [101])
     s.allocate(1, 5, 4000)  # a reservation the worker never sealed
-    assert drain(s, 1)[0][:2] == (P.ALLOC_OK, 5)
+    m = drain(s, 1)[0]
+    assert type(m) is P.AllocOk and m.req == 5
     assert s.alloc.used == 1024 + 4032
     s.worker_died(1, "exit")
     assert 10 not in s.objs and 11 not in s.objs
@@ -885,7 +899,7 @@ def test_dead_worker_holds_pins_reservations_and_subscriptions_are_dropped():
     assert 1 not in s.reserved and 1 not in s.out
     assert s.objs[101].subscribers == set()
     s.schedule()
-    assert [m[1] for m in execs(s)[2]] == [100]  # only the live worker gets work
+    assert [m.tid for m in execs(s)[2]] == [100]  # only the live worker gets work
     s.task_done(2, 100, P.OK, [ok(101)], False)
     assert 1 not in s.out  # nothing is sent to the dead worker
 
@@ -894,10 +908,11 @@ def test_allocate_full_and_free_range():
     s = make(arena_size=4096, workers=1)
     s.allocate(1, 1, 3000)
     (m,) = drain(s, 1)
-    assert m == (P.ALLOC_OK, 1, 0, None)
+    assert type(m) is P.AllocOk and m == P.AllocOk(1, 0, None)
     s.allocate(1, 2, 3000)
     (m,) = drain(s, 1)
-    assert m[:3] == (P.ALLOC_OK, 2, None) and "no free range of 3008 bytes" in m[3]
+    assert type(m) is P.AllocOk and (m.req, m.offset) == (2, None)
+    assert "no free range of 3008 bytes" in m.error
     s.free_range(0, 0)  # not the driver's reservation: ignored
     assert s.alloc.used == 3008
     s.free_range(1, 0)
@@ -911,7 +926,8 @@ def test_worker_puts_arena_task_result():
     s.submit(0, spec(100))
     s.schedule()
     s.allocate(1, 9, 5000)
-    (_, _, off, _), = [m for m in drain(s, 1) if m[0] == P.ALLOC_OK]
+    (m,) = [m for m in drain(s, 1) if type(m) is P.AllocOk]
+    off = m.offset
     desc = (off, 32, ((64, 4900),), 5000)
     s.task_done(1, 100, P.OK, [(101, ARENA, desc, ())], False)
     assert s.reserved[1] == set()  # sealed, so the worker's death would not free it
@@ -980,20 +996,20 @@ def test_infeasible_request_warns_once_and_never_runs():
     s = make({"CPU": 4.0}, workers=1)
     s.submit(0, spec(100, name="needs_gpu", res={"CPU": 1.0, "GPU": 1.0}))
     acts = take_actions(s)
-    assert len(acts) == 1 and acts[0][0] == "warn"
-    text = acts[0][1]
+    assert len(acts) == 1 and type(acts[0]) is P.Warn
+    text = acts[0].text
     assert "needs_gpu" in text and "'GPU': 1.0" in text and "0 in total" in text
     s.submit(0, spec(200, name="needs_gpu", res={"CPU": 1.0, "GPU": 1.0}))
     assert take_actions(s) == []  # same request: no second warning
     s.submit(0, spec(300, name="big", res={"CPU": 8.0}))
     (act,) = take_actions(s)
-    assert act[0] == "warn" and "'CPU': 8.0" in act[1] and "4.0 in total" in act[1]
+    assert type(act) is P.Warn and "'CPU': 8.0" in act.text and "4.0 in total" in act.text
     s.schedule()
     assert execs(s) == {} and take_actions(s) == []  # waits; no worker started for it
     assert {s.tasks[t].state for t in (100, 200, 300)} == {T.READY}
     s.submit(0, spec(400))  # feasible work still runs
     s.schedule()
-    assert [m[1] for ms in execs(s).values() for m in ms] == [400]
+    assert [m.tid for ms in execs(s).values() for m in ms] == [400]
     assert take_actions(s) == []
 
 
@@ -1007,10 +1023,10 @@ def test_tick_retires_extra_idle_workers_but_keeps_warm_pool():
     assert take_actions(s) == []
     s.tick(111.0)
     kills = take_actions(s)
-    assert sorted(kills) == [("kill", 1), ("kill", 2)]
+    assert sorted(typed(kills)) == typed([P.Kill(1), P.Kill(2)])
     assert sorted(s.idle) == [3, 4]  # being retired: never dispatched to again
-    for _, wid in kills:
-        s.worker_died(wid, "retired")
+    for k in kills:
+        s.worker_died(k.wid, "retired")
     s.tick(1000.0)
     assert take_actions(s) == []
     assert sorted(s.workers) == [3, 4]
@@ -1027,9 +1043,10 @@ def test_tick_never_retires_busy_workers_and_restarts_idle_clock():
     assert take_actions(s) == []
     s.tick(61.0)
     kills = take_actions(s)
-    assert len(kills) == 2 and ("kill", busy) not in kills
-    for _, wid in kills:
-        s.worker_died(wid, "retired")
+    assert len(kills) == 2 and all(type(k) is P.Kill for k in kills)
+    assert busy not in [k.wid for k in kills]
+    for k in kills:
+        s.worker_died(k.wid, "retired")
     # the busy worker finishes: it is the warm pool now
     s.task_done(busy, 100, P.OK, [ok(101)], False)
     s.tick(100.0)
@@ -1038,7 +1055,7 @@ def test_tick_never_retires_busy_workers_and_restarts_idle_clock():
 
 
 def test_tick_before_retired_workers_are_reaped_keeps_warm_pool():
-    """A ("kill", wid) worker stays in ``workers`` until worker_died() arrives; a second
+    """A ``P.Kill(wid)`` worker stays in ``workers`` until worker_died() arrives; a second
     tick in between must not count it and retire the warm pool too (regression; latent in
     the node, where SIGCHLD is reaped well within the 1 s tick period)."""
     s = make({"CPU": 2.0}, workers=4, now=100.0, idle_keep=2, idle_timeout=10.0,
@@ -1047,3 +1064,17 @@ def test_tick_before_retired_workers_are_reaped_keeps_warm_pool():
     assert len(take_actions(s)) == 2
     s.tick(112.0)
     assert take_actions(s) == []
+
+
+def test_invariants_are_checked_after_events_and_catch_broken_books(node_invariants):
+    s = make(workers=1)
+    s.submit(0, spec(100))
+    s.schedule()
+    assert node_invariants["events"] >= 3  # worker_started, submit, schedule
+    s.avail["CPU"] += 1.0  # corrupt the resource books
+    with pytest.raises(AssertionError, match="resource CPU"):
+        s.check_invariants()
+    s.avail["CPU"] -= 1.0
+    s.objs[101].task_refs += 1  # a holder count nothing accounts for
+    with pytest.raises(AssertionError, match="task_refs"):
+        s.check_invariants()

@@ -1,0 +1,137 @@
+"""What must hold in the node's machine between any two events (``Scheduler``).
+
+The pure tests call ``check_scheduler`` after every event (in the spirit of dask
+distributed's ``validate_state()``); it is never called on the hot path.  Each check
+names what broke, so a failing test points at the bookkeeping that went wrong:
+
+* the resource books add up: what is not available is held by a worker (a worker that
+  waits in ``get`` lends its CPU), and every GPU's share is free or held;
+* every task is in exactly one place: a ready queue (once), its actor's caller queue,
+  a worker's queue, another rank (``AGENT``), or waiting for its arguments;
+* workers: the idle list holds exactly the idle workers, a worker's running task is the
+  head of its queue;
+* objects: their holder counts match what refers to them (``task_refs`` from live tasks
+  and actors, ``contained_in`` from live objects), and no freed object is kept.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from .actor_table import ACTOR_MARK
+from .cluster import AGENT
+from .states import A, O, T, W
+
+EPS = 1e-6
+
+
+def check_scheduler(s) -> None:
+    _check_resources(s)
+    _check_tasks(s)
+    _check_workers(s)
+    _check_objects(s)
+
+
+def _check_resources(s) -> None:
+    used: dict[str, float] = collections.defaultdict(float)
+    for w in s.workers.values():
+        if w.state is W.IDLE or w.state is W.STARTING:
+            assert not w.held and not w.gpus, f"idle worker {w.key} holds {w.held}"
+            continue
+        for name, amount in w.held:
+            if (name, amount) == ACTOR_MARK or (name == "CPU" and w.state is W.BLOCKED):
+                continue
+            used[name] += amount
+    for name, total in s.total.items():
+        free = s.avail.get(name, 0.0)
+        assert abs(total - free - used.get(name, 0.0)) < EPS, (
+            f"resource {name}: total {total}, available {free}, held {used.get(name, 0.0)}")
+    gpu_held: dict[str, float] = collections.defaultdict(float)
+    for w in s.workers.values():
+        for g, amount in w.gpus:
+            gpu_held[g] += amount
+    for g, free in s.gpu_free.items():
+        assert abs(free + gpu_held[g] - 1.0) < EPS, f"GPU {g}: free {free}, held {gpu_held[g]}"
+
+
+def _check_tasks(s) -> None:
+    in_ready: collections.Counter = collections.Counter()
+    for key, q in s.ready.items():
+        for tid in q:
+            t = s.tasks.get(tid)
+            if t is not None and t.state is T.READY:
+                assert t.resources == key, f"task {tid} queued under {key}"
+                in_ready[tid] += 1
+    in_actor: collections.Counter = collections.Counter()
+    for a in s.actors.values():
+        for caller, q in a.queue.items():
+            for tid in q:
+                t = s.tasks.get(tid)
+                if t is not None and t.state in (T.READY, T.PENDING_ARGS):
+                    assert t.actor == a.key and t.owner == caller, (tid, a.key, caller)
+                    in_actor[tid] += 1
+    on_worker: collections.Counter = collections.Counter()
+    for w in s.workers.values():
+        for tid in w.queue:
+            on_worker[tid] += 1
+    for tid, t in s.tasks.items():
+        assert t.key == tid
+        assert t.state not in (T.FINISHED, T.FAILED, T.CANCELLED), f"ended task {tid} kept"
+        places = in_ready[tid] + in_actor[tid] + on_worker[tid]
+        if t.state is T.READY:
+            where = in_actor[tid] if t.actor is not None else in_ready[tid]
+            assert where == 1 and places == 1, f"READY task {tid} in {places} places"
+        elif t.state is T.DISPATCHED:
+            if t.worker == AGENT:
+                assert places == 0, f"forwarded task {tid} also queued here"
+            else:
+                w = s.workers.get(t.worker)
+                assert w is not None and tid in w.queue, f"task {tid} lost its worker"
+                assert places == 1, f"DISPATCHED task {tid} in {places} places"
+        elif t.state is T.PENDING_ARGS:
+            assert t.missing > 0 or t.creating, f"task {tid} waits for no argument"
+            assert in_ready[tid] == 0 and on_worker[tid] == 0, f"task {tid} queued early"
+
+
+def _check_workers(s) -> None:
+    assert len(set(s.idle)) == len(s.idle), "a worker is idle twice"
+    for wid in s.idle:
+        w = s.workers.get(wid)
+        assert w is not None and w.state is W.IDLE, f"idle list holds worker {wid}"
+    for w in s.workers.values():
+        assert w.state is not W.DEAD, f"dead worker {w.key} kept"
+        if w.state is W.IDLE:
+            assert w.key in s.idle or w.key in s.retiring, f"idle worker {w.key} unlisted"
+            assert not w.queue and w.task is None, f"idle worker {w.key} has tasks"
+        if w.queue and w.actor is None:
+            assert w.task == w.queue[0], f"worker {w.key} runs {w.task}, not its head"
+
+
+def _check_objects(s) -> None:
+    refs: collections.Counter = collections.Counter()
+    for t in s.tasks.values():
+        if t.creating:
+            continue  # (its actor keeps the constructor's arguments, counted below)
+        for _pos, oid in t.spec.deps:
+            refs[oid] += 1
+        for oid in t.spec.contained:
+            refs[oid] += 1
+        if t.actor is not None:
+            refs[t.actor + 1] += 1  # a pending call holds its actor's anchor
+    for a in s.actors.values():
+        if a.state is not A.DEAD:
+            for _pos, oid in a.spec.deps:
+                refs[oid] += 1
+            for oid in a.spec.contained:
+                refs[oid] += 1
+    contained: collections.Counter = collections.Counter()
+    for o in s.objs.values():
+        for c in o.contains:
+            contained[c] += 1
+    for oid, o in s.objs.items():
+        assert o.key == oid and o.state is not O.FREED, f"freed object {oid} kept"
+        assert o.task_refs == refs[oid], (
+            f"object {oid}: task_refs {o.task_refs}, live tasks refer {refs[oid]} times")
+        assert o.contained_in == contained[oid], (
+            f"object {oid}: contained_in {o.contained_in}, held by {contained[oid]}")
+        assert not any(n <= 0 for n in o.pins.values()), f"object {oid}: pins {o.pins}"

@@ -1,0 +1,578 @@
+"""The owner: what a submitting process decides about the tasks it runs itself (pure).
+
+Ray's ownership model in small: the driver leases workers from its node and sends its
+plain tasks straight to them; it owns their results (the node never hears of them
+unless a ref leaves this process); it calls actors straight through their mailbox ring.
+This module holds those decisions as a synchronous state machine with no I/O, no
+threads and no processes: ``handle(event)`` returns a list of instructions, which the
+I/O shell (``driver_client.DriverClient``) carries out.  Calls to actors are a composed
+part (``owner_actors.ActorChannels``).
+
+Data flow::
+
+    events (protocol records)                       instructions (protocol records)
+    ─────────────────────────                       ──────────────────────────────
+    SubmitTask / SubmitCall / CancelTask       ─▶   ToNode(msg)        to the node
+    RefGone / Publish / ActorKilled            ─▶   ToSlot(slot, msg)  into a leased worker's
+    LeaseGrant / NoLease / LeaseLost / Obj      ─▶                      or an actor's ring
+      / ActorUpdate / ANodeDone  (node)             Deliver(oid, kind, payload)  a value is here
+    DoneD / ADoneD / ReturnD / Expired /       ─▶   Release(oid, urgent)  drop our hold
+      Resumed / Obj  (a worker's ring)              Signal(pid, sig), CancelWord(slot, tid)
+
+Leases: the node owns resource accounting; a lease is one worker plus one CPU.  It is
+born from a task sent the node's way flagged ``lease`` (the worker that ran it stays
+with this owner, still holding that task's CPU), and given back by the worker after
+``LEASE_IDLE`` without work (``Expired``).  Only tasks the node need not know about go
+direct: resources exactly one CPU, default strategy, no ref pickled inside the
+arguments, every top-level ref argument's value here and not an error.  Under MPI
+(``spill_long``) a function whose tasks run long enough to be worth moving to another
+rank goes by the node, which may move it.
+
+Owned objects (``OwnedState``): a direct task's return is PENDING until its value
+comes; a ref that leaves this process first makes the node wait for it (PROMISED, then
+``Put`` when it comes); a value that came straight here is LOCAL until a ref leaves (a
+``Put``) or the last ref here dies.  The last ref dying while PENDING/PROMISED defers
+the node's release until the value comes (``dropped``).
+
+The value cache lives in the shell (``values``: oid -> (kind, payload)); the machine
+only reads it, to send an actor call's arguments with it.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import signal
+
+from . import exceptions as exc
+from . import protocol as P
+from .cluster import running_mean
+from .owner_actors import FRAME_SLACK, ActorChannels, message_cost
+from .serialization import ERROR
+from .states import (DIRECT_TRANSITIONS, LEASE_TRANSITIONS, OWNED_TRANSITIONS, D, L, OW,
+                     TransitionError, _move)
+
+DEFAULT_SHAPE = (("CPU", 1.0),)
+# (module-level names for what the hot paths use on every task)
+_PENDING, _LOCAL, _ACTIVE, _SENT = OW.PENDING, OW.LOCAL, L.ACTIVE, D.SENT
+_ToSlot, _Exec, _Deliver = P.ToSlot, P.Exec, P.Deliver
+RUN_WEIGHT = 0.25  # weight of the newest run time in a function's moving mean
+
+
+class DirectTask:
+    """A task this owner runs on one of its leases.  (No history list, unlike the
+    node's tasks: one per task on the hot path costs more than it tells.)"""
+
+    __slots__ = ("key", "spec", "deps", "hold", "wid", "cancelled", "cost", "state")
+
+    def __init__(self, spec, deps: tuple, hold) -> None:
+        self.key = spec.tid
+        self.spec = spec
+        self.deps = deps
+        self.hold = hold  # what the task reads, kept alive here until it is done
+        self.wid: int | None = None
+        self.cancelled = False
+        self.cost = 0
+        self.state = D.QUEUED
+
+    def step(self, new: D) -> None:
+        """Move to ``new`` as DIRECT_TRANSITIONS allows (else TransitionError)."""
+        if new not in DIRECT_TRANSITIONS[self.state]:
+            raise TransitionError(f"direct task {P.id_hex(self.key)}: {self.state.value} "
+                                  f"-> {new.value} is not allowed")
+        self.state = new
+
+
+class Lease:
+    __slots__ = ("key", "epoch", "slot", "pid", "inflight", "fids", "bytes", "state",
+                 "history")
+
+    def __init__(self, wid: int, epoch: int, slot: int, pid: int) -> None:
+        self.key = wid
+        self.epoch = epoch
+        self.slot = slot
+        self.pid = pid
+        self.inflight: dict[int, DirectTask | None] = {}  # None: the task that created it
+        self.fids: set[int] = set()
+        self.bytes = 0  # message bytes in flight (the ring holds at least twice this)
+        self.state = L.ACTIVE
+        self.history = [L.ACTIVE]
+
+
+class Owner:
+    """One process's owner machine (the driver's; see the module docstring)."""
+
+    def __init__(self, proc: int, rank: int, values: dict, *, max_leases: int = 1,
+                 depth: int = 2, ring_cap: int = 1 << 18, mailbox: bool = True,
+                 spill_long: float = 0.0) -> None:
+        self.proc = proc
+        self.rank = rank
+        self.values = values  # the shell's value cache (read only here)
+        self.max_leases = max(1, max_leases)
+        self.depth = max(1, depth)
+        self.max_frame = ring_cap // 4  # bigger messages go by the node (its rings fragment)
+        # message bytes in flight per ring (estimated from above, so a push never waits;
+        # the rest of the ring is for Drop messages and a predecessor's leftovers)
+        self.budget = ring_cap * 3 // 4
+        self.mailbox = mailbox  # False: no leases, no direct actor calls (all by the node)
+        self.leases: dict[int, Lease] = {}
+        self.queue: collections.deque[DirectTask] = collections.deque()
+        self.tasks: dict[int, DirectTask] = {}  # queued or sent, not ended
+        self.owned: dict[int, OW] = {}  # return id -> state (see OwnedState)
+        self.dropped: set[int] = set()  # owned, pending, and its last ref here died
+        self.local: dict[int, tuple] = {}  # LOCAL: oid -> (kind, payload)
+        self.awaiting: set[int] = set()  # owned, task ended: the value comes by the node
+        self.flagged: set[int] = set()  # first return ids of tasks sent to become leases
+        self.seeding: dict[int, int] = {}  # first return id -> wid: that task runs on the
+        #                                    lease it created (counts as its work)
+        self.expired: set[int] = set()  # epochs that ended before their grant was read
+        self.blobs: dict[int, bytes] = {}  # fid -> cloudpickled function
+        self.spill_long = spill_long
+        self.run_s: dict[int, tuple[int, float]] = {}  # fid -> (runs, mean run time)
+        self.long_fids: set[int] = set()
+        self.out: list = []
+        self.actors = ActorChannels(self)
+        self._on = {
+            P.SubmitTask: self._submit, P.SubmitCall: self.actors.submit,
+            P.CancelTask: self._cancel, P.RefGone: self._ref_gone,
+            P.Publish: self._publish_event,
+            P.ActorKilled: self.actors.killed,
+            P.Obj: self._node_value, P.LeaseGrant: self._on_lease,
+            P.NoLease: lambda ev: self._unflag(ev.first_oid),
+            P.LeaseLost: self._on_lost, P.DoneD: self._on_done,
+            P.ReturnD: self._on_returned, P.Expired: self._on_expired,
+            P.Resumed: self._on_resumed, P.ADoneD: self.actors.on_done,
+            P.ANodeDone: self.actors.on_node_done, P.ActorUpdate: self.actors.on_update,
+        }
+
+    def handle(self, ev) -> list:
+        """One event in, the instructions it causes out (in the order to carry out)."""
+        self.out = out = []
+        self._on[type(ev)](ev)
+        return out
+
+    def backlog(self) -> bool:
+        """Work waits here for room (the shell keeps pumping while it does)."""
+        return bool(self.queue) or self.actors.backlog > 0
+
+    # ------------------------------------------------------------------ owned objects
+    def own(self, tid: int, nret: int) -> None:
+        """Returns of a task this owner runs itself: PENDING."""
+        owned = self.owned
+        for oid in range(tid + 1, tid + 1 + nret):  # (P.return_ids, inlined: hot)
+            owned[oid] = OW.PENDING
+
+    def _set(self, oid: int, new: OW) -> None:
+        old = self.owned[oid]
+        if new not in OWNED_TRANSITIONS[old]:
+            raise TransitionError(f"owned object {P.id_hex(oid)}: {old.value} -> "
+                                  f"{new.value} is not allowed")
+        self.owned[oid] = new
+
+    def _disown(self, oid: int) -> None:
+        """The node holds it from now on (or it is gone): no longer tracked here."""
+        if self.owned.pop(oid, None) is OW.LOCAL:
+            del self.local[oid]
+        self.awaiting.discard(oid)
+
+    def publish(self, oids) -> None:
+        """Refs to these are about to leave this process: make them known to the node
+        first (Put of a value only this process has, Promise of one still to come)."""
+        owned = self.owned
+        for oid in oids:
+            st = owned.get(oid)
+            if st is OW.LOCAL:
+                kind, payload = self.local[oid]
+                self._disown(oid)
+                self.out.append(P.ToNode(P.Put(oid, kind, payload, ())))
+            elif st is OW.PENDING:
+                self._set(oid, OW.PROMISED)
+                self.out.append(P.ToNode(P.Promise(oid)))
+
+    def _publish_event(self, ev) -> None:
+        self.publish(ev.oids)
+        if ev.msg is not None:
+            self.out.append(P.ToNode(ev.msg))
+
+    def _ref_gone(self, ev) -> None:
+        oid = ev.oid
+        st = self.owned.get(oid)
+        if st is None:
+            self.out.append(P.Release(oid, ev.urgent))
+        elif st is OW.LOCAL:
+            self._disown(oid)  # the node never knew it
+        else:
+            self.dropped.add(oid)  # released (if the node knows it) once its value comes
+
+    def direct_value(self, oid: int, kind: int, payload) -> None:
+        """A value of an owned object arrived straight from a worker (or was decided
+        here): keep it LOCAL, or seal a promise."""
+        st = self.owned.get(oid)
+        out = self.out
+        if st is OW.PENDING:
+            if oid in self.dropped:  # nobody here wants it, and the node never knew it
+                self.dropped.discard(oid)
+                del self.owned[oid]
+            else:  # (PENDING -> LOCAL, as OWNED_TRANSITIONS allows)
+                self.owned[oid] = OW.LOCAL
+                self.local[oid] = (kind, payload)
+        elif st is OW.PROMISED:
+            self._disown(oid)
+            out.append(P.ToNode(P.Put(oid, kind, payload, ())))  # seal the promise
+            if oid in self.dropped:
+                self.dropped.discard(oid)
+                out.append(P.Release(oid, True))
+        out.append(P.Deliver(oid, kind, payload))
+
+    def _node_value(self, m) -> None:
+        """A value from the node, or a node task's value its worker handed here."""
+        oid = m.oid
+        if self.flagged:
+            self._unflag(oid)  # that task ended; its worker may not become a lease
+        if self.seeding:
+            wid = self.seeding.pop(oid, None)
+            if wid is not None:  # the lease it created is free for our tasks now
+                lease = self.leases.get(wid)
+                if lease is not None:
+                    lease.inflight.pop(oid - 1, None)
+                    self._refill()
+        if oid in self.owned:  # (a direct result the node registered: PutFor)
+            self._disown(oid)
+            if oid in self.dropped:
+                self.dropped.discard(oid)
+                self.out.append(P.Release(oid, True))  # its ref died while the task ran
+        self.out.append(P.Deliver(oid, m.kind, m.payload))
+
+    def values_by_node(self, tid: int, nret: int) -> None:
+        """A direct task or call ended well, its values by the node (it registered them
+        first: PutFor): wait for them there."""
+        for oid in P.return_ids(tid, nret):
+            if oid in self.owned:
+                self.awaiting.add(oid)
+
+    def fail_returns(self, tid: int, nret: int, err: BaseException) -> None:
+        payload = pickle.dumps(err, protocol=5)
+        for oid in P.return_ids(tid, nret):
+            if oid in self.owned:
+                self.direct_value(oid, ERROR, payload)
+
+    # ------------------------------------------------------------------ submit
+    def _submit(self, ev) -> None:
+        spec = ev.spec
+        deps = ev.deps  # (None from the shell: not for a lease, see SubmitTask)
+        if deps is None or not self.mailbox or spec.fid in self.long_fids:
+            self.to_node(spec)  # (long functions: worth moving to another rank)
+            return
+        rec = DirectTask(spec, deps, ev.hold)
+        tid = rec.key
+        self.tasks[tid] = rec
+        owned = self.owned
+        for oid in range(tid + 1, tid + 1 + spec.nret):  # (own(), inlined: hot)
+            owned[oid] = _PENDING
+        if self.queue or not self._place(rec):
+            usable = any(lease.state is L.ACTIVE for lease in self.leases.values())
+            if len(self.leases) + len(self.flagged) < self.max_leases or not (
+                    usable or self.flagged):
+                # no room: the node runs it, and (room for one more lease) leases us the
+                # worker it starts on
+                self._to_node(rec, flag=True)
+                return
+            self.queue.append(rec)  # leases (or grants on their way) will take it
+
+    def to_node(self, spec, deps=None) -> None:
+        """Send a task the node's way; its arguments may be values only this process
+        has seen (direct results): they are made known first."""
+        self.publish([oid for _pos, oid in spec.deps])
+        if spec.contained:
+            self.publish(spec.contained)
+        self.out.append(P.ToNode(P.Submit(spec)))
+
+    def _to_node(self, rec: DirectTask, flag: bool = False) -> None:
+        """Hand a direct task to the node's path (no room, a retry, no leases left)."""
+        spec = rec.spec
+        self.tasks.pop(rec.key, None)
+        if rec.state is not D.ENDED:
+            rec.step(D.ENDED)
+        if flag and len(self.leases) + len(self.flagged) < self.max_leases:
+            self.flagged.add(rec.key + 1)
+            spec = spec._replace(lease=True)
+        self.to_node(spec)
+        # Submit registers the returns at the node: they are the node's objects from
+        # here on (its worker may hand their values straight here; they are not direct
+        # values); one whose ref died here already is released now, after the Submit.
+        for oid in P.return_ids(rec.key, spec.nret):
+            self._disown(oid)
+            if oid in self.dropped:
+                self.dropped.discard(oid)
+                self.out.append(P.Release(oid, True))
+        rec.hold = None
+
+    def _place(self, rec: DirectTask) -> bool:
+        best = None
+        n_best = self.depth
+        for lease in self.leases.values():
+            n = len(lease.inflight)
+            if n < n_best and lease.state is _ACTIVE:
+                best, n_best = lease, n
+                if n == 0:
+                    break
+        if best is None:
+            return False
+        if n_best and len(self.queue) < len(self.leases) + len(self.flagged):
+            # queue behind a running task only with a real backlog: a short queue waits
+            # for a free lease (or one still being granted) instead of for a long task
+            return False
+        spec = rec.spec
+        fid = spec.fid
+        fblob = None if fid in best.fids else self.blobs.get(fid)
+        deps = rec.deps
+        cost = message_cost(spec.args, spec.name, fblob, deps) if fblob or deps else \
+            len(spec.args) + len(spec.name) + FRAME_SLACK
+        if cost > self.max_frame:  # a big function or arguments: the node's rings
+            self._to_node(rec)     # fragment and queue without limit
+            return True
+        if best.bytes + cost > self.budget:
+            return False
+        if fblob is not None:
+            best.fids.add(fid)
+        best.bytes += cost
+        rec.cost = cost
+        rec.wid = best.key
+        rec.step(_SENT)
+        best.inflight[rec.key] = rec
+        self.out.append(_ToSlot(best.slot, _Exec(
+            rec.key, fid, fblob, spec.name, spec.args, deps, spec.nret, (),
+            spec.retry_exc, self.proc, best.epoch)))
+        return True
+
+    def _refill(self) -> None:
+        q = self.queue
+        while q:
+            if not self._place(q[0]):
+                break
+            q.popleft()  # (_place never touches the queue itself)
+        if q and not self.flagged and all(
+                lease.state is not L.ACTIVE for lease in self.leases.values()):
+            # no lease to run them (none left, or all wait in get, maybe for these very
+            # tasks) and none coming: the node takes over (it starts workers as needed)
+            while q:
+                self._to_node(q.popleft())
+
+    # ------------------------------------------------------------------ lease events
+    def _on_lease(self, m) -> None:
+        # still flagged = the task that created the lease is running there; if its value
+        # came first (rings are read in no fixed order), the lease is free already
+        seeding = m.first_oid in self.flagged
+        self.flagged.discard(m.first_oid)
+        if m.epoch in self.expired:  # it ended (idle) before we even read the grant
+            self.expired.discard(m.epoch)
+            return
+        lease = self.leases[m.wid] = Lease(m.wid, m.epoch, m.slot, m.pid)
+        if seeding:
+            lease.inflight[m.first_oid - 1] = None  # busy with the task that created it
+            self.seeding[m.first_oid] = m.wid
+        self._refill()
+
+    def _end_lease(self, lease: Lease) -> None:
+        del self.leases[lease.key]
+        _move(lease, L.ENDED, LEASE_TRANSITIONS, "lease")
+
+    def _on_expired(self, m) -> None:
+        lease = self.leases.get(m.wid)
+        if lease is not None and lease.epoch == m.epoch:
+            self._end_lease(lease)
+            # anything still in flight there comes back as ReturnD (bounced) or DoneD
+        elif lease is None or lease.epoch < m.epoch:
+            self.expired.add(m.epoch)  # its grant is still on the way
+        self._refill()
+
+    def _on_resumed(self, m) -> None:
+        lease = self.leases.get(m.wid)
+        if lease is not None and lease.epoch == m.epoch and lease.state is L.PAUSED:
+            _move(lease, L.ACTIVE, LEASE_TRANSITIONS, "lease")
+            self._refill()
+
+    def _on_lost(self, m) -> None:
+        lease = self.leases.get(m.wid)
+        if lease is None or lease.epoch != m.epoch:
+            return
+        self._end_lease(lease)
+        for tid, rec in list(lease.inflight.items()):
+            if rec is None:  # the node's own task that created the lease: node retries
+                self.seeding.pop(tid + 1, None)
+                continue
+            spec = rec.spec
+            if rec.cancelled:
+                self._end(rec)
+                self.fail_returns(tid, spec.nret, exc.TaskCancelledError(P.id_hex(tid)))
+            elif spec.retries > 0:
+                rec.spec = spec._replace(retries=spec.retries - 1)
+                self._to_node(rec)
+            else:
+                self._end(rec)
+                self.fail_returns(tid, spec.nret, exc.WorkerCrashedError(
+                    f"the worker running task {spec.name} died: {m.reason}; "
+                    f"retries exhausted (max_retries=0)"))
+        self._refill()
+
+    def _end(self, rec: DirectTask) -> None:
+        self.tasks.pop(rec.key, None)
+        rec.step(D.ENDED)
+        rec.hold = None
+
+    def _on_done(self, m) -> None:
+        """A direct task ended after ``run_s`` seconds.  Its values come with it, or
+        from the node (``via_node``: arena values and values holding refs, which the
+        node must register first), or not at all (a retryable ``error``: retry or give
+        up here)."""
+        rec = self.tasks.pop(m.tid, None)
+        if rec is None:
+            return
+        if rec.state is not D.SENT:
+            self.tasks[m.tid] = rec
+            return
+        lease = self.leases.get(rec.wid)
+        spec = rec.spec
+        if lease is not None:
+            del lease.inflight[m.tid]
+            lease.bytes -= rec.cost
+            if lease.state is L.PAUSED:
+                _move(lease, L.ACTIVE, LEASE_TRANSITIONS, "lease")
+        if self.spill_long and m.run_s:
+            self._timed(spec.fid, m.run_s)
+        if m.error is not None and spec.retries > 0 and not rec.cancelled:
+            self.tasks[m.tid] = rec
+            rec.spec = spec._replace(retries=spec.retries - 1)
+            self._to_node(rec)
+        else:
+            rec.state = D.ENDED  # (SENT -> ENDED)
+            rec.hold = None
+            if m.values:
+                for oid, kind, payload in m.values:
+                    self.direct_value(oid, kind, payload)
+            elif m.error is not None:  # retries used up: the error stands
+                for oid in P.return_ids(m.tid, spec.nret):
+                    self.direct_value(oid, ERROR, m.error)
+            elif m.via_node:
+                self.values_by_node(m.tid, spec.nret)
+        if self.queue:
+            self._refill()
+
+    def _unflag(self, first_oid: int) -> None:
+        """A task sent to become a lease ended, or runs without one (NoLease)."""
+        if first_oid in self.flagged:
+            self.flagged.discard(first_oid)
+            if self.queue:  # what waited for that lease may have to go by the node
+                self._refill()
+
+    def _on_returned(self, m) -> None:
+        """Tasks a worker handed back unstarted: it blocks in get (pause its lease until
+        its running task ends), or their lease had already ended."""
+        for tid in reversed(list(m.tids)):
+            rec = self.tasks.get(tid)
+            if rec is None or rec.state is not D.SENT:
+                continue
+            lease = self.leases.get(rec.wid)
+            if lease is not None:
+                lease.inflight.pop(tid, None)
+                lease.bytes -= rec.cost
+                if m.blocked:
+                    if lease.state is L.ACTIVE:
+                        _move(lease, L.PAUSED, LEASE_TRANSITIONS, "lease")
+                else:  # bounced for a stale epoch: that lease is over
+                    self._end_lease(lease)
+                    self._requeue_all(lease)
+            self._requeue(rec)
+        lease = self.leases.get(m.wid)
+        if m.blocked and lease is not None and lease.state is L.ACTIVE:
+            _move(lease, L.PAUSED, LEASE_TRANSITIONS, "lease")  # (also with nothing queued)
+        self._refill()
+
+    def _requeue(self, rec: DirectTask) -> None:
+        rec.wid = None
+        rec.step(D.QUEUED)
+        self.queue.appendleft(rec)
+
+    def _requeue_all(self, lease: Lease) -> None:
+        for rec in lease.inflight.values():
+            if rec is not None and rec.state is D.SENT:
+                self._requeue(rec)
+        lease.inflight.clear()
+
+    def _timed(self, fid: int, took: float) -> None:
+        """Learn how long ``fid``'s tasks run; when that reaches the spill threshold, its
+        tasks (the ones queued here too) go by the node from now on."""
+        n, mean = self.run_s.get(fid, (0, 0.0))
+        mean = running_mean(n + 1, mean, took, RUN_WEIGHT)
+        self.run_s[fid] = (n + 1, mean)
+        if mean >= self.spill_long and fid not in self.long_fids:
+            self.long_fids.add(fid)
+            keep = collections.deque()
+            for queued in self.queue:
+                if queued.spec.fid == fid:
+                    self._to_node(queued)
+                else:
+                    keep.append(queued)
+            self.queue = keep
+
+    # ------------------------------------------------------------------ cancel
+    def _cancel(self, ev) -> None:
+        rec = self.tasks.get(ev.tid)
+        if rec is None:
+            self.actors.cancel(ev.tid)
+            return
+        if rec.state is D.QUEUED:
+            self.queue.remove(rec)
+            self._end(rec)
+            self.fail_returns(rec.key, rec.spec.nret, exc.TaskCancelledError(P.id_hex(rec.key)))
+            return
+        lease = self.leases.get(rec.wid)
+        if lease is None:
+            return  # its lease is ending: the task comes back (and is sent again) or ends
+        rec.cancelled = True
+        if ev.force:
+            self.out.append(P.Signal(lease.pid, signal.SIGKILL))
+            return
+        self.out.append(P.CancelWord(lease.slot, rec.key))
+        self.out.append(P.ToSlot(lease.slot, P.Drop(rec.key)))
+        self.out.append(P.Signal(lease.pid, signal.SIGUSR1))
+
+    # ------------------------------------------------------------------ invariants
+    def check_invariants(self) -> None:
+        """What must hold between events (the pure tests call this after each one)."""
+        queued = {id(r) for r in self.queue}
+        assert len(queued) == len(self.queue), "a task is queued twice"
+        sent: dict[int, int] = {}
+        for wid, lease in self.leases.items():
+            assert lease.key == wid and lease.state is not L.ENDED, lease.state
+            assert len(lease.inflight) <= self.depth, (wid, len(lease.inflight))
+            assert lease.bytes == sum(r.cost for r in lease.inflight.values() if r), wid
+            assert lease.bytes <= self.budget, (wid, lease.bytes)
+            for tid, rec in lease.inflight.items():
+                if rec is None:
+                    assert tid + 1 in self.seeding, f"seed {tid} not seeding"
+                    continue
+                assert rec.state is D.SENT and rec.wid == wid, (tid, rec.state, rec.wid)
+                assert tid not in sent, f"task {tid} on two leases"
+                sent[tid] = wid
+        for tid, rec in self.tasks.items():
+            assert rec.key == tid and rec.state is not D.ENDED, (tid, rec.state)
+            if rec.state is D.QUEUED:
+                assert id(rec) in queued, f"task {tid} QUEUED but not in the queue"
+            else:
+                assert sent.get(tid) == rec.wid or rec.wid not in self.leases, tid
+        for rec in self.queue:
+            assert self.tasks.get(rec.key) is rec and rec.state is D.QUEUED, rec.key
+        assert len(self.leases) + len(self.flagged) <= self.max_leases + len(self.seeding)
+        live = {oid for tid, rec in self.tasks.items()
+                for oid in P.return_ids(tid, rec.spec.nret)}
+        live |= self.actors.live_returns()
+        for oid, st in self.owned.items():
+            assert (st is OW.LOCAL) == (oid in self.local), (oid, st)
+            if st is OW.LOCAL:
+                assert oid not in self.dropped and oid not in self.awaiting, oid
+            elif oid not in self.awaiting:
+                assert oid in live, f"pending object {oid} has no live task or call"
+        assert self.awaiting <= set(self.owned), "awaiting an object not owned"
+        assert self.dropped <= set(self.owned), "a dropped object is not owned"
+        self.actors.check_invariants()

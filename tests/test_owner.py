@@ -1,0 +1,557 @@
+"""Tests for mpray.owner: the driver's owner machine, driven event by event.
+
+No engine and no processes: each test feeds events (typed protocol records) into an
+``Owner`` and checks the instructions that come out, with ``check_invariants()`` after
+every event (``Harness.ev``).  A small fake shell applies the instructions the way
+``driver_client.DriverClient`` does: values go into the cache the machine reads, node
+messages and slot messages are collected.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import signal
+
+import pytest
+
+from mpray import exceptions as exc
+from mpray import protocol as P
+from mpray.owner import Owner
+from mpray.serialization import ARENA, ERROR, INLINE
+from mpray.states import (CHANNEL_TRANSITIONS, DIRECT_TRANSITIONS, LEASE_TRANSITIONS,
+                          OWNED_TRANSITIONS, C, D, L, OW, TransitionError)
+
+FID = 7
+CPU1 = (("CPU", 1.0),)
+
+
+def spec(tid, *, nret=1, deps=(), contained=(), retries=0, fid=FID, args=b"args"):
+    return P.TaskSpec(tid, fid, "f", args, tuple(deps), nret, CPU1, retries, False,
+                      tuple(contained), None)
+
+
+def call(tid, aid, *, nret=1, deps=(), contained=(), retries=0):
+    return P.TaskSpec(tid, None, "A.m", b"args", tuple(deps), nret, (), retries, False,
+                      tuple(contained), None, actor=aid, method="m")
+
+
+class Harness:
+    def __init__(self, **kw):
+        self.values: dict = {}
+        opts = dict(max_leases=2, depth=2, ring_cap=1 << 18, mailbox=True)
+        opts.update(kw)
+        self.o = Owner(0, 0, self.values, **opts)
+        self.o.blobs[FID] = b"<function>"
+        self.node: list = []
+        self.slots: dict[int, list] = collections.defaultdict(list)
+        self.released: list = []
+        self.signals: list = []
+        self.words: dict[int, int] = {}
+        self.delivered: list = []
+
+    def ev(self, e):
+        out = self.o.handle(e)
+        self.o.check_invariants()
+        for ins in out:
+            kind = type(ins)
+            if kind is P.ToNode:  # (as the receiver sees it: through encode/decode)
+                self.node.extend(P.decode(P.encode([ins.msg])))
+            elif kind is P.ToSlot:
+                self.slots[ins.slot].extend(P.decode(P.encode([ins.msg])))
+            elif kind is P.Deliver:
+                self.values[ins.oid] = (ins.kind, ins.payload)
+                self.delivered.append(ins.oid)
+            elif kind is P.Release:
+                self.released.append(ins.oid)
+            elif kind is P.Signal:
+                self.signals.append((ins.pid, ins.signum))
+            elif kind is P.CancelWord:
+                self.words[ins.slot] = ins.tid
+            else:
+                raise AssertionError(f"unknown instruction {ins!r}")
+        return out
+
+    def take_node(self):
+        out, self.node = self.node, []
+        return out
+
+    def take_slot(self, slot):
+        return self.slots.pop(slot, [])
+
+    def submit(self, tid, **kw):
+        return self.ev(P.SubmitTask(spec(tid, **kw), (), None))
+
+    def grant(self, wid, epoch, slot, first_oid, pid=1000):
+        return self.ev(P.LeaseGrant(wid, epoch, slot, pid + wid, first_oid))
+
+    def finish(self, tid, value=b"v", nret=1, run_s=0.001):
+        """A leased task's worker reports: DoneD with its values."""
+        values = [(oid, INLINE, value) for oid in P.return_ids(tid, nret)]
+        self.ev(P.DoneD(tid, values, None, False, run_s))
+
+
+def leased(h: Harness, slot=0, wid=1, epoch=1, first=10):
+    """A harness whose owner holds one lease (born from task ``first``)."""
+    h.submit(first)
+    (sub,) = h.take_node()
+    assert type(sub) is P.Submit and sub.spec.lease  # flagged: lease me its worker
+    h.grant(wid, epoch, slot, first + 1)
+    h.ev(P.Obj(first + 1, INLINE, b"seed"))  # its own value comes from the node
+    return h
+
+
+# ------------------------------------------------------------------------ state tables
+
+
+@pytest.mark.parametrize("table,states", [
+    (OWNED_TRANSITIONS, OW), (DIRECT_TRANSITIONS, D), (LEASE_TRANSITIONS, L),
+    (CHANNEL_TRANSITIONS, C),
+], ids=["owned", "direct", "lease", "channel"])
+def test_owner_tables_are_closed(table, states):
+    assert set(table) == set(states)
+    for src, targets in table.items():
+        assert all(t in states and t is not src for t in targets), src
+
+
+# ------------------------------------------------------------------------ leases
+
+
+def test_first_task_goes_by_the_node_flagged_and_its_worker_becomes_a_lease():
+    h = Harness()
+    h.submit(10)
+    (sub,) = h.take_node()
+    assert sub.spec.tid == 10 and sub.spec.lease is True
+    assert h.o.flagged == {11} and 11 not in h.o.owned  # the node owns its returns
+    h.grant(1, 1, 0, 11)
+    lease = h.o.leases[1]
+    assert lease.inflight == {10: None} and h.o.seeding == {11: 1}  # still running it
+    h.ev(P.Obj(11, INLINE, b"x"))  # its value: the lease is free now
+    assert lease.inflight == {} and h.o.seeding == {} and h.values[11] == (INLINE, b"x")
+
+
+def test_direct_tasks_run_on_the_lease_and_their_values_stay_local():
+    h = leased(Harness())
+    h.submit(20)
+    (m,) = h.take_slot(0)
+    assert type(m) is P.Exec and m.tid == 20 and m.epoch == 1 and m.fblob == b"<function>"
+    assert h.take_node() == []  # the node never hears of it
+    assert h.o.owned[21] is OW.PENDING
+    h.finish(20)
+    assert h.values[21] == (INLINE, b"v") and h.o.owned[21] is OW.LOCAL
+    h.submit(30)
+    (m,) = h.take_slot(0)
+    assert m.fblob is None  # the worker has the function already
+    h.ev(P.RefGone(21, False))  # the node never knew it: nothing to release
+    assert 21 not in h.o.owned and h.released == [] and h.take_node() == []
+
+
+def test_a_value_that_comes_at_once_is_kept():
+    """The ordering race of remote_function (a value that arrives before anything else
+    happens here) cannot lose it: returns are owned from the submit on."""
+    h = leased(Harness())
+    h.submit(20)
+    h.ev(P.DoneD(20, [(21, INLINE, b"fast")], None, False, 0.0))
+    assert h.delivered[-1] == 21 and h.o.owned[21] is OW.LOCAL
+    assert h.values[21] == (INLINE, b"fast")
+
+
+def test_a_node_tasks_value_handed_over_by_its_worker_frees_the_lease_it_seeded():
+    h = Harness()
+    h.submit(10)
+    h.take_node()
+    h.grant(1, 1, 0, 11)
+    h.ev(P.Obj(11, INLINE, b"x"))  # (read from the worker's ring, not the node's)
+    assert h.o.leases[1].inflight == {} and h.values[11] == (INLINE, b"x")
+
+
+def test_leases_full_queue_here_and_refill_as_tasks_end():
+    h = leased(Harness(max_leases=1, depth=2))
+    for tid in (20, 30, 40, 50):
+        h.submit(tid)
+    # a short queue waits for the lease to be free; with a backlog a second task goes
+    # in behind the running one (lease_depth)
+    assert [m.tid for m in h.take_slot(0)] == [20]
+    assert [r.key for r in h.o.queue] == [30, 40, 50]
+    h.finish(20)
+    assert [m.tid for m in h.take_slot(0)] == [30, 40]
+    h.finish(30)
+    assert [m.tid for m in h.take_slot(0)] == [50]
+    h.finish(40)
+    h.finish(50)
+    assert not h.o.queue and not h.o.tasks and h.o.leases[1].inflight == {}
+
+
+def test_short_queue_waits_for_a_free_lease_rather_than_behind_a_running_task():
+    h = leased(Harness(max_leases=2, depth=2))
+    h.submit(20)
+    h.take_slot(0)
+    h.submit(30)  # one lease busy, room for another: the node runs it, leasing us one
+    (sub,) = h.take_node()
+    assert sub.spec.tid == 30 and sub.spec.lease and h.take_slot(0) == []
+
+
+def test_expired_lease_before_its_grant_is_ignored():
+    h = Harness()
+    h.submit(10)
+    h.take_node()
+    h.ev(P.Expired(1, 1))  # the worker's own ring is read before the node's grant
+    h.grant(1, 1, 0, 11)
+    assert h.o.leases == {} and h.o.expired == set()
+
+
+def test_returned_blocked_pauses_the_lease_until_resumed():
+    h = leased(Harness(max_leases=1, depth=2))
+    for tid in (20, 25, 30):
+        h.submit(tid)
+    h.finish(20)
+    assert [m.tid for m in h.take_slot(0)] == [20, 25, 30]
+    h.ev(P.ReturnD(1, [30], True))  # 25 waits in get: 30 comes back unstarted
+    assert h.o.leases[1].state is L.PAUSED and h.take_slot(0) == []
+    # no other lease to run it (and none coming): the node takes it (and may start a
+    # worker for it: the waiting task lent its CPU)
+    assert [m.spec.tid for m in h.take_node()] == [30] and not h.o.queue
+    h.finish(25)  # (a paused lease's task ended: it is active again)
+    assert h.o.leases[1].state is L.ACTIVE
+    h.ev(P.ReturnD(1, [], True))
+    h.ev(P.Resumed(1, 1))
+    h.submit(40)
+    assert [m.tid for m in h.take_slot(0)] == [40] and h.o.leases[1].state is L.ACTIVE
+
+
+def test_every_lease_paused_sends_the_queue_to_the_node():
+    h = leased(Harness(max_leases=1, depth=1))
+    h.submit(20)
+    h.take_slot(0)
+    h.submit(30)
+    assert [r.key for r in h.o.queue] == [30]
+    h.ev(P.ReturnD(1, [], True))  # its task blocks (nothing queued behind it)
+    (sub,) = h.take_node()
+    assert sub.spec.tid == 30 and not h.o.queue and 31 not in h.o.owned
+
+
+def test_bounced_task_of_an_ended_lease_is_sent_again():
+    h = leased(Harness(max_leases=1, depth=2))
+    h.submit(20)
+    h.take_slot(0)
+    h.ev(P.ReturnD(1, [20], False))  # a stale epoch: that lease is over
+    assert h.o.leases == {}
+    (sub,) = h.take_node()  # no lease left and none coming: the node runs it
+    assert sub.spec.tid == 20
+
+
+def test_lease_lost_retries_through_the_node_or_fails():
+    h = leased(Harness(max_leases=1, depth=2))
+    h.submit(20)
+    h.submit(30, retries=2)
+    h.submit(40, retries=0)
+    h.finish(20)
+    assert [m.tid for m in h.take_slot(0)] == [20, 30, 40]
+    h.ev(P.LeaseLost(1, 1, "killed by SIGKILL"))
+    (sub,) = h.take_node()
+    assert sub.spec.tid == 30 and sub.spec.retries == 1
+    err = pickle.loads(h.values[41][1])
+    assert h.values[41][0] == ERROR and isinstance(err, exc.WorkerCrashedError)
+    assert "SIGKILL" in str(err)
+
+
+def test_retryable_error_goes_to_the_node_with_one_retry_less():
+    h = leased(Harness())
+    h.submit(20, retries=1)
+    h.take_slot(0)
+    boom = pickle.dumps(exc.RayTaskError("f", "tb", ValueError("x")))
+    h.ev(P.DoneD(20, None, boom, False, 0.0))
+    (sub,) = h.take_node()
+    assert sub.spec.retries == 0 and 21 not in h.o.owned
+    h.submit(30, retries=0)
+    h.take_slot(0)
+    h.ev(P.DoneD(30, None, boom, False, 0.0))  # no retry left: the error stands
+    assert h.values[31] == (ERROR, boom)
+
+
+def test_results_by_the_node_wait_and_a_dropped_ref_is_released_then():
+    h = leased(Harness())
+    h.submit(20)
+    h.take_slot(0)
+    h.ev(P.DoneD(20, None, None, True, 0.0))  # arena values: PutFor went to the node
+    assert 21 in h.o.awaiting
+    h.ev(P.RefGone(21, True))  # the node holds it for us: release once it comes
+    assert h.released == [] and 21 in h.o.dropped
+    h.ev(P.Obj(21, ARENA, (0, 10, (), 64)))
+    assert h.released == [21] and 21 not in h.o.owned
+
+
+# ------------------------------------------------------------------------ refs leaving
+
+
+def test_ref_leaving_promises_a_pending_value_and_puts_it_when_it_comes():
+    h = leased(Harness())
+    h.submit(20)
+    h.take_slot(0)
+    h.ev(P.Publish((21,)))
+    assert h.take_node() == [P.Promise(21)] and h.o.owned[21] is OW.PROMISED
+    h.ev(P.RefGone(21, False))
+    h.finish(20, b"late")
+    assert h.take_node() == [P.Put(21, INLINE, b"late", ())]
+    assert h.released == [21] and 21 not in h.o.owned  # released after the Put
+
+
+def test_ref_leaving_a_local_value_puts_it_first():
+    h = leased(Harness())
+    h.submit(20)
+    h.take_slot(0)
+    h.finish(20, b"v20")
+    # a task by the node reads it: the Put goes before the Submit, in one frame
+    h.ev(P.SubmitTask(spec(40, deps=[(0, 21)]), None, None))
+    assert h.take_node()[:2] == [P.Put(21, INLINE, b"v20", ()), P.Submit(spec(40, deps=[(0, 21)]))]
+    assert 21 not in h.o.owned
+    h.ev(P.RefGone(21, False))
+    assert h.released == [21]  # the node knows it now
+
+
+def test_ref_dropped_while_pending_is_never_released_to_the_node():
+    h = leased(Harness())
+    h.submit(20)
+    h.take_slot(0)
+    h.ev(P.RefGone(21, False))
+    h.finish(20)
+    assert h.released == [] and 21 not in h.o.owned and h.take_node() == []
+
+
+def test_dropped_direct_task_moved_to_the_node_releases_after_its_submit():
+    h = leased(Harness(max_leases=1, depth=1))
+    h.submit(20, retries=1)
+    h.take_slot(0)
+    h.ev(P.RefGone(21, False))
+    h.ev(P.LeaseLost(1, 1, "gone"))
+    (sub,) = h.take_node()
+    assert sub.spec.tid == 20 and h.released == [21]
+
+
+# ------------------------------------------------------------------------ cancel
+
+
+def test_cancel_queued_task_fails_it_here():
+    h = leased(Harness(max_leases=1, depth=1))
+    h.submit(20)
+    h.submit(30)
+    h.take_slot(0)
+    h.ev(P.CancelTask(30, False))
+    assert not h.o.queue and isinstance(pickle.loads(h.values[31][1]), exc.TaskCancelledError)
+
+
+def test_cancel_sent_task_interrupts_its_worker():
+    h = leased(Harness())
+    h.submit(20)
+    h.take_slot(0)
+    h.ev(P.CancelTask(20, False))
+    assert h.words == {0: 20} and h.take_slot(0) == [P.Drop(20)]
+    assert h.signals == [(1001, signal.SIGUSR1)]
+    h.ev(P.CancelTask(20, True))
+    assert h.signals[-1] == (1001, signal.SIGKILL)
+    h.ev(P.LeaseLost(1, 1, "SIGKILL"))
+    assert isinstance(pickle.loads(h.values[21][1]), exc.TaskCancelledError)
+
+
+# ------------------------------------------------------------------------ long tasks (MPI)
+
+
+def test_long_functions_go_by_the_node_queued_ones_too():
+    h = leased(Harness(max_leases=1, depth=1, spill_long=0.002))
+    h.submit(20)
+    h.submit(30)
+    h.submit(40, fid=8)
+    h.o.blobs[8] = b"<g>"
+    h.take_slot(0)
+    h.finish(20, run_s=0.01)  # f is long: 30 (queued) goes to the node; g stays
+    subs = [m.spec.tid for m in h.take_node() if type(m) is P.Submit]
+    assert subs == [30] and [m.tid for m in h.take_slot(0)] == [40]
+    h.submit(50)
+    assert [m.spec.tid for m in h.take_node()] == [50]
+
+
+# ------------------------------------------------------------------------ actors
+
+
+def alive(h, aid=100, slot=3, inc=0):
+    h.ev(P.ActorUpdate(aid, "ALIVE", inc, 5, slot, 2000, None))
+
+
+def test_calls_wait_for_the_actor_then_go_straight_to_its_ring_in_order():
+    h = Harness()
+    h.ev(P.SubmitCall(call(110, 100), None))
+    h.ev(P.SubmitCall(call(120, 100), None))
+    assert h.take_slot(3) == [] and h.o.actors.backlog == 2
+    alive(h)
+    assert [m.tid for m in h.take_slot(3)] == [110, 120] and h.o.actors.backlog == 0
+    h.ev(P.ADoneD(110, [(111, INLINE, b"r")]))
+    assert h.values[111] == (INLINE, b"r") and h.o.owned[111] is OW.LOCAL
+
+
+def test_call_with_a_ref_inside_takes_the_node_and_fences_the_direct_path():
+    h = Harness()
+    alive(h)
+    h.ev(P.SubmitCall(call(110, 100, contained=[55]), None))
+    h.ev(P.SubmitCall(call(120, 100), None))
+    assert [m.spec.tid for m in h.take_node() if type(m) is P.Submit] == [110]
+    assert h.take_slot(3) == []  # 120 waits until the node's call has ended
+    h.ev(P.ANodeDone(100, 110))
+    assert [m.tid for m in h.take_slot(3)] == [120]
+
+
+def test_call_whose_argument_is_not_here_goes_by_the_node():
+    h = Harness()
+    alive(h)
+    h.ev(P.SubmitCall(call(110, 100, deps=[(0, 77)]), None))
+    assert [type(m) for m in h.take_node()] == [P.Submit]
+    h.values[88] = (INLINE, b"x")
+    h.ev(P.ANodeDone(100, 110))
+    h.ev(P.SubmitCall(call(120, 100, deps=[(0, 88)]), None))
+    (m,) = h.take_slot(3)
+    assert m.deps == ((0, 88, INLINE, b"x"),)
+
+
+def test_actor_restart_retries_calls_in_flight_or_fails_them():
+    h = Harness()
+    alive(h)
+    h.ev(P.SubmitCall(call(110, 100, retries=1), None))
+    h.ev(P.SubmitCall(call(120, 100, retries=0), None))
+    h.take_slot(3)
+    h.ev(P.ActorUpdate(100, "RESTARTING", 1, None, None, 0, None))
+    err = pickle.loads(h.values[121][1])
+    assert isinstance(err, exc.ActorUnavailableError)
+    assert h.take_slot(3) == [] and h.o.actors.backlog == 1
+    alive(h, slot=4, inc=1)
+    (m,) = h.take_slot(4)
+    assert m.tid == 110 and m.incarnation == 1 and m.retries == 0
+
+
+def test_dead_actor_fails_calls_through_the_node():
+    h = Harness()
+    alive(h)
+    death = pickle.dumps(exc.ActorDiedError("boom"))
+    h.ev(P.ActorUpdate(100, "DEAD", 0, None, None, 0, death))
+    h.ev(P.SubmitCall(call(110, 100), None))
+    assert [m.spec.tid for m in h.take_node()] == [110]  # the node fails it
+    assert 111 not in h.o.owned
+
+
+def test_cancel_queued_call_fails_it_and_the_next_one_goes():
+    h = Harness()
+    h.ev(P.SubmitCall(call(110, 100), None))
+    h.ev(P.SubmitCall(call(120, 100), None))
+    h.ev(P.CancelTask(110, False))
+    assert isinstance(pickle.loads(h.values[111][1]), exc.TaskCancelledError)
+    alive(h)
+    assert [m.tid for m in h.take_slot(3)] == [120]
+    h.ev(P.CancelTask(120, False))
+    assert h.take_slot(3) == [P.Drop(120)]  # the actor decides, and reports
+
+
+def test_a_full_ring_holds_calls_here_until_room_comes_back():
+    h = Harness(ring_cap=1 << 14)  # budget 12 KiB in flight, calls up to 4 KiB
+    alive(h)
+    big = b"x" * 3900
+    for tid in (110, 120, 130, 140):
+        h.ev(P.SubmitCall(call(tid, 100)._replace(args=big), None))
+    assert [m.tid for m in h.take_slot(3)] == [110, 120, 130] and h.o.actors.backlog == 1
+    h.ev(P.ADoneD(110, [(111, INLINE, b"r")]))
+    assert [m.tid for m in h.take_slot(3)] == [140]
+    h.ev(P.SubmitCall(call(150, 100)._replace(args=b"x" * 5000), None))  # over 4 KiB:
+    assert h.take_node() == []  # by the node, once the calls in flight have ended (fence)
+    for tid in (120, 130, 140):
+        h.ev(P.ADoneD(tid, [(tid + 1, INLINE, b"r")]))
+    assert [m.spec.tid for m in h.take_node()] == [150]
+
+
+def test_killed_actor_calls_go_by_the_node():
+    h = Harness()
+    alive(h)
+    h.ev(P.ActorKilled(100))
+    h.ev(P.SubmitCall(call(110, 100), None))
+    assert [m.spec.tid for m in h.take_node()] == [110] and h.take_slot(3) == []
+
+
+# ------------------------------------------------------------------------ invariants
+
+
+def test_invariant_check_catches_a_task_in_two_places():
+    h = leased(Harness())
+    h.submit(20)
+    rec = h.o.tasks[20]
+    h.o.queue.append(rec)  # corrupt: queued and sent
+    with pytest.raises(AssertionError):
+        h.o.check_invariants()
+
+
+def test_impossible_transition_raises():
+    h = leased(Harness())
+    h.submit(20)
+    h.finish(20)
+    with pytest.raises(TransitionError):
+        h.o._set(21, OW.PROMISED)  # LOCAL -> PROMISED is not in the table
+
+
+# ------------------------------------------------------------------------ the API layer
+
+
+class _RecordingClient:
+    """Stands in for the process's client: records, at each submit, whether the
+    ObjectRefs of the task's returns already existed (they must: a result may come
+    back before submit_task returns, and a value nobody holds a ref to is dropped)."""
+
+    token = ("recording",)
+    inline_max = 1 << 20
+    proc = 0
+
+    def __init__(self):
+        self._refs: dict[int, int] = {}
+        self._next = 1000
+        self.seen: list[bool] = []
+
+    def new_ids(self, n):
+        first, self._next = self._next, self._next + n + 1
+        return first
+
+    def add_ref(self, oid, borrowed):
+        self._refs[oid] = self._refs.get(oid, 0) + 1
+
+    def remove_ref(self, oid):
+        self._refs[oid] -= 1
+
+    def register_function(self, fid, blob):
+        pass
+
+    def _record(self, spec):
+        self.seen.append(all(self._refs.get(o) for o in P.spec_returns(spec)))
+
+    def submit_task(self, spec, direct_ok, hold):
+        self._record(spec)
+
+    def submit_call(self, spec, hold):
+        self._record(spec)
+
+
+def test_refs_exist_before_a_task_or_call_is_submitted(monkeypatch):
+    import mpray
+    from mpray import _global
+    from mpray.actor import ActorHandle
+    from mpray.object_ref import ObjectRef
+
+    fake = _RecordingClient()
+    monkeypatch.setattr(_global, "client", fake)
+
+    @mpray.remote
+    def f():
+        return 1
+
+    @mpray.remote(num_returns=2)
+    def g():
+        return 1, 2
+
+    f.remote()
+    g.remote()
+    handle = ActorHandle(500, ObjectRef(501, owned=True), {"methods": {"m": {}},
+                                                          "class_name": "A"})
+    handle.m.remote()
+    assert fake.seen == [True, True, True]
