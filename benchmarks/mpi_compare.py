@@ -3,6 +3,7 @@
 
     python benchmarks/mpi_compare.py                 # 2 and 4 ranks, 5 repeats
     python benchmarks/mpi_compare.py --ranks 1,2,4,8,16 --repeat 7
+    python benchmarks/mpi_compare.py --ranks 4 --peers mpray,mpray@HEAD~3   # two commits
 
 Figures (medians of the repeats; ratios > 1 mean mpray is better):
 
@@ -14,6 +15,10 @@ Figures (medians of the repeats; ratios > 1 mean mpray is better):
   every rank) and with one submitting task per rank (each rank's node runs its own);
 * allreduce of a 100 MiB float64 array over N ranks: a ring allreduce written with mpray
   actors (one per rank, chunks passed actor to actor), beside ``comm.Allreduce``.
+
+``--peers mpray,mpray@REV`` also runs every mpray figure with mpray at git revision REV
+(a temporary git worktree, or ``--rev-dir``), right after the working tree's, and adds a
+table of the mpray figures with a column per peer and the ratios ``mpray/mpray@REV``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ import sys
 import time
 
 HERE = os.path.abspath(__file__)
+if os.path.dirname(HERE) not in sys.path:  # (a script's folder is there already)
+    sys.path.insert(0, os.path.dirname(HERE))
+
+from bench.revs import REV_DIR_HELP, Trees, check_import, is_rev_peer, python_path  # noqa: E402
+
 SIZES = [1 << 10, 1 << 20, 100 << 20]
 N_TASKS = 4000
 ALLREDUCE_BYTES = 100 << 20
@@ -189,14 +199,12 @@ def mpray_tput(repeat: int) -> None:
     ray.shutdown()
 
 
-def mpray_allreduce(repeat: int) -> None:
+def _ring_members(ray, nodes: list[dict], length: int) -> list:
+    """One ``Member`` actor per rank, each holding a ``length`` float64 array, in a ring."""
     import numpy as np
 
-    import mpray as ray
     from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    ray.init()
-    nodes = ray.nodes()
     n = len(nodes)
 
     # two threads: a member waits in send() for the next member's take(), which must
@@ -233,10 +241,19 @@ def mpray_allreduce(repeat: int) -> None:
     def create(i, n, length):
         return Member.remote(i, n, length)
 
-    length = ALLREDUCE_BYTES // 8
     members = ray.get([create.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         nodes[i]["NodeID"], soft=False)).remote(i, n, length) for i in range(n)])
     ray.get([m.set_next.remote(members[(i + 1) % n]) for i, m in enumerate(members)])
+    return members
+
+
+def mpray_allreduce(repeat: int) -> None:
+    import mpray as ray
+
+    ray.init()
+    nodes = ray.nodes()
+    n = len(nodes)
+    members = _ring_members(ray, nodes, ALLREDUCE_BYTES // 8)
 
     def ring_allreduce():
         for step in range(n - 1):  # reduce-scatter
@@ -263,11 +280,11 @@ FIGS = {"raw_fetch": raw_fetch, "raw_tput": raw_tput, "raw_allreduce": raw_allre
 
 
 # ---------------------------------------------------------------------------- parent
-def run(fig: str, ranks: int, repeat: int, timeout: int) -> list[dict]:
+def run(fig: str, ranks: int, repeat: int, timeout: int, env=None, extra=()) -> list[dict]:
     cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(ranks), sys.executable, HERE,
-           "--_fig", fig, "--repeat", str(repeat)]
+           "--_fig", fig, "--repeat", str(repeat), *extra]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         print(f"# {fig} at {ranks} ranks: timed out after {timeout} s", file=sys.stderr)
         return []
@@ -277,63 +294,198 @@ def run(fig: str, ranks: int, repeat: int, timeout: int) -> list[dict]:
     return [json.loads(line[7:]) for line in r.stdout.splitlines() if line.startswith("RESULT ")]
 
 
+class Peers:
+    """Runs the mpray figures for every mpray peer (this tree, ``mpray@REV`` trees)."""
+
+    def __init__(self, labels: list[str], trees, a):
+        self.labels, self.trees, self.a = labels, trees, a
+        self.said: set[tuple[str, str]] = set()
+
+    def run(self, fig: str, ranks: int) -> list[dict]:
+        """The raw figure, then the mpray figure once per peer, back to back."""
+        out = run("raw_" + fig, ranks, self.a.repeat, self.a.timeout)
+        for label in self.labels:
+            out += self._run_mpray(label, "mpray_" + fig, ranks)
+        return out
+
+    def _run_mpray(self, label: str, fig: str, ranks: int) -> list[dict]:
+        root = self.trees.root(label)
+        env = dict(os.environ, PYTHONPATH=python_path(root, os.environ))
+        out = []
+        for rec in run(fig, ranks, self.a.repeat, self.a.timeout, env,
+                       ("--_mpray-root", root)):
+            if rec["fig"] == "import":  # which mpray the ranks imported
+                if (label, rec["file"]) not in self.said:
+                    self.said.add((label, rec["file"]))
+                    print(f"# {label}: mpray from {rec['file']}", file=sys.stderr)
+                continue
+            rec["peer"] = label + rec["peer"][len("mpray"):]  # mpray:default -> label:default
+            out.append(rec)
+        return out
+
+
 def med(xs) -> float:
     return statistics.median(xs)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ranks", default="2,4", help="rank counts for throughput/allreduce")
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--timeout", type=int, default=300, help="seconds per mpiexec")
-    ap.add_argument("--allreduce-ranks", help="rank counts for allreduce (default: --ranks)")
-    ap.add_argument("--json", metavar="PATH", help="also write the raw results here")
-    ap.add_argument("--_fig", help=argparse.SUPPRESS)
-    a = ap.parse_args()
-    if a._fig:
-        FIGS[a._fig](a.repeat)
-        return 0
-    ranks = [int(x) for x in a.ranks.split(",") if x.strip()]
-    res: list[dict] = []
-    reduce_ranks = ranks if a.allreduce_ranks is None else \
-        [int(x) for x in a.allreduce_ranks.split(",") if x.strip()]
-    res += run("raw_fetch", 2, a.repeat, a.timeout) + run("mpray_fetch", 2, a.repeat, a.timeout)
-    for n in ranks:
-        res += run("raw_tput", n, a.repeat, a.timeout) + run("mpray_tput", n, a.repeat, a.timeout)
-    for n in reduce_ranks:
-        if n >= 2:
-            res += run("raw_allreduce", n, a.repeat, a.timeout)
-            res += run("mpray_allreduce", n, a.repeat, a.timeout)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f)
-    print(f"\nmpray over MPI beside raw MPI; medians of {a.repeat}; {os.cpu_count()} CPUs\n")
+def find(res: list[dict], **match) -> dict | None:
+    """The first record whose fields have the given values."""
+    return next((r for r in res if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def raw_and_mine(res: list[dict], fig: str, base: str, **match) -> tuple[float, float] | None:
+    """The medians (ms) of the raw peer's figure and of ``base``'s, when both are there."""
+    raw = find(res, fig=fig, peer="raw", **match)
+    mine = find(res, fig=fig, peer=base, **match)
+    return (med(raw["ms"]), med(mine["ms"])) if raw and mine else None
+
+
+def print_fetch(res: list[dict], base: str) -> None:
     print("object fetch, rank 1 -> rank 0      raw mpi4py Get   mpray get   mpray/raw bandwidth")
     for size in SIZES:
-        raw = [r for r in res if r["fig"] == "fetch" and r["peer"] == "raw" and r["size"] == size]
-        mine = [r for r in res if r["fig"] == "fetch" and r["peer"] == "mpray"
-                and r["size"] == size]
-        if raw and mine:
-            rm, mm = med(raw[0]["ms"]), med(mine[0]["ms"])
+        if both := raw_and_mine(res, "fetch", base, size=size):
+            rm, mm = both
             print(f"  {size:>11,} B                   {rm:10.3f} ms  {mm:8.3f} ms  {rm / mm:8.0%}")
+
+
+TPUT_HOWS = ("default", "spread", "per_rank")
+
+
+def print_tput(res: list[dict], ranks: list[int], base: str) -> None:
     print("\nno-op tasks/s         futures (MPICommExecutor)  mpray default  mpray SPREAD"
           "  mpray 1 submitter/rank  best/futures")
     for n in ranks:
         row = {r["peer"]: med(r["rate"]) for r in res if r["fig"] == "tput" and r["ranks"] == n}
         fut = row.get("futures")
-        best = max((v for k, v in row.items() if k.startswith("mpray")), default=None)
-        cells = [row.get(k) for k in ("futures", "mpray:default", "mpray:spread",
-                                      "mpray:per_rank")]
+        cells = [row.get(k) for k in ["futures"] + [f"{base}:{how}" for how in TPUT_HOWS]]
+        best = max((c for c in cells[1:] if c), default=None)
         txt = "  ".join(f"{c:>12,.0f}" if c else f"{'—':>12}" for c in cells)
         ratio = f"{best / fut:6.2f}x" if best and fut else "—"
         print(f"  {n:2d} ranks  {txt}  {ratio}")
+
+
+def print_allreduce(res: list[dict], reduce_ranks: list[int], base: str) -> None:
     print("\nallreduce 100 MiB      comm.Allreduce   mpray ring (actors)   Allreduce/mpray")
     for n in reduce_ranks:
-        row = {r["peer"]: med(r["ms"]) for r in res if r["fig"] == "allreduce"
-               and r["ranks"] == n}
-        if "raw" in row and "mpray" in row:
-            print(f"  {n:2d} ranks   {row['raw']:10.1f} ms   {row['mpray']:12.1f} ms"
-                  f"        {row['raw'] / row['mpray']:6.2f}x")
+        if both := raw_and_mine(res, "allreduce", base, ranks=n):
+            rm, mm = both
+            print(f"  {n:2d} ranks   {rm:10.1f} ms   {mm:12.1f} ms        {rm / mm:6.2f}x")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KiB"
+
+
+def _peer_rows(ranks: list[int], reduce_ranks: list[int]):
+    """The rows of the peers' table: (label, unit, higher is better, (fig, how, match))."""
+    rows = [(f"fetch {_size(size)}, rank 1 -> rank 0", "ms", False, ("fetch", "", {"size": size}))
+            for size in SIZES]
+    rows += [(f"no-op tasks, {n} ranks, {how}", "tasks/s", True, ("tput", how, {"ranks": n}))
+             for n in ranks for how in TPUT_HOWS + ("best",)]
+    rows += [(f"allreduce 100 MiB, {n} ranks", "ms", False, ("allreduce", "", {"ranks": n}))
+             for n in reduce_ranks]
+    return rows
+
+
+def peer_value(res: list[dict], peer: str, spec) -> float | None:
+    """The median of one peer's figure (``how``: a throughput variant, or the best of them)."""
+    fig, how, match = spec
+    if how == "best":
+        vals = [peer_value(res, peer, (fig, h, match)) for h in TPUT_HOWS]
+        return max((v for v in vals if v), default=None)
+    r = find(res, fig=fig, peer=f"{peer}:{how}" if how else peer, **match)
+    return med(r["rate" if fig == "tput" else "ms"]) if r else None
+
+
+def _num(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
+
+
+def print_peers(res: list[dict], labels: list[str], ranks: list[int],
+                reduce_ranks: list[int]) -> None:
+    """Every mpray figure, a column per mpray peer and ratios against the first."""
+    base, others = labels[0], labels[1:]
+    head = ["figure", "unit"] + labels + [f"{base}/{o}" for o in others]
+    body = []
+    for label, unit, higher, spec in _peer_rows(ranks, reduce_ranks):
+        vals = [peer_value(res, pe, spec) for pe in labels]
+        if all(v is None for v in vals):
+            continue
+        row = [label, unit] + [_num(v) for v in vals]
+        for v in vals[1:]:
+            r = (vals[0] / v if higher else v / vals[0]) if vals[0] and v else None
+            row.append(f"{r:.2f}x" if r else "—")
+        body.append(row)
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    print(f"\nmpray beside mpray (medians; >1 means {base} is better: rates "
+          f"{base}/peer, times peer/{base})")
+    for row in [head, ["-" * w for w in widths]] + body:
+        print("  " + "  ".join(x.ljust(w) if i < 2 else x.rjust(w)
+                               for i, (x, w) in enumerate(zip(row, widths))).rstrip())
+
+
+def _args():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ranks", default="2,4", help="rank counts for throughput/allreduce")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--timeout", type=int, default=300, help="seconds per mpiexec")
+    ap.add_argument("--allreduce-ranks", help="rank counts for allreduce (default: --ranks)")
+    ap.add_argument("--peers", default="mpray",
+                    help="comma list of mpray (this tree) and mpray@REV (mpray at git "
+                         "revision REV, e.g. mpray@HEAD~3); the first is the one the "
+                         "raw-MPI tables and the ratios are about (default: mpray)")
+    ap.add_argument("--rev-dir", action="append", metavar="[REV=]PATH", help=REV_DIR_HELP)
+    ap.add_argument("--json", metavar="PATH", help="also write the raw results here")
+    ap.add_argument("--_fig", help=argparse.SUPPRESS)
+    ap.add_argument("--_mpray-root", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    a.labels = [x.strip() for x in a.peers.split(",") if x.strip()]
+    bad = [x for x in a.labels if x != "mpray" and not is_rev_peer(x)]
+    if bad or not a.labels:
+        ap.error(f"--peers: {', '.join(bad) or 'none'}: choose from mpray, mpray@REV")
+    a.ranks = [int(x) for x in a.ranks.split(",") if x.strip()]
+    a.reduce_ranks = a.ranks if a.allreduce_ranks is None else \
+        [int(x) for x in a.allreduce_ranks.split(",") if x.strip()]
+    return a
+
+
+def _import_mpray(root: str | None) -> None:
+    """In an mpray figure's ranks: import mpray, check it is the peer's, say from where."""
+    import mpray
+
+    emit(fig="import", file=check_import(mpray, root) if root else mpray.__file__)
+
+
+def main() -> int:
+    a = _args()
+    if a._fig:
+        if a._fig.startswith("mpray_"):
+            _import_mpray(a._mpray_root)
+        FIGS[a._fig](a.repeat)
+        return 0
+    res: list[dict] = []
+    with Trees(a.labels, a.rev_dir) as trees:
+        peers = Peers(a.labels, trees, a)
+        res += peers.run("fetch", 2)
+        for n in a.ranks:
+            res += peers.run("tput", n)
+        for n in a.reduce_ranks:
+            if n >= 2:
+                res += peers.run("allreduce", n)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f)
+    base = a.labels[0]
+    print(f"\nmpray over MPI beside raw MPI; medians of {a.repeat}; {os.cpu_count()} CPUs\n")
+    if base != "mpray":
+        print(f"(mpray in the three tables below is {base})\n")
+    print_fetch(res, base)
+    print_tput(res, a.ranks, base)
+    print_allreduce(res, a.reduce_ranks, base)
+    if len(a.labels) > 1:
+        print_peers(res, a.labels, a.ranks, a.reduce_ranks)
     return 0
 
 
