@@ -77,6 +77,11 @@ class ActorMethod:
     def remote(self, *args, **kwargs):
         return self._handle._call(self._name, self._opts, args, kwargs)
 
+    def _remote(self, args=None, kwargs=None, **method_options):
+        """Ray's lower-level form: ``options(**method_options).remote(*args, **kwargs)``."""
+        target = self.options(**method_options) if method_options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
+
     def options(self, **opts) -> "ActorMethod":
         validate_options(dict(opts), METHOD_OPTIONS, "actor method")
         return ActorMethod(self._handle, self._name, {**self._opts, **opts})
@@ -204,6 +209,11 @@ class ActorClass(BlobRegistration):
 
     def remote(self, *args, **kwargs) -> ActorHandle:
         return self._create(self._options, args, kwargs)
+
+    def _remote(self, args=None, kwargs=None, **actor_options) -> ActorHandle:
+        """Ray's lower-level form: ``options(**actor_options).remote(*args, **kwargs)``."""
+        target = self.options(**actor_options) if actor_options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
 
     def bind(self, *args, **kwargs):
         raise NotImplementedError("Ray DAGs (.bind) are not supported by mpray")

@@ -32,6 +32,7 @@ from .owner_actors import resolve
 
 # messages the owner machine decides on (from the node, or from a worker's ring)
 _ToSlot, _ToNode, _RefGone = P.ToSlot, P.ToNode, P.RefGone
+_submit_task = P.SubmitTask.from_items
 _new = tuple.__new__
 _dumps = pickle.dumps
 _OWNER_OPS = (P.LeaseGrant, P.NoLease, P.LeaseLost, P.ActorUpdate, P.ANodeDone, P.DoneD,
@@ -181,7 +182,7 @@ class DriverClient(Client):
         deps = None
         if direct_ok and not spec.contained and spec.nret:
             deps = resolve(self._values, spec.deps)
-        self.post(P.SubmitTask(spec, deps, hold))
+        self.post(_submit_task((spec, deps, hold)))
         if self.owner.queue:
             # leases full: take in finished results (and refill) without waiting, and
             # keep doing so in the background while this thread does something else

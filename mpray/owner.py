@@ -55,7 +55,8 @@ from .states import (DIRECT_TRANSITIONS, LEASE_TRANSITIONS, OWNED_TRANSITIONS, D
 DEFAULT_SHAPE = (("CPU", 1.0),)
 # (module-level names for what the hot paths use on every task)
 _PENDING, _LOCAL, _ACTIVE, _SENT = OW.PENDING, OW.LOCAL, L.ACTIVE, D.SENT
-_ToSlot, _Exec, _Deliver = P.ToSlot, P.Exec, P.Deliver
+_slot_msg, _exec, _deliver = P.ToSlot.from_items, P.Exec.from_items, P.Deliver.from_items
+_EXEC = P.Exec.OP
 RUN_WEIGHT = 0.25  # weight of the newest run time in a function's moving mean
 
 
@@ -222,7 +223,7 @@ class Owner:
             if oid in self.dropped:
                 self.dropped.discard(oid)
                 out.append(P.Release(oid, True))
-        out.append(P.Deliver(oid, kind, payload))
+        out.append(_deliver((oid, kind, payload)))
 
     def _node_value(self, m) -> None:
         """A value from the node, or a node task's value its worker handed here."""
@@ -241,7 +242,7 @@ class Owner:
             if oid in self.dropped:
                 self.dropped.discard(oid)
                 self.out.append(P.Release(oid, True))  # its ref died while the task ran
-        self.out.append(P.Deliver(oid, m.kind, m.payload))
+        self.out.append(_deliver((oid, m.kind, m.payload)))
 
     def values_by_node(self, tid: int, nret: int) -> None:
         """A direct task or call ended well, its values by the node (it registered them
@@ -340,9 +341,9 @@ class Owner:
         rec.wid = best.key
         rec.step(_SENT)
         best.inflight[rec.key] = rec
-        self.out.append(_ToSlot(best.slot, _Exec(
-            rec.key, fid, fblob, spec.name, spec.args, deps, spec.nret, (),
-            spec.retry_exc, self.proc, best.epoch)))
+        self.out.append(_slot_msg((best.slot, _exec((
+            _EXEC, rec.key, fid, fblob, spec.name, spec.args, deps, spec.nret, (),
+            spec.retry_exc, self.proc, best.epoch)))))
         return True
 
     def _refill(self) -> None:

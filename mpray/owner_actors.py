@@ -31,6 +31,10 @@ from .serialization import ERROR
 from .states import CHANNEL_TRANSITIONS, C, _move
 
 
+# (built from all their items, in FIELDS order, without a Python-level call: hot)
+_slot_msg, _acall, _ACALL = P.ToSlot.from_items, P.ACall.from_items, P.ACall.OP
+
+
 class Call:
     __slots__ = ("spec", "hold", "retries", "cost")
 
@@ -153,9 +157,9 @@ class ActorChannels:
         ch.bytes += cost
         call.cost = cost
         ch.inflight[spec.tid] = call
-        o.out.append(P.ToSlot(ch.slot, P.ACall(
-            spec.tid, spec.method, spec.args, deps, spec.nret, spec.retry_exc, o.proc,
-            call.retries, ch.key, ch.inc, True)))
+        o.out.append(_slot_msg((ch.slot, _acall((
+            _ACALL, spec.tid, spec.method, spec.args, deps, spec.nret, spec.retry_exc,
+            o.proc, call.retries, ch.key, ch.inc, True)))))
         return True
 
     def _via_node(self, ch: Channel, call: Call) -> None:

@@ -30,6 +30,7 @@ known without a lookup table.
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections import _tuplegetter  # the C field accessor namedtuple uses
 from typing import Any, Iterable
@@ -89,6 +90,10 @@ def record(name: str, op: int | None, fields: str, channel: str, doc: str,
     exec(src, env)  # noqa: S102 - a generated constructor, as namedtuple makes
     ns["__new__"] = env["__new__"]
     cls = type(name, (Record,), ns)
+    # from_items((op, field, ...)): the same record from all its items at once, with no
+    # Python-level call (C's tuple.__new__): for the few constructions on the per-task
+    # hot path, which then list the items in FIELDS order
+    cls.from_items = functools.partial(_new, cls)
     if op is not None:
         if op in KINDS:
             raise ValueError(f"opcode {op} of {name} is taken by {KINDS[op].__name__}")

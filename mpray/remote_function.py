@@ -226,6 +226,11 @@ class RemoteFunction(BlobRegistration):
     def remote(self, *args, **kwargs):
         return self._submit(self._prepared, args, kwargs)
 
+    def _remote(self, args=None, kwargs=None, **task_options):
+        """Ray's lower-level form: ``options(**task_options).remote(*args, **kwargs)``."""
+        target = self.options(**task_options) if task_options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
+
     def _blob_payload(self) -> tuple:
         # the source file travels along: a function pickled by value is rebuilt with a
         # made-up file name, and remote tracebacks should show the user's lines

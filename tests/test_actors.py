@@ -307,3 +307,21 @@ def test_more_default_actors_than_cpus(ray_module):
     actors = [Counter.remote(i) for i in range(6)]  # each holds 0 CPU once created
     assert mpray.get([a.inc.remote() for a in actors]) == list(range(1, 7))
     assert wait_for(lambda: mpray.available_resources().get("CPU") == 2.0, 5)
+
+
+def test_lower_level_remote_forms_take_args_and_options(ray_module):
+    """Ray's ``_remote(args=, kwargs=, **options)`` on actor classes and functions (its
+    own microbenchmark uses ``Actor._remote()``)."""
+    c = Counter._remote(args=[5], max_concurrency=1)
+    assert mpray.get(c.inc._remote(args=[2])) == 7
+    lo, hi = c.pair._remote(num_returns=2)
+    assert mpray.get([lo, hi]) == [7, -7]
+    plain = Counter._remote()
+    assert mpray.get(plain.get.remote()) == 0
+
+    @mpray.remote
+    def add(x, y=0):
+        return x + y
+
+    a, b = add._remote(args=(1,), kwargs={"y": 2}, num_returns=1), add._remote(args=[4])
+    assert mpray.get([a, b]) == [3, 4]
