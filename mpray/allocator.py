@@ -2,7 +2,7 @@
 
 First fit by address keeps reusing the low, already-faulted part of the arena: writing
 into pages that were touched before runs at memcpy speed, while fresh tmpfs pages fault
-in at a fraction of it (FACTS.md).  Free ranges are coalesced with their neighbours.
+in at a fraction of it (docs/facts.md).  Free ranges are coalesced with their neighbours.
 """
 
 from __future__ import annotations

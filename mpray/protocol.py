@@ -385,5 +385,22 @@ def protocol_table(kinds: Iterable[type] | None = None) -> str:
                       key=lambda c: (c.CHANNEL, c.OP or 0, c.__name__)):
         rows.append(f"| {cls.CHANNEL} | {cls.OP if cls.OP is not None else '—'} | "
                     f"`{cls.__name__}` | "
-                    f"{', '.join(cls.FIELDS) or '—'} | {cls.DOC} |")
+                    f"{', '.join(cls.FIELDS) or '—'} | {cls.DOC.replace('|', chr(92) + '|')} |")
     return "\n".join(rows) + "\n"
+
+
+PROTOCOL_DOC_HEAD = """# mpray's messages
+
+Generated from `mpray/protocol.py` (`python -m mpray.protocol > docs/protocol.md`);
+`tests/test_protocol.py` checks that the two agree.  Channels: `node_in` (driver, workers
+and the rank's agent to the node), `node_out` (the node to them), `mailbox` (a worker to
+the driver on its mailbox slot; the driver's `Exec`, `ACall` and `Drop` go the other
+way), `cluster` (a node and its rank's MPI agent), `ranks` (agent to agent), and the
+instructions and local events of the pure machines (never on the wire).
+
+"""
+
+
+if __name__ == "__main__":
+    print(PROTOCOL_DOC_HEAD + protocol_table(), end="")
+

@@ -46,7 +46,7 @@ class ActorExit(exc.ActorDiedError):
 
 
 def strip_mpi_environment() -> None:
-    """Workers must never initialise MPI (FACTS.md): hide the launcher's variables."""
+    """Workers must never initialise MPI (docs/facts.md): hide the launcher's variables."""
     for k in [k for k in os.environ if k.startswith(_MPI_ENV_PREFIXES)]:
         del os.environ[k]
 

@@ -1,5 +1,5 @@
 """A rank's inbox: a ring of slots in an MPI window that other ranks' agents fill with
-one-sided operations (DESIGN.md §7): a sender claims slots with ``Fetch_and_op`` on the
+one-sided operations (docs/design.md §7): a sender claims slots with ``Fetch_and_op`` on the
 ring's tail and writes its frame into them with ``Put``; the owner reads its own window
 memory, in claim order, with no message matching and no receive posted.
 

@@ -7,7 +7,7 @@ Used by tests/test_jobscripts.py, and by hand::
     python jobscripts/ci/slurm_cluster.py down /tmp/slurm
 
 Needs root and Debian's ``slurm-wlm`` (22.05) and ``munge``.  Settings that work here
-(FACTS.md): proctrack/linuxproc, task/none, select/cons_tres with CR_Core, PMI-2 for srun
+(docs/facts.md): proctrack/linuxproc, task/none, select/cons_tres with CR_Core, PMI-2 for srun
 (the MPICH wheel speaks it), no accounting, and the node declared with more CPUs than it
 has (``config_overrides``) so that a 4-task job fits on 2 cores.  Everything lives in one
 directory; ``down`` stops the daemons (SIGTERM, then SIGKILL) and checks they are gone.
