@@ -38,6 +38,17 @@ def commit_of(rev: str, cwd: str = REPO_ROOT) -> str:
     return _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", cwd=cwd)
 
 
+def describe_head(cwd: str = REPO_ROOT, path: str = "mpray") -> str | None:
+    """HEAD's short hash, with ``+dirty(PATH/)`` when PATH has uncommitted
+    changes; None where git cannot tell."""
+    try:
+        head = _git("rev-parse", "--short", "HEAD", cwd=cwd)
+        dirty = _git("status", "--porcelain", "--", path, cwd=cwd)
+    except (RuntimeError, OSError):
+        return None
+    return head + (f"+dirty({path}/)" if dirty else "") if head else None
+
+
 def python_path(tree: str, env: dict) -> str:
     """``PYTHONPATH`` with ``tree`` first (before any entry already there)."""
     old = env.get("PYTHONPATH")
