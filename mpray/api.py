@@ -24,7 +24,7 @@ from . import _global
 from . import config as C
 from . import protocol as P
 from .driver_client import DriverClient
-from .mailbox import slot_bytes
+from .mailbox import channel_bytes, slot_bytes
 from .cluster import SPILL_MIN_TASK_S
 from .node import NodeSetup, node_main
 from .object_ref import ObjectRef
@@ -153,6 +153,11 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> Non
     slots = cfg.direct_slots
     mailbox = anonymous_shared(max(1, slots) * slot_bytes(cfg.direct_ring_bytes))
     slot_efds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(slots)]
+    # lease channels: as many as slots (a worker leasing a worker: nested tasks)
+    nchannels = slots if cfg.lease_depth else 0
+    channels = anonymous_shared(max(1, nchannels) * channel_bytes(cfg.direct_ring_bytes))
+    # (with other ranks, tasks long enough to be worth moving go by the node)
+    spill_long = SPILL_MIN_TASK_S if launch is not None and launch.size > 1 else 0.0
     node_bell = Doorbell.create(ctrl, 0)
     driver_bell = Doorbell.create(ctrl, 64)
     up = Ring(ctrl, 128, cap)
@@ -174,7 +179,9 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> Non
                    "rank": launch.rank if launch is not None else 0},
         mailbox=mailbox, mailbox_slots=slots, mailbox_ring_bytes=cfg.direct_ring_bytes,
         slot_efds=slot_efds, spin_us=cfg.spin_us, agent_rings=agent_rings,
-        rank=launch.rank if launch is not None else 0,
+        rank=launch.rank if launch is not None else 0, channels=channels,
+        channel_count=nchannels, spill_long=spill_long, lease_depth=cfg.lease_depth,
+        max_leases=cfg.num_cpus,
     )
     driver_pid = os.getpid()
     import sys
@@ -199,8 +206,6 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> Non
         finally:
             os._exit(code)
     node_pidfd = os.pidfd_open(pid)
-    # (with other ranks, tasks long enough to be worth moving go by the node)
-    spill_long = SPILL_MIN_TASK_S if launch is not None and launch.size > 1 else 0.0
     client = DriverClient(
         proc=0, rank=setup.rank, up=up, down=down, my_bell=driver_bell, node_bell=node_bell,
         arena=arena, inline_max=cfg.inline_max, node_pid=pid, node_pidfd=node_pidfd,
@@ -292,7 +297,7 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
         for r in s.agent_rings or ():
             r.release()
         _global.cluster = None
-        for m in (st.ctrl, st.mailbox, s.agent_mem):
+        for m in (st.ctrl, st.mailbox, st.channels, s.agent_mem):
             if m is None:
                 continue
             try:

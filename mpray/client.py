@@ -58,6 +58,7 @@ class Client(Waiting):
         self.node_pid = node_pid
         self._node_pidfd = node_pidfd
         base = P.id_base(rank, proc)
+        self._own_key = base >> P.PROC_BITS  # oid >> PROC_BITS of the ids this process makes
         self._next_id = max(base + 1, id_start or 0)
         self._first_id = self._next_id  # own ids below this are from an earlier session
         self._id_lock = threading.Lock()
@@ -347,7 +348,7 @@ class Client(Waiting):
         return [self.materialize(o, *values[o]) for o in oids]
 
     def _not_owner(self, oid: int) -> bool:
-        return P.id_proc(oid) != self.proc or P.id_rank(oid) != self.rank
+        return oid >> P.PROC_BITS != self._own_key  # (its rank and process are not ours)
 
     def _needs_subscription(self, oid: int) -> bool:
         return self._not_owner(oid) or oid in self._reborrowed

@@ -8,6 +8,14 @@ slot: the doorbell of the worker in that slot, rung by the node and by the drive
 
     driver ── d2w ring (Exec, ACall, Drop) ──▶ worker in slot k
            ◀── w2d ring (Obj, DoneD, ADoneD, ReturnD, Expired, Resumed) ──
+
+Lease channels, a second region made at the same time: ``channels`` pairs of rings
+(owner -> worker ``o2w``, worker -> owner ``w2o``) that the node lends a worker leasing
+another worker (every process is an owner, not only the driver); both wake each other
+through their slots' doorbells::
+
+    worker A (owner) ── o2w (Exec, Drop) ──▶ worker B (leased to A)
+                     ◀── w2o (DoneD, ReturnD, Expired, Resumed) ──
 """
 
 from __future__ import annotations
@@ -37,3 +45,13 @@ def slot_bell(mailbox, slot: int, cap: int, efd: int) -> Doorbell:
 def cancel_word(mailbox, slot: int, cap: int) -> memoryview:
     base = slot * slot_bytes(cap) + CANCEL_WORD
     return memoryview(mailbox)[base: base + 8]
+
+
+def channel_bytes(cap: int) -> int:
+    return 2 * ring_bytes(cap)
+
+
+def channel_rings(channels, c: int, cap: int) -> tuple[Ring, Ring]:
+    """(o2w, w2o) rings of lease channel ``c``."""
+    base = c * channel_bytes(cap)
+    return Ring(channels, base, cap), Ring(channels, base + ring_bytes(cap), cap)

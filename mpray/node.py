@@ -86,6 +86,11 @@ class NodeSetup:
     rank: int = 0
     spin_us: int = 0
     agent_rings: tuple | None = None  # under MPI: (up, down) rings to the rank's agent
+    channels: object = None  # lease channels (mailbox.channel_rings), made by the driver
+    channel_count: int = 0
+    spill_long: float = 0.0  # (MPI) owners send tasks this long by the node: may move
+    lease_depth: int = 0  # a worker owner's leases: tasks in flight each, and how many
+    max_leases: int = 1
 
 
 class Node:
@@ -96,6 +101,7 @@ class Node:
             setup.resources, setup.gpu_ids, setup.arena_size,
             max_workers=setup.max_workers, idle_timeout=setup.idle_timeout,
             pipeline_depth=setup.pipeline_depth, node_id=setup.node_id,
+            channels=setup.channel_count,
         )
         self.bell = setup.node_bell
         self.channels: dict[int, Channel] = {
@@ -266,6 +272,7 @@ class Node:
             P.KillActor.OP: lambda proc, m: s.kill_actor(m.aid, m.no_restart),
             P.ActorExit.OP: lambda proc, m: s.actor_exit(proc, m.aid),
             P.LeaseEnd.OP: lambda proc, m: s.lease_end(proc, m.epoch),
+            P.ChannelFree.OP: lambda proc, m: s.channel_free(proc, m.channel),
             P.PutFor.OP: lambda proc, m: s.put_for(proc, m.owner, m.oid, m.kind, m.payload,
                                                    m.contained),
             P.Promise.OP: lambda proc, m: s.promise(proc, m.oid),
@@ -327,9 +334,10 @@ class Node:
                     print(a.text, file=sys.stderr, flush=True)
                 elif kind is P.GrantLease:
                     ch = self.channels[a.wid]
-                    s.out[a.wid].append(P.Leased(a.epoch))
+                    s.out[a.wid].append(P.Leased(a.epoch, a.channel, a.owner,
+                                                 self.slot_of.get(a.owner)))
                     s.out[a.owner].append(P.LeaseGrant(a.wid, a.epoch, self.slot_of[a.wid],
-                                                       ch.pid, a.first_oid))
+                                                       ch.pid, a.first_oid, a.channel))
                 elif kind is P.AnnounceActor:
                     ch = self.channels.get(a.wid) if a.wid is not None else None
                     s.out[0].append(P.ActorUpdate(a.aid, a.state, a.incarnation, a.wid,

@@ -64,14 +64,14 @@ class DirectTask:
     """A task this owner runs on one of its leases.  (No history list, unlike the
     node's tasks: one per task on the hot path costs more than it tells.)"""
 
-    __slots__ = ("key", "spec", "deps", "hold", "wid", "cancelled", "cost", "state")
+    __slots__ = ("key", "spec", "deps", "hold", "lease", "cancelled", "cost", "state")
 
     def __init__(self, spec, deps: tuple, hold) -> None:
         self.key = spec.tid
         self.spec = spec
         self.deps = deps
         self.hold = hold  # what the task reads, kept alive here until it is done
-        self.wid: int | None = None
+        self.lease: int | None = None  # the epoch of the lease it was sent to
         self.cancelled = False
         self.cost = 0
         self.state = D.QUEUED
@@ -85,14 +85,20 @@ class DirectTask:
 
 
 class Lease:
-    __slots__ = ("key", "epoch", "slot", "pid", "inflight", "fids", "bytes", "state",
-                 "history")
+    """One lease, known by its epoch (a worker leased again is a new lease: the two may
+    overlap here, as the old one's end can be read after the new one's grant)."""
 
-    def __init__(self, wid: int, epoch: int, slot: int, pid: int) -> None:
-        self.key = wid
+    __slots__ = ("key", "wid", "epoch", "slot", "pid", "channel", "ring", "inflight",
+                 "fids", "bytes", "state", "history")
+
+    def __init__(self, wid: int, epoch: int, slot: int, pid: int, channel=None) -> None:
+        self.key = epoch
+        self.wid = wid
         self.epoch = epoch
-        self.slot = slot
+        self.slot = slot  # the worker's mailbox slot: its doorbell and cancel word
         self.pid = pid
+        self.channel = channel  # a worker owner's lease channel (None: the driver's slot)
+        self.ring = slot if channel is None else channel  # where its Execs go (ToSlot)
         self.inflight: dict[int, DirectTask | None] = {}  # None: the task that created it
         self.fids: set[int] = set()
         self.bytes = 0  # message bytes in flight (the ring holds at least twice this)
@@ -105,7 +111,7 @@ class Owner:
 
     def __init__(self, proc: int, rank: int, values: dict, *, max_leases: int = 1,
                  depth: int = 2, ring_cap: int = 1 << 18, mailbox: bool = True,
-                 spill_long: float = 0.0) -> None:
+                 spill_long: float = 0.0, direct_calls: bool | None = None) -> None:
         self.proc = proc
         self.rank = rank
         self.values = values  # the shell's value cache (read only here)
@@ -116,15 +122,21 @@ class Owner:
         # the rest of the ring is for Drop messages and a predecessor's leftovers)
         self.budget = ring_cap * 3 // 4
         self.mailbox = mailbox  # False: no leases, no direct actor calls (all by the node)
-        self.leases: dict[int, Lease] = {}
+        # calls straight into actors' rings: the driver's only (an actor's ring has one
+        # producer; a worker's calls go by the node, which keeps each caller's order)
+        self.direct_calls = mailbox if direct_calls is None else direct_calls
+        self.leases: dict[int, Lease] = {}  # epoch -> lease
+        self.last_grant = 0  # the newest grant's epoch (grants come in order)
         self.queue: collections.deque[DirectTask] = collections.deque()
         self.tasks: dict[int, DirectTask] = {}  # queued or sent, not ended
         self.owned: dict[int, OW] = {}  # return id -> state (see OwnedState)
         self.dropped: set[int] = set()  # owned, pending, and its last ref here died
-        self.local: dict[int, tuple] = {}  # LOCAL: oid -> (kind, payload)
         self.awaiting: set[int] = set()  # owned, task ended: the value comes by the node
+        # LOCAL values (the shell caches them too, but only once this event's Deliver is
+        # carried out: a decision later in the same event must find them here)
+        self.local: dict[int, tuple] = {}
         self.flagged: set[int] = set()  # first return ids of tasks sent to become leases
-        self.seeding: dict[int, int] = {}  # first return id -> wid: that task runs on the
+        self.seeding: dict[int, int] = {}  # first return id -> epoch: it runs on the
         #                                    lease it created (counts as its work)
         self.expired: set[int] = set()  # epochs that ended before their grant was read
         self.blobs: dict[int, bytes] = {}  # fid -> cloudpickled function
@@ -172,9 +184,14 @@ class Owner:
 
     def _disown(self, oid: int) -> None:
         """The node holds it from now on (or it is gone): no longer tracked here."""
-        if self.owned.pop(oid, None) is OW.LOCAL:
+        if self.owned.pop(oid, None) is _LOCAL:
             del self.local[oid]
         self.awaiting.discard(oid)
+
+    def value_of(self, oid: int):
+        """(kind, payload) of a value here, or None."""
+        v = self.local.get(oid)
+        return v if v is not None else self.values.get(oid)
 
     def publish(self, oids) -> None:
         """Refs to these are about to leave this process: make them known to the node
@@ -201,7 +218,8 @@ class Owner:
         if st is None:
             self.out.append(P.Release(oid, ev.urgent))
         elif st is OW.LOCAL:
-            self._disown(oid)  # the node never knew it
+            del self.owned[oid]  # the node never knew it
+            del self.local[oid]
         else:
             self.dropped.add(oid)  # released (if the node knows it) once its value comes
 
@@ -215,7 +233,7 @@ class Owner:
                 self.dropped.discard(oid)
                 del self.owned[oid]
             else:  # (PENDING -> LOCAL, as OWNED_TRANSITIONS allows)
-                self.owned[oid] = OW.LOCAL
+                self.owned[oid] = _LOCAL
                 self.local[oid] = (kind, payload)
         elif st is OW.PROMISED:
             self._disown(oid)
@@ -231,9 +249,9 @@ class Owner:
         if self.flagged:
             self._unflag(oid)  # that task ended; its worker may not become a lease
         if self.seeding:
-            wid = self.seeding.pop(oid, None)
-            if wid is not None:  # the lease it created is free for our tasks now
-                lease = self.leases.get(wid)
+            epoch = self.seeding.pop(oid, None)
+            if epoch is not None:  # the lease it created is free for our tasks now
+                lease = self.leases.get(epoch)
                 if lease is not None:
                     lease.inflight.pop(oid - 1, None)
                     self._refill()
@@ -338,10 +356,10 @@ class Owner:
             best.fids.add(fid)
         best.bytes += cost
         rec.cost = cost
-        rec.wid = best.key
+        rec.lease = best.key
         rec.step(_SENT)
         best.inflight[rec.key] = rec
-        self.out.append(_slot_msg((best.slot, _exec((
+        self.out.append(_slot_msg((best.ring, _exec((
             _EXEC, rec.key, fid, fblob, spec.name, spec.args, deps, spec.nret, (),
             spec.retry_exc, self.proc, best.epoch)))))
         return True
@@ -368,34 +386,40 @@ class Owner:
         if m.epoch in self.expired:  # it ended (idle) before we even read the grant
             self.expired.discard(m.epoch)
             return
-        lease = self.leases[m.wid] = Lease(m.wid, m.epoch, m.slot, m.pid)
+        self.last_grant = max(self.last_grant, m.epoch)
+        lease = self.leases[m.epoch] = Lease(m.wid, m.epoch, m.slot, m.pid, m.channel)
         if seeding:
             lease.inflight[m.first_oid - 1] = None  # busy with the task that created it
-            self.seeding[m.first_oid] = m.wid
+            self.seeding[m.first_oid] = m.epoch
         self._refill()
 
     def _end_lease(self, lease: Lease) -> None:
         del self.leases[lease.key]
         _move(lease, L.ENDED, LEASE_TRANSITIONS, "lease")
+        if lease.channel is not None:  # this end is done with it (the node lends it again)
+            self.out.append(P.ToNode(P.ChannelFree(lease.channel)))
 
     def _on_expired(self, m) -> None:
-        lease = self.leases.get(m.wid)
-        if lease is not None and lease.epoch == m.epoch:
+        lease = self.leases.get(m.epoch)
+        if lease is not None:
             self._end_lease(lease)
-            # anything still in flight there comes back as ReturnD (bounced) or DoneD
-        elif lease is None or lease.epoch < m.epoch:
+            if lease.channel is not None:
+                # its worker reads the channel no more: what is in it never runs
+                self._requeue_all(lease)
+            # (a slot's: what is in flight comes back as ReturnD (bounced) or DoneD)
+        elif m.epoch > self.last_grant:
             self.expired.add(m.epoch)  # its grant is still on the way
         self._refill()
 
     def _on_resumed(self, m) -> None:
-        lease = self.leases.get(m.wid)
-        if lease is not None and lease.epoch == m.epoch and lease.state is L.PAUSED:
+        lease = self.leases.get(m.epoch)
+        if lease is not None and lease.state is L.PAUSED:
             _move(lease, L.ACTIVE, LEASE_TRANSITIONS, "lease")
             self._refill()
 
     def _on_lost(self, m) -> None:
-        lease = self.leases.get(m.wid)
-        if lease is None or lease.epoch != m.epoch:
+        lease = self.leases.get(m.epoch)
+        if lease is None:
             return
         self._end_lease(lease)
         for tid, rec in list(lease.inflight.items()):
@@ -432,7 +456,7 @@ class Owner:
         if rec.state is not D.SENT:
             self.tasks[m.tid] = rec
             return
-        lease = self.leases.get(rec.wid)
+        lease = self.leases.get(rec.lease)
         spec = rec.spec
         if lease is not None:
             del lease.inflight[m.tid]
@@ -473,7 +497,7 @@ class Owner:
             rec = self.tasks.get(tid)
             if rec is None or rec.state is not D.SENT:
                 continue
-            lease = self.leases.get(rec.wid)
+            lease = self.leases.get(rec.lease)
             if lease is not None:
                 lease.inflight.pop(tid, None)
                 lease.bytes -= rec.cost
@@ -484,18 +508,18 @@ class Owner:
                     self._end_lease(lease)
                     self._requeue_all(lease)
             self._requeue(rec)
-        lease = self.leases.get(m.wid)
+        lease = self.leases.get(m.epoch)
         if m.blocked and lease is not None and lease.state is L.ACTIVE:
             _move(lease, L.PAUSED, LEASE_TRANSITIONS, "lease")  # (also with nothing queued)
         self._refill()
 
     def _requeue(self, rec: DirectTask) -> None:
-        rec.wid = None
+        rec.lease = None
         rec.step(D.QUEUED)
         self.queue.appendleft(rec)
 
     def _requeue_all(self, lease: Lease) -> None:
-        for rec in lease.inflight.values():
+        for rec in reversed(lease.inflight.values()):  # (the oldest ends up first)
             if rec is not None and rec.state is D.SENT:
                 self._requeue(rec)
         lease.inflight.clear()
@@ -527,7 +551,7 @@ class Owner:
             self._end(rec)
             self.fail_returns(rec.key, rec.spec.nret, exc.TaskCancelledError(P.id_hex(rec.key)))
             return
-        lease = self.leases.get(rec.wid)
+        lease = self.leases.get(rec.lease)
         if lease is None:
             return  # its lease is ending: the task comes back (and is sent again) or ends
         rec.cancelled = True
@@ -535,7 +559,7 @@ class Owner:
             self.out.append(P.Signal(lease.pid, signal.SIGKILL))
             return
         self.out.append(P.CancelWord(lease.slot, rec.key))
-        self.out.append(P.ToSlot(lease.slot, P.Drop(rec.key)))
+        self.out.append(P.ToSlot(lease.ring, P.Drop(rec.key)))
         self.out.append(P.Signal(lease.pid, signal.SIGUSR1))
 
     # ------------------------------------------------------------------ invariants
@@ -544,27 +568,29 @@ class Owner:
         queued = {id(r) for r in self.queue}
         assert len(queued) == len(self.queue), "a task is queued twice"
         sent: dict[int, int] = {}
-        for wid, lease in self.leases.items():
-            assert lease.key == wid and lease.state is not L.ENDED, lease.state
-            assert len(lease.inflight) <= self.depth, (wid, len(lease.inflight))
-            assert lease.bytes == sum(r.cost for r in lease.inflight.values() if r), wid
-            assert lease.bytes <= self.budget, (wid, lease.bytes)
+        for epoch, lease in self.leases.items():
+            assert lease.key == epoch and lease.state is not L.ENDED, lease.state
+            assert len(lease.inflight) <= self.depth, (epoch, len(lease.inflight))
+            assert lease.bytes == sum(r.cost for r in lease.inflight.values() if r), epoch
+            assert lease.bytes <= self.budget, (epoch, lease.bytes)
             for tid, rec in lease.inflight.items():
                 if rec is None:
                     assert tid + 1 in self.seeding, f"seed {tid} not seeding"
                     continue
-                assert rec.state is D.SENT and rec.wid == wid, (tid, rec.state, rec.wid)
+                assert rec.state is D.SENT and rec.lease == epoch, (tid, rec.state)
                 assert tid not in sent, f"task {tid} on two leases"
-                sent[tid] = wid
+                sent[tid] = epoch
         for tid, rec in self.tasks.items():
             assert rec.key == tid and rec.state is not D.ENDED, (tid, rec.state)
             if rec.state is D.QUEUED:
                 assert id(rec) in queued, f"task {tid} QUEUED but not in the queue"
             else:
-                assert sent.get(tid) == rec.wid or rec.wid not in self.leases, tid
+                assert sent.get(tid) == rec.lease or rec.lease not in self.leases, tid
         for rec in self.queue:
             assert self.tasks.get(rec.key) is rec and rec.state is D.QUEUED, rec.key
-        assert len(self.leases) + len(self.flagged) <= self.max_leases + len(self.seeding)
+        # (a worker's new lease may be granted before its old one's end is read here)
+        assert len({lease.wid for lease in self.leases.values()}) + len(self.flagged) \
+            <= self.max_leases + len(self.seeding)
         live = {oid for tid, rec in self.tasks.items()
                 for oid in P.return_ids(tid, rec.spec.nret)}
         live |= self.actors.live_returns()

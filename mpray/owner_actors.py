@@ -65,13 +65,14 @@ class Channel:
         self.bytes = 0  # message bytes in flight in its ring
 
 
-def resolve(values: dict, deps: tuple):
-    """Deps as (pos, oid, kind, payload) when every value is here and not an error."""
+def resolve(value_of, deps: tuple):
+    """Deps as (pos, oid, kind, payload) when every value is here and not an error
+    (``value_of``: oid -> (kind, payload) or None)."""
     if not deps:
         return ()
     out = []
     for pos, oid in deps:
-        v = values.get(oid)
+        v = value_of(oid)
         if v is None or v[0] == ERROR:
             return None
         out.append((pos, oid, v[0], v[1]))
@@ -103,11 +104,13 @@ class ActorChannels:
         """Queue a call (its ObjectRefs exist already) and send what can go."""
         spec = ev.spec
         o = self.o
+        if not o.direct_calls:  # (a worker's calls: the node orders them per caller)
+            o.to_node(spec)
+            return
         ch = self._chan(spec.actor)
         call = Call(spec, ev.hold)
-        if not o.mailbox or P.id_rank(spec.actor) != o.rank:
-            # no mailboxes, or (MPI) an actor of another rank: the node routes it
-            self._via_node(ch, call)
+        if P.id_rank(spec.actor) != o.rank:  # (MPI) an actor of another rank: the node
+            self._via_node(ch, call)         # routes it
             return
         o.own(spec.tid, spec.nret)
         self.calls[spec.tid] = (ch, call)
@@ -128,7 +131,7 @@ class ActorChannels:
             if ch.state is C.DEAD or ch.killed or ch.slot is None or spec.contained:
                 deps = None
             else:
-                deps = resolve(self.o.values, spec.deps)
+                deps = resolve(self.o.value_of, spec.deps)
             if deps is not None:
                 if ch.node_calls:
                     return  # fence: the node's calls before it must end first

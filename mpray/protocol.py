@@ -202,6 +202,8 @@ Promise = record("Promise", 20, "oid", _N,
                  "a direct task's result whose ref is leaving its owner: others may wait "
                  "for it; the owner Puts it when it arrives")
 KillActor = record("KillActor", 21, "aid no_restart", _N, "kill this actor")
+ChannelFree = record("ChannelFree", 23, "channel", _N,
+                     "the owner of a lease through this channel is done with it")
 ActorExit = record("ActorExit", 22, "aid", _N, "the actor called exit_actor()")
 
 # ----------------------------------------------------------------------------- from the node
@@ -220,9 +222,11 @@ Stop = record("Stop", 36, "", _O, "exit")
 Drop = record("Drop", 37, "tid", _O, "forget this queued task or call (it was cancelled)")
 Slot = record("Slot", 38, "slot wid", _O, "that worker writes to the driver on mailbox slot")
 SlotFree = record("SlotFree", 39, "slot", _O, "that worker is gone: drain the slot")
-LeaseGrant = record("LeaseGrant", 40, "wid epoch slot pid first_oid", _O,
-                    "that worker is now the driver's lease (it ran the flagged task whose "
-                    "first return is first_oid)")
+LeaseGrant = record("LeaseGrant", 40, "wid epoch slot pid first_oid channel", _O,
+                    "that worker (mailbox slot, pid) is now your lease (it ran the flagged "
+                    "task whose first return is first_oid); channel: the lease channel "
+                    "between you (a worker) and it, None: its slot's rings (the driver)",
+                    defaults={"channel": None})
 LeaseLost = record("LeaseLost", 41, "wid epoch reason", _O, "the leased worker died")
 Reclaim = record("Reclaim", 42, "", _O, "others wait for CPUs: end the lease once idle")
 ACreate = record("ACreate", 43,
@@ -237,7 +241,12 @@ ANodeDone = record("ANodeDone", 46, "aid tid", _O,
                    "a call the driver sent the node's way ended")
 NoLease = record("NoLease", 47, "first_oid", _O,
                  "the task flagged to become a lease runs without one")
-Leased = record("Leased", 48, "epoch", _O, "to a worker: you are leased (this epoch)")
+Leased = record("Leased", 48, "epoch channel owner owner_slot", _O,
+                "to a worker: you are leased (this epoch) to owner: through channel, "
+                "waking its slot's bell (None: to the driver, on your slot's rings)",
+                defaults={"channel": None, "owner": 0, "owner_slot": None})
+LeaseRevoked = record("LeaseRevoked", 49, "epoch", _O,
+                      "your lease's owner died: end the lease now (nothing to send it)")
 
 # ----------------------------------------------------------------------------- mailbox slot
 _M = "mailbox"
@@ -245,7 +254,7 @@ DoneD = record("DoneD", 50, "tid values error via_node run_s", _M,
                "a leased task ended after run_s seconds: its values [(oid, kind, payload)] "
                "come with it, or from the node (via_node: arena space or refs inside); "
                "error: a retryable error's payload (the owner retries or gives up)")
-ReturnD = record("ReturnD", 51, "wid tids blocked", _M,
+ReturnD = record("ReturnD", 51, "wid epoch tids blocked", _M,
                  "leased tasks handed back unstarted (blocked: the worker's task waits "
                  "in get: send it nothing until Resumed)")
 Expired = record("Expired", 52, "wid epoch", _M, "the lease ended (idle)")
@@ -310,7 +319,7 @@ ACTIONS: list[type] = [
     Interrupt := record("Interrupt", None, "wid tid", _A,
                         "raise TaskCancelledError in that worker's task tid (SIGUSR1)"),
     Warn := record("Warn", None, "text", _A, "print a warning to stderr"),
-    GrantLease := record("GrantLease", None, "wid epoch owner first_oid", _A,
+    GrantLease := record("GrantLease", None, "wid epoch owner first_oid channel", _A,
                          "that worker is owner's lease now: LeaseGrant and Leased"),
     LoseLease := record("LoseLease", None, "wid epoch owner reason", _A,
                         "the leased worker died: LeaseLost to its owner"),
@@ -351,6 +360,77 @@ OWNER_ACTIONS: list[type] = [
     Signal := record("Signal", None, "pid signum", _I, "send a signal to a worker"),
     CancelWord := record("CancelWord", None, "slot tid", _I,
                          "write tid into the slot's cancel word (before SIGUSR1)"),
+]
+
+# ----------------------------------------------------------------------------- rank link
+# The MPI agent's pure machine (mpray_mpi/link.py): where a shipped value's bytes are,
+# the holds a reader drops once it has them, the loop's own events, and what the machine
+# asks the loop (mpray_mpi/agent.py) to do.  Node and rank messages are events as they are.
+#
+# Descriptors and tokens travel nested in RValue/RDone results and in RRelease, and keep
+# their type across a frame by pickling as themselves (class and items): one per value
+# big enough to go by RMA, where the few µs that costs beside a plain tuple do not count,
+# and no opcode is spent on them (they are never messages).
+
+
+def _retype(cls: type, items: tuple):
+    return _new(cls, items)
+
+
+def _reduce_typed(self):
+    return (_retype, (type(self), tuple(self)))
+
+
+_V = "ranks"
+LINK_VALUES: list[type] = [
+    ArenaDesc := record("ArenaDesc", None, "rank payload release", _V,
+                        "an ARENA value to Get straight from that rank's arena window "
+                        "(payload: its place there); release: the token to send back in "
+                        "RRelease once read, or None"),
+    WinDesc := record("WinDesc", None, "rank woff payload", _V,
+                      "an ARENA value copied into that rank's export window at woff "
+                      "(payload: its layout from offset 0); RFreeExp(woff) once read"),
+    BytesDesc := record("BytesDesc", None, "data payload", _V,
+                        "an ARENA value's bytes in the message (the export window was "
+                        "full or too small); payload: its layout"),
+    PinToken := record("PinToken", None, "oid", _V,
+                       "the home node pinned oid for one reader (Unpin once read)"),
+    RefToken := record("RefToken", None, "oid", _V,
+                       "the home agent's ref on a forwarded task's result (dropped once "
+                       "read)"),
+]
+for _cls in LINK_VALUES:
+    _cls.__reduce__ = _reduce_typed
+
+_LE = "link_events"
+LINK_EVENTS: list[type] = [
+    LinkHello := record("LinkHello", None, "ranks", _LE,
+                        "tell the node the ranks ([(node_id, resources)]) and ask its load"),
+    LoadDue := record("LoadDue", None, "", _LE, "time to refresh the load table"),
+    StopRanks := record("StopRanks", None, "", _LE, "rank 0 ends the job: stop every rank"),
+    RankStopped := record("RankStopped", None, "", _LE,
+                          "this serving rank shut its node down: tell rank 0"),
+]
+_LA = "link_actions"
+LINK_ACTIONS: list[type] = [
+    ToNodeMsg := record("ToNodeMsg", None, "msg", _LA, "send msg to this rank's node"),
+    ToRankMsg := record("ToRankMsg", None, "rank msg", _LA,
+                        "send msg to that rank's agent (batched per rank; RTask and RNode "
+                        "through its inbox, in order, the rest as one plain message)"),
+    CopyToExport := record("CopyToExport", None, "off woff total", _LA,
+                           "copy total bytes at off in the arena to woff in the export "
+                           "window and make them visible to RMA"),
+    ReadBytes := record("ReadBytes", None, "off total buf", _LA,
+                        "copy total bytes at off in the arena into buf (the bytearray a "
+                        "BytesDesc in a later message carries)"),
+    RmaGet := record("RmaGet", None, "window src soff off total", _LA,
+                     "Get total bytes at soff in rank src's window ('arena' or 'export') "
+                     "into the arena at off, and Flush: done before what follows"),
+    WriteBytes := record("WriteBytes", None, "off data", _LA,
+                         "write data (a BytesDesc's bytes) into the arena at off"),
+    ShareLoad := record("ShareLoad", None, "load", _LA,
+                        "put this rank's load (queued, free CPUs) into rank 0's load "
+                        "window, read everyone's, send the node Load"),
 ]
 
 # DONE status

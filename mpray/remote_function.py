@@ -112,6 +112,7 @@ class _Prepared:
         self.direct_ok = self.res == (("CPU", 1.0),) and self.strategy in (None, "DEFAULT")
 
 
+_task_spec = P.TaskSpec.from_items
 _NO_ARGS = (ser.dumps_plain(([], {})), (), (), None)  # a call without arguments
 
 
@@ -247,8 +248,9 @@ class RemoteFunction(BlobRegistration):
         nret = prep.nret
         tid = client.new_ids(nret)
         blob, deps, contained, keep = encode_args(client, args, kwargs, self._name)
-        spec = P.TaskSpec(tid, fid, prep.name, blob, deps, nret, prep.res, prep.retries,
-                          prep.retry_exc, contained, prep.strategy)
+        # (all TaskSpec's items at once, in its FIELDS order: the hot path)
+        spec = _task_spec((tid, fid, prep.name, blob, deps, nret, prep.res, prep.retries,
+                           prep.retry_exc, contained, prep.strategy, False, None, None, None))
         # the refs exist before the task can end: its value may come back at once
         refs = _refs(tid, nret)
         # what the task reads stays alive here until it is done (or handed to the node)

@@ -92,6 +92,7 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
         idle_timeout: float = 10.0,
         pipeline_depth: int = 2,
         node_id: str = "",
+        channels: int = 0,
     ) -> None:
         self.total = dict(resources)
         self.avail = dict(resources)
@@ -120,6 +121,10 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
         self.starting = 0
         self.retiring: set[int] = set()
         self.leasable: set[int] = set()  # workers with a mailbox slot (set by the node)
+        # lease channels (a worker leasing a worker): free ones, and for each lent one the
+        # ends (owner, leased worker) not done with it yet
+        self.free_channels: list[int] = list(range(channels - 1, -1, -1))
+        self.channel_holds: dict[int, int] = {}
         self._epoch = 0
         self._warned: set = set()
         self.stats = {"submitted": 0, "finished": 0, "failed": 0, "retried": 0}
@@ -370,12 +375,7 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
             _move(w, W.BUSY, WORKER_TRANSITIONS, "worker")
             w.idle_since = 0.0
             w.task = t.key
-            if wants_lease and w.key in self.leasable:
-                # the owner asked: from now on the worker is its lease, running this task
-                # first and then what the owner sends it directly, on this task's CPU
-                self._epoch += 1
-                w.lease = (t.owner, self._epoch)
-                self.actions.append(P.GrantLease(w.key, self._epoch, t.owner, t.key + 1))
+            if wants_lease and w.key in self.leasable and self._lease_to(w, t):
                 wants_lease = False
         if wants_lease:  # the owner must not wait for a lease that is not coming
             self._send(t.owner, P.NoLease(t.key + 1))
@@ -401,6 +401,23 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
             return
         self._send(w.key, P.Exec(t.key, fid, fblob, spec.name, spec.args, deps, spec.nret,
                                  tuple(g for g, _ in w.gpus), spec.retry_exc, t.owner))
+
+    def _lease_to(self, w: Worker, t: Task) -> bool:
+        """The owner asked: from now on the worker is its lease, running this task first
+        and then what the owner sends it directly, on this task's CPU.  A worker owner
+        (nested tasks) talks to it through a lease channel (False: none free, or the
+        owner has no mailbox slot to be woken by)."""
+        owner = t.owner
+        channel = None
+        if owner != 0:
+            if owner not in self.leasable or not self.free_channels:
+                return False
+            channel = self.free_channels.pop()
+            self.channel_holds[channel] = 2  # freed once both ends are done with it
+        self._epoch += 1
+        w.lease = (owner, self._epoch, channel)
+        self.actions.append(P.GrantLease(w.key, self._epoch, owner, t.key + 1, channel))
+        return True
 
     def _store_results(self, t: Task, proc: int, results, delivered: bool = False) -> None:
         for oid, kind, payload, contained in results:

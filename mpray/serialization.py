@@ -49,12 +49,21 @@ def dumps_plain(value: Any) -> bytes:
         raise TypeError(f"cannot serialize {type(value).__name__} object: {e}") from e
 
 
+# values that can hold neither an ObjectRef nor an out-of-band buffer: pickled as they
+# are (a task that returns None or a number skips the buffer and ref bookkeeping)
+_SCALARS = frozenset({type(None), bool, int, float, str})
+
+
 def serialize(value: Any, inline_max: int) -> tuple[int, Any, list[int], int]:
     """Return (kind, payload_or_parts, contained_ref_ids, nbytes).
 
     For INLINE, payload is bytes.  For a large value, kind is ARENA and payload is
     ``(header, buffers)`` still to be written by ``write_arena``.
     """
+    if type(value) in _SCALARS:
+        data = pickle.dumps(value, protocol=5)
+        if len(data) <= inline_max:
+            return INLINE, data, [], len(data)
     prev = getattr(_tls, "refs", None)
     refs: list[int] = []
     _tls.refs = refs

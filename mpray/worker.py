@@ -83,8 +83,9 @@ class WorkerLoop:
         self.client = client
         self.wid = wid
         self.funcs: dict[int, object] = {}
-        self.cancel_slot = cancel_slot  # written by the node
-        self.direct_cancel = direct_cancel  # written by the driver (direct tasks)
+        # cancel words: written by the node, and by the driver (leased tasks)
+        self._words = tuple(w.cast("q") for w in (cancel_slot, direct_cancel)
+                            if w is not None)
         self.in_user = False
         self.pid = os.getpid()
         self.host = socket.gethostname()
@@ -100,8 +101,8 @@ class WorkerLoop:
         """Was ``tid`` cancelled (its id in a cancel word)?  Ids are never reused, so a
         word left from an earlier task never matches a later one."""
         tid &= 2**63 - 1
-        for slot in (self.cancel_slot, self.direct_cancel):
-            if slot is not None and int.from_bytes(slot[:8], "little") == tid:
+        for word in self._words:
+            if word[0] == tid:
                 return True
         return False
 
@@ -115,11 +116,11 @@ class WorkerLoop:
                     continue
                 idle = time.monotonic() - client.lease_active
                 if client.reclaim and not client.pump_locked(0) and not q:
-                    self.end_lease()  # others wait for this CPU
+                    client.end_lease(self.wid)  # others wait for this CPU
                 elif idle < LEASE_IDLE:
                     client.pump_locked(LEASE_IDLE - idle)
                 elif not client.pump_locked(0) and not q:  # nothing came: give it back
-                    self.end_lease()
+                    client.end_lease(self.wid)
                 continue
             msg = q.popleft()
             if type(msg) is P.ACreate:  # this worker becomes an actor, for good
@@ -133,19 +134,11 @@ class WorkerLoop:
                 client.dropped_tasks.discard(msg.tid)
                 if msg.epoch is not None:
                     err = pickle.dumps(exc.TaskCancelledError(P.id_hex(msg.tid)), protocol=5)
-                    client.send_driver([P.DoneD(
+                    client.send_owner([P.DoneD(
                         msg.tid, [(oid, ERROR, err) for oid in P.return_ids(msg.tid, msg.nret)],
                         None, False, 0.0)])
                 continue
             self.run(msg)
-
-    def end_lease(self) -> None:
-        """Give an idle lease back: to the node (its CPU) and to the driver."""
-        client = self.client
-        epoch, client.lease_epoch = client.lease_epoch, None
-        client.reclaim = False
-        client.send([P.LeaseEnd(epoch)])
-        client.send_driver([P.Expired(self.wid, epoch)])
 
     def run(self, msg: P.Exec) -> None:
         tid, name, nret, gpus = msg.tid, msg.name, msg.nret, msg.gpus
@@ -244,6 +237,8 @@ class WorkerLoop:
                     f"could not serialize return value {i} of task {name} "
                     f"({type(v).__name__}): {e}"
                 ) from e
+            if contained:  # (objects this process owns: known to the node before they leave)
+                self.client.publish_contained(contained)
             stored.append((oid, kind, payload, contained))
 
     def failed(self, tid: int, e: BaseException, name: str, nret: int, retry_exc,
@@ -295,17 +290,23 @@ class WorkerLoop:
         client.lease_active = time.monotonic()
         run_s = client.lease_active - self.started
         if retryable and not actor:  # the driver decides: retry through the node, or not
-            client.send_driver([P.DoneD(tid, None, stored[0][2] if stored else None, False,
+            client.send_owner([P.DoneD(tid, None, stored[0][2] if stored else None, False,
                                         run_s)])
         elif any(kind == ARENA or contained for _o, kind, _p, contained in stored):
-            client.send([P.PutFor(0, oid, kind, payload, contained)
+            # (the values' owner: the driver for a direct actor call, else the lease's)
+            owner = 0 if actor else client.lease_owner
+            client.send([P.PutFor(owner, oid, kind, payload, contained)
                          for oid, kind, payload, contained in stored])
-            client.send_driver([P.ADoneD(tid, None) if actor
-                                else P.DoneD(tid, None, None, True, run_s)])
+            if actor:
+                client.send_driver([P.ADoneD(tid, None)])
+            else:
+                client.send_owner([P.DoneD(tid, None, None, True, run_s)])
         else:  # the values ride in the one message that ends the task or call
             values = [r[:3] for r in stored]
-            client.send_driver([_adone((_ADONE, tid, values)) if actor
-                                else _done((_DONE, tid, values, None, False, run_s))])
+            if actor:
+                client.send_driver([_adone((_ADONE, tid, values))])
+            else:
+                client.send_owner([_done((_DONE, tid, values, None, False, run_s))])
 
     def _deliver(self, stored: list) -> bool:
         """Hand a node task's results straight to the driver: saves it waiting for the
@@ -327,17 +328,15 @@ def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem,
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     strip_mpi_environment()
     os.environ["MPRAY_WORKER_ID"] = str(wid)
+    # (Execs a dead predecessor in this slot left unread carry an old lease epoch: they
+    # are bounced, and the driver, which already retried them, ignores that)
     client = WorkerClient(
         proc=wid, rank=setup.rank, up=up, down=down, my_bell=bell, node_bell=node_bell,
         arena=setup.arena, inline_max=setup.inline_max, node_pid=node_pid, node_pidfd=None,
-        spin_us=setup.spin_us,
+        spin_us=setup.spin_us, setup=setup, slot=slot, mailbox_rings=mailbox_rings,
     )
     direct_cancel = None
     if mailbox_rings is not None:
-        # (EXECs a dead predecessor in this slot left unread carry an old lease epoch:
-        # they are bounced, and the driver, which already retried them, ignores that)
-        client._to_driver, client._d2w = mailbox_rings
-        client._driver_bell = setup.driver_bell
         direct_cancel = cancel_word(setup.mailbox, slot, setup.mailbox_ring_bytes)
     _global.client = client
     _global.node_id = setup.node_id

@@ -111,7 +111,10 @@ class WorkerTable:
             self.idle.remove(wid)
         self.leasable.discard(wid)
         if w.lease is not None:
-            self.actions.append(P.LoseLease(wid, w.lease[1], w.lease[0], reason))
+            owner, epoch, channel = w.lease
+            self.actions.append(P.LoseLease(wid, epoch, owner, reason))
+            self._channel_done(channel)
+        self._revoke_leases_of(wid)
         _move(w, W.DEAD, WORKER_TRANSITIONS, "worker")
         del self.workers[wid]
         self.out.pop(wid, None)
@@ -167,6 +170,7 @@ class WorkerTable:
         w = self.workers.get(wid)
         if w is None or w.lease is None or w.lease[1] != epoch or w.task is not None:
             return
+        self._channel_done(w.lease[2])
         w.lease = None
         w.reclaim = False
         if w.state is W.BLOCKED:
@@ -174,3 +178,25 @@ class WorkerTable:
         self._release_worker_resources(w)
         _move(w, W.IDLE, WORKER_TRANSITIONS, "worker")
         self.idle.append(wid)
+
+    def channel_free(self, proc: int, channel: int) -> None:
+        """A lease's owner is done with its channel (it read the lease's end)."""
+        if channel in self.channel_holds:
+            self._channel_done(channel)
+
+    def _channel_done(self, channel: int | None) -> None:
+        """One end of a lease channel is done with it; both: it can be lent again."""
+        if channel is None or channel not in self.channel_holds:
+            return
+        self.channel_holds[channel] -= 1
+        if self.channel_holds[channel] <= 0:
+            del self.channel_holds[channel]
+            self.free_channels.append(channel)
+
+    def _revoke_leases_of(self, owner: int) -> None:
+        """A worker that held leases died: its leased workers end them (the owner's end
+        of each channel is done)."""
+        for w in self.workers.values():
+            if w.lease is not None and w.lease[0] == owner:
+                self._send(w.key, P.LeaseRevoked(w.lease[1]))
+                self._channel_done(w.lease[2])

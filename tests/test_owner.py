@@ -52,7 +52,6 @@ class Harness:
 
     def ev(self, e):
         out = self.o.handle(e)
-        self.o.check_invariants()
         for ins in out:
             kind = type(ins)
             if kind is P.ToNode:  # (as the receiver sees it: through encode/decode)
@@ -70,6 +69,7 @@ class Harness:
                 self.words[ins.slot] = ins.tid
             else:
                 raise AssertionError(f"unknown instruction {ins!r}")
+        self.o.check_invariants()  # (between events: after the shell carried them out)
         return out
 
     def take_node(self):
@@ -206,14 +206,14 @@ def test_returned_blocked_pauses_the_lease_until_resumed():
         h.submit(tid)
     h.finish(20)
     assert [m.tid for m in h.take_slot(0)] == [20, 25, 30]
-    h.ev(P.ReturnD(1, [30], True))  # 25 waits in get: 30 comes back unstarted
+    h.ev(P.ReturnD(1, 1, [30], True))  # 25 waits in get: 30 comes back unstarted
     assert h.o.leases[1].state is L.PAUSED and h.take_slot(0) == []
     # no other lease to run it (and none coming): the node takes it (and may start a
     # worker for it: the waiting task lent its CPU)
     assert [m.spec.tid for m in h.take_node()] == [30] and not h.o.queue
     h.finish(25)  # (a paused lease's task ended: it is active again)
     assert h.o.leases[1].state is L.ACTIVE
-    h.ev(P.ReturnD(1, [], True))
+    h.ev(P.ReturnD(1, 1, [], True))
     h.ev(P.Resumed(1, 1))
     h.submit(40)
     assert [m.tid for m in h.take_slot(0)] == [40] and h.o.leases[1].state is L.ACTIVE
@@ -225,7 +225,7 @@ def test_every_lease_paused_sends_the_queue_to_the_node():
     h.take_slot(0)
     h.submit(30)
     assert [r.key for r in h.o.queue] == [30]
-    h.ev(P.ReturnD(1, [], True))  # its task blocks (nothing queued behind it)
+    h.ev(P.ReturnD(1, 1, [], True))  # its task blocks (nothing queued behind it)
     (sub,) = h.take_node()
     assert sub.spec.tid == 30 and not h.o.queue and 31 not in h.o.owned
 
@@ -234,7 +234,7 @@ def test_bounced_task_of_an_ended_lease_is_sent_again():
     h = leased(Harness(max_leases=1, depth=2))
     h.submit(20)
     h.take_slot(0)
-    h.ev(P.ReturnD(1, [20], False))  # a stale epoch: that lease is over
+    h.ev(P.ReturnD(1, 1, [20], False))  # a stale epoch: that lease is over
     assert h.o.leases == {}
     (sub,) = h.take_node()  # no lease left and none coming: the node runs it
     assert sub.spec.tid == 20
@@ -555,3 +555,49 @@ def test_refs_exist_before_a_task_or_call_is_submitted(monkeypatch):
                                                           "class_name": "A"})
     handle.m.remote()
     assert fake.seen == [True, True, True]
+
+
+def test_call_reading_the_previous_calls_result_goes_direct_once_that_comes():
+    """The value decided in the same event (the first call's ADoneD) is found at once,
+    before the shell has cached it."""
+    h = Harness()
+    alive(h)
+    h.ev(P.SubmitCall(call(110, 100), None))
+    h.ev(P.SubmitCall(call(120, 100, deps=[(0, 111)]), None))
+    assert [m.tid for m in h.take_slot(3)] == [110]  # 120 waits (fence: 110 in flight)
+    h.ev(P.ADoneD(110, [(111, INLINE, b"r")]))
+    (m,) = h.take_slot(3)
+    assert m.tid == 120 and m.deps == ((0, 111, INLINE, b"r"),) and h.take_node() == []
+
+
+def test_a_workers_new_lease_may_come_before_its_old_leases_end():
+    """The node grants a worker anew once its old lease ended; the old lease's Expired
+    (on the old channel) can be read after the new grant (on the node's ring)."""
+    h = Harness(max_leases=1, depth=1)
+    h.submit(10)
+    h.take_node()
+    h.ev(P.LeaseGrant(1, 1, 0, 1001, 11, 5))  # a worker owner's lease: channel 5
+    h.ev(P.Obj(11, INLINE, b"seed"))
+    h.submit(20)
+    assert [m.tid for m in h.take_slot(5)] == [20]
+    h.submit(30)  # queued behind 20
+    h.ev(P.LeaseGrant(1, 2, 0, 1001, 41, 6))  # new lease of worker 1 (channel 6) ...
+    h.ev(P.DoneD(20, [(21, INLINE, b"v")], None, False, 0.0))  # ... and the old one's end
+    h.ev(P.Expired(1, 1))
+    assert h.take_node() == [P.ChannelFree(5)] and set(h.o.leases) == {2}
+    assert [m.tid for m in h.take_slot(6)] == [30] and h.values[21] == (INLINE, b"v")
+
+
+def test_a_channel_lease_that_expires_requeues_what_it_never_read():
+    h = Harness(max_leases=1, depth=2)
+    h.submit(10)
+    h.take_node()
+    h.ev(P.LeaseGrant(1, 1, 0, 1001, 11, 5))
+    h.ev(P.Obj(11, INLINE, b"seed"))
+    for tid in (20, 30, 40):
+        h.submit(tid)
+    h.ev(P.DoneD(20, [(21, INLINE, b"v")], None, False, 0.0))
+    assert [m.tid for m in h.take_slot(5)] == [20, 30, 40]
+    h.ev(P.Expired(1, 1))  # (it idled out before reading 30 and 40)
+    assert [m.spec.tid for m in h.take_node() if type(m) is P.Submit] == [30, 40]
+    assert h.o.leases == {} and not h.o.queue

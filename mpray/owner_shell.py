@@ -1,0 +1,243 @@
+"""The I/O shell of an owner machine (``owner.Owner``): what every owning process shares.
+
+Data flow::
+
+    user threads ─ submit / cancel / ref gone ─┐
+    pump (the process's rings) ────────────────┴─▶ events ─▶ Owner.handle ─▶ instructions
+                                                                        │
+        ToNode ─▶ up ring   ToSlot ─▶ a lease's ring + its worker's bell   Deliver ─▶ the
+        Release ─▶ decref   Signal / CancelWord ─▶ a leased worker         value cache
+
+The driver (``driver_client``) and every worker with a mailbox slot (``worker_client``:
+nested tasks) are owners; what differs is where a lease's messages go (``_ring_out``: a
+mailbox slot's ring for the driver, a lease channel for a worker) and which rings bring
+the answers.
+
+One thread at a time runs the machine, whichever holds ``_owner_lock``; other threads
+(and finalizers on the same thread) only append their events to a deque, and the thread
+that holds the lock handles them before it lets go (then looks once more, so none is
+left behind).  This is the rule of CPython's ``concurrent/futures/process.py`` (one
+thread owns the state, others post to it) without a thread switch on the hot path:
+an uncontended submit runs the machine on the submitting thread.  Futures are resolved
+after the lock is released, since their callbacks may call into mpray again.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import threading
+
+from . import protocol as P
+from .mailbox import cancel_word
+from .owner import Owner
+from .owner_actors import resolve
+
+_ToSlot, _ToNode, _RefGone = P.ToSlot, P.ToNode, P.RefGone
+_submit_task = P.SubmitTask.from_items
+_new = tuple.__new__
+_dumps = pickle.dumps
+# messages an owner machine decides on (from the node, or from a leased worker's ring)
+OWNER_OPS = (P.LeaseGrant, P.NoLease, P.LeaseLost, P.ActorUpdate, P.ANodeDone, P.DoneD,
+             P.ReturnD, P.Expired, P.Resumed, P.ADoneD)
+
+
+class OwnerShell:
+    """Mixin of a ``client.Client`` that owns what it submits (sets ``self.owner``)."""
+
+    owner: Owner | None = None
+
+    def _init_owner(self, owner: Owner | None, mailbox, mailbox_cap: int) -> None:
+        self.owner = owner
+        self._mailbox = mailbox
+        self._cap = mailbox_cap
+        self._events: collections.deque = collections.deque()
+        self._owner_lock = threading.Lock()
+        self._to_resolve: list = []  # (oid, futures) whose values came meanwhile
+        self._apply_on = {
+            P.ToSlot: self._to_slot, P.Deliver: self._deliver, P.Release: self._release,
+            P.Signal: self._signal, P.CancelWord: self._word,
+        }
+
+    def _owner_handlers(self, on: dict) -> dict:
+        post = self._post_msg
+        for cls in OWNER_OPS:
+            on[cls.OP] = post
+        on[P.Obj.OP] = post
+        return on
+
+    # ------------------------------------------------------------------ the machine
+    def _post_msg(self, m) -> None:
+        self._events.append(m)
+
+    def post(self, ev) -> None:
+        """Hand an event to the owner machine: run it now, or, when another thread runs
+        the machine, leave it to that thread."""
+        lock = self._owner_lock
+        if lock.acquire(False):
+            try:
+                # this thread's event first: what waits in the deque (a deferred RefGone,
+                # another thread's message) cannot concern it (a ref that is gone is in no
+                # task), and handling it after the Exec is out keeps it off the critical path
+                self._apply(self.owner.handle(ev))
+                if self._events:
+                    self._run_events()
+            finally:
+                lock.release()
+            if self._events or self._to_resolve:
+                self.run_owner()  # (appended while we held the lock; futures to resolve)
+        else:
+            self._events.append(ev)
+            self.run_owner()
+
+    def post_now(self, ev) -> None:
+        """The same, but handled before this returns (waiting for the lock if another
+        thread runs the machine): a worker's Done must be out before its releases."""
+        with self._owner_lock:
+            if self._events:
+                self._run_events()
+            self._apply(self.owner.handle(ev))
+        if self._events or self._to_resolve:
+            self.run_owner()
+
+    def run_owner(self) -> None:
+        events = self._events
+        while True:
+            if events:
+                if not self._owner_lock.acquire(False):
+                    return  # the thread that holds it handles what we appended
+                try:
+                    self._run_events()
+                finally:
+                    self._owner_lock.release()
+            if self._to_resolve:
+                self._resolve_later()
+            if not events:
+                return
+
+    def _run_events(self) -> None:
+        events = self._events
+        handle = self.owner.handle
+        apply = self._apply
+        while events:
+            apply(handle(events.popleft()))
+
+    def _apply(self, instrs: list) -> None:
+        node_msgs = None
+        for ins in instrs:
+            kind = type(ins)
+            if kind is _ToSlot:
+                self._to_slot(ins)
+            elif kind is _ToNode:
+                if node_msgs is None:
+                    node_msgs = [ins.msg]
+                else:
+                    node_msgs.append(ins.msg)
+            else:
+                self._apply_on[kind](ins)
+        if node_msgs is not None:
+            self.send(node_msgs)
+
+    def _to_slot(self, ins) -> None:
+        ring, bell = self._ring_out(ins.slot)
+        frame = _dumps([tuple(ins.msg)], 5)
+        if ring.try_push(frame) != len(frame):  # (rare: the budget keeps room for it)
+            ring.push(frame, wake=bell.force, deadline=self._push_deadline())
+        bell.ring()
+
+    def _ring_out(self, key: int) -> tuple:
+        raise NotImplementedError  # (ring, bell) of a lease's ring key
+
+    def _deliver(self, ins) -> None:
+        self.store_obj(ins.oid, ins.kind, ins.payload)
+
+    def _futures_ready(self, oid: int, futs: list) -> None:
+        if self.owner is None:
+            self._resolve_futures(oid, futs)
+        else:
+            self._to_resolve.append((oid, futs))  # (under the owner lock: resolved after)
+
+    def _resolve_later(self) -> None:
+        while self._to_resolve:
+            oid, futs = self._to_resolve.pop()
+            self._resolve_futures(oid, futs)
+
+    def _release(self, ins) -> None:
+        if ins.oid in self._refs:
+            return  # a ref to it came back meanwhile (its incref went out): still held
+        self._decref.append(ins.oid)
+        if ins.urgent or len(self._decref) >= 512:
+            self._flush_soon()
+
+    def _signal(self, ins) -> None:
+        try:
+            os.kill(ins.pid, ins.signum)
+        except ProcessLookupError:
+            pass
+
+    def _word(self, ins) -> None:
+        cancel_word(self._mailbox, ins.slot, self._cap)[:] = \
+            (ins.tid & (2**63 - 1)).to_bytes(8, "little")
+
+    # ------------------------------------------------------------------ what users call
+    def submit_task(self, spec: P.TaskSpec, direct_ok: bool, hold) -> None:
+        if self.owner is None:
+            return super().submit_task(spec, direct_ok, hold)
+        deps = None
+        if direct_ok and not spec.contained and spec.nret:
+            deps = resolve(self._values.get, spec.deps) if spec.deps else ()
+        self.post(_submit_task((spec, deps, hold)))
+        if self.owner.queue:
+            # leases full: take in finished results (and refill) without waiting, and
+            # keep doing so in the background while this thread does something else
+            self.poll_nowait()
+            self.ensure_background_pump()
+
+    def submit_call(self, spec: P.TaskSpec, hold) -> None:
+        if self.owner is None:
+            return super().submit_call(spec, hold)
+        self.post(P.SubmitCall(spec, hold))
+        if self.owner.actors.backlog:
+            self.ensure_background_pump()
+
+    def cancel(self, tid: int, force: bool, recursive: bool) -> None:
+        if self.owner is not None:
+            self.post(P.CancelTask(tid, force))
+        super().cancel(tid, force, recursive)
+
+    def actor_killed(self, aid: int) -> None:
+        if self.owner is not None:
+            self.post(P.ActorKilled(aid))
+
+    def publish_then(self, oids, msg, now: bool = False) -> None:
+        """Send ``msg``, which carries refs to ``oids``, once the node knows them."""
+        if self.owner is None:
+            self.send([msg])
+        elif now:
+            self.post_now(P.Publish(tuple(oids), msg))
+        else:
+            self.post(P.Publish(tuple(oids), msg))
+
+    def _send_put(self, msg) -> None:
+        if msg.contained and self.owner is not None:  # the refs inside: known first
+            self.publish_then(msg.contained, msg)
+        else:
+            super()._send_put(msg)
+
+    def _last_ref_gone(self, oid: int, urgent: bool) -> None:
+        if self.owner is None:
+            super()._last_ref_gone(oid, urgent)
+        elif urgent or len(self._events) >= 256:
+            self.post(P.RefGone(oid, urgent))
+        else:  # a small value: decided with the next event (a release may wait a little)
+            self._events.append(_new(_RefGone, (oid, False)))
+
+    def register_function(self, fid: int, blob: bytes) -> None:
+        if self.owner is not None:
+            self.owner.blobs[fid] = blob  # (a dict write: safe beside the machine's reads)
+        self.send([P.Func(fid, blob)])
+
+    def _background_needed(self) -> bool:
+        return ((self.owner is not None and self.owner.backlog()) or bool(self._futures)) \
+            and not self.closed
