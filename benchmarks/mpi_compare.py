@@ -44,7 +44,10 @@ ALLREDUCE_BYTES = 100 << 20
 
 
 def emit(**rec) -> None:
-    print("RESULT " + json.dumps(rec), flush=True)
+    # one write per line: ranks share the launcher's output, and print() writes the text
+    # and its newline apart, so two ranks' lines could interleave
+    sys.stdout.write("RESULT " + json.dumps(rec) + "\n")
+    sys.stdout.flush()
 
 
 # ---------------------------------------------------------------------------- raw MPI

@@ -32,6 +32,7 @@ from .actor_names import name_taken
 from .cluster import AGENT
 from .states import ACTOR_TRANSITIONS, TASK_TRANSITIONS, A, ActorState, T, W, _move
 
+_acall, _ACALL = P.ACall.from_items, P.ACall.OP
 NODE_HOLDER = -1  # pseudo process that holds a detached actor's anchor
 ACTOR_MARK = ("~actor", 0.0)  # in a creation task's shape: its own ready queue, never pipelined
 
@@ -211,9 +212,10 @@ class ActorTable:
         w.queue.append(t.key)
         t.worker = w.key
         _move(t, T.DISPATCHED, TASK_TRANSITIONS, "task")
-        self._send(w.key, P.ACall(t.key, spec.method, spec.args, deps, spec.nret,
+        # (P.ACall from all its items: once per call)
+        self._send(w.key, _acall((_ACALL, t.key, spec.method, spec.args, deps, spec.nret,
                                   spec.retry_exc, t.owner, spec.retries, a.key,
-                                  a.incarnation, False))
+                                  a.incarnation, False)))
 
     def _actor_call_finished(self, t) -> None:
         o = self.objs.get(t.actor + 1)

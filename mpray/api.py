@@ -357,7 +357,7 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
     _check_timeout(timeout)
     client = _global.client_or_raise()
     if type(object_refs) is ObjectRef:
-        return client.get([object_refs.id], timeout)[0]
+        return client.get_one(object_refs.id, timeout)
     if isinstance(object_refs, (list, tuple)):
         for r in object_refs:
             if type(r) is not ObjectRef:

@@ -171,6 +171,8 @@ class Client(Waiting):
         sender flushes it when it is done)."""
         if self.closed or self.hold_releases:
             return
+        if not (self._incref or self._decref or self._unpin or self._pending):
+            return  # (nothing to flush: the common case, without taking the lock)
         if self._send_lock.acquire(False):
             try:
                 if self._incref or self._decref or self._unpin or self._pending:
@@ -324,12 +326,20 @@ class Client(Waiting):
                     P.id_hex(o), "this ObjectRef comes from an earlier mpray session (its "
                     "owner shut down); its value is gone")
 
+    def get_one(self, oid: int, timeout: float | None) -> Any:
+        v = self._values.get(oid)
+        if v is not None:
+            return self.materialize(oid, *v)
+        return self.get([oid], timeout)[0]
+
     def get(self, oids: list[int], timeout: float | None) -> list[Any]:
         values = self._values
         missing = [o for o in oids if o not in values]
         if missing:
             self._check_session(missing)
-            self._subscribe([o for o in missing if self._needs_subscription(o)])
+            own_key = self._own_key
+            self._subscribe([o for o in missing if o >> P.PROC_BITS != own_key
+                             or o in self._reborrowed])  # (_needs_subscription, inlined)
             deadline = None if timeout is None else time.monotonic() + timeout
             pos = [0]
 

@@ -81,7 +81,7 @@ class DriverClient(OwnerShell, Client):
         if frames:
             got = True
             self._drain_frames(frames)
-        if self._events:
+        if self._events or self._gone:
             self.run_owner()
         return got
 

@@ -23,6 +23,7 @@ from .serialization import ARENA, ERROR, INLINE
 from .states import O, OBJ_TRANSITIONS, TASK_TRANSITIONS, T, _move
 
 _EMPTY: frozenset = frozenset()
+_obj, _OBJ = P.Obj.from_items, P.Obj.OP
 
 
 class Obj:
@@ -103,7 +104,7 @@ class ObjectDirectory:
         _move(o, O.IN_ARENA if kind == ARENA else O.INLINE, OBJ_TRANSITIONS, "object")
         # (with what it holds refs to: the rank's agent ships a forwarded task's results
         # home, or serves a value to another rank, with a hold on each)
-        msg = P.Obj(oid, kind, payload, o.contains)
+        msg = _obj((_OBJ, oid, kind, payload, o.contains))  # (P.Obj: once per value)
         if o.owner in o.procs and not owner_has_it:
             self._send(o.owner, msg)
         if o.subscribers:

@@ -213,15 +213,21 @@ class Owner:
             self.out.append(P.ToNode(ev.msg))
 
     def _ref_gone(self, ev) -> None:
-        oid = ev.oid
-        st = self.owned.get(oid)
-        if st is None:
-            self.out.append(P.Release(oid, ev.urgent))
-        elif st is OW.LOCAL:
-            del self.owned[oid]  # the node never knew it
-            del self.local[oid]
-        else:
-            self.dropped.add(oid)  # released (if the node knows it) once its value comes
+        owned, released = self.owned, None
+        for oid in ev.oids:
+            st = owned.get(oid)
+            if st is None:  # the node's object (or a borrowed one): release it there
+                if released is None:
+                    released = [oid]
+                else:
+                    released.append(oid)
+            elif st is _LOCAL:  # the node never knew it
+                del owned[oid]
+                del self.local[oid]
+            else:  # released (if the node knows it) once its value comes
+                self.dropped.add(oid)
+        if released is not None:
+            self.out.append(P.Release(released, ev.urgent))
 
     def direct_value(self, oid: int, kind: int, payload) -> None:
         """A value of an owned object arrived straight from a worker (or was decided
@@ -240,7 +246,7 @@ class Owner:
             out.append(P.ToNode(P.Put(oid, kind, payload, ())))  # seal the promise
             if oid in self.dropped:
                 self.dropped.discard(oid)
-                out.append(P.Release(oid, True))
+                out.append(P.Release((oid,), True))
         out.append(_deliver((oid, kind, payload)))
 
     def _node_value(self, m) -> None:
@@ -259,7 +265,7 @@ class Owner:
             self._disown(oid)
             if oid in self.dropped:
                 self.dropped.discard(oid)
-                self.out.append(P.Release(oid, True))  # its ref died while the task ran
+                self.out.append(P.Release((oid,), True))  # its ref died while the task ran
         self.out.append(_deliver((oid, m.kind, m.payload)))
 
     def values_by_node(self, tid: int, nret: int) -> None:
@@ -323,7 +329,7 @@ class Owner:
             self._disown(oid)
             if oid in self.dropped:
                 self.dropped.discard(oid)
-                self.out.append(P.Release(oid, True))
+                self.out.append(P.Release((oid,), True))
         rec.hold = None
 
     def _place(self, rec: DirectTask) -> bool:

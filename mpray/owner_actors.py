@@ -179,7 +179,7 @@ class ActorChannels:
                 o._disown(oid)
                 if oid in o.dropped:
                     o.dropped.discard(oid)
-                    o.out.append(P.Release(oid, True))
+                    o.out.append(P.Release((oid,), True))
         call.hold = None
 
     # ------------------------------------------------------------------ events

@@ -53,6 +53,9 @@ class OwnerShell:
         self._mailbox = mailbox
         self._cap = mailbox_cap
         self._events: collections.deque = collections.deque()
+        # last refs gone of small values, decided together with the next event (any
+        # thread appends, the thread running the machine takes them: deque ops are atomic)
+        self._gone: collections.deque = collections.deque()
         self._owner_lock = threading.Lock()
         self._to_resolve: list = []  # (oid, futures) whose values came meanwhile
         self._apply_on = {
@@ -81,11 +84,11 @@ class OwnerShell:
                 # another thread's message) cannot concern it (a ref that is gone is in no
                 # task), and handling it after the Exec is out keeps it off the critical path
                 self._apply(self.owner.handle(ev))
-                if self._events:
+                if self._events or self._gone:
                     self._run_events()
             finally:
                 lock.release()
-            if self._events or self._to_resolve:
+            if self._events or self._gone or self._to_resolve:
                 self.run_owner()  # (appended while we held the lock; futures to resolve)
         else:
             self._events.append(ev)
@@ -95,16 +98,16 @@ class OwnerShell:
         """The same, but handled before this returns (waiting for the lock if another
         thread runs the machine): a worker's Done must be out before its releases."""
         with self._owner_lock:
-            if self._events:
+            if self._events or self._gone:
                 self._run_events()
             self._apply(self.owner.handle(ev))
-        if self._events or self._to_resolve:
+        if self._events or self._gone or self._to_resolve:
             self.run_owner()
 
     def run_owner(self) -> None:
-        events = self._events
+        events, gone = self._events, self._gone
         while True:
-            if events:
+            if events or gone:
                 if not self._owner_lock.acquire(False):
                     return  # the thread that holds it handles what we appended
                 try:
@@ -113,13 +116,16 @@ class OwnerShell:
                     self._owner_lock.release()
             if self._to_resolve:
                 self._resolve_later()
-            if not events:
+            if not (events or gone):
                 return
 
     def _run_events(self) -> None:
         events = self._events
         handle = self.owner.handle
         apply = self._apply
+        gone = self._gone
+        if gone:  # (one event for all of them)
+            apply(handle(_new(_RefGone, (self._drain_deque(gone), False))))
         while events:
             apply(handle(events.popleft()))
 
@@ -164,10 +170,11 @@ class OwnerShell:
             self._resolve_futures(oid, futs)
 
     def _release(self, ins) -> None:
-        if ins.oid in self._refs:
-            return  # a ref to it came back meanwhile (its incref went out): still held
-        self._decref.append(ins.oid)
-        if ins.urgent or len(self._decref) >= 512:
+        refs, decref = self._refs, self._decref
+        for oid in ins.oids:
+            if oid not in refs:  # (else a ref came back meanwhile; its incref went out)
+                decref.append(oid)
+        if ins.urgent or len(decref) >= 512:
             self._flush_soon()
 
     def _signal(self, ins) -> None:
@@ -195,7 +202,9 @@ class OwnerShell:
             self.ensure_background_pump()
 
     def submit_call(self, spec: P.TaskSpec, hold) -> None:
-        if self.owner is None:
+        if self.owner is None or not (self.owner.direct_calls or spec.deps
+                                      or spec.contained):
+            # (a worker's call carrying no ref: the owner would only pass it to the node)
             return super().submit_call(spec, hold)
         self.post(P.SubmitCall(spec, hold))
         if self.owner.actors.backlog:
@@ -228,10 +237,12 @@ class OwnerShell:
     def _last_ref_gone(self, oid: int, urgent: bool) -> None:
         if self.owner is None:
             super()._last_ref_gone(oid, urgent)
-        elif urgent or len(self._events) >= 256:
-            self.post(P.RefGone(oid, urgent))
+        elif urgent:
+            self.post(_new(_RefGone, ((oid,), True)))
         else:  # a small value: decided with the next event (a release may wait a little)
-            self._events.append(_new(_RefGone, (oid, False)))
+            self._gone.append(oid)
+            if len(self._gone) >= 256:
+                self.run_owner()
 
     def register_function(self, fid: int, blob: bytes) -> None:
         if self.owner is not None:

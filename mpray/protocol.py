@@ -112,6 +112,13 @@ def _plain(x):
 
 
 def _nested_wrapper(cls: type, pos: dict):
+    if len(pos) == 1:  # (Submit, Fwd, RTask: one nested record; the common case is fast)
+        ((i, t),) = pos.items()
+        if t is not None and i == len(cls.FIELDS):  # the last item
+            return lambda m: _new(cls, m[:i] + (_new(t, m[i]),))
+        if t is not None and i == 1:
+            return lambda m: _new(cls, (m[0], _new(t, m[1])) + m[2:])
+
     def wrap(m: tuple):
         vals = list(m)
         for i, t in pos.items():
@@ -338,9 +345,9 @@ OWNER_EVENTS: list[type] = [
                          "hold keeps what the task reads alive until it is done"),
     SubmitCall := record("SubmitCall", None, "spec hold", _E, "call an actor's method"),
     CancelTask := record("CancelTask", None, "tid force", _E, "cancel a task or call"),
-    RefGone := record("RefGone", None, "oid urgent", _E,
-                      "the last ObjectRef to oid in this process died (urgent: its value "
-                      "may hold arena space)"),
+    RefGone := record("RefGone", None, "oids urgent", _E,
+                      "the last ObjectRef to each of oids in this process died (urgent: "
+                      "a value may hold arena space)"),
     Publish := record("Publish", None, "oids msg", _E,
                       "refs to these objects are about to leave this process (in msg, "
                       "sent to the node after they are made known there)",
@@ -355,8 +362,8 @@ OWNER_ACTIONS: list[type] = [
                      "push msg into that mailbox slot's ring to its worker, ring its bell"),
     Deliver := record("Deliver", None, "oid kind payload", _I,
                       "a value is here: keep it if anything here wants it"),
-    Release := record("Release", None, "oid urgent", _I,
-                      "tell the node this process holds oid no more"),
+    Release := record("Release", None, "oids urgent", _I,
+                      "tell the node this process holds these no more"),
     Signal := record("Signal", None, "pid signum", _I, "send a signal to a worker"),
     CancelWord := record("CancelWord", None, "slot tid", _I,
                          "write tid into the slot's cancel word (before SIGUSR1)"),
@@ -373,12 +380,8 @@ OWNER_ACTIONS: list[type] = [
 # and no opcode is spent on them (they are never messages).
 
 
-def _retype(cls: type, items: tuple):
-    return _new(cls, items)
-
-
 def _reduce_typed(self):
-    return (_retype, (type(self), tuple(self)))
+    return (type(self), tuple(self))  # (unpickled by calling the record's constructor)
 
 
 _V = "ranks"
@@ -461,7 +464,8 @@ def id_hex(oid: int) -> str:
 def protocol_table(kinds: Iterable[type] | None = None) -> str:
     """The schema as a Markdown table (docs/protocol.md is this, checked by a test)."""
     rows = ["| channel | op | message | fields | meaning |", "|---|---|---|---|---|"]
-    for cls in sorted(kinds or [*KINDS.values(), *ACTIONS, *OWNER_EVENTS, *OWNER_ACTIONS],
+    for cls in sorted(kinds or [*KINDS.values(), *ACTIONS, *OWNER_EVENTS, *OWNER_ACTIONS,
+                                *LINK_VALUES, *LINK_EVENTS, *LINK_ACTIONS],
                       key=lambda c: (c.CHANNEL, c.OP or 0, c.__name__)):
         rows.append(f"| {cls.CHANNEL} | {cls.OP if cls.OP is not None else '—'} | "
                     f"`{cls.__name__}` | "

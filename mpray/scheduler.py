@@ -48,6 +48,8 @@ from .states import (
 )
 from .worker_table import Worker, WorkerTable, _amount
 
+_exec, _EXEC = P.Exec.from_items, P.Exec.OP
+
 __all__ = ["OBJ_TRANSITIONS", "TASK_TRANSITIONS", "WORKER_TRANSITIONS", "Obj", "ObjState",
            "Scheduler", "Task", "TaskState", "TransitionError", "Worker", "WorkerState",
            "_move"]
@@ -399,8 +401,10 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
                                         tuple(g for g, _ in w.gpus), a.key, a.incarnation,
                                         spec.create, t.owner))
             return
-        self._send(w.key, P.Exec(t.key, fid, fblob, spec.name, spec.args, deps, spec.nret,
-                                 tuple(g for g, _ in w.gpus), spec.retry_exc, t.owner))
+        # (P.Exec from all its items: once per task)
+        self._send(w.key, _exec((_EXEC, t.key, fid, fblob, spec.name, spec.args, deps,
+                                 spec.nret, tuple(g for g, _ in w.gpus), spec.retry_exc,
+                                 t.owner, None)))
 
     def _lease_to(self, w: Worker, t: Task) -> bool:
         """The owner asked: from now on the worker is its lease, running this task first

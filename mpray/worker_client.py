@@ -266,7 +266,7 @@ class WorkerClient(OwnerShell, Client):
                 if frames:
                     got = True
                     self._drain_frames(frames)
-        if self._events and self.owner is not None:
+        if (self._events or self._gone) and self.owner is not None:
             self.run_owner()
         return got
 

@@ -22,8 +22,6 @@ import sys
 import threading
 import traceback
 
-from mpray import protocol as P
-
 from .launch import Launch, detect
 
 __all__ = ["Connection", "Launch", "MPISession", "connect", "detect", "start"]
@@ -138,7 +136,7 @@ def start(launch: Launch, session, setup, conn: Connection) -> None:
         from mpray import api
 
         api.shutdown()  # this rank's node and workers
-        agent.send(0, P.RStopped())
+        agent.report_stopped()  # (RStopped to rank 0, sent by close())
         agent.close()
     except BaseException:  # noqa: BLE001
         abort(comm, "rank failed while serving:\n" + traceback.format_exc())

@@ -62,7 +62,7 @@ class Harness:
                 self.values[ins.oid] = (ins.kind, ins.payload)
                 self.delivered.append(ins.oid)
             elif kind is P.Release:
-                self.released.append(ins.oid)
+                self.released.extend(ins.oids)
             elif kind is P.Signal:
                 self.signals.append((ins.pid, ins.signum))
             elif kind is P.CancelWord:
@@ -142,7 +142,7 @@ def test_direct_tasks_run_on_the_lease_and_their_values_stay_local():
     h.submit(30)
     (m,) = h.take_slot(0)
     assert m.fblob is None  # the worker has the function already
-    h.ev(P.RefGone(21, False))  # the node never knew it: nothing to release
+    h.ev(P.RefGone((21,), False))  # the node never knew it: nothing to release
     assert 21 not in h.o.owned and h.released == [] and h.take_node() == []
 
 
@@ -275,7 +275,7 @@ def test_results_by_the_node_wait_and_a_dropped_ref_is_released_then():
     h.take_slot(0)
     h.ev(P.DoneD(20, None, None, True, 0.0))  # arena values: PutFor went to the node
     assert 21 in h.o.awaiting
-    h.ev(P.RefGone(21, True))  # the node holds it for us: release once it comes
+    h.ev(P.RefGone((21,), True))  # the node holds it for us: release once it comes
     assert h.released == [] and 21 in h.o.dropped
     h.ev(P.Obj(21, ARENA, (0, 10, (), 64)))
     assert h.released == [21] and 21 not in h.o.owned
@@ -290,7 +290,7 @@ def test_ref_leaving_promises_a_pending_value_and_puts_it_when_it_comes():
     h.take_slot(0)
     h.ev(P.Publish((21,)))
     assert h.take_node() == [P.Promise(21)] and h.o.owned[21] is OW.PROMISED
-    h.ev(P.RefGone(21, False))
+    h.ev(P.RefGone((21,), False))
     h.finish(20, b"late")
     assert h.take_node() == [P.Put(21, INLINE, b"late", ())]
     assert h.released == [21] and 21 not in h.o.owned  # released after the Put
@@ -305,7 +305,7 @@ def test_ref_leaving_a_local_value_puts_it_first():
     h.ev(P.SubmitTask(spec(40, deps=[(0, 21)]), None, None))
     assert h.take_node()[:2] == [P.Put(21, INLINE, b"v20", ()), P.Submit(spec(40, deps=[(0, 21)]))]
     assert 21 not in h.o.owned
-    h.ev(P.RefGone(21, False))
+    h.ev(P.RefGone((21,), False))
     assert h.released == [21]  # the node knows it now
 
 
@@ -313,7 +313,7 @@ def test_ref_dropped_while_pending_is_never_released_to_the_node():
     h = leased(Harness())
     h.submit(20)
     h.take_slot(0)
-    h.ev(P.RefGone(21, False))
+    h.ev(P.RefGone((21,), False))
     h.finish(20)
     assert h.released == [] and 21 not in h.o.owned and h.take_node() == []
 
@@ -322,7 +322,7 @@ def test_dropped_direct_task_moved_to_the_node_releases_after_its_submit():
     h = leased(Harness(max_leases=1, depth=1))
     h.submit(20, retries=1)
     h.take_slot(0)
-    h.ev(P.RefGone(21, False))
+    h.ev(P.RefGone((21,), False))
     h.ev(P.LeaseLost(1, 1, "gone"))
     (sub,) = h.take_node()
     assert sub.spec.tid == 20 and h.released == [21]

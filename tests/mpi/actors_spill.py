@@ -61,9 +61,16 @@ assert ray.get(h.node.remote()) == ids[-1]
 assert ray.get([h.inc.remote() for _ in range(20)]) == list(range(2, 22))
 
 
+def _alive(pid: int) -> bool:
+    try:  # (it may exit between any two looks at it)
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def wait_gone(pid: int, what: str) -> None:
     deadline = time.monotonic() + 10
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+    while _alive(pid):
         assert time.monotonic() < deadline, what
         time.sleep(0.05)
 
