@@ -20,6 +20,7 @@ import pickle
 from typing import Any
 
 from . import _global
+from .session import auto_init
 from . import protocol as P
 from .actor_worker import exit_actor, is_async_class
 from .object_ref import ObjectRef
@@ -149,9 +150,7 @@ class ActorHandle:
     def _call(self, name: str, opts: dict, args: tuple, kwargs: dict):
         client = _global.client
         if client is None:
-            from .api import _auto_init
-
-            client = _auto_init()
+            client = auto_init()
         nret = opts.get("num_returns")
         nret = 1 if nret is None else nret
         retries = opts.get("max_task_retries")
@@ -227,9 +226,7 @@ class ActorClass(BlobRegistration):
     def _create(self, opts: dict, args: tuple, kwargs: dict) -> ActorHandle:
         client = _global.client
         if client is None:
-            from .api import _auto_init
-
-            client = _auto_init()
+            client = auto_init()
         meta = dict(self._metadata(), max_task_retries=_retries(opts.get("max_task_retries")))
         fid = self._fid(client)
         tid = client.new_ids(1)
@@ -319,9 +316,7 @@ def lookup_actor(name: str, namespace: str | None = None) -> ActorHandle:
         raise ValueError(f"namespace must be a non-empty string, not {namespace!r}")
     client = _global.client
     if client is None:
-        from .api import _auto_init
-
-        client = _auto_init()
+        client = auto_init()
     ns = namespace or _namespace()
     reply = client.request(lambda req: P.Query(req, ("actor", ns, name))).data
     if reply is None:

@@ -31,6 +31,7 @@ from . import protocol as P
 from .actor_names import name_taken
 from .cluster import AGENT
 from .states import ACTOR_TRANSITIONS, TASK_TRANSITIONS, A, ActorState, T, W, _move
+from .task import Task
 
 _acall, _ACALL = P.ACall.from_items, P.ACall.OP
 NODE_HOLDER = -1  # pseudo process that holds a detached actor's anchor
@@ -298,8 +299,6 @@ class ActorTable:
 
     def _recreate(self, a: Actor, creating) -> None:
         """Queue the constructor again, for a fresh worker (restart)."""
-        from .scheduler import Task  # a cycle at import time otherwise
-
         if creating is not None:
             creating.worker = None
             _move(creating, T.RETRYING, TASK_TRANSITIONS, "task")

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import exceptions as exc
 from . import protocol as P
 from .serialization import ERROR
-from .worker import ActorExit
+from .exceptions import ActorExit
 
 
 class ActorServer:

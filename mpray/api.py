@@ -1,321 +1,29 @@
-"""The public API: init/shutdown, remote, get/put/wait/cancel and cluster queries.
+"""The public API: remote, get/put/wait/cancel, actors and cluster queries.
 
-Data flow of ``init()``::
+Data flow::
 
-    driver: resolve Config ─▶ memfd arena (mapped, fd closed) ─▶ shared control block
-            (doorbells + driver⇄node rings) ─▶ fork node ─▶ DriverClient(proc=0)
-    node:   forks num_cpus workers at once, more when tasks block or queue
+    @remote ─▶ RemoteFunction / ActorClass (.remote() submits through the process's
+    client); get/put/wait/cancel ─▶ the client (driver_client or worker_client)
+    init/shutdown ─▶ session.py (re-exported here)
 
 Nothing here is on the per-task hot path except thin argument checks.
 """
 
 from __future__ import annotations
 
-import atexit
 import inspect
-import mmap
-import os
 import socket
-import threading
-import time
 from typing import Any, Sequence
 
 from . import _global
-from . import config as C
 from . import protocol as P
-from .driver_client import DriverClient
-from .mailbox import channel_bytes, slot_bytes
-from .cluster import SPILL_MIN_TASK_S
-from .node import NodeSetup, node_main
 from .object_ref import ObjectRef
 from .remote_function import RemoteFunction
-from .rings import Doorbell, Ring, anonymous_shared, ring_bytes
+from .session import RayContext, auto_init, init, is_initialized, shutdown
 
-_init_lock = threading.RLock()
-
-
-class _Session:
-    def __init__(self, cfg: C.Config, node_pid: int, node_pidfd: int, setup: NodeSetup,
-                 session_dir: str) -> None:
-        self.cfg = cfg
-        self.node_pid = node_pid
-        self.node_pidfd = node_pidfd
-        self.setup = setup
-        self.session_dir = session_dir
-        self.node_id = setup.node_id
-        self.started = time.time()
-
-
-class RayContext(dict):
-    """What init() returns: a dict of address info, usable as a context manager."""
-
-    def __enter__(self) -> "RayContext":
-        return self
-
-    def __exit__(self, *a) -> None:
-        shutdown()
-
-    @property
-    def address_info(self) -> dict:
-        return dict(self)
-
-
-def _make_session_dir(tmpdir: str) -> str:
-    base = os.path.join(tmpdir, f"mpray-{os.getuid()}")
-    os.makedirs(base, mode=0o700, exist_ok=True)
-    job = os.environ.get("SLURM_JOB_ID")
-    prefix = f"j{job}-" if job else ""
-    path = os.path.join(base, f"{prefix}{os.getpid()}-{os.urandom(3).hex()}")
-    os.mkdir(path, 0o700)
-    return path
-
-
-def init(address: str | None = None, *, num_cpus: int | None = None,
-         num_gpus: int | None = None, resources: dict | None = None,
-         object_store_memory: int | None = None, ignore_reinit_error: bool = False,
-         namespace: str | None = None, include_dashboard: bool | None = None,
-         log_to_driver: bool = True, logging_level: Any = None,
-         configure_logging: bool = True, runtime_env: dict | None = None,
-         **settings: Any) -> RayContext:
-    """Start mpray on this host (or join the MPI job, once that backend exists)."""
-    with _init_lock:
-        if _global.session is None and _global.client is not None:
-            # inside a task: the engine is running already (Ray raises here too)
-            if ignore_reinit_error:
-                return RayContext(node_id=_global.node_id, address="local")
-            raise RuntimeError("mpray is already initialized in this worker process; "
-                               "init() inside a task is not needed")
-        if _global.session is not None:
-            if ignore_reinit_error:
-                return _context()
-            raise RuntimeError(
-                "Maybe you called mpray.init twice by accident? This error can be suppressed "
-                "by passing in 'ignore_reinit_error=True' or by calling 'mpray.shutdown()' "
-                "prior to 'mpray.init()'."
-            )
-        if address not in (None, "local", "auto"):
-            raise ValueError(f"address={address!r}: mpray starts its own node; use None or 'local'")
-        unknown = set(settings) - {name for name, _e, _h in C.SETTINGS} - {"tmpdir"}
-        if unknown:
-            raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-        args = dict(settings, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                    object_store_memory=object_store_memory)
-        from mpray_mpi.launch import detect  # environment variables only: no MPI import
-
-        env = dict(os.environ)
-        if settings.get("backend"):  # the init() argument wins over MPRAY_BACKEND
-            env["MPRAY_BACKEND"] = str(settings["backend"])
-        launch = detect(env)
-        if launch is not None:
-            args = _rank_share(args, launch.local_size)
-        cfg = C.resolve(args)
-        conn = None
-        if launch is not None:  # MPI starts before the node is forked (see mpray_mpi)
-            import mpray_mpi
-
-            conn = mpray_mpi.connect(launch, cfg)
-        _start(cfg, namespace, launch, conn.arena if conn is not None else None)
-        if conn is not None:
-            mpray_mpi.start(launch, _global.session, _global.session.setup, conn)
-        return _context()
-
-
-def _rank_share(args: dict, local_ranks: int) -> dict:
-    """Under MPI, ranks on one host share what detection finds (unless told otherwise)."""
-    env = os.environ
-    args = dict(args)
-    # (inside a SLURM step, detection already gives each task its share of the node)
-    if args.get("num_cpus") is None and not env.get("MPRAY_NUM_CPUS") \
-            and not env.get("SLURM_CPUS_ON_NODE") and not env.get("SLURM_CPUS_PER_TASK"):
-        from . import resources as R
-
-        args["num_cpus"] = max(1, R.detect_num_cpus() // local_ranks)
-    if args.get("object_store_memory") is None and not env.get("MPRAY_OBJECT_STORE_MEMORY"):
-        from . import resources as R
-
-        args["object_store_memory"] = max(64 << 20, R.default_object_store_bytes() // local_ranks)
-    return args
-
-
-def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> None:
-    session_dir = _make_session_dir(cfg.tmpdir)
-    if arena is None:
-        fd = os.memfd_create("mpray-arena", os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(fd, cfg.object_store_memory)
-            arena = mmap.mmap(fd, cfg.object_store_memory, flags=mmap.MAP_SHARED)
-        finally:
-            os.close(fd)  # the mapping keeps the memory; it dies with the last process
-    # (else: under MPI, the store is an MPI window's shared memory, see mpray_mpi)
-    cap = cfg.driver_ring_bytes
-    ctrl = anonymous_shared(128 + 2 * ring_bytes(cap))
-    node_id = os.urandom(8).hex()
-    slots = cfg.direct_slots
-    mailbox = anonymous_shared(max(1, slots) * slot_bytes(cfg.direct_ring_bytes))
-    slot_efds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(slots)]
-    # lease channels: as many as slots (a worker leasing a worker: nested tasks)
-    nchannels = slots if cfg.lease_depth else 0
-    channels = anonymous_shared(max(1, nchannels) * channel_bytes(cfg.direct_ring_bytes))
-    # (with other ranks, tasks long enough to be worth moving go by the node)
-    spill_long = SPILL_MIN_TASK_S if launch is not None and launch.size > 1 else 0.0
-    node_bell = Doorbell.create(ctrl, 0)
-    driver_bell = Doorbell.create(ctrl, 64)
-    up = Ring(ctrl, 128, cap)
-    down = Ring(ctrl, 128 + ring_bytes(cap), cap)
-    agent_mem = agent_rings = None
-    if launch is not None:  # the rank's MPI agent <-> its node (see mpray_mpi.agent)
-        agent_mem = anonymous_shared(2 * ring_bytes(cap))
-        agent_rings = (Ring(agent_mem, 0, cap), Ring(agent_mem, ring_bytes(cap), cap))
-    setup = NodeSetup(
-        arena=arena, ctrl=ctrl, node_bell=node_bell, driver_bell=driver_bell,
-        driver_up=up, driver_down=down, resources=cfg.node_resources(),
-        gpu_ids=cfg.gpu_ids, arena_size=cfg.object_store_memory, inline_max=cfg.inline_max,
-        worker_ring_bytes=cfg.worker_ring_bytes, max_workers=cfg.max_workers,
-        idle_timeout=cfg.idle_worker_timeout, session_dir=session_dir,
-        pipeline_depth=cfg.pipeline_depth, node_id=node_id,
-        node_info={"node_id": node_id, "resources": cfg.node_resources(),
-                   "job_id": format(os.getpid(), "08x"), "session_dir": session_dir,
-                   "namespace": namespace or "",
-                   "rank": launch.rank if launch is not None else 0},
-        mailbox=mailbox, mailbox_slots=slots, mailbox_ring_bytes=cfg.direct_ring_bytes,
-        slot_efds=slot_efds, spin_us=cfg.spin_us, agent_rings=agent_rings,
-        rank=launch.rank if launch is not None else 0, channels=channels,
-        channel_count=nchannels, spill_long=spill_long, lease_depth=cfg.lease_depth,
-        max_leases=cfg.num_cpus,
-    )
-    driver_pid = os.getpid()
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # ---- the node process
-        code = 0
-        try:
-            if launch is not None:
-                # MPI launchers end a rank by SIGKILLing its process group; out of it,
-                # the node outlives its rank long enough to see it gone (pidfd), end
-                # its workers and remove the session directory
-                os.setpgid(0, 0)
-            node_main(setup, driver_pid)
-        except BaseException:  # noqa: BLE001
-            import traceback
-
-            traceback.print_exc()
-            code = 1
-        finally:
-            os._exit(code)
-    node_pidfd = os.pidfd_open(pid)
-    client = DriverClient(
-        proc=0, rank=setup.rank, up=up, down=down, my_bell=driver_bell, node_bell=node_bell,
-        arena=arena, inline_max=cfg.inline_max, node_pid=pid, node_pidfd=node_pidfd,
-        id_start=_next_driver_id(), spin_us=cfg.spin_us,
-        mailbox=mailbox if slots else None, mailbox_cap=cfg.direct_ring_bytes,
-        slot_efds=slot_efds, max_leases=cfg.num_cpus, lease_depth=cfg.lease_depth,
-        spill_long=spill_long,
-    )
-    _global.session = _Session(cfg, pid, node_pidfd, setup, session_dir)
-    _global.session.agent_mem = agent_mem
-    _global.session.agent_rings = agent_rings
-    _global.session.mpi = None
-    _global.node_id = setup.node_id
-    _global.node_info = setup.node_info
-    _global.session.namespace = namespace
-    _global.client = client
-    atexit.register(shutdown)
-
-
-_last_driver_id = 0
-
-
-def _next_driver_id() -> int:
-    # ids keep growing across init/shutdown cycles so a stale ObjectRef from an earlier
-    # session can never alias an object of this one
-    return _last_driver_id + 1
-
-
-def _context() -> RayContext:
-    s = _global.session
-    return RayContext(node_ip_address="127.0.0.1", session_dir=s.session_dir,
-                      node_id=s.node_id, address="local")
-
-
-def _auto_init() -> DriverClient:
-    with _init_lock:
-        if _global.client is None:
-            init()
-        return _global.client
-
-
-def is_initialized() -> bool:
-    return _global.session is not None or _global.client is not None  # driver or worker
-
-
-def shutdown(_exiting_interpreter: bool = False) -> None:
-    """Stop the node and every worker; leaves no process, memory or file behind."""
-    global _last_driver_id
-    with _init_lock:
-        s = _global.session
-        client = _global.client
-        if s is None:
-            return
-        if s.mpi is not None:  # rank 0 under MPI: stop every other rank first
-            s.mpi.stop()
-        _last_driver_id = client._next_id
-        try:
-            client.send([P.Shutdown()])
-        except Exception:  # noqa: BLE001 - the node may already be gone
-            pass
-        client.close()
-        t = client._future_thread
-        if t is not None and t is not threading.current_thread():
-            t.join(0.5)  # it leaves its loop at once; then nothing uses the rings below
-        _global.client = None
-        _global.session = None
-        deadline = time.monotonic() + 5.0
-        while True:
-            try:
-                done, _ = os.waitpid(s.node_pid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.kill(s.node_pid, 9)
-                deadline = time.monotonic() + 5.0
-            time.sleep(0.0005)
-        os.close(s.node_pidfd)
-        st = s.setup
-        st.node_bell.close()
-        st.driver_bell.close()
-        for r in (st.driver_up, st.driver_down):
-            r.release()
-        client._arena_mv = None
-        client.close_rings()
-        for fd in st.slot_efds or ():
-            os.close(fd)
-        for r in s.agent_rings or ():
-            r.release()
-        _global.cluster = None
-        for m in (st.ctrl, st.mailbox, st.channels, s.agent_mem):
-            if m is None:
-                continue
-            try:
-                m.close()
-            except BufferError:
-                pass
-        try:
-            if isinstance(st.arena, mmap.mmap):  # (an MPI window stays until MPI_Finalize)
-                st.arena.close()
-        except BufferError:
-            pass  # live zero-copy views still use it; it is unmapped when they go
-        import shutil
-
-        shutil.rmtree(s.session_dir, ignore_errors=True)
-        try:
-            atexit.unregister(shutdown)
-        except Exception:  # noqa: BLE001
-            pass
+__all__ = ["RayContext", "available_resources", "cancel", "cluster_resources", "get",
+           "get_actor", "init", "is_initialized", "kill", "method", "nodes", "put",
+           "remote", "shutdown", "timeline", "wait"]
 
 
 # ---------------------------------------------------------------------- remote
@@ -380,7 +88,7 @@ def put(value: Any, *, _owner: Any = None) -> ObjectRef:
         )
     client = _global.client
     if client is None:
-        client = _auto_init()
+        client = auto_init()
     return ObjectRef(client.put(value), owned=True)
 
 

@@ -18,7 +18,6 @@ tasks come home), so a fetch always asks ``id_rank(oid)``.
 
 from __future__ import annotations
 
-import collections
 
 from . import protocol as P
 from .serialization import ARENA, ERROR

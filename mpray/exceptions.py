@@ -365,3 +365,8 @@ class RuntimeEnvSetupError(RayError):
 
 class AsyncioActorExit(RayError):
     """Raised inside an asyncio actor to make it exit (``ray.actor.exit_actor``)."""
+
+
+class ActorExit(ActorDiedError):
+    """Raised by ``exit_actor()`` inside an actor's method: the call that raised it
+    ends with the actor (internal: the caller sees an ActorDiedError)."""

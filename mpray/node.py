@@ -19,7 +19,6 @@ SIGKILLed driver leaves nothing behind.
 from __future__ import annotations
 
 import collections
-import ctypes
 import os
 import signal
 import sys
@@ -30,20 +29,11 @@ from . import cluster
 from . import protocol as P
 from .actor_names import LATER
 from .mailbox import slot_bell, slot_rings
+from .procs import kill, remove_mpi_segments, remove_tree
 from .rings import Doorbell, Outbox, Ring, anonymous_shared, ring_bytes
 from .scheduler import Scheduler
 
-_PR_SET_PDEATHSIG = 1
 _FLAG_BYTES = 64
-
-
-def set_parent_death_signal(sig: int) -> None:
-    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except Exception:  # noqa: BLE001 - best effort; the getppid() checks remain
-        pass
 
 
 @dataclass
@@ -323,13 +313,13 @@ class Node:
                 elif kind is P.Kill:
                     ch = self.channels.get(a.wid)
                     if ch is not None:
-                        _kill(ch.pid, signal.SIGKILL)
+                        kill(ch.pid, signal.SIGKILL)
                 elif kind is P.Interrupt:
                     ch = self.channels.get(a.wid)
                     if ch is not None:
                         word = int(a.tid & (2**63 - 1)).to_bytes(8, "little")
                         ch.mem[_FLAG_BYTES : _FLAG_BYTES + 8] = word
-                        _kill(ch.pid, signal.SIGUSR1)
+                        kill(ch.pid, signal.SIGUSR1)
                 elif kind is P.Warn:
                     print(a.text, file=sys.stderr, flush=True)
                 elif kind is P.GrantLease:
@@ -433,7 +423,7 @@ class Node:
     def shutdown(self) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for pid in list(self.pids):
-            _kill(pid, signal.SIGKILL)
+            kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5.0
         for pid in list(self.pids):
             while time.monotonic() < deadline:
@@ -445,9 +435,9 @@ class Node:
                     break
                 time.sleep(0.001)
         self.pids.clear()
-        _remove_tree(self.setup.session_dir)
+        remove_tree(self.setup.session_dir)
         if self.setup.agent_rings is not None and os.getppid() != self.driver_pid:
-            _remove_mpi_segments()  # (our rank was killed: MPI_Finalize never ran there)
+            remove_mpi_segments()  # (our rank was killed: MPI_Finalize never ran there)
 
 
 class _NoBell:
@@ -460,44 +450,6 @@ class _NoBell:
 
     def close(self) -> None:
         pass
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _remove_tree(path: str) -> None:
-    import shutil
-
-    if path and os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-# shared-memory files of MPI libraries (MPICH; Open MPI's shared-memory transports)
-MPI_SEGMENT_PREFIXES = ("/dev/shm/mpich_shm_", "/dev/shm/vader_segment.",
-                        "/dev/shm/sm_segment.")
-
-
-def _remove_mpi_segments() -> None:
-    """Unlink the MPI library's shared-memory files this rank had mapped.  Its
-    MPI_Finalize unlinks them; a rank killed by its launcher never gets there, and the
-    files would outlive the job.  The node inherited the rank's mappings at fork, so they
-    are this job's; ranks still running keep their mappings (unlink removes the name)."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split(None, 5)[5].strip() for line in f
-                     if line.count(" ") >= 5 and "/dev/shm/" in line}
-    except OSError:
-        return
-    for path in paths:
-        if path.startswith(MPI_SEGMENT_PREFIXES):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
 
 
 def _exit_on_term(signum, frame) -> None:
@@ -515,7 +467,7 @@ def node_main(setup: NodeSetup, driver_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_term)
     if os.getppid() != driver_pid:
-        _remove_tree(setup.session_dir)
+        remove_tree(setup.session_dir)
         return
     node = Node(setup, driver_pid)
     try:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import cloudpickle
 
 from . import _global
+from .session import auto_init
 from . import protocol as P
 from . import serialization as ser
 from .object_ref import ObjectRef
@@ -241,9 +242,7 @@ class RemoteFunction(BlobRegistration):
     def _submit(self, prep: _Prepared, args: tuple, kwargs: dict):
         client = _global.client
         if client is None:
-            from .api import _auto_init
-
-            client = _auto_init()
+            client = auto_init()
         fid = self._fid(client)
         nret = prep.nret
         tid = client.new_ids(nret)

@@ -46,6 +46,7 @@ from .states import (
     WorkerState,
     _move,
 )
+from .task import Task
 from .worker_table import Worker, WorkerTable, _amount
 
 _exec, _EXEC = P.Exec.from_items, P.Exec.OP
@@ -53,32 +54,6 @@ _exec, _EXEC = P.Exec.from_items, P.Exec.OP
 __all__ = ["OBJ_TRANSITIONS", "TASK_TRANSITIONS", "WORKER_TRANSITIONS", "Obj", "ObjState",
            "Scheduler", "Task", "TaskState", "TransitionError", "Worker", "WorkerState",
            "_move"]
-
-
-class Task:
-    __slots__ = ("key", "spec", "owner", "parent", "resources", "retries_left", "state",
-                 "missing", "worker", "cancel", "history", "actor", "creating", "started")
-
-    def __init__(self, key: int, spec: tuple, owner: int, parent: int | None,
-                 resources: tuple, retries_left: int) -> None:
-        self.key = key
-        self.spec = spec
-        self.owner = owner
-        self.parent = parent
-        self.resources = resources  # ((name, amount), ...) sorted: the ready-queue key
-        self.retries_left = retries_left
-        self.state = T.PENDING_ARGS
-        self.missing = 0
-        self.started = 0.0
-        self.worker: int | None = None
-        self.cancel = False
-        self.history = [T.PENDING_ARGS]
-        self.actor: int | None = None  # a method call: the actor's id
-        self.creating = False  # an actor's constructor
-
-    @property
-    def returns(self) -> range:
-        return P.return_ids(self.key, self.spec.nret)
 
 
 class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTable):

@@ -26,29 +26,20 @@ import time
 
 from . import _global
 from . import exceptions as exc
+from .exceptions import ActorExit
 from . import protocol as P
 from .mailbox import cancel_word
+from .procs import set_parent_death_signal, strip_mpi_environment
 from .worker_client import WorkerClient
 from .serialization import ARENA, ERROR
 
 # (built from all their items, in FIELDS order, without a Python-level call: hot)
 _done, _DONE = P.DoneD.from_items, P.DoneD.OP
 _adone, _ADONE = P.ADoneD.from_items, P.ADoneD.OP
-_MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPICH_", "I_MPI_", "PRTE_")
 
 
 class _Cancelled(KeyboardInterrupt):
     """Raised inside a running task that mpray.cancel() interrupted."""
-
-
-class ActorExit(exc.ActorDiedError):
-    """Raised by ``exit_actor()``: the call that raised it ends with the actor."""
-
-
-def strip_mpi_environment() -> None:
-    """Workers must never initialise MPI (docs/facts.md): hide the launcher's variables."""
-    for k in [k for k in os.environ if k.startswith(_MPI_ENV_PREFIXES)]:
-        del os.environ[k]
 
 
 def _load_function(blob: bytes):
@@ -319,7 +310,6 @@ class WorkerLoop:
 
 def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem,
                 slot=None, mailbox_rings=None) -> None:
-    from .node import set_parent_death_signal
 
     set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != node_pid:

@@ -113,8 +113,9 @@ def _shared_across_fork(mem: memoryview) -> bool:
     return shared
 
 
-def start(launch: Launch, session, setup, conn: Connection) -> None:
-    """Join the job: rank 0 returns (with ``session.mpi`` set); other ranks serve and exit."""
+def start(launch: Launch, session, setup, conn: Connection, shutdown) -> None:
+    """Join the job: rank 0 returns (with ``session.mpi`` set); other ranks serve and exit
+    (``shutdown``: the session's, which ends this rank's node and workers)."""
     from mpray import _global
 
     from .agent import Agent, abort
@@ -133,9 +134,7 @@ def start(launch: Launch, session, setup, conn: Connection) -> None:
     # ---- a serving rank: no user code runs here
     try:
         agent.run(lambda: agent.stop_requested)
-        from mpray import api
-
-        api.shutdown()  # this rank's node and workers
+        shutdown()  # this rank's node and workers
         agent.report_stopped()  # (RStopped to rank 0, sent by close())
         agent.close()
     except BaseException:  # noqa: BLE001

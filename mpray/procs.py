@@ -1,0 +1,70 @@
+"""Process helpers the node and workers share: parent-death signals, killing by PID,
+removing a session's files, and keeping MPI away from forked processes.
+
+Data flow::
+
+    node / worker ─ set_parent_death_signal (prctl) ─▶ the kernel kills it with its parent
+    node          ─ kill(pid) / remove_tree(dir) / remove_mpi_segments() ─▶ nothing left
+    worker        ─ strip_mpi_environment() ─▶ it can never initialise MPI
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_PR_SET_PDEATHSIG = 1
+_MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPICH_", "I_MPI_", "PRTE_")
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except Exception:  # noqa: BLE001 - best effort; the getppid() checks remain
+        pass
+
+
+def kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def remove_tree(path: str) -> None:
+    import shutil
+
+    if path and os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# shared-memory files of MPI libraries (MPICH; Open MPI's shared-memory transports)
+MPI_SEGMENT_PREFIXES = ("/dev/shm/mpich_shm_", "/dev/shm/vader_segment.",
+                        "/dev/shm/sm_segment.")
+
+
+def remove_mpi_segments() -> None:
+    """Unlink the MPI library's shared-memory files this rank had mapped.  Its
+    MPI_Finalize unlinks them; a rank killed by its launcher never gets there, and the
+    files would outlive the job.  The node inherited the rank's mappings at fork, so they
+    are this job's; ranks still running keep their mappings (unlink removes the name)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split(None, 5)[5].strip() for line in f
+                     if line.count(" ") >= 5 and "/dev/shm/" in line}
+    except OSError:
+        return
+    for path in paths:
+        if path.startswith(MPI_SEGMENT_PREFIXES):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def strip_mpi_environment() -> None:
+    """Workers must never initialise MPI (docs/facts.md): hide the launcher's variables."""
+    for k in [k for k in os.environ if k.startswith(_MPI_ENV_PREFIXES)]:
+        del os.environ[k]
