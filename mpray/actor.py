@@ -20,12 +20,14 @@ import pickle
 from typing import Any
 
 from . import _global
-from .session import auto_init
 from . import protocol as P
 from .actor_worker import exit_actor, is_async_class
 from .object_ref import ObjectRef
 from .remote_function import (ACTOR_ONLY, TASK_OPTIONS, BlobRegistration, _refs, encode_args,
                               resource_request, validate_options)
+from .session import auto_init
+
+_task_spec = P.TaskSpec.from_items
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "exit_actor", "kill_actor",
            "lookup_actor", "method"]
@@ -115,12 +117,13 @@ class _ActorID:
 class ActorHandle:
     """A reference to an actor; picklable, so tasks and other actors can call it too."""
 
-    __slots__ = ("_aid", "_anchor", "_meta", "__weakref__")
+    __slots__ = ("_aid", "_anchor", "_meta", "_consts", "__weakref__")
 
     def __init__(self, aid: int, anchor: ObjectRef, meta: dict) -> None:
         self._aid = aid
         self._anchor = anchor
         self._meta = meta
+        self._consts: dict = {}  # method -> what its calls share (not pickled)
 
     def __getattr__(self, name: str) -> ActorMethod:
         # (not cached on the handle: a method holding its handle would make a cycle, and
@@ -151,18 +154,18 @@ class ActorHandle:
         client = _global.client
         if client is None:
             client = auto_init()
-        nret = opts.get("num_returns")
-        nret = 1 if nret is None else nret
-        retries = opts.get("max_task_retries")
-        if retries is None:
-            retries = self._meta.get("max_task_retries", 0)
-        rex = opts.get("retry_exceptions", False)
-        retry_exc = rex if isinstance(rex, bool) else pickle.dumps(tuple(rex))
-        display = f"{self._meta['class_name']}.{name}"
+        # (a method's calls with its own options: computed once per handle)
+        consts = self._consts.get(name)
+        if consts is None or consts[0] is not opts:
+            consts = (opts,) + self._call_constants(name, opts)
+            if opts is self._meta["methods"].get(name):
+                self._consts[name] = consts
+        _o, display, nret, retries, retry_exc = consts
         tid = client.new_ids(nret)
         blob, deps, contained, keep = encode_args(client, args, kwargs, display)
-        spec = P.TaskSpec(tid, None, display, blob, deps, nret, (), retries, retry_exc,
-                          contained, None, actor=self._aid, method=name)
+        # (all TaskSpec's items at once, in its FIELDS order: the hot path)
+        spec = _task_spec((tid, None, display, blob, deps, nret, (), retries, retry_exc,
+                           contained, None, False, self._aid, name, None))
         refs = _refs(tid, nret)  # (before the call can end)
         # what the call reads stays alive here until it is sent (refs inside the
         # arguments: the arguments themselves) or, sent direct, until it is done
@@ -175,6 +178,17 @@ class ActorHandle:
             hold = (keep, self._anchor)
         client.submit_call(spec, hold)
         return refs
+
+    def _call_constants(self, name: str, opts: dict) -> tuple:
+        """(display name, num_returns, retries, retry_exceptions) of a method's calls."""
+        nret = opts.get("num_returns")
+        nret = 1 if nret is None else nret
+        retries = opts.get("max_task_retries")
+        if retries is None:
+            retries = self._meta.get("max_task_retries", 0)
+        rex = opts.get("retry_exceptions", False)
+        retry_exc = rex if isinstance(rex, bool) else pickle.dumps(tuple(rex))
+        return f"{self._meta['class_name']}.{name}", nret, retries, retry_exc
 
 
 # ---------------------------------------------------------------------- classes

@@ -39,6 +39,9 @@ from .rings import Doorbell, Ring, RingClosed
 from .waiting import Waiting
 
 
+_put, _PUT = P.Put.from_items, P.Put.OP
+
+
 class Client(Waiting):
     def __init__(self, proc: int, rank: int, up: Ring, down: Ring, my_bell: Doorbell,
                  node_bell: Doorbell, arena, inline_max: int, node_pid: int,
@@ -279,11 +282,10 @@ class Client(Waiting):
         kind, payload, contained = self.store_value(value)
         oid = self.new_ids(0)  # the caller wraps it in an ObjectRef, which counts it
         self._values[oid] = (kind, payload)
-        self._send_put(P.Put(oid, kind, payload, contained))
-        return oid
-
-    def _send_put(self, msg: P.Record) -> None:
-        if msg.kind == ser.INLINE:
+        msg = _put((_PUT, oid, kind, payload, contained))  # (P.Put, from its items: hot)
+        if contained:
+            self._send_put_with_refs(msg)
+        elif kind == ser.INLINE:
             # Lazy: the node needs a small object only once its ref leaves this process,
             # and every message that could carry the ref flushes _pending first (one FIFO
             # ring), so the Put rides along with the next frame instead of a frame of its own.
@@ -292,6 +294,11 @@ class Client(Waiting):
                 self.send([])
         else:
             self.send([msg])
+        return oid
+
+    def _send_put_with_refs(self, msg: P.Record) -> None:
+        """A Put of a value holding refs (an owner makes those known to the node first)."""
+        self.send([msg])
 
     def materialize(self, oid: int, kind: int, payload) -> Any:
         """Turn a cached (kind, payload) into the user's value; raise stored errors."""

@@ -120,7 +120,7 @@ class Owner:
         self.max_frame = ring_cap // 4  # bigger messages go by the node (its rings fragment)
         # message bytes in flight per ring (estimated from above, so a push never waits;
         # the rest of the ring is for Drop messages and a predecessor's leftovers)
-        self.budget = ring_cap * 3 // 4
+        self.budget = ring_cap * 7 // 8
         self.mailbox = mailbox  # False: no leases, no direct actor calls (all by the node)
         # calls straight into actors' rings: the driver's only (an actor's ring has one
         # producer; a worker's calls go by the node, which keeps each caller's order)
@@ -353,6 +353,8 @@ class Owner:
         deps = rec.deps
         cost = message_cost(spec.args, spec.name, fblob, deps) if fblob or deps else \
             len(spec.args) + len(spec.name) + FRAME_SLACK
+        if type(spec.retry_exc) is bytes:  # (pickled exception classes ride along)
+            cost += len(spec.retry_exc)
         if cost > self.max_frame:  # a big function or arguments: the node's rings
             self._to_node(rec)     # fragment and queue without limit
             return True

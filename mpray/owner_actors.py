@@ -28,11 +28,12 @@ import pickle
 from . import exceptions as exc
 from . import protocol as P
 from .serialization import ERROR
-from .states import CHANNEL_TRANSITIONS, C, _move
+from .states import CHANNEL_TRANSITIONS, OW, C, _move
 
 
 # (built from all their items, in FIELDS order, without a Python-level call: hot)
 _slot_msg, _acall, _ACALL = P.ToSlot.from_items, P.ACall.from_items, P.ACall.OP
+_PENDING = OW.PENDING
 
 
 class Call:
@@ -112,8 +113,11 @@ class ActorChannels:
         if P.id_rank(spec.actor) != o.rank:  # (MPI) an actor of another rank: the node
             self._via_node(ch, call)         # routes it
             return
-        o.own(spec.tid, spec.nret)
-        self.calls[spec.tid] = (ch, call)
+        tid = spec.tid
+        owned = o.owned
+        for oid in range(tid + 1, tid + 1 + spec.nret):  # (o.own(), inlined: hot)
+            owned[oid] = _PENDING
+        self.calls[tid] = (ch, call)
         if (not ch.queue and ch.slot is not None and not ch.node_calls and not ch.killed
                 and not spec.deps and not spec.contained and self._push(ch, call, ())):
             return  # the common case: straight into the actor's ring
@@ -152,7 +156,10 @@ class ActorChannels:
     def _push(self, ch: Channel, call: Call, deps: tuple) -> bool | None:
         spec = call.spec
         o = self.o
-        cost = message_cost(spec.args, spec.name, None, deps)
+        cost = message_cost(spec.args, spec.name, None, deps) if deps else \
+            len(spec.args) + len(spec.name) + FRAME_SLACK
+        if type(spec.retry_exc) is bytes:  # (pickled exception classes ride along)
+            cost += len(spec.retry_exc)
         if cost > o.max_frame:
             return False
         if ch.bytes + cost > o.budget:
@@ -295,8 +302,8 @@ class ActorChannels:
         assert len(self.calls) == queued + sum(len(ch.inflight) for ch in self.chans.values())
 
 
-FRAME_SLACK = 160  # bytes a message adds to its arguments and name in a ring (pickled
-#                   ints, ids and flags, the frame header and alignment: from above)
+FRAME_SLACK = 96  # bytes a message adds to its arguments and name in a ring (pickled
+#                  ints, ids and flags, the frame header and alignment: about 60)
 
 
 def message_cost(args: bytes, name: str, fblob, deps) -> int:

@@ -228,11 +228,8 @@ class OwnerShell:
         else:
             self.post(P.Publish(tuple(oids), msg))
 
-    def _send_put(self, msg) -> None:
-        if msg.contained and self.owner is not None:  # the refs inside: known first
-            self.publish_then(msg.contained, msg)
-        else:
-            super()._send_put(msg)
+    def _send_put_with_refs(self, msg) -> None:
+        self.publish_then(msg.contained, msg)  # (the refs inside: known to the node first)
 
     def _last_ref_gone(self, oid: int, urgent: bool) -> None:
         if self.owner is None:

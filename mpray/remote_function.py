@@ -21,10 +21,10 @@ from typing import Any, Callable
 import cloudpickle
 
 from . import _global
-from .session import auto_init
 from . import protocol as P
 from . import serialization as ser
 from .object_ref import ObjectRef
+from .session import auto_init
 
 TASK_OPTIONS = {
     "num_cpus", "num_gpus", "resources", "memory", "num_returns", "max_retries",
