@@ -40,6 +40,7 @@ from .waiting import Waiting
 
 
 _put, _PUT = P.Put.from_items, P.Put.OP
+_submit, _SUBMIT = P.Submit.from_items, P.Submit.OP
 
 
 class Client(Waiting):
@@ -391,10 +392,10 @@ class Client(Waiting):
 
     def submit_task(self, spec: P.TaskSpec, direct_ok: bool, hold) -> None:
         """Send a task (its ObjectRefs exist already): by the node, here."""
-        self.send([P.Submit(spec)])
+        self.send([_submit((_SUBMIT, tuple(spec)))])  # (P.Submit from its items: hot)
 
     def submit_call(self, spec: P.TaskSpec, hold) -> None:
-        self.send([P.Submit(spec)])
+        self.send([_submit((_SUBMIT, tuple(spec)))])
 
     def cancel(self, tid: int, force: bool, recursive: bool) -> None:
         self.send([P.Cancel(tid, force, recursive)])

@@ -107,23 +107,23 @@ def _check_workers(s) -> None:
             assert w.task == w.queue[0], f"worker {w.key} runs {w.task}, not its head"
 
 
+def _spec_refs(refs: collections.Counter, spec) -> None:
+    """Count the objects a task's spec holds (its arguments, refs inside them)."""
+    refs.update(oid for _pos, oid in spec.deps)
+    refs.update(spec.contained)
+
+
 def _check_objects(s) -> None:
     refs: collections.Counter = collections.Counter()
     for t in s.tasks.values():
         if t.creating:
             continue  # (its actor keeps the constructor's arguments, counted below)
-        for _pos, oid in t.spec.deps:
-            refs[oid] += 1
-        for oid in t.spec.contained:
-            refs[oid] += 1
+        _spec_refs(refs, t.spec)
         if t.actor is not None:
             refs[t.actor + 1] += 1  # a pending call holds its actor's anchor
     for a in s.actors.values():
         if a.state is not A.DEAD:
-            for _pos, oid in a.spec.deps:
-                refs[oid] += 1
-            for oid in a.spec.contained:
-                refs[oid] += 1
+            _spec_refs(refs, a.spec)
     contained: collections.Counter = collections.Counter()
     for o in s.objs.values():
         for c in o.contains:

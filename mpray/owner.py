@@ -52,7 +52,6 @@ from .serialization import ERROR
 from .states import (DIRECT_TRANSITIONS, LEASE_TRANSITIONS, OWNED_TRANSITIONS, D, L, OW,
                      TransitionError, _move)
 
-DEFAULT_SHAPE = (("CPU", 1.0),)
 # (module-level names for what the hot paths use on every task)
 _PENDING, _LOCAL, _ACTIVE, _SENT = OW.PENDING, OW.LOCAL, L.ACTIVE, D.SENT
 _slot_msg, _exec, _deliver = P.ToSlot.from_items, P.Exec.from_items, P.Deliver.from_items
@@ -164,17 +163,18 @@ class Owner:
         self._on[type(ev)](ev)
         return out
 
+    def has_stake(self, oid: int) -> bool:
+        """Would a value of ``oid`` from the node change anything here (an owned
+        object, a task sent to become a lease or seeding one)?  A pure query: what it
+        reads for this oid is only changed by events about this oid, which come before
+        its value (callers in other threads may ask without the machine's lock)."""
+        return oid in self.owned or oid in self.flagged or oid in self.seeding
+
     def backlog(self) -> bool:
         """Work waits here for room (the shell keeps pumping while it does)."""
         return bool(self.queue) or self.actors.backlog > 0
 
     # ------------------------------------------------------------------ owned objects
-    def own(self, tid: int, nret: int) -> None:
-        """Returns of a task this owner runs itself: PENDING."""
-        owned = self.owned
-        for oid in range(tid + 1, tid + 1 + nret):  # (P.return_ids, inlined: hot)
-            owned[oid] = OW.PENDING
-
     def _set(self, oid: int, new: OW) -> None:
         old = self.owned[oid]
         if new not in OWNED_TRANSITIONS[old]:
@@ -292,7 +292,7 @@ class Owner:
         tid = rec.key
         self.tasks[tid] = rec
         owned = self.owned
-        for oid in range(tid + 1, tid + 1 + spec.nret):  # (own(), inlined: hot)
+        for oid in range(tid + 1, tid + 1 + spec.nret):  # (its returns: PENDING)
             owned[oid] = _PENDING
         if self.queue or not self._place(rec):
             usable = any(lease.state is L.ACTIVE for lease in self.leases.values())

@@ -1,7 +1,7 @@
 """The owner's calls to actors: straight into an actor's mailbox ring when possible (pure).
 
 A composed part of ``owner.Owner`` (it uses the owner's declared interface: ``out``,
-``own``, ``direct_value``, ``values_by_node``, ``fail_returns``, ``publish``,
+``owned``, ``direct_value``, ``values_by_node``, ``fail_returns``, ``publish``,
 ``to_node``, ``values``, ``proc``, ``rank``, ``mailbox``, ``budget``, ``max_frame``).
 Data flow::
 
@@ -115,7 +115,7 @@ class ActorChannels:
             return
         tid = spec.tid
         owned = o.owned
-        for oid in range(tid + 1, tid + 1 + spec.nret):  # (o.own(), inlined: hot)
+        for oid in range(tid + 1, tid + 1 + spec.nret):  # (its returns: PENDING)
             owned[oid] = _PENDING
         self.calls[tid] = (ch, call)
         if (not ch.queue and ch.slot is not None and not ch.node_calls and not ch.killed

@@ -58,6 +58,7 @@ class OwnerShell:
         self._gone: collections.deque = collections.deque()
         self._owner_lock = threading.Lock()
         self._to_resolve: list = []  # (oid, futures) whose values came meanwhile
+        self._deferring = False  # a Deliver is being carried out (futures wait)
         self._apply_on = {
             P.ToSlot: self._to_slot, P.Deliver: self._deliver, P.Release: self._release,
             P.Signal: self._signal, P.CancelWord: self._word,
@@ -67,8 +68,17 @@ class OwnerShell:
         post = self._post_msg
         for cls in OWNER_OPS:
             on[cls.OP] = post
-        on[P.Obj.OP] = post
+        on[P.Obj.OP] = self._on_value
         return on
+
+    def _on_value(self, m) -> None:
+        """A value for this process: to the machine if it has a stake in it (its own
+        result, a task that seeds a lease), else straight into the cache (the machine
+        would only Deliver it)."""
+        if self.owner.has_stake(m.oid):
+            self._events.append(m)
+        else:
+            self.store_obj(m.oid, m.kind, m.payload)
 
     # ------------------------------------------------------------------ the machine
     def _post_msg(self, m) -> None:
@@ -156,13 +166,17 @@ class OwnerShell:
         raise NotImplementedError  # (ring, bell) of a lease's ring key
 
     def _deliver(self, ins) -> None:
-        self.store_obj(ins.oid, ins.kind, ins.payload)
+        self._deferring = True  # (under the owner lock: its futures are resolved after)
+        try:
+            self.store_obj(ins.oid, ins.kind, ins.payload)
+        finally:
+            self._deferring = False
 
     def _futures_ready(self, oid: int, futs: list) -> None:
-        if self.owner is None:
-            self._resolve_futures(oid, futs)
+        if self._deferring:
+            self._to_resolve.append((oid, futs))
         else:
-            self._to_resolve.append((oid, futs))  # (under the owner lock: resolved after)
+            self._resolve_futures(oid, futs)
 
     def _resolve_later(self) -> None:
         while self._to_resolve:
