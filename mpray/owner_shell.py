@@ -34,7 +34,7 @@ from .mailbox import cancel_word
 from .owner import Owner
 from .owner_actors import resolve
 
-_ToSlot, _ToNode, _RefGone = P.ToSlot, P.ToNode, P.RefGone
+_ToSlot, _ToNode, _RefGone, _ChannelFree = P.ToSlot, P.ToNode, P.RefGone, P.ChannelFree
 _submit_task = P.SubmitTask.from_items
 _new = tuple.__new__
 _dumps = pickle.dumps
@@ -150,6 +150,8 @@ class OwnerShell:
                     node_msgs = [ins.msg]
                 else:
                     node_msgs.append(ins.msg)
+                if type(ins.msg) is _ChannelFree:  # (a worker owner's lease channel)
+                    self._channel_done(ins.msg.channel)
             else:
                 self._apply_on[kind](ins)
         if node_msgs is not None:
@@ -164,6 +166,9 @@ class OwnerShell:
 
     def _ring_out(self, key: int) -> tuple:
         raise NotImplementedError  # (ring, bell) of a lease's ring key
+
+    def _channel_done(self, channel: int) -> None:
+        """The machine let go of a lease channel (only worker owners have them)."""
 
     def _deliver(self, ins) -> None:
         self._deferring = True  # (under the owner lock: its futures are resolved after)

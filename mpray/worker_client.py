@@ -226,13 +226,8 @@ class WorkerClient(OwnerShell, Client):
     def _ring_out(self, channel: int) -> tuple:
         return self._o2w[channel]
 
-    def _apply(self, instrs: list) -> None:
-        super()._apply(instrs)
-        for ins in instrs:  # (a channel its owner is done with: its last frames read)
-            if type(ins) is P.ToNode and type(ins.msg) is P.ChannelFree:
-                self._drop_channel(ins.msg.channel)
-
-    def _drop_channel(self, channel: int) -> None:
+    def _channel_done(self, channel: int) -> None:
+        """This owner is done with one of its leases' channels: stop using its rings."""
         w2o = self._w2o.pop(channel, None)
         o2w = self._o2w.pop(channel, None)
         if w2o is not None:
