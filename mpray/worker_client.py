@@ -136,8 +136,9 @@ class WorkerClient(OwnerShell, Client):
         """The owner died: its queued tasks never run, and the lease ends now."""
         if m.epoch != self.lease_epoch:
             return
-        self.exec_queue = collections.deque(
-            x for x in self.exec_queue if getattr(x, "epoch", None) != m.epoch)
+        keep = [x for x in self.exec_queue if getattr(x, "epoch", None) != m.epoch]
+        self.exec_queue.clear()  # (in place: the serving loop holds this deque)
+        self.exec_queue.extend(keep)
         self.lease_epoch = None
         self._close_lease()
         self.send([P.LeaseEnd(m.epoch)])

@@ -135,3 +135,82 @@ def test_a_running_task_does_not_hold_back_its_messages(ray_module):
         return mpray.api._global.client.hold_releases
 
     assert mpray.get(held_inside.remote()) == 0
+
+
+# ------------------------------------------------------------------ a task as an owner
+
+
+@mpray.remote
+def leased_pids(n):
+    """Submit ``n`` short tasks and return the pids that ran them (its leases)."""
+
+    @mpray.remote
+    def whoami(i):
+        return os.getpid(), i
+
+    return mpray.get([whoami.remote(i) for i in range(n)], timeout=30)
+
+
+def test_a_task_leases_workers_for_its_nested_tasks(ray_module):
+    """Every process owns what it submits: a task's children run on workers it leases
+    (the node never hears of most of them) and their values are exact."""
+    before = mpray.api._node_stats()["submitted"]
+    out = mpray.get(leased_pids.remote(300), timeout=60)
+    assert [i for _pid, i in out] == list(range(300))
+    seen_by_node = mpray.api._node_stats()["submitted"] - before
+    assert seen_by_node < 100, f"{seen_by_node} of 300 nested tasks went through the node"
+
+
+def test_a_nested_tasks_result_ref_leaving_its_owner_stays_valid(ray_module):
+    """A value the parent holds only locally (a leased task's result) is made known to
+    the node when a ref to it leaves the parent inside its result."""
+
+    @mpray.remote
+    def parent_returning_refs():
+        refs = [leaf.remote(i) for i in range(20)]
+        mpray.get(refs)  # their values are here, the node never saw them
+        return refs
+
+    refs = mpray.get(parent_returning_refs.remote(), timeout=30)
+    assert mpray.get(refs, timeout=30) == [i * 10 for i in range(20)]
+
+
+def test_a_killed_leased_worker_of_a_task_is_retried(ray_module):
+    """A worker leased by a task dies under one of its children: the child is retried
+    through the node (max_retries) and the parent gets every value."""
+
+    @mpray.remote(max_retries=3)
+    def maybe_die(i, marker):
+        if i == 7 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return i
+
+    @mpray.remote
+    def parent_of_victim(marker):
+        return mpray.get([maybe_die.remote(i, marker) for i in range(30)], timeout=30)
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        marker = os.path.join(d, "died")
+        assert mpray.get(parent_of_victim.remote(marker), timeout=60) == list(range(30))
+        assert os.path.exists(marker)  # (one child did die)
+
+
+def test_a_task_that_dies_holding_leases_frees_its_leased_workers(ray_module):
+    """Its leases are revoked: the workers it leased go back to the node (their CPUs
+    free again) and later work runs."""
+    from conftest import wait_for
+
+    @mpray.remote(max_retries=0)
+    def dies_with_leases():
+        refs = [leaf.remote(i) for i in range(50)]
+        mpray.get(refs)  # (its leases now exist)
+        os._exit(3)
+
+    with pytest.raises(mpray.exceptions.WorkerCrashedError):
+        mpray.get(dies_with_leases.remote(), timeout=30)
+    assert wait_for(lambda: mpray.available_resources().get("CPU", 0) == 2, 10), \
+        mpray.available_resources()
+    assert mpray.get([leaf.remote(i) for i in range(10)], timeout=30) == [i * 10 for i in range(10)]
