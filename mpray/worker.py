@@ -271,6 +271,8 @@ class WorkerLoop:
             client.send([P.Done(tid, status, stored, retryable, delivered)])
         client.hold(-1)
         client.lease_active = time.monotonic()  # a lease idles from its last task's end
+        if client._gone and client.owner is not None:
+            client.run_owner()  # (its small values' releases: not left for an idle worker)
         client._flush_soon()
 
     def _finish_direct(self, tid: int, stored: list, retryable: bool, actor: bool) -> None:
