@@ -42,13 +42,14 @@ class WorkerClient(OwnerShell, Client):
         self.reclaim = False  # the node wants its lease back as soon as it idles
         self.lease_epoch: int | None = None
         self._hold_lock = threading.Lock()
-        self._driver_lock = threading.Lock()  # producers of the rings to owners
+        self._driver_lock = threading.Lock()  # this process's producers of its rings to owners
         self.drop_hook = None  # concurrent actor: cancel a call that is queued or running
         self.order_via_node = False  # this task's results go the node's way
         self._setup = setup
         # its mailbox slot's rings to/from the driver (None: no slot)
         self._to_driver, self._d2w = mailbox_rings or (None, None)
         self._driver_bell = setup.driver_bell if setup is not None else None
+        self._driver_out = (self._to_driver, self._driver_bell)  # (ring, bell) to the driver
         # the lease it serves: where its Execs come from, where its answers go
         self._lease_in = None
         self._lease_out: tuple | None = None  # (ring, bell)
@@ -122,7 +123,7 @@ class WorkerClient(OwnerShell, Client):
         self.lease_owner = m.owner
         if m.channel is None:  # the driver's: its slot's rings
             self._lease_in = self._d2w
-            self._lease_out = (self._to_driver, self._driver_bell)
+            self._lease_out = self._driver_out
         else:  # a worker's: a lease channel, waking the owner through its slot's bell
             st = self._setup
             o2w, w2o = channel_rings(st.channels, m.channel, st.mailbox_ring_bytes)
@@ -185,7 +186,7 @@ class WorkerClient(OwnerShell, Client):
 
     def send_driver(self, msgs: list) -> None:
         """A frame on this worker's mailbox ring to the driver (direct actor calls)."""
-        self._send_on((self._to_driver, self._driver_bell), msgs)
+        self._send_on(self._driver_out, msgs)
 
     def _send_on(self, out: tuple | None, msgs: list) -> None:
         """Never full for long: owners drain their rings whenever they wait, and hold
@@ -247,7 +248,7 @@ class WorkerClient(OwnerShell, Client):
             frames = self._d2w.pop_all()
             if frames:
                 got = True
-                self._reply_to = (self._to_driver, self._driver_bell)
+                self._reply_to = self._driver_out
                 self._drain_frames(frames)
         lease_in = self._lease_in
         if lease_in is not None and lease_in is not self._d2w:
