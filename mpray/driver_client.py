@@ -28,7 +28,6 @@ class DriverClient(OwnerShell, Client):
         super().__init__(*args, **kwargs)
         self._slot_efds = list(slot_efds)
         self._w2d: dict[int, object] = {}  # slot -> ring it polls (worker -> driver)
-        self._d2w: dict[int, tuple] = {}  # slot -> (ring, bell) to the worker there
         owner = Owner(self.proc, self.rank, self._values, max_leases=max_leases,
                       depth=lease_depth or 1, ring_cap=mailbox_cap or (1 << 18),
                       mailbox=bool(mailbox is not None and lease_depth),
@@ -42,11 +41,11 @@ class DriverClient(OwnerShell, Client):
         return on
 
     def _ring_out(self, slot: int) -> tuple:
-        got = self._d2w.get(slot)
+        got = self._out.get(slot)  # (slot -> (ring, bell) to the worker there)
         if got is None:
             w2d, d2w = slot_rings(self._mailbox, slot, self._cap)
             w2d.release()  # (the slot's w2d ring is polled since its Slot message)
-            got = self._d2w[slot] = (d2w, slot_bell(self._mailbox, slot, self._cap,
+            got = self._out[slot] = (d2w, slot_bell(self._mailbox, slot, self._cap,
                                                     self._slot_efds[slot]))
         return got
 
@@ -97,6 +96,6 @@ class DriverClient(OwnerShell, Client):
         for r in self._w2d.values():
             r.release()
         self._w2d.clear()
-        for ring, _bell in self._d2w.values():
+        for ring, _bell in self._out.values():
             ring.release()
-        self._d2w.clear()
+        self._out.clear()

@@ -53,7 +53,8 @@ from .states import (DIRECT_TRANSITIONS, LEASE_TRANSITIONS, OWNED_TRANSITIONS, D
                      TransitionError, _move)
 
 # (module-level names for what the hot paths use on every task)
-_PENDING, _LOCAL, _ACTIVE, _SENT = OW.PENDING, OW.LOCAL, L.ACTIVE, D.SENT
+_PENDING, _LOCAL, _ACTIVE, _PAUSED = OW.PENDING, OW.LOCAL, L.ACTIVE, L.PAUSED
+_SENT, _ENDED = D.SENT, D.ENDED
 _slot_msg, _exec, _deliver = P.ToSlot.from_items, P.Exec.from_items, P.Deliver.from_items
 _EXEC = P.Exec.OP
 RUN_WEIGHT = 0.25  # weight of the newest run time in a function's moving mean
@@ -234,7 +235,7 @@ class Owner:
         here): keep it LOCAL, or seal a promise."""
         st = self.owned.get(oid)
         out = self.out
-        if st is OW.PENDING:
+        if st is _PENDING:
             if oid in self.dropped:  # nobody here wants it, and the node never knew it
                 self.dropped.discard(oid)
                 del self.owned[oid]
@@ -248,6 +249,18 @@ class Owner:
                 self.dropped.discard(oid)
                 out.append(P.Release((oid,), True))
         out.append(_deliver((oid, kind, payload)))
+
+    def direct_values(self, values) -> None:
+        """``direct_value`` of each (oid, kind, payload), the usual case inlined (once
+        per task or call)."""
+        owned, dropped, local, out = self.owned, self.dropped, self.local, self.out
+        for oid, kind, payload in values:
+            if owned.get(oid) is _PENDING and oid not in dropped:  # (PENDING -> LOCAL)
+                owned[oid] = _LOCAL
+                local[oid] = (kind, payload)
+                out.append(_deliver((oid, kind, payload)))
+            else:
+                self.direct_value(oid, kind, payload)
 
     def _node_value(self, m) -> None:
         """A value from the node, or a node task's value its worker handed here."""
@@ -295,14 +308,20 @@ class Owner:
         for oid in range(tid + 1, tid + 1 + spec.nret):  # (its returns: PENDING)
             owned[oid] = _PENDING
         if self.queue or not self._place(rec):
-            usable = any(lease.state is L.ACTIVE for lease in self.leases.values())
             if len(self.leases) + len(self.flagged) < self.max_leases or not (
-                    usable or self.flagged):
+                    self.flagged or self._usable()):
                 # no room: the node runs it, and (room for one more lease) leases us the
                 # worker it starts on
                 self._to_node(rec, flag=True)
                 return
             self.queue.append(rec)  # leases (or grants on their way) will take it
+
+    def _usable(self) -> bool:
+        """Does some lease take tasks (not paused while its task waits)?"""
+        for lease in self.leases.values():
+            if lease.state is _ACTIVE:
+                return True
+        return False
 
     def to_node(self, spec, deps=None) -> None:
         """Send a task the node's way; its arguments may be values only this process
@@ -365,7 +384,7 @@ class Owner:
         best.bytes += cost
         rec.cost = cost
         rec.lease = best.key
-        rec.step(_SENT)
+        rec.state = _SENT  # (QUEUED -> SENT, as DIRECT_TRANSITIONS allows: hot, no check)
         best.inflight[rec.key] = rec
         self.out.append(_slot_msg((best.ring, _exec((
             _EXEC, rec.key, fid, fblob, spec.name, spec.args, deps, spec.nret, (),
@@ -378,8 +397,7 @@ class Owner:
             if not self._place(q[0]):
                 break
             q.popleft()  # (_place never touches the queue itself)
-        if q and not self.flagged and all(
-                lease.state is not L.ACTIVE for lease in self.leases.values()):
+        if q and not self.flagged and not self._usable():
             # no lease to run them (none left, or all wait in get, maybe for these very
             # tasks) and none coming: the node takes over (it starts workers as needed)
             while q:
@@ -461,7 +479,7 @@ class Owner:
         rec = self.tasks.pop(m.tid, None)
         if rec is None:
             return
-        if rec.state is not D.SENT:
+        if rec.state is not _SENT:
             self.tasks[m.tid] = rec
             return
         lease = self.leases.get(rec.lease)
@@ -469,7 +487,7 @@ class Owner:
         if lease is not None:
             del lease.inflight[m.tid]
             lease.bytes -= rec.cost
-            if lease.state is L.PAUSED:
+            if lease.state is _PAUSED:
                 _move(lease, L.ACTIVE, LEASE_TRANSITIONS, "lease")
         if self.spill_long and m.run_s:
             self._timed(spec.fid, m.run_s)
@@ -478,11 +496,10 @@ class Owner:
             rec.spec = spec._replace(retries=spec.retries - 1)
             self._to_node(rec)
         else:
-            rec.state = D.ENDED  # (SENT -> ENDED)
+            rec.state = _ENDED  # (SENT -> ENDED)
             rec.hold = None
             if m.values:
-                for oid, kind, payload in m.values:
-                    self.direct_value(oid, kind, payload)
+                self.direct_values(m.values)
             elif m.error is not None:  # retries used up: the error stands
                 for oid in P.return_ids(m.tid, spec.nret):
                     self.direct_value(oid, ERROR, m.error)

@@ -1,7 +1,7 @@
 """The owner's calls to actors: straight into an actor's mailbox ring when possible (pure).
 
 A composed part of ``owner.Owner`` (it uses the owner's declared interface: ``out``,
-``owned``, ``direct_value``, ``values_by_node``, ``fail_returns``, ``publish``,
+``owned``, ``direct_values``, ``values_by_node``, ``fail_returns``, ``publish``,
 ``to_node``, ``values``, ``proc``, ``rank``, ``mailbox``, ``budget``, ``max_frame``).
 Data flow::
 
@@ -50,10 +50,11 @@ class Channel:
     """What the owner knows of one actor."""
 
     __slots__ = ("key", "state", "history", "inc", "slot", "queue", "inflight",
-                 "node_calls", "killed", "death", "bytes")
+                 "node_calls", "killed", "death", "bytes", "elsewhere")
 
-    def __init__(self, aid: int) -> None:
+    def __init__(self, aid: int, elsewhere: bool) -> None:
         self.key = aid
+        self.elsewhere = elsewhere  # (MPI) it lives on another rank: calls go by the node
         self.state = C.UNKNOWN
         self.history = [C.UNKNOWN]
         self.inc = -1
@@ -92,7 +93,7 @@ class ActorChannels:
     def _chan(self, aid: int) -> Channel:
         ch = self.chans.get(aid)
         if ch is None:
-            ch = self.chans[aid] = Channel(aid)
+            ch = self.chans[aid] = Channel(aid, P.id_rank(aid) != self.o.rank)
         return ch
 
     def live_returns(self) -> set[int]:
@@ -108,10 +109,10 @@ class ActorChannels:
         if not o.direct_calls:  # (a worker's calls: the node orders them per caller)
             o.to_node(spec)
             return
-        ch = self._chan(spec.actor)
+        ch = self.chans.get(spec.actor) or self._chan(spec.actor)
         call = Call(spec, ev.hold)
-        if P.id_rank(spec.actor) != o.rank:  # (MPI) an actor of another rank: the node
-            self._via_node(ch, call)         # routes it
+        if ch.elsewhere:  # (MPI) an actor of another rank: the node routes it
+            self._via_node(ch, call)
             return
         tid = spec.tid
         owned = o.owned
@@ -198,8 +199,7 @@ class ActorChannels:
             ch.queue.remove(call)  # (a late report of a call queued again: it did run)
             self.backlog -= 1
         if m.values:
-            for oid, kind, payload in m.values:
-                o.direct_value(oid, kind, payload)
+            o.direct_values(m.values)
         if call is not None:
             if m.values is None:
                 o.values_by_node(m.tid, call.spec.nret)

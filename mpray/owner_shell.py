@@ -35,7 +35,8 @@ from .owner import Owner
 from .owner_actors import resolve
 
 _ToSlot, _ToNode, _RefGone, _ChannelFree = P.ToSlot, P.ToNode, P.RefGone, P.ChannelFree
-_submit_task = P.SubmitTask.from_items
+_Deliver = P.Deliver
+_submit_task, _submit_call = P.SubmitTask.from_items, P.SubmitCall.from_items
 _new = tuple.__new__
 _dumps = pickle.dumps
 # messages an owner machine decides on (from the node, or from a leased worker's ring)
@@ -52,20 +53,26 @@ class OwnerShell:
         self.owner = owner
         self._mailbox = mailbox
         self._cap = mailbox_cap
-        self._events: collections.deque = collections.deque()
+        self._events = self._event_queue()
         # last refs gone of small values, decided together with the next event (any
         # thread appends, the thread running the machine takes them: deque ops are atomic)
         self._gone: collections.deque = collections.deque()
         self._owner_lock = threading.Lock()
         self._to_resolve: list = []  # (oid, futures) whose values came meanwhile
-        self._deferring = False  # a Deliver is being carried out (futures wait)
-        self._apply_on = {
-            P.ToSlot: self._to_slot, P.Deliver: self._deliver, P.Release: self._release,
-            P.Signal: self._signal, P.CancelWord: self._word,
-        }
+        self._out: dict = {}  # a lease's ring key -> (ring, bell) (see _ring_out)
+        self._apply_on = {P.Release: self._release, P.Signal: self._signal,
+                          P.CancelWord: self._word}
+
+    def _event_queue(self) -> collections.deque:
+        """The machine's event deque (made by whichever comes first: the handlers,
+        which hold its bound append, or ``_init_owner``)."""
+        q = self.__dict__.get("_events")
+        if q is None:
+            q = self._events = collections.deque()
+        return q
 
     def _owner_handlers(self, on: dict) -> dict:
-        post = self._post_msg
+        post = self._event_queue().append  # (the machine's thread handles them: _drain)
         for cls in OWNER_OPS:
             on[cls.OP] = post
         on[P.Obj.OP] = self._on_value
@@ -81,9 +88,6 @@ class OwnerShell:
             self.store_obj(m.oid, m.kind, m.payload)
 
     # ------------------------------------------------------------------ the machine
-    def _post_msg(self, m) -> None:
-        self._events.append(m)
-
     def post(self, ev) -> None:
         """Hand an event to the owner machine: run it now, or, when another thread runs
         the machine, leave it to that thread."""
@@ -145,6 +149,13 @@ class OwnerShell:
             kind = type(ins)
             if kind is _ToSlot:
                 self._to_slot(ins)
+            elif kind is _Deliver:  # (store_obj, inlined: once per task)
+                oid = ins.oid
+                if oid in self._refs or oid in self._subscribed or oid in self._futures:
+                    self._values[oid] = (ins.kind, ins.payload)
+                    futs = self._futures.pop(oid, None)
+                    if futs:  # resolved once the machine is let go (callbacks re-enter)
+                        self._to_resolve.append((oid, futs))
             elif kind is _ToNode:
                 if node_msgs is None:
                     node_msgs = [ins.msg]
@@ -158,30 +169,17 @@ class OwnerShell:
             self.send(node_msgs)
 
     def _to_slot(self, ins) -> None:
-        ring, bell = self._ring_out(ins.slot)
+        ring, bell = self._out.get(ins.slot) or self._ring_out(ins.slot)
         frame = _dumps([tuple(ins.msg)], 5)
         if ring.try_push(frame) != len(frame):  # (rare: the budget keeps room for it)
             ring.push(frame, wake=bell.force, deadline=self._push_deadline())
         bell.ring()
 
     def _ring_out(self, key: int) -> tuple:
-        raise NotImplementedError  # (ring, bell) of a lease's ring key
+        raise NotImplementedError  # (ring, bell) of a lease's ring key (cached in _out)
 
     def _channel_done(self, channel: int) -> None:
         """The machine let go of a lease channel (only worker owners have them)."""
-
-    def _deliver(self, ins) -> None:
-        self._deferring = True  # (under the owner lock: its futures are resolved after)
-        try:
-            self.store_obj(ins.oid, ins.kind, ins.payload)
-        finally:
-            self._deferring = False
-
-    def _futures_ready(self, oid: int, futs: list) -> None:
-        if self._deferring:
-            self._to_resolve.append((oid, futs))
-        else:
-            self._resolve_futures(oid, futs)
 
     def _resolve_later(self) -> None:
         while self._to_resolve:
@@ -225,8 +223,9 @@ class OwnerShell:
                                       or spec.contained):
             # (a worker's call carrying no ref: the owner would only pass it to the node)
             return super().submit_call(spec, hold)
-        self.post(P.SubmitCall(spec, hold))
-        if self.owner.actors.backlog:
+        self.post(_submit_call((spec, hold)))
+        if self.owner.actors.backlog:  # (as submit_task does when its leases are full)
+            self.poll_nowait()
             self.ensure_background_pump()
 
     def cancel(self, tid: int, force: bool, recursive: bool) -> None:

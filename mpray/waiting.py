@@ -191,11 +191,15 @@ class Waiting:
             wake = self._bg_wake
             while not self.closed:
                 if not self._background_needed():
-                    wake.wait(0.5)
+                    # (cleared only now, just before sleeping: while this thread waits
+                    # out a busy user thread below, the event stays set, so submitting
+                    # threads do not set it, and wake this thread, task after task)
                     wake.clear()
+                    if not self._background_needed():
+                        wake.wait(0.5)
                     continue
                 quiet = time.monotonic() - self._fg_pump
-                if quiet < 0.005:
+                if quiet < 0.005:  # a user thread pumps: it will again, look later
                     time.sleep(0.005 - quiet)
                     continue
                 if not self._pump_lock.acquire(timeout=0.05):

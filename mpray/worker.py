@@ -78,6 +78,7 @@ class WorkerLoop:
         self._words = tuple(w.cast("q") for w in (cancel_slot, direct_cancel)
                             if w is not None)
         self.in_user = False
+        self.signalled = False  # a cancel signal came while no task ran user code
         self.pid = os.getpid()
         self.host = socket.gethostname()
         self.base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -87,6 +88,7 @@ class WorkerLoop:
         cur = self.client.current_task
         if self.in_user and cur is not None and self.cancel_requested(cur):
             raise _Cancelled()
+        self.signalled = True  # (maybe for a task not started yet: execute() looks)
 
     def cancel_requested(self, tid: int) -> bool:
         """Was ``tid`` cancelled (its id in a cancel word)?  Ids are never reused, so a
@@ -180,9 +182,10 @@ class WorkerLoop:
             args, kwargs = self.load_args(args_blob, deps)
             self.in_user = True
             try:
-                # (a cancel whose signal came before the task got here: it never runs)
-                if self.cancel_requested(tid):
-                    raise _Cancelled()
+                if self.signalled:  # (a cancel whose signal came before the task got
+                    self.signalled = False  # here: it never runs)
+                    if self.cancel_requested(tid):
+                        raise _Cancelled()
                 result = fn(*args, **kwargs)
             finally:
                 self.in_user = False
@@ -220,7 +223,8 @@ class WorkerLoop:
                     f"task {name} declared num_returns={nret} but returned {len(outs)} values"
                 )
         del result
-        for (i, v), oid in zip(enumerate(outs), P.return_ids(tid, nret)):
+        oids = P.return_ids(tid, nret)
+        for i, v in enumerate(outs):
             try:
                 kind, payload, contained = self.client.store_value(v)
             except TypeError as e:
@@ -230,7 +234,7 @@ class WorkerLoop:
                 ) from e
             if contained:  # (objects this process owns: known to the node before they leave)
                 self.client.publish_contained(contained)
-            stored.append((oid, kind, payload, contained))
+            stored.append((oids[i], kind, payload, contained))
 
     def failed(self, tid: int, e: BaseException, name: str, nret: int, retry_exc,
                stored: list) -> tuple[int, list, bool]:
@@ -282,10 +286,15 @@ class WorkerLoop:
         client = self.client
         client.lease_active = time.monotonic()
         run_s = client.lease_active - self.started
+        by_node = False  # (values the node must register first: arena space, refs inside)
+        for _o, kind, _p, contained in stored:
+            if kind == ARENA or contained:
+                by_node = True
+                break
         if retryable and not actor:  # the driver decides: retry through the node, or not
             client.send_owner([P.DoneD(tid, None, stored[0][2] if stored else None, False,
                                         run_s)])
-        elif any(kind == ARENA or contained for _o, kind, _p, contained in stored):
+        elif by_node:
             # (the values' owner: the driver for a direct actor call, else the lease's)
             owner = 0 if actor else client.lease_owner
             client.send([P.PutFor(owner, oid, kind, payload, contained)
