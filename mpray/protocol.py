@@ -235,7 +235,8 @@ LeaseGrant = record("LeaseGrant", 40, "wid epoch slot pid first_oid channel", _O
                     "between you (a worker) and it, None: its slot's rings (the driver)",
                     defaults={"channel": None})
 LeaseLost = record("LeaseLost", 41, "wid epoch reason", _O, "the leased worker died")
-Reclaim = record("Reclaim", 42, "", _O, "others wait for CPUs: end the lease once idle")
+Reclaim = record("Reclaim", 42, "epoch", _O, "others wait for CPUs: end lease ``epoch`` "
+                 "once idle (it may come just before that lease's Leased)")
 ACreate = record("ACreate", 43,
                  "tid fid fblob name args deps gpus aid incarnation opts owner", _O,
                  "become this actor: run the constructor, then serve calls")

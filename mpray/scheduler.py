@@ -22,6 +22,7 @@ tables are in ``states.py``.
 from __future__ import annotations
 
 import collections
+import itertools
 import pickle
 
 from . import exceptions as exc
@@ -309,12 +310,28 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
                 self.starting += 1
                 self.actions.append(P.StartWorker())
         if self.ready:
-            # work waits here while owners hold leases: ask leased workers to give theirs
-            # back as soon as they have nothing of their owner's to do
-            for w in self.workers.values():
-                if w.lease is not None and not w.reclaim:
-                    w.reclaim = True
-                    self._send(w.key, P.Reclaim())
+            self._reclaim_leases()
+
+    def _reclaim_leases(self) -> None:
+        """Work waits here while owners hold leases: ask leased workers to give theirs back
+        as soon as they have nothing of their owner's to do.  Not for an owner's own lease
+        requests: its queued tasks run on the leases it has, and taking one back only to
+        lease a worker to it again churns (an owner has at most ``cpus`` requests out, so
+        the first ``cpus + 1`` waiting tasks of a queue tell whether another's wait too)."""
+        leased = [w for w in self.workers.values() if w.lease is not None and not w.reclaim]
+        if not leased:
+            return
+        limit = int(self.total.get("CPU", 1)) + 1
+        waiting = set()  # (owner, a lease request) of the tasks that wait
+        for q in self.ready.values():
+            for tid in itertools.islice(q, limit):
+                t = self.tasks.get(tid)
+                if t is not None and t.state is T.READY:
+                    waiting.add((t.owner, bool(t.spec.lease)))
+        for w in leased:
+            if waiting - {(w.lease[0], True)}:  # someone else's task (or a plain one)
+                w.reclaim = True
+                self._send(w.key, P.Reclaim(w.lease[1]))
 
     def _pipeline(self, key: tuple, q: collections.deque) -> None:
         """Queue ready tasks behind running ones of the same shape (bounded depth)."""

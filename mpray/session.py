@@ -187,6 +187,10 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> Non
     driver_pid = os.getpid()
     import sys
 
+    # the node forks every worker from itself: with the worker's modules imported here,
+    # before the node is forked, its first worker starts without importing them (ms)
+    from . import worker  # noqa: F401
+
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()

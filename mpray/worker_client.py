@@ -42,7 +42,7 @@ class WorkerClient(OwnerShell, Client):
         self.exec_queue: collections.deque = collections.deque()
         self.dropped_tasks: set[int] = set()  # cancelled before they started
         self.lease_active = 0.0  # when its lease last had work
-        self.reclaim = False  # the node wants its lease back as soon as it idles
+        self.reclaim_epoch: int | None = None  # the lease the node wants back when idle
         self.lease_epoch: int | None = None
         self._hold_lock = threading.Lock()
         self._driver_lock = threading.Lock()  # this process's producers of its rings to owners
@@ -121,7 +121,6 @@ class WorkerClient(OwnerShell, Client):
         self._close_lease()
         self.lease_epoch = m.epoch
         self.lease_active = time.monotonic()
-        self.reclaim = False
         self.lease_owner = m.owner
         if m.channel is None:  # the driver's: its slot's rings
             self._lease_in = self._d2w
@@ -149,7 +148,6 @@ class WorkerClient(OwnerShell, Client):
     def end_lease(self, wid: int) -> None:
         """Give an idle lease back: to the node (its CPU) and to its owner."""
         epoch, self.lease_epoch = self.lease_epoch, None
-        self.reclaim = False
         self.send([P.LeaseEnd(epoch)])
         self.send_owner([P.Expired(wid, epoch)])
         self._close_lease()
@@ -162,7 +160,12 @@ class WorkerClient(OwnerShell, Client):
         self._lease_out = None
 
     def _on_reclaim(self, m) -> None:
-        self.reclaim = True
+        self.reclaim_epoch = m.epoch  # (compared with the lease's: see ``reclaim``)
+
+    @property
+    def reclaim(self) -> bool:
+        """The node wants the current lease back as soon as it idles."""
+        return self.reclaim_epoch is not None and self.reclaim_epoch == self.lease_epoch
 
     def hold(self, delta: int) -> None:
         """Hold back releases while results holding refs are on their way (counted: the

@@ -1078,3 +1078,43 @@ def test_invariants_are_checked_after_events_and_catch_broken_books(node_invaria
     s.objs[101].task_refs += 1  # a holder count nothing accounts for
     with pytest.raises(AssertionError, match="task_refs"):
         s.check_invariants()
+
+
+# ----------------------------------------------------------------------------- reclaim
+
+
+def _leased_setup():
+    """A driver's task runs on one worker and owns nested tasks; the other worker is its
+    lease (through a lease channel); no CPU is left."""
+    s = make({"CPU": 2.0}, workers=2, channels=2)
+    s.leasable.update({1, 2})
+    s.submit(0, spec(10))
+    s.schedule()
+    ((owner, _),) = execs(s).items()
+    other = 3 - owner
+    s.submit(owner, spec(20)._replace(lease=True))  # its first lease request
+    s.schedule()
+    assert list(execs(s)) == [other]
+    (grant,) = [a for a in take_actions(s) if type(a) is P.GrantLease]
+    assert (grant.wid, grant.owner) == (other, owner) and grant.channel is not None
+    return s, owner, other, grant.epoch
+
+
+def test_an_owners_own_lease_request_does_not_take_its_lease_back():
+    s, owner, other, epoch = _leased_setup()
+    s.submit(owner, spec(30)._replace(lease=True))  # a second request: no CPU for it
+    s.schedule()
+    assert s.tasks[30].state is T.READY
+    assert drain(s, other, P.Reclaim) == []  # its lease runs its queued tasks meanwhile
+
+
+def test_another_owners_waiting_task_takes_the_lease_back_when_idle():
+    s, owner, other, epoch = _leased_setup()
+    s.submit(owner, spec(30)._replace(lease=True))
+    s.submit(0, spec(40))  # the driver's plain task waits for a CPU too
+    s.schedule()
+    assert s.tasks[40].state is T.READY
+    assert drain(s, other, P.Reclaim) == [P.Reclaim(epoch)]  # (names its lease)
+    s.submit(0, spec(42))
+    s.schedule()
+    assert drain(s, other, P.Reclaim) == []  # asked once per lease
