@@ -184,14 +184,20 @@ class ActorTable:
             f"{why} (actor {P.id_hex(aid)}); this call cannot run", actor_id=P.id_hex(aid)),
             protocol=5)
 
-    def _actor_pump(self, a: Actor) -> None:
-        """Send the actor its ready calls, in each caller's submission order."""
+    def _actor_pump(self, a: Actor, caller: int | None = None) -> None:
+        """Send the actor its ready calls, in each caller's submission order (only
+        ``caller``'s: one of its calls became ready, which moves no other queue)."""
         if a.state is not A.ALIVE:
             return
         w = self.workers.get(a.worker)
         if w is None:
             return
-        for caller, q in list(a.queue.items()):
+        queues = a.queue
+        # (a caller's queue goes once it is empty)
+        for c in tuple(queues) if caller is None else (caller,):
+            q = queues.get(c)
+            if q is None:
+                continue
             while q:
                 t = self.tasks.get(q[0])
                 if t is None or t.state is not T.READY and t.state is not T.PENDING_ARGS:
@@ -202,7 +208,7 @@ class ActorTable:
                 q.popleft()
                 self._send_call(a, w, t)
             if not q:
-                del a.queue[caller]
+                del queues[c]
 
     def _send_call(self, a: Actor, w, t) -> None:
         spec = t.spec

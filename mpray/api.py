@@ -62,8 +62,11 @@ def _check_timeout(timeout: float | None) -> None:
 
 
 def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
-    _check_timeout(timeout)
-    client = _global.client_or_raise()
+    if timeout is not None:
+        _check_timeout(timeout)
+    client = _global.client
+    if client is None:
+        client = _global.client_or_raise()
     if type(object_refs) is ObjectRef:
         return client.get_one(object_refs.id, timeout)
     if isinstance(object_refs, (list, tuple)):

@@ -164,8 +164,9 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
         self.stats["submitted"] += 1
         if parent is not None:
             self.children[parent].add(tid)
-        for oid in t.returns:
-            o = self._obj(oid, proc)
+        objs = self.objs
+        for oid in P.return_ids(tid, spec.nret):
+            o = objs.get(oid) or self._obj(oid, proc)
             o.procs.add(proc)
         if spec.create is not None:
             t.creating = True
@@ -210,7 +211,8 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
         elif missing == 0:
             _move(t, T.READY, TASK_TRANSITIONS, "task")
             self._enqueue(t)
-        self._check_feasible(t)
+        if res:  # (an actor call needs nothing: it runs on its actor's)
+            self._check_feasible(t)
 
     def _check_feasible(self, t: Task) -> None:
         if t.state is T.DISPATCHED or (self.agent is not None and self._placement_possible(t)):
@@ -258,7 +260,7 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
         if t.actor is not None:  # a method call waits in its actor's own FIFO
             a = self.actors.get(t.actor)
             if a is not None:
-                self._actor_pump(a)
+                self._actor_pump(a, t.owner)
             return
         if self.agent is not None:
             target = self._placement(t)
