@@ -191,6 +191,16 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> Non
     # before the node is forked, its first worker starts without importing them (ms)
     from . import worker  # noqa: F401
 
+    # the driver's client is made before the fork: pages written after it are copied
+    # on write (both processes map them), and this is the driver's most written state
+    client = DriverClient(
+        proc=0, rank=setup.rank, up=up, down=down, my_bell=driver_bell, node_bell=node_bell,
+        arena=arena, inline_max=cfg.inline_max, node_pid=0, node_pidfd=None,
+        id_start=_next_driver_id(), spin_us=cfg.spin_us,
+        mailbox=mailbox if slots else None, mailbox_cap=cfg.direct_ring_bytes,
+        slot_efds=slot_efds, max_leases=cfg.num_cpus, lease_depth=cfg.lease_depth,
+        spill_long=spill_long,
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -211,14 +221,7 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> Non
         finally:
             os._exit(code)
     node_pidfd = os.pidfd_open(pid)
-    client = DriverClient(
-        proc=0, rank=setup.rank, up=up, down=down, my_bell=driver_bell, node_bell=node_bell,
-        arena=arena, inline_max=cfg.inline_max, node_pid=pid, node_pidfd=node_pidfd,
-        id_start=_next_driver_id(), spin_us=cfg.spin_us,
-        mailbox=mailbox if slots else None, mailbox_cap=cfg.direct_ring_bytes,
-        slot_efds=slot_efds, max_leases=cfg.num_cpus, lease_depth=cfg.lease_depth,
-        spill_long=spill_long,
-    )
+    client.node_pid, client._node_pidfd = pid, node_pidfd
     _global.session = _Session(cfg, pid, node_pidfd, setup, session_dir)
     _global.session.agent_mem = agent_mem
     _global.session.agent_rings = agent_rings
