@@ -17,6 +17,7 @@ raises only while that very task runs user code, so a late signal is harmless.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -328,6 +329,9 @@ def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem,
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     strip_mpi_environment()
+    # what the worker inherited from the node is never garbage: not scanned (nor its
+    # pages copied by a scan); the user's objects are collected as usual
+    gc.freeze()
     os.environ["MPRAY_WORKER_ID"] = str(wid)
     # (Execs a dead predecessor in this slot left unread carry an old lease epoch: they
     # are bounced, and the driver, which already retried them, ignores that)
