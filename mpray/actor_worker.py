@@ -11,7 +11,8 @@ Data flow::
 Three ways to run calls, chosen once from the class and ``max_concurrency``:
 
 * sync (``max_concurrency=1``): this thread runs each call in arrival order;
-* threaded (``max_concurrency>1``): a pool of that many threads; this thread pumps;
+* threaded (``max_concurrency>1``): that many threads take calls off the queue in order;
+  this thread pumps;
 * async (any ``async def`` method): one event loop on its own thread runs up to
   ``max_concurrency`` (default 1000) calls at once; this thread pumps.
 
@@ -49,9 +50,8 @@ class ActorServer:
         self.class_name = self.opts.get("class_name", "Actor")
         self.instance = None
         self.exiting = False
-        self.running: dict[int, object] = {}  # tid -> future (threaded / async)
+        self.running: dict[int, object] = {}  # tid -> its asyncio task (async actor)
         self.names: dict[str, str] = {}  # method -> "Class.method" (for errors)
-        self.lock = threading.Lock()
 
     # ------------------------------------------------------------------ creation
     def create(self) -> bool:
@@ -120,48 +120,55 @@ class ActorServer:
             if type(msg) is P.ACall:
                 self.run_call(msg)
 
-    def _serve_concurrent(self, start) -> None:
-        """This thread pumps the rings (under the pump lock, so calls that wait in
-        ``get`` are served too) and hands each call to ``start``."""
+    def serve_threaded(self, n: int) -> None:
+        """Up to ``n`` calls at once: ``n`` threads take calls off the queue in order and
+        run them back to back (no hand-off per call); this thread pumps the rings (under
+        the pump lock, so calls that wait in ``get`` are served too) and wakes idle
+        threads when calls come.  A call cancelled while queued is dropped when a thread
+        takes it (``run_call``), as in a sync actor; one that runs finishes (as in Ray)."""
         client = self.client
         q = client.exec_queue
-        while not client.stop_requested and not self.exiting:
-            client.wait_until(lambda: bool(q) or client.stop_requested or self.exiting, None)
-            while q:
-                msg = q.popleft()
+        ready = threading.Condition()
+        idle = [0]  # threads waiting for a call, not yet woken (changed under ``ready``)
+
+        def done() -> bool:
+            return client.stop_requested or self.exiting
+
+        def take():
+            with ready:
+                while not q:
+                    if done():
+                        return None
+                    idle[0] += 1
+                    ready.wait()
+                return q.popleft()
+
+        def work() -> None:
+            while True:
+                msg = take()
+                if msg is None:
+                    return
                 if type(msg) is P.ACall:
-                    start(msg)
+                    self.run_call(msg)
 
-    def serve_threaded(self, n: int) -> None:
-        client = self.client
-        pool = ThreadPoolExecutor(n, thread_name_prefix="mpray-actor")
-        lock = self.lock
-
-        def drop(tid: int) -> None:
-            with lock:
-                entry = self.running.get(tid)
-                if entry is None or not entry[0].cancel():
-                    return  # running already: a sync call finishes (as in Ray)
-                del self.running[tid]
-            client.dropped_tasks.discard(tid)
-            msg = entry[1]
-            self.cancelled(tid, msg.nret, msg.owner, msg.direct)
-
-        def start(msg: tuple) -> None:
-            with lock:
-                self.running[msg.tid] = (pool.submit(self._threaded_call, msg), msg)
-
-        client.drop_hook = drop
-        self._serve_concurrent(start)
-        pool.shutdown(wait=False)
-
-    def _threaded_call(self, msg: P.ACall) -> None:
-        with self.lock:
-            self.running.pop(msg.tid, None)
-        self.run_call(msg)
+        for i in range(n):
+            threading.Thread(target=work, name=f"mpray-actor-{i}", daemon=True).start()
+        # (a thread that found the queue empty counted itself idle before this thread
+        # appended a call and looked at ``idle``: no call waits for a thread unwoken)
+        while not done():
+            client.wait_until(lambda: (bool(q) and idle[0] > 0) or done(), None)
+            with ready:
+                k = min(len(q), idle[0])
+                idle[0] -= k
+                ready.notify(k)
+        with ready:
+            ready.notify_all()  # (they see done() and end)
 
     def serve_async(self, limit: int) -> None:
+        """One event loop (its own thread) runs up to ``limit`` calls at once; this thread
+        pumps the rings and hands it what came, one wake-up of the loop per batch."""
         client = self.client
+        q = client.exec_queue
         loop = asyncio.new_event_loop()
         sem_box: list = []
 
@@ -175,20 +182,30 @@ class ActorServer:
         while not sem_box:
             th.join(0.001)
         sem = sem_box[0]
+        running = self.running  # tid -> asyncio task (only the loop's thread changes it)
 
         def drop(tid: int) -> None:
-            fut = self.running.get(tid)
-            if fut is not None:
-                fut.cancel()  # the coroutine sees CancelledError and reports it
+            def cancel() -> None:
+                task = running.get(tid)
+                if task is not None:
+                    task.cancel()  # the coroutine sees CancelledError and reports it
+            loop.call_soon_threadsafe(cancel)
 
-        def start(msg: tuple) -> None:
-            tid = msg.tid
-            fut = self.running[tid] = asyncio.run_coroutine_threadsafe(
-                self._async_call(msg, sem), loop)
-            fut.add_done_callback(lambda _f: self.running.pop(tid, None))
+        def start(msgs: list) -> None:  # (in the loop's thread)
+            for msg in msgs:
+                if type(msg) is P.ACall:
+                    tid = msg.tid
+                    task = running[tid] = loop.create_task(self._async_call(msg, sem))
+                    task.add_done_callback(lambda _t, tid=tid: running.pop(tid, None))
 
         client.drop_hook = drop
-        self._serve_concurrent(start)
+        while not client.stop_requested and not self.exiting:
+            client.wait_until(lambda: bool(q) or client.stop_requested or self.exiting, None)
+            if q:
+                batch = []
+                while q:
+                    batch.append(q.popleft())
+                loop.call_soon_threadsafe(start, batch)
 
     async def _async_call(self, msg: P.ACall, sem) -> None:
         tid, method, args_blob, deps, nret = msg.tid, msg.method, msg.args, msg.deps, msg.nret
