@@ -331,6 +331,8 @@ class Client(Waiting):
         return base
 
     def _check_session(self, oids) -> None:
+        if not oids or min(oids) >= self._first_id:
+            return  # (the usual case, decided in C)
         for o in oids:
             if o < self._first_id and not self._not_owner(o) and o not in self._values:
                 raise exc.OwnerDiedError(
@@ -385,20 +387,30 @@ class Client(Waiting):
     def _needs_subscription(self, oid: int) -> bool:
         return self._not_owner(oid) or oid in self._reborrowed
 
-    def wait(self, oids: list[int], num_returns: int, timeout: float | None) -> set[int]:
+    def wait(self, oids: list[int], num_returns: int, timeout: float | None) -> list[int]:
+        """The first ``num_returns`` of ``oids`` (in their order) whose values are here,
+        waiting up to ``timeout`` for that many (fewer when it runs out)."""
         values = self._values
         self._check_session(oids)
-        self._subscribe([o for o in oids if o not in values and self._needs_subscription(o)])
-        deadline = None if timeout is None else time.monotonic() + timeout
 
-        def enough() -> bool:
-            return sum(1 for o in oids if o in values) >= num_returns
+        def ready() -> list[int]:  # (stops at num_returns: a loop of waits stays linear)
+            got = []
+            for o in oids:
+                if o in values:
+                    got.append(o)
+                    if len(got) == num_returns:
+                        break
+            return got
 
-        if timeout is None or timeout > 0:
-            self._blocking_wait(enough, deadline)
-        else:
+        if timeout is not None and timeout <= 0:
             self._drain()
-        return {o for o in oids if o in values}
+        elif len(ready()) < num_returns:
+            own_key, reborrowed = self._own_key, self._reborrowed
+            self._subscribe([o for o in oids if o not in values and (
+                o >> P.PROC_BITS != own_key or o in reborrowed)])  # (_needs_subscription)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._blocking_wait(lambda: len(ready()) == num_returns, deadline)
+        return ready()
 
     # ------------------------------------------------------------------ tasks
     def register_function(self, fid: int, blob: bytes) -> None:
