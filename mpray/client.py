@@ -90,6 +90,8 @@ class Client(Waiting):
         # set while a worker holds serialised results that contain refs it is about to
         # drop: their releases must go out after the Done that registers the containment
         self.hold_releases = 0
+        self._urgent_sent = 0.0  # when the last release that could not wait went out
+        self._release_due = False  # releases of a burst wait (see _last_ref_gone)
         # A foreground wait first polls its rings for up to spin_max seconds, yielding the
         # CPU between polls: a reply that comes within that time saves the sleep and the
         # wake-up (about 20 µs on each side here).  Adaptive: after a wait longer than
@@ -216,8 +218,16 @@ class Client(Waiting):
 
     def _last_ref_gone(self, oid: int, urgent: bool) -> None:
         self._decref.append(oid)
-        if urgent or len(self._decref) >= 512:
+        if len(self._decref) >= 512:
             self._flush_soon()
+        elif urgent:
+            now = time.monotonic()
+            if now - self._urgent_sent > 0.001:  # a lone release (or a burst's first)
+                self._urgent_sent = now
+                self._flush_soon()
+            else:  # a burst (a list of refs dropped): sent together, by the next frame
+                self._release_due = True  # or the pump thread, within a few ms
+                self.ensure_background_pump()
 
     def _unpin_later(self, oid: int) -> None:
         self._mapped.pop(oid, None)

@@ -140,7 +140,8 @@ class ObjectDirectory:
     def put(self, proc: int, oid: int, kind: int, payload, contained=()) -> None:
         o = self._obj(oid, proc)
         o.procs.add(proc)
-        self.seal(proc, oid, kind, payload, contained)
+        # (a Put comes from the value's owner, which has it: not echoed back to it)
+        self.seal(proc, oid, kind, payload, contained, owner_has_it=o.owner == proc)
 
     def refs(self, proc: int, increfs, decrefs) -> None:
         for oid in increfs:

@@ -250,7 +250,9 @@ class OwnerShell:
         self.publish_then(msg.contained, msg)  # (the refs inside: known to the node first)
 
     def _last_ref_gone(self, oid: int, urgent: bool) -> None:
-        if self.owner is None:
+        if self.owner is None or oid not in self.owner.owned:
+            # (nothing for the machine to decide: it would only Release it; a pure query,
+            # safe from any thread, as an oid is owned from before its first ref exists)
             super()._last_ref_gone(oid, urgent)
         elif urgent:
             self.post(_new(_RefGone, ((oid,), True)))
@@ -265,5 +267,5 @@ class OwnerShell:
         self.send([P.Func(fid, blob)])
 
     def _background_needed(self) -> bool:
-        return ((self.owner is not None and self.owner.backlog()) or bool(self._futures)) \
-            and not self.closed
+        return ((self.owner is not None and self.owner.backlog()) or bool(self._futures)
+                or self._release_due) and not self.closed

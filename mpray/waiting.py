@@ -168,7 +168,7 @@ class Waiting:
             f._mpray_ref = None
 
     def _background_needed(self) -> bool:
-        return bool(self._futures) and not self.closed
+        return (bool(self._futures) or self._release_due) and not self.closed
 
     def ensure_background_pump(self) -> None:
         ev = self._bg_wake
@@ -190,6 +190,10 @@ class Waiting:
         def run() -> None:
             wake = self._bg_wake
             while not self.closed:
+                if self._release_due:  # (a burst's releases: out once it is over)
+                    time.sleep(0.001)
+                    self._release_due = False
+                    self._flush_soon()
                 if not self._background_needed():
                     # (cleared only now, just before sleeping: while this thread waits
                     # out a busy user thread below, the event stays set, so submitting

@@ -154,6 +154,32 @@ def test_task_result_freed_when_ref_dropped(ray_start):
     assert wait_arena(lambda u: u == base) == base
 
 
+@mpray.remote
+def big_values(n):
+    return [mpray.put(big_array(20 + i)) for i in range(n)]
+
+
+def test_a_burst_of_dropped_refs_is_released_with_nothing_else_sent(ray_start):
+    """Refs dropped together (a list of them) are released in one message, and the last
+    of them go out by themselves soon after, with no further call into mpray."""
+    base = arena_used()
+    refs = mpray.get(big_values.remote(5), timeout=60)  # borrowed: values not here
+    assert arena_used() >= base + 5 * BIG
+    client = mpray._global.client
+    assert not client._decref
+    frames = []
+    send = client._send_locked
+    client._send_locked = lambda msgs: (frames.append(list(msgs)), send(msgs))
+    try:
+        del refs
+        # (the first release goes out at once; the rest of the burst waits a moment)
+        assert wait_for(lambda: not client._decref, timeout=5.0, interval=0.001)
+    finally:
+        del client._send_locked
+    assert 1 <= len(frames) <= 2, frames  # not one frame per ref
+    assert wait_arena(lambda u: u == base) == base
+
+
 def test_promoted_argument_freed_after_task(ray_start):
     base = arena_used()
     assert mpray.get(checksum.remote(big_array(10)), timeout=60)[0] == digest(big_array(10))

@@ -209,7 +209,7 @@ def test_move_refuses_transitions_outside_the_table():
 def test_dispatch_to_idle_worker_sends_exec_with_resolved_deps():
     s = make({"CPU": 2.0}, workers=1)
     s.put(0, 50, INLINE, b"x-value")
-    assert objs_sent(s, 0) == {50: (INLINE, b"x-value")}  # the putter learns it is sealed
+    assert objs_sent(s, 0) == {}  # the putter has the value: it is not sent back
     s.submit(0, spec(100, args=b"A", deps=[(1, 50)], nret=2, retry_exc=True))
     assert s.tasks[100].state is T.READY
     assert s.ready_count() == 1
@@ -781,8 +781,8 @@ def test_put_and_owner_decref_frees_inline_and_arena_objects():
     arena_put(s, 0, 11)
     assert s.alloc.used == 1024
     assert s.objs[10].state is O.INLINE and s.objs[11].state is O.IN_ARENA
-    # the owner put them: it already has the values, but is told they are sealed
-    assert objs_sent(s, 0) == {10: (INLINE, b"small"), 11: (ARENA, s.objs[11].payload)}
+    # the owner put them: it has the values, they are not sent back to it
+    assert objs_sent(s, 0) == {}
     s.refs(0, [], [10, 11])
     assert 10 not in s.objs and 11 not in s.objs
     assert s.alloc.used == 0
