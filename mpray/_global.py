@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-client: Any = None  # mpray.client.Client once init() ran (or in a worker process)
+client: Any = None  # mpray.owner.client.Client once init() ran (or in a worker process)
 session: Any = None  # mpray.session._Session in the driver
 node_id: str = ""  # hex id of the node this process belongs to
 node_info: dict = {}  # node_id, resources, job_id, session_dir: same in driver and workers

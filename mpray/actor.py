@@ -21,7 +21,7 @@ from typing import Any
 
 from . import _global
 from . import protocol as P
-from .actor_worker import exit_actor, is_async_class
+from .worker.actor import exit_actor, is_async_class
 from .object_ref import ObjectRef
 from .remote_function import (ACTOR_ONLY, TASK_OPTIONS, BlobRegistration, _refs, encode_args,
                               resource_request, validate_options)

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import _global
 from .protocol import id_hex
-from .serialization import collecting
+from .store.serialization import collecting
 
 
 class ObjectRef:

@@ -335,7 +335,7 @@ ACTIONS: list[type] = [
                             "tell the driver of an actor's transition (ActorUpdate)"),
 ]
 
-# What happens in an owner process (owner.py), and what its machine asks its I/O shell
+# What happens in an owner process (owner/machine.py), and what its machine asks its I/O shell
 # to do (never on the wire).  Messages it receives (LeaseGrant, DoneD, Obj, ...) are
 # events too, as they are.
 _E = "owner_events"

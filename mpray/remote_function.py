@@ -22,7 +22,7 @@ import cloudpickle
 
 from . import _global
 from . import protocol as P
-from . import serialization as ser
+from .store import serialization as ser
 from .object_ref import ObjectRef
 from .session import auto_init
 
@@ -109,7 +109,7 @@ class _Prepared:
         self.retry_exc = rex if isinstance(rex, bool) else pickle.dumps(tuple(rex))
         self.name = opts.get("name") or default_name
         self.strategy = opts.get("scheduling_strategy")
-        # leased workers take plain one-CPU tasks only (see owner.py)
+        # leased workers take plain one-CPU tasks only (see owner/machine.py)
         self.direct_ok = self.res == (("CPU", 1.0),) and self.strategy in (None, "DEFAULT")
 
 

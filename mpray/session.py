@@ -16,6 +16,7 @@ here imports them, so the session sits below the public API.
 from __future__ import annotations
 
 import atexit
+import importlib
 import mmap
 import os
 import threading
@@ -25,11 +26,11 @@ from typing import Any
 from . import _global
 from . import config as C
 from . import protocol as P
-from .cluster import SPILL_MIN_TASK_S
-from .driver_client import DriverClient
-from .mailbox import channel_bytes, slot_bytes
-from .node import NodeSetup, node_main
-from .rings import Doorbell, Ring, anonymous_shared, ring_bytes
+from .placement import SPILL_MIN_TASK_S
+from .owner.driver_client import DriverClient
+from .transport.mailbox import channel_bytes, slot_bytes
+from .node.loop import NodeSetup, node_main
+from .transport.rings import Doorbell, Ring, anonymous_shared, ring_bytes
 
 _init_lock = threading.RLock()
 
@@ -189,7 +190,7 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> Non
 
     # the node forks every worker from itself: with the worker's modules imported here,
     # before the node is forked, its first worker starts without importing them (ms)
-    from . import worker  # noqa: F401
+    importlib.import_module(".worker.loop", __package__)
 
     # the driver's client is made before the fork: pages written after it are copied
     # on write (both processes map them), and this is the driver's most written state

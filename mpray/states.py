@@ -84,7 +84,7 @@ ACTOR_TRANSITIONS: dict[ActorState, frozenset[ActorState]] = {
 
 
 # ----------------------------------------------------------------------------- the owner
-# (owner.py: the driver's decisions about its direct tasks, its leases and its calls to
+# (owner/machine.py: the driver's decisions about its direct tasks, its leases and its calls to
 # actors.  Objects of the node path are the node's business and not tracked here.)
 
 

@@ -38,7 +38,7 @@ import sys
 import time
 
 from mpray import protocol as P
-from mpray.rings import Ring
+from mpray.transport.rings import Ring
 
 from .inbox import MAX_FRAME, Inbox
 from .link import RankLink

@@ -39,8 +39,8 @@ import pickle
 
 from mpray import exceptions as exc
 from mpray import protocol as P
-from mpray.allocator import Allocator, ArenaFull
-from mpray.serialization import ARENA, ERROR
+from mpray.store.allocator import Allocator, ArenaFull
+from mpray.store.serialization import ARENA, ERROR
 
 # (module-level names for what every message's handling uses; the hot handlers build
 # instructions with tuple.__new__, which skips the records' generated constructors)

@@ -318,7 +318,7 @@ def node_invariants(monkeypatch):
     """Run ``Scheduler.check_invariants()`` after every outermost event (an event that
     triggers another, as a granted name does a submit, is checked once, at its end).
     Only for tests without processes: a forked node would inherit the patch."""
-    from mpray.scheduler import Scheduler
+    from mpray.node.scheduler import Scheduler
 
     checked = {"events": 0}
 

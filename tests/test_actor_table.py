@@ -10,9 +10,9 @@ import pytest
 
 from mpray import exceptions as exc
 from mpray import protocol as P
-from mpray.actor_table import ACTOR_TRANSITIONS, NODE_HOLDER
-from mpray.scheduler import Scheduler, TaskState, WorkerState
-from mpray.serialization import ERROR, INLINE
+from mpray.node.actor_table import ACTOR_TRANSITIONS, NODE_HOLDER
+from mpray.node.scheduler import Scheduler, TaskState, WorkerState
+from mpray.store.serialization import ERROR, INLINE
 from mpray.states import ActorState, TransitionError, _move
 
 pytestmark = pytest.mark.usefixtures("node_invariants")  # checked after every event

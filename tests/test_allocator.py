@@ -1,4 +1,4 @@
-"""Tests for mpray.allocator: first-fit arena bookkeeping (pure, no memory touched)."""
+"""Tests for mpray.store.allocator: first-fit arena bookkeeping (pure, no memory touched)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from mpray.allocator import ALIGN, Allocator, ArenaFull, align_up
+from mpray.store.allocator import ALIGN, Allocator, ArenaFull, align_up
 
 
 def free_ranges(a: Allocator) -> list[tuple[int, int]]:

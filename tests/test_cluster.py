@@ -9,9 +9,9 @@ import pytest
 
 from mpray import exceptions as exc
 from mpray import protocol as P
-from mpray.cluster import AGENT, LENT_HOLDER
-from mpray.scheduler import Scheduler, TaskState
-from mpray.serialization import ARENA, ERROR, INLINE
+from mpray.node.cluster import AGENT, LENT_HOLDER
+from mpray.node.scheduler import Scheduler, TaskState
+from mpray.store.serialization import ARENA, ERROR, INLINE
 from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
 from mpray_mpi.launch import detect
 

@@ -18,7 +18,7 @@ import pytest
 
 from mpray import exceptions as exc
 from mpray import protocol as P
-from mpray.serialization import ARENA, ERROR, INLINE
+from mpray.store.serialization import ARENA, ERROR, INLINE
 from mpray_mpi.link import RankLink
 
 CPU1 = (("CPU", 1.0),)

@@ -1,4 +1,4 @@
-"""Tests for mpray.owner: the driver's owner machine, driven event by event.
+"""Tests for mpray.owner.machine: the driver's owner machine, driven event by event.
 
 No engine and no processes: each test feeds events (typed protocol records) into an
 ``Owner`` and checks the instructions that come out, with ``check_invariants()`` after
@@ -17,8 +17,8 @@ import pytest
 
 from mpray import exceptions as exc
 from mpray import protocol as P
-from mpray.owner import Owner
-from mpray.serialization import ARENA, ERROR, INLINE
+from mpray.owner.machine import Owner
+from mpray.store.serialization import ARENA, ERROR, INLINE
 from mpray.states import (CHANNEL_TRANSITIONS, DIRECT_TRANSITIONS, LEASE_TRANSITIONS,
                           OWNED_TRANSITIONS, C, D, L, OW, TransitionError)
 

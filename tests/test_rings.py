@@ -1,4 +1,4 @@
-"""Tests for mpray.rings: SPSC byte rings (fragments, wrap-around), Outbox and Doorbell.
+"""Tests for mpray.transport.rings: SPSC byte rings (fragments, wrap-around), Outbox and Doorbell.
 
 Everything runs in this process except ``test_cross_process_*``, which forks one producer,
 bounds it with deadlines and reaps it with ``waitpid``.
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from mpray.rings import (Doorbell, Outbox, Ring, RingClosed, anonymous_shared,
+from mpray.transport.rings import (Doorbell, Outbox, Ring, RingClosed, anonymous_shared,
                          ring_bytes)
 
 FLAG = 64  # bytes reserved in front of a ring for a doorbell's flag word

@@ -1,4 +1,4 @@
-"""Tests for mpray.scheduler: the node's pure state machine, driven event by event.
+"""Tests for mpray.node.scheduler: the node's pure state machine, driven event by event.
 
 No engine and no processes: each test feeds method calls (submit, put, task_done,
 worker_died, ...) into a Scheduler and checks what comes out (``out`` messages,
@@ -15,10 +15,10 @@ import pytest
 
 from mpray import exceptions as exc
 from mpray import protocol as P
-from mpray.scheduler import (OBJ_TRANSITIONS, TASK_TRANSITIONS, WORKER_TRANSITIONS,
+from mpray.node.scheduler import (OBJ_TRANSITIONS, TASK_TRANSITIONS, WORKER_TRANSITIONS,
                              ObjState, Scheduler, Task, TaskState, TransitionError,
                              WorkerState, _move)
-from mpray.serialization import ARENA, ERROR, INLINE
+from mpray.store.serialization import ARENA, ERROR, INLINE
 
 pytestmark = pytest.mark.usefixtures("node_invariants")  # checked after every event
 

@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass
 
 from . import cluster
-from . import protocol as P
+from .. import protocol as P
 from .actor_names import LATER
-from .mailbox import slot_bell, slot_rings
-from .procs import kill, remove_mpi_segments, remove_tree
-from .rings import Doorbell, Outbox, Ring, anonymous_shared, ring_bytes
+from ..transport.mailbox import slot_bell, slot_rings
+from ..procs import kill, remove_mpi_segments, remove_tree
+from ..transport.rings import Doorbell, Outbox, Ring, anonymous_shared, ring_bytes
 from .scheduler import Scheduler
 
 _FLAG_BYTES = 64
@@ -118,7 +118,7 @@ class Node:
 
     # ------------------------------------------------------------------ workers
     def start_worker(self) -> None:
-        from .worker import worker_main  # imported here: the node module stays small
+        from ..worker.loop import worker_main  # imported here: the node module stays small
 
         wid = self.next_wid
         self.next_wid += 1
@@ -459,7 +459,7 @@ def _exit_on_term(signum, frame) -> None:
 
 def node_main(setup: NodeSetup, driver_pid: int) -> None:
     """Entry point of the forked node process."""
-    from . import _global
+    from .. import _global
 
     # the fork copied the driver's client; it must never touch the driver's rings from here
     _global.client = None

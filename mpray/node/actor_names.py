@@ -18,9 +18,9 @@ registry, as Ray's GCS is::
 
 from __future__ import annotations
 
-from . import protocol as P
+from .. import protocol as P
 from .cluster import AGENT, LENT_HOLDER
-from .states import A
+from ..states import A
 
 LATER = object()  # a query whose answer comes from another rank
 

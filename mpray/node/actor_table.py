@@ -26,11 +26,11 @@ from __future__ import annotations
 import collections
 import pickle
 
-from . import exceptions as exc
-from . import protocol as P
+from .. import exceptions as exc
+from .. import protocol as P
 from .actor_names import name_taken
 from .cluster import AGENT
-from .states import ACTOR_TRANSITIONS, TASK_TRANSITIONS, A, ActorState, T, W, _move
+from ..states import ACTOR_TRANSITIONS, TASK_TRANSITIONS, A, ActorState, T, W, _move
 from .task import Task
 
 _acall, _ACALL = P.ACall.from_items, P.ACall.OP

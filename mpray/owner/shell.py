@@ -29,10 +29,10 @@ import os
 import pickle
 import threading
 
-from . import protocol as P
-from .mailbox import cancel_word
-from .owner import Owner
-from .owner_actors import resolve
+from .. import protocol as P
+from ..transport.mailbox import cancel_word
+from .machine import Owner
+from .actors import resolve
 
 _ToSlot, _ToNode, _RefGone, _ChannelFree = P.ToSlot, P.ToNode, P.RefGone, P.ChannelFree
 _Deliver = P.Deliver

@@ -14,8 +14,8 @@ objects and workers move through the state tables below; an impossible transitio
 raises with the entity's recent history, so protocol bugs surface loudly in tests.
 
 Mixins hold the parts: the object directory (holders, values, arena ranges) in
-``objects.py``, workers (start, block, die, retire) in ``worker_table.py``, actors in
-``actor_table.py``, other ranks (placement, remote objects) in ``cluster.py``; the state
+``node/objects.py``, workers (start, block, die, retire) in ``node/worker_table.py``, actors in
+``node/actor_table.py``, other ranks (placement, remote objects) in ``node/cluster.py``; the state
 tables are in ``states.py``.
 """
 
@@ -25,16 +25,17 @@ import collections
 import itertools
 import pickle
 
-from . import exceptions as exc
-from . import protocol as P
+from .. import exceptions as exc
+from .. import protocol as P
 from .actor_names import ActorNames
 from .actor_table import ACTOR_MARK, ActorTable
-from .allocator import Allocator
-from .cluster import AGENT, ClusterView, running_mean
+from ..store.allocator import Allocator
+from .cluster import AGENT, ClusterView
+from ..placement import running_mean
 from .invariants import check_scheduler
 from .objects import Obj, ObjectDirectory
-from .serialization import ERROR
-from .states import (
+from ..store.serialization import ERROR
+from ..states import (
     OBJ_TRANSITIONS,
     TASK_TRANSITIONS,
     WORKER_TRANSITIONS,

@@ -19,21 +19,15 @@ tasks come home), so a fetch always asks ``id_rank(oid)``.
 from __future__ import annotations
 
 
-from . import protocol as P
-from .serialization import ARENA, ERROR
-from .states import TASK_TRANSITIONS, O, T, _move
+from .. import protocol as P
+from ..placement import SPILL_MIN_TASK_S
+from ..store.serialization import ARENA, ERROR
+from ..states import TASK_TRANSITIONS, O, T, _move
 
 AGENT = (1 << (P.RANK_SHIFT - P.PROC_BITS)) - 1  # the rank's MPI process, as seen by its node
 # (the messages between a node and its rank's agent are protocol's ``cluster`` channel)
 LENT_HOLDER = -2  # pseudo process that holds what this rank lent
-SPILL_MIN_TASK_S = 0.002  # moving a task to another rank costs about this much
 MOVE_BYTES_PER_S = 5e9  # a fetch between ranks (100 MiB in ~20 ms here, benchmarks/)
-
-
-def running_mean(n: int, mean: float, x: float, weight: float) -> float:
-    """Mean task time after its ``n``-th sample ``x``: a plain mean of the first samples
-    (one slow start does not decide), then a moving mean with ``x`` weighted ``weight``."""
-    return mean + max(1.0 / n, weight) * (x - mean)
 
 
 class ClusterView:
@@ -241,4 +235,4 @@ def _fits_total(total: dict, res: tuple) -> bool:
     return all(amount <= total.get(name, 0) + 1e-9 for name, amount in res if amount)
 
 
-__all__ = ["AGENT", "ClusterView", "LENT_HOLDER", "O", "SPILL_MIN_TASK_S", "running_mean"]
+__all__ = ["AGENT", "ClusterView", "LENT_HOLDER", "O", "SPILL_MIN_TASK_S"]

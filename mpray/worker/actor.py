@@ -28,12 +28,11 @@ import inspect
 import os
 import pickle
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
-from . import exceptions as exc
-from . import protocol as P
-from .serialization import ERROR
-from .exceptions import ActorExit
+from .. import exceptions as exc
+from .. import protocol as P
+from ..store.serialization import ERROR
+from ..exceptions import ActorExit
 
 
 class ActorServer:
@@ -260,7 +259,7 @@ def _ready() -> bool:
 
 def exit_actor() -> None:
     """End the current actor from inside one of its methods (no restart)."""
-    from . import _global
+    from .. import _global
 
     client = _global.client
     if client is None or client.actor_id is None:
@@ -278,7 +277,7 @@ def is_async_class(cls: type) -> bool:
 
 def serve_actor(loop, msg: P.ACreate) -> None:
     """Become the actor ACreate describes; returns only when the process should exit."""
-    from . import _global
+    from .. import _global
 
     server = ActorServer(loop, msg)
     _global.actor_server = server

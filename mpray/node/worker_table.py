@@ -15,9 +15,9 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
-from . import exceptions as exc
-from . import protocol as P
-from .states import TASK_TRANSITIONS, WORKER_TRANSITIONS, T, W, WorkerState, _move
+from .. import exceptions as exc
+from .. import protocol as P
+from ..states import TASK_TRANSITIONS, WORKER_TRANSITIONS, T, W, WorkerState, _move
 
 
 def _amount(shape: tuple, name: str) -> float:

@@ -44,12 +44,12 @@ import collections
 import pickle
 import signal
 
-from . import exceptions as exc
-from . import protocol as P
-from .cluster import running_mean
-from .owner_actors import FRAME_SLACK, ActorChannels, message_cost
-from .serialization import ERROR
-from .states import (DIRECT_TRANSITIONS, LEASE_TRANSITIONS, OWNED_TRANSITIONS, D, L, OW,
+from .. import exceptions as exc
+from .. import protocol as P
+from ..placement import running_mean
+from .actors import FRAME_SLACK, ActorChannels, message_cost
+from ..store.serialization import ERROR
+from ..states import (DIRECT_TRANSITIONS, LEASE_TRANSITIONS, OWNED_TRANSITIONS, D, L, OW,
                      TransitionError, _move)
 
 # (module-level names for what the hot paths use on every task)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import exceptions as exc
-from . import protocol as P
-from .allocator import ArenaFull
-from .serialization import ARENA, ERROR, INLINE
-from .states import O, OBJ_TRANSITIONS, TASK_TRANSITIONS, T, _move
+from .. import exceptions as exc
+from .. import protocol as P
+from ..store.allocator import ArenaFull
+from ..store.serialization import ARENA, ERROR, INLINE
+from ..states import O, OBJ_TRANSITIONS, TASK_TRANSITIONS, T, _move
 
 _EMPTY: frozenset = frozenset()
 _obj, _OBJ = P.Obj.from_items, P.Obj.OP

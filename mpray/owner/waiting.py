@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 
-from . import exceptions as exc
+from .. import exceptions as exc
 
 _HOST = socket.gethostname()
 

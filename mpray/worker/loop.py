@@ -25,14 +25,14 @@ import socket
 import sys
 import time
 
-from . import _global
-from . import exceptions as exc
-from .exceptions import ActorExit
-from . import protocol as P
-from .mailbox import cancel_word
-from .procs import set_parent_death_signal, strip_mpi_environment
-from .worker_client import WorkerClient
-from .serialization import ARENA, ERROR
+from .. import _global
+from .. import exceptions as exc
+from ..exceptions import ActorExit
+from .. import protocol as P
+from ..transport.mailbox import cancel_word
+from ..procs import set_parent_death_signal, strip_mpi_environment
+from ..owner.worker_client import WorkerClient
+from ..store.serialization import ARENA, ERROR
 
 # (built from all their items, in FIELDS order, without a Python-level call: hot)
 _done, _DONE = P.DoneD.from_items, P.DoneD.OP
@@ -118,7 +118,7 @@ class WorkerLoop:
                 continue
             msg = q.popleft()
             if type(msg) is P.ACreate:  # this worker becomes an actor, for good
-                from .actor_worker import serve_actor
+                from .actor import serve_actor
 
                 serve_actor(self, msg)
                 return

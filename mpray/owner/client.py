@@ -32,10 +32,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import exceptions as exc
-from . import protocol as P
-from . import serialization as ser
-from .rings import Doorbell, Ring, RingClosed
+from .. import exceptions as exc
+from .. import protocol as P
+from ..store import serialization as ser
+from ..transport.rings import Doorbell, Ring, RingClosed
 from .waiting import Waiting
 
 

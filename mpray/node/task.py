@@ -8,8 +8,8 @@ Data flow::
 
 from __future__ import annotations
 
-from . import protocol as P
-from .states import T
+from .. import protocol as P
+from ..states import T
 
 
 class Task:

@@ -27,11 +27,11 @@ import pickle
 import threading
 import time
 
-from . import protocol as P
+from .. import protocol as P
 from .client import Client
-from .mailbox import channel_rings, slot_bell
-from .owner import Owner
-from .owner_shell import OwnerShell
+from ..transport.mailbox import channel_rings, slot_bell
+from .machine import Owner
+from .shell import OwnerShell
 
 _dumps = pickle.dumps
 

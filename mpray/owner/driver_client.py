@@ -14,11 +14,11 @@ gone (``SlotFree``, after which the slot's last frames are read and it is not po
 
 from __future__ import annotations
 
-from . import protocol as P
+from .. import protocol as P
 from .client import Client
-from .mailbox import slot_bell, slot_rings
-from .owner import Owner
-from .owner_shell import OwnerShell
+from ..transport.mailbox import slot_bell, slot_rings
+from .machine import Owner
+from .shell import OwnerShell
 
 
 class DriverClient(OwnerShell, Client):

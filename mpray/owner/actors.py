@@ -25,10 +25,10 @@ from __future__ import annotations
 import collections
 import pickle
 
-from . import exceptions as exc
-from . import protocol as P
-from .serialization import ERROR
-from .states import CHANNEL_TRANSITIONS, OW, C, _move
+from .. import exceptions as exc
+from .. import protocol as P
+from ..store.serialization import ERROR
+from ..states import CHANNEL_TRANSITIONS, OW, C, _move
 
 
 # (built from all their items, in FIELDS order, without a Python-level call: hot)

@@ -20,7 +20,7 @@ import collections
 
 from .actor_table import ACTOR_MARK
 from .cluster import AGENT
-from .states import A, O, T, W
+from ..states import A, O, T, W
 
 EPS = 1e-6
 
