@@ -102,6 +102,14 @@ def resolve(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Co
     """Build the session's Config from init() arguments, the environment and detection."""
     env = os.environ if env is None else env
     c = Config()
+    _resolve_processors(c, args, env)
+    _resolve_resources(c, args, env)
+    _resolve_memory(c, args, env)
+    _resolve_tuning(c, args, env)
+    return c
+
+
+def _resolve_processors(c: Config, args: Mapping[str, Any], env: Mapping[str, str]) -> None:
     n = args.get("num_cpus")
     if n is None:
         c.num_cpus = R.detect_num_cpus(env)
@@ -120,6 +128,9 @@ def resolve(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Co
             raise ValueError(f"num_gpus must be a non-negative integer, not {g!r}")
         c.num_gpus = int(g)
         c.gpu_ids = (list(gpus) + [str(i) for i in range(len(gpus), c.num_gpus)])[: c.num_gpus]
+
+
+def _resolve_resources(c: Config, args: Mapping[str, Any], env: Mapping[str, str]) -> None:
     res = args.get("resources")
     if res is None and env.get("MPRAY_RESOURCES"):
         import json
@@ -137,15 +148,35 @@ def resolve(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Co
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"resource {k!r} must be a non-negative number, not {v!r}")
         c.resources = {str(k): float(v) for k, v in res.items()}
+
+
+def _resolve_memory(c: Config, args: Mapping[str, Any], env: Mapping[str, str]) -> None:
     osm = args.get("object_store_memory")
     if osm is None and env.get("MPRAY_OBJECT_STORE_MEMORY"):
-        osm = R.parse_size(env["MPRAY_OBJECT_STORE_MEMORY"])
+        osm = env["MPRAY_OBJECT_STORE_MEMORY"]
+    if isinstance(osm, str):  # "1GiB", "512M", "2e9" (as the variable takes them)
+        osm = R.parse_size(osm)
     if osm is None:
         osm = R.default_object_store_bytes()
     if not isinstance(osm, int) or isinstance(osm, bool) or osm < MB:
         raise ValueError(f"object_store_memory must be an integer of at least 1 MiB, not {osm!r}")
     c.object_store_memory = osm
     c.task_memory = max(R.detect_memory_bytes() - osm, 0)
+    eb = args.get("export_bytes")
+    if eb is None and env.get("MPRAY_EXPORT_BYTES"):
+        eb = R.parse_size(env["MPRAY_EXPORT_BYTES"])
+    if eb is not None:
+        c.export_bytes = int(eb)
+    for name, envname in (("driver_ring_bytes", "MPRAY_DRIVER_RING_BYTES"),
+                          ("worker_ring_bytes", "MPRAY_WORKER_RING_BYTES")):
+        v = args.get(name)
+        if v is None and env.get(envname):
+            v = R.parse_size(env[envname])
+        if v is not None:
+            setattr(c, name, _pow2_at_least(max(int(v), 4096)))
+
+
+def _resolve_tuning(c: Config, args: Mapping[str, Any], env: Mapping[str, str]) -> None:
     for name, envname in (("inline_max", "MPRAY_INLINE_MAX"), ("max_workers", "MPRAY_MAX_WORKERS"),
                           ("pipeline_depth", "MPRAY_PIPELINE_DEPTH"),
                           ("direct_slots", "MPRAY_DIRECT_SLOTS"),
@@ -169,16 +200,3 @@ def resolve(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Co
         if v not in allowed:
             raise ValueError(f"{name} ({envname}) must be one of {', '.join(allowed)}, not {v!r}")
         setattr(c, name, v)
-    eb = args.get("export_bytes")
-    if eb is None and env.get("MPRAY_EXPORT_BYTES"):
-        eb = R.parse_size(env["MPRAY_EXPORT_BYTES"])
-    if eb is not None:
-        c.export_bytes = int(eb)
-    for name, envname in (("driver_ring_bytes", "MPRAY_DRIVER_RING_BYTES"),
-                          ("worker_ring_bytes", "MPRAY_WORKER_RING_BYTES")):
-        v = args.get(name)
-        if v is None and env.get(envname):
-            v = R.parse_size(env[envname])
-        if v is not None:
-            setattr(c, name, _pow2_at_least(max(int(v), 4096)))
-    return c

@@ -19,6 +19,7 @@ import atexit
 import importlib
 import mmap
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -141,6 +142,39 @@ def _rank_share(args: dict, local_ranks: int) -> dict:
 
 def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> None:
     session_dir = _make_session_dir(cfg.tmpdir)
+    setup = _node_setup(cfg, namespace, launch, arena, session_dir)
+    # the node forks every worker from itself: with the worker's modules imported here,
+    # before the node is forked, its first worker starts without importing them (ms)
+    importlib.import_module(".worker.loop", __package__)
+    # the driver's client is made before the fork: pages written after it are copied
+    # on write (both processes map them), and this is the driver's most written state
+    client = DriverClient(
+        proc=0, rank=setup.rank, up=setup.driver_up, down=setup.driver_down,
+        my_bell=setup.driver_bell, node_bell=setup.node_bell, arena=setup.arena,
+        inline_max=cfg.inline_max, node_pid=0, node_pidfd=None, id_start=_next_driver_id(),
+        spin_us=cfg.spin_us, mailbox=setup.mailbox if setup.mailbox_slots else None,
+        mailbox_cap=cfg.direct_ring_bytes, slot_efds=setup.slot_efds,
+        max_leases=cfg.num_cpus, lease_depth=cfg.lease_depth, spill_long=setup.spill_long,
+    )
+    pid = _fork_node(setup, launch)
+    node_pidfd = os.pidfd_open(pid)
+    client.node_pid, client._node_pidfd = pid, node_pidfd
+    _global.session = _Session(cfg, pid, node_pidfd, setup, session_dir)
+    _global.session.agent_mem = setup.agent_mem
+    _global.session.agent_rings = setup.agent_rings
+    _global.session.mpi = None
+    _global.node_id = setup.node_id
+    _global.node_info = setup.node_info
+    _global.session.namespace = namespace
+    _global.client = client
+    atexit.register(shutdown)
+
+
+def _node_setup(cfg: C.Config, namespace: str | None, launch, arena,
+                session_dir: str) -> NodeSetup:
+    """The shared memory the driver makes before forking the node (the node and its
+    workers inherit it): the arena, the control block with the driver's rings and both
+    doorbells, the mailbox slots and lease channels, and (MPI) the agent's rings."""
     if arena is None:
         fd = os.memfd_create("mpray-arena", os.MFD_CLOEXEC)
         try:
@@ -153,55 +187,38 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> Non
     ctrl = anonymous_shared(128 + 2 * ring_bytes(cap))
     node_id = os.urandom(8).hex()
     slots = cfg.direct_slots
-    mailbox = anonymous_shared(max(1, slots) * slot_bytes(cfg.direct_ring_bytes))
-    slot_efds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(slots)]
     # lease channels: as many as slots (a worker leasing a worker: nested tasks)
     nchannels = slots if cfg.lease_depth else 0
-    channels = anonymous_shared(max(1, nchannels) * channel_bytes(cfg.direct_ring_bytes))
-    # (with other ranks, tasks long enough to be worth moving go by the node)
-    spill_long = SPILL_MIN_TASK_S if launch is not None and launch.size > 1 else 0.0
-    node_bell = Doorbell.create(ctrl, 0)
-    driver_bell = Doorbell.create(ctrl, 64)
-    up = Ring(ctrl, 128, cap)
-    down = Ring(ctrl, 128 + ring_bytes(cap), cap)
     agent_mem = agent_rings = None
     if launch is not None:  # the rank's MPI agent <-> its node (see mpray_mpi.agent)
         agent_mem = anonymous_shared(2 * ring_bytes(cap))
         agent_rings = (Ring(agent_mem, 0, cap), Ring(agent_mem, ring_bytes(cap), cap))
-    setup = NodeSetup(
-        arena=arena, ctrl=ctrl, node_bell=node_bell, driver_bell=driver_bell,
-        driver_up=up, driver_down=down, resources=cfg.node_resources(),
+    rank = launch.rank if launch is not None else 0
+    return NodeSetup(
+        arena=arena, ctrl=ctrl, node_bell=Doorbell.create(ctrl, 0),
+        driver_bell=Doorbell.create(ctrl, 64), driver_up=Ring(ctrl, 128, cap),
+        driver_down=Ring(ctrl, 128 + ring_bytes(cap), cap), resources=cfg.node_resources(),
         gpu_ids=cfg.gpu_ids, arena_size=cfg.object_store_memory, inline_max=cfg.inline_max,
         worker_ring_bytes=cfg.worker_ring_bytes, max_workers=cfg.max_workers,
         idle_timeout=cfg.idle_worker_timeout, session_dir=session_dir,
         pipeline_depth=cfg.pipeline_depth, node_id=node_id,
         node_info={"node_id": node_id, "resources": cfg.node_resources(),
                    "job_id": format(os.getpid(), "08x"), "session_dir": session_dir,
-                   "namespace": namespace or "",
-                   "rank": launch.rank if launch is not None else 0},
-        mailbox=mailbox, mailbox_slots=slots, mailbox_ring_bytes=cfg.direct_ring_bytes,
-        slot_efds=slot_efds, spin_us=cfg.spin_us, agent_rings=agent_rings,
-        rank=launch.rank if launch is not None else 0, channels=channels,
-        channel_count=nchannels, spill_long=spill_long, lease_depth=cfg.lease_depth,
-        max_leases=cfg.num_cpus,
+                   "namespace": namespace or "", "rank": rank},
+        mailbox=anonymous_shared(max(1, slots) * slot_bytes(cfg.direct_ring_bytes)),
+        mailbox_slots=slots, mailbox_ring_bytes=cfg.direct_ring_bytes,
+        slot_efds=[os.eventfd(0, os.EFD_NONBLOCK) for _ in range(slots)],
+        spin_us=cfg.spin_us, agent_rings=agent_rings, agent_mem=agent_mem, rank=rank,
+        channels=anonymous_shared(max(1, nchannels) * channel_bytes(cfg.direct_ring_bytes)),
+        channel_count=nchannels, lease_depth=cfg.lease_depth, max_leases=cfg.num_cpus,
+        # (with other ranks, tasks long enough to be worth moving go by the node)
+        spill_long=SPILL_MIN_TASK_S if launch is not None and launch.size > 1 else 0.0,
     )
+
+
+def _fork_node(setup: NodeSetup, launch) -> int:
+    """Fork the node process; returns its pid (the child never returns)."""
     driver_pid = os.getpid()
-    import sys
-
-    # the node forks every worker from itself: with the worker's modules imported here,
-    # before the node is forked, its first worker starts without importing them (ms)
-    importlib.import_module(".worker.loop", __package__)
-
-    # the driver's client is made before the fork: pages written after it are copied
-    # on write (both processes map them), and this is the driver's most written state
-    client = DriverClient(
-        proc=0, rank=setup.rank, up=up, down=down, my_bell=driver_bell, node_bell=node_bell,
-        arena=arena, inline_max=cfg.inline_max, node_pid=0, node_pidfd=None,
-        id_start=_next_driver_id(), spin_us=cfg.spin_us,
-        mailbox=mailbox if slots else None, mailbox_cap=cfg.direct_ring_bytes,
-        slot_efds=slot_efds, max_leases=cfg.num_cpus, lease_depth=cfg.lease_depth,
-        spill_long=spill_long,
-    )
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -221,17 +238,7 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> Non
             code = 1
         finally:
             os._exit(code)
-    node_pidfd = os.pidfd_open(pid)
-    client.node_pid, client._node_pidfd = pid, node_pidfd
-    _global.session = _Session(cfg, pid, node_pidfd, setup, session_dir)
-    _global.session.agent_mem = agent_mem
-    _global.session.agent_rings = agent_rings
-    _global.session.mpi = None
-    _global.node_id = setup.node_id
-    _global.node_info = setup.node_info
-    _global.session.namespace = namespace
-    _global.client = client
-    atexit.register(shutdown)
+    return pid
 
 
 _last_driver_id = 0
@@ -281,43 +288,9 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
             t.join(0.5)  # it leaves its loop at once; then nothing uses the rings below
         _global.client = None
         _global.session = None
-        deadline = time.monotonic() + 5.0
-        while True:
-            try:
-                done, _ = os.waitpid(s.node_pid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.kill(s.node_pid, 9)
-                deadline = time.monotonic() + 5.0
-            time.sleep(0.0005)
+        _reap_node(s.node_pid)
         os.close(s.node_pidfd)
-        st = s.setup
-        st.node_bell.close()
-        st.driver_bell.close()
-        for r in (st.driver_up, st.driver_down):
-            r.release()
-        client._arena_mv = None
-        client.close_rings()
-        for fd in st.slot_efds or ():
-            os.close(fd)
-        for r in s.agent_rings or ():
-            r.release()
-        _global.cluster = None
-        for m in (st.ctrl, st.mailbox, st.channels, s.agent_mem):
-            if m is None:
-                continue
-            try:
-                m.close()
-            except BufferError:
-                pass
-        try:
-            if isinstance(st.arena, mmap.mmap):  # (an MPI window stays until MPI_Finalize)
-                st.arena.close()
-        except BufferError:
-            pass  # live zero-copy views still use it; it is unmapped when they go
+        _release_memory(s, client)
         import shutil
 
         shutil.rmtree(s.session_dir, ignore_errors=True)
@@ -325,3 +298,48 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
             atexit.unregister(shutdown)
         except Exception:  # noqa: BLE001
             pass
+
+
+def _reap_node(pid: int) -> None:
+    """Wait for the node to exit (it ends its workers first); SIGKILL it after 5 s."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            return
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            deadline = time.monotonic() + 5.0
+        time.sleep(0.0005)
+
+
+def _release_memory(s, client) -> None:
+    """Close the session's doorbells, rings and shared memory (views still alive keep
+    theirs mapped until they go)."""
+    st = s.setup
+    st.node_bell.close()
+    st.driver_bell.close()
+    for r in (st.driver_up, st.driver_down):
+        r.release()
+    client._arena_mv = None
+    client.close_rings()
+    for fd in st.slot_efds or ():
+        os.close(fd)
+    for r in s.agent_rings or ():
+        r.release()
+    _global.cluster = None
+    for m in (st.ctrl, st.mailbox, st.channels, s.agent_mem):
+        if m is None:
+            continue
+        try:
+            m.close()
+        except BufferError:
+            pass
+    try:
+        if isinstance(st.arena, mmap.mmap):  # (an MPI window stays until MPI_Finalize)
+            st.arena.close()
+    except BufferError:
+        pass  # live zero-copy views still use it; it is unmapped when they go

@@ -36,10 +36,16 @@ def test_arguments_win_over_environment():
     assert c.gpu_ids == ["0", "1"]
 
 
+def test_object_store_memory_takes_a_size_string_as_the_variable_does():
+    c = C.resolve({"num_cpus": 1, "object_store_memory": "64MiB"}, {"MPRAY_NUM_GPUS": "0"})
+    assert c.object_store_memory == 64 * MB
+
+
 @pytest.mark.parametrize("args, env, message", [
     ({"num_cpus": -1}, {}, "num_cpus"),
     ({"num_gpus": 1.5}, {}, "num_gpus"),
     ({"object_store_memory": 1000}, {}, "object_store_memory"),
+    ({"object_store_memory": "a lot"}, {}, "a lot"),
     ({"resources": {"CPU": 2}}, {}, "num_cpus/num_gpus"),
     ({"resources": {"disk": -1}}, {}, "disk"),
     ({}, {"MPRAY_RESOURCES": "{not json"}, "MPRAY_RESOURCES"),

@@ -77,6 +77,7 @@ class NodeSetup:
     rank: int = 0
     spin_us: int = 0
     agent_rings: tuple | None = None  # under MPI: (up, down) rings to the rank's agent
+    agent_mem: object = None  # (the memory they live in)
     channels: object = None  # lease channels (mailbox.channel_rings), made by the driver
     channel_count: int = 0
     spill_long: float = 0.0  # (MPI) owners send tasks this long by the node: may move
@@ -268,7 +269,14 @@ class Node:
                                                    m.contained),
             P.Promise.OP: lambda proc, m: s.promise(proc, m.oid),
             P.Shutdown.OP: stop,
-            # from the rank's MPI agent
+            **self._agent_handlers(),
+        }
+
+    def _agent_handlers(self) -> dict:
+        """Opcode -> handler(proc, msg) of what the rank's MPI agent sends (protocol's
+        ``cluster`` channel)."""
+        s = self.sched
+        return {
             P.RemoteDone.OP: lambda proc, m: s.remote_done(m.tid, m.results, m.rank),
             P.Load.OP: lambda proc, m: s.update_load(m.load),
             P.ClusterInfo.OP: lambda proc, m: s.attach_cluster(m.rank, m.ranks),

@@ -178,9 +178,28 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
             o = self.objs.get(oid) or self._remote_placeholder(oid, fetch=False)
             if o is not None:
                 o.task_refs += 1
+        missing, error = self._hold_deps(t) if spec.deps else (0, None)
+        t.missing = missing
+        if actor is not None:
+            t.actor = actor
+            if not self._actor_call(t):
+                return  # the actor is gone: the call failed at once
+        if error is None and spec.strategy is not None:
+            error = self._affinity_error(spec)
+        if error is not None:
+            self._fail(t, error)
+        elif missing == 0:
+            _move(t, T.READY, TASK_TRANSITIONS, "task")
+            self._enqueue(t)
+        if res:  # (an actor call needs nothing: it runs on its actor's)
+            self._check_feasible(t)
+
+    def _hold_deps(self, t: Task) -> tuple[int, bytes | None]:
+        """The task holds its arguments until it ends: (how many are still pending, the
+        error payload of one that failed or is gone)."""
         missing = 0
         error = None
-        for _, oid in spec.deps:
+        for _, oid in t.spec.deps:
             o = self.objs.get(oid)
             if o is None:  # another rank's object: fetched from its home
                 o = self._remote_placeholder(oid)
@@ -191,29 +210,21 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
                 continue
             o.task_refs += 1
             if o.state is O.PENDING:
-                o.waiting_tasks.append(tid)
+                o.waiting_tasks.append(t.key)
                 missing += 1
             elif o.kind == ERROR and error is None:
                 error = o.payload
-        t.missing = missing
-        if actor is not None:
-            t.actor = actor
-            if not self._actor_call(t):
-                return  # the actor is gone: the call failed at once
+        return missing, error
+
+    def _affinity_error(self, spec: P.TaskSpec) -> bytes | None:
+        """The error of a hard node affinity to a node that does not exist (else None)."""
         strategy = spec.strategy
-        if (error is None and strategy is not None and not isinstance(strategy, str)
-                and not getattr(strategy, "soft", True)
+        if (not isinstance(strategy, str) and not getattr(strategy, "soft", True)
                 and not self._node_exists(getattr(strategy, "node_id", self.node_id))):
-            error = self._error_payload(exc.TaskUnschedulableError(
+            return self._error_payload(exc.TaskUnschedulableError(
                 f"task {spec.name} has a hard NodeAffinitySchedulingStrategy for node "
                 f"{strategy.node_id}, which does not exist (this node is {self.node_id})"))
-        if error is not None:
-            self._fail(t, error)
-        elif missing == 0:
-            _move(t, T.READY, TASK_TRANSITIONS, "task")
-            self._enqueue(t)
-        if res:  # (an actor call needs nothing: it runs on its actor's)
-            self._check_feasible(t)
+        return None
 
     def _check_feasible(self, t: Task) -> None:
         if t.state is T.DISPATCHED or (self.agent is not None and self._placement_possible(t)):

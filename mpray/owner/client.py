@@ -77,27 +77,13 @@ class Client(Waiting):
         self._decref: collections.deque = collections.deque()
         self._unpin: collections.deque = collections.deque()
         self._send_lock = threading.Lock()
-        self._pump_lock = threading.Lock()
-        self._cond = threading.Condition()
-        self._waiters = 0  # threads waiting on _cond for the pumping thread
-        self._replies: dict[int, Any] = {}
-        self._futures: dict[int, list] = {}
-        self._future_thread: threading.Thread | None = None
-        self._bg_running = False
-        self._bg_wake = threading.Event()
-        self._fg_pump = 0.0  # when a user thread last pumped (the background one waits)
         self.func_blobs: dict[int, bytes] = {}
         # set while a worker holds serialised results that contain refs it is about to
         # drop: their releases must go out after the Done that registers the containment
         self.hold_releases = 0
         self._urgent_sent = 0.0  # when the last release that could not wait went out
         self._release_due = False  # releases of a burst wait (see _last_ref_gone)
-        # A foreground wait first polls its rings for up to spin_max seconds, yielding the
-        # CPU between polls: a reply that comes within that time saves the sleep and the
-        # wake-up (about 20 µs on each side here).  Adaptive: after a wait longer than
-        # 4 × spin_max the next one sleeps at once, so long waits cost no polling.
-        self.spin_max = spin_us * 1e-6
-        self._spin = self.spin_max
+        self._init_waiting(spin_us)
         self.closed = False
         self.node_dead = False
         self.blocked = False

@@ -48,6 +48,7 @@ from .. import exceptions as exc
 from .. import protocol as P
 from ..placement import running_mean
 from .actors import FRAME_SLACK, ActorChannels, message_cost
+from .invariants import check_owner
 from ..store.serialization import ERROR
 from ..states import (DIRECT_TRANSITIONS, LEASE_TRANSITIONS, OWNED_TRANSITIONS, D, L, OW,
                      TransitionError, _move)
@@ -590,41 +591,4 @@ class Owner:
     # ------------------------------------------------------------------ invariants
     def check_invariants(self) -> None:
         """What must hold between events (the pure tests call this after each one)."""
-        queued = {id(r) for r in self.queue}
-        assert len(queued) == len(self.queue), "a task is queued twice"
-        sent: dict[int, int] = {}
-        for epoch, lease in self.leases.items():
-            assert lease.key == epoch and lease.state is not L.ENDED, lease.state
-            assert len(lease.inflight) <= self.depth, (epoch, len(lease.inflight))
-            assert lease.bytes == sum(r.cost for r in lease.inflight.values() if r), epoch
-            assert lease.bytes <= self.budget, (epoch, lease.bytes)
-            for tid, rec in lease.inflight.items():
-                if rec is None:
-                    assert tid + 1 in self.seeding, f"seed {tid} not seeding"
-                    continue
-                assert rec.state is D.SENT and rec.lease == epoch, (tid, rec.state)
-                assert tid not in sent, f"task {tid} on two leases"
-                sent[tid] = epoch
-        for tid, rec in self.tasks.items():
-            assert rec.key == tid and rec.state is not D.ENDED, (tid, rec.state)
-            if rec.state is D.QUEUED:
-                assert id(rec) in queued, f"task {tid} QUEUED but not in the queue"
-            else:
-                assert sent.get(tid) == rec.lease or rec.lease not in self.leases, tid
-        for rec in self.queue:
-            assert self.tasks.get(rec.key) is rec and rec.state is D.QUEUED, rec.key
-        # (a worker's new lease may be granted before its old one's end is read here)
-        assert len({lease.wid for lease in self.leases.values()}) + len(self.flagged) \
-            <= self.max_leases + len(self.seeding)
-        live = {oid for tid, rec in self.tasks.items()
-                for oid in P.return_ids(tid, rec.spec.nret)}
-        live |= self.actors.live_returns()
-        for oid, st in self.owned.items():
-            assert (st is OW.LOCAL) == (oid in self.local), (oid, st)
-            if st is OW.LOCAL:
-                assert oid not in self.dropped and oid not in self.awaiting, oid
-            elif oid not in self.awaiting:
-                assert oid in live, f"pending object {oid} has no live task or call"
-        assert self.awaiting <= set(self.owned), "awaiting an object not owned"
-        assert self.dropped <= set(self.owned), "a dropped object is not owned"
-        self.actors.check_invariants()
+        check_owner(self)
