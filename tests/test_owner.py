@@ -191,6 +191,51 @@ def test_short_queue_waits_for_a_free_lease_rather_than_behind_a_running_task():
     assert sub.spec.tid == 30 and sub.spec.lease and h.take_slot(0) == []
 
 
+def test_a_task_in_flight_when_its_slot_lease_expires_comes_back_bounced():
+    h = leased(Harness(max_leases=1))
+    h.submit(20)
+    h.take_slot(0)  # sent, but the worker gave the lease back before reading it
+    h.ev(P.Expired(1, 1))
+    assert h.o.leases == {} and list(h.o.ending) == [1]
+    h.ev(P.ReturnD(1, 1, [20], False))  # it reads it later: stale epoch, bounced
+    (sub,) = h.take_node()  # (no lease left: the node runs it)
+    assert h.o.ending == {} and sub.spec.tid == 20
+
+
+def test_a_task_in_flight_on_an_expired_lease_is_retried_when_its_worker_dies():
+    """The worker gave the lease back, then died before reading the task (a force
+    cancel of another task it ran meanwhile): the task must not wait for ever."""
+    h = leased(Harness(max_leases=1))
+    h.submit(20, retries=1)
+    h.take_slot(0)
+    h.ev(P.Expired(1, 1))
+    h.ev(P.SlotFree(0))  # (the slot of worker 1, which died)
+    (sub,) = h.take_node()
+    assert sub.spec.tid == 20 and sub.spec.retries == 0  # retried by the node
+    assert h.o.ending == {} and 20 not in h.o.tasks and 21 not in h.o.owned
+
+
+def test_an_expired_leases_task_fails_when_its_worker_dies_without_retries():
+    h = leased(Harness(max_leases=1))
+    h.submit(20)
+    h.take_slot(0)
+    h.ev(P.Expired(1, 1))
+    h.ev(P.SlotFree(0))
+    assert isinstance(pickle.loads(h.values[21][1]), exc.WorkerCrashedError)
+    assert h.o.ending == {} and not h.o.tasks
+
+
+def test_a_task_cancelled_while_its_lease_ends_fails_when_it_comes_back():
+    h = leased(Harness(max_leases=1))
+    h.submit(20)
+    h.take_slot(0)
+    h.ev(P.Expired(1, 1))
+    h.ev(P.CancelTask(20, False))
+    h.ev(P.ReturnD(1, 1, [20], False))
+    assert isinstance(pickle.loads(h.values[21][1]), exc.TaskCancelledError)
+    assert not h.o.queue and not h.o.tasks
+
+
 def test_expired_lease_before_its_grant_is_ignored():
     h = Harness()
     h.submit(10)

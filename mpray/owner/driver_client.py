@@ -60,11 +60,13 @@ class DriverClient(OwnerShell, Client):
         self._w2d[m.slot] = w2d
 
     def _on_slot_free(self, m) -> None:
-        """That worker is gone: take what it wrote, stop polling the slot."""
+        """That worker is gone: take what it wrote, stop polling the slot, and tell the
+        machine (after those last frames: tasks it bounced are requeued, not lost)."""
         ring = self._w2d.pop(m.slot, None)
         if ring is not None:
             self._drain_frames(ring.pop_all())
             ring.release()
+        self._events.append(m)
 
     def _drain(self) -> bool:
         got = False

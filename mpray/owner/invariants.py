@@ -35,6 +35,11 @@ def check_owner(o) -> None:
             assert id(rec) in queued, f"task {tid} QUEUED but not in the queue"
         else:
             assert sent.get(tid) == rec.lease or rec.lease not in o.leases, tid
+    for epoch, lease in o.ending.items():  # (ended with tasks in flight: see SlotFree)
+        assert lease.state is L.ENDED and epoch not in o.leases, epoch
+        assert any(r is not None for r in lease.inflight.values()), f"ending {epoch} empty"
+        for tid, rec in lease.inflight.items():
+            assert rec is None or (o.tasks.get(tid) is rec and rec.lease == epoch), tid
     for rec in o.queue:
         assert o.tasks.get(rec.key) is rec and rec.state is D.QUEUED, rec.key
     # (a worker's new lease may be granted before its old one's end is read here)

@@ -140,6 +140,9 @@ class Owner:
         self.seeding: dict[int, int] = {}  # first return id -> epoch: it runs on the
         #                                    lease it created (counts as its work)
         self.expired: set[int] = set()  # epochs that ended before their grant was read
+        # slot leases that ended (Expired) with tasks in flight: they come back bounced
+        # or done, or fail over if the worker dies first (SlotFree)
+        self.ending: dict[int, Lease] = {}
         self.blobs: dict[int, bytes] = {}  # fid -> cloudpickled function
         self.spill_long = spill_long
         self.run_s: dict[int, tuple[int, float]] = {}  # fid -> (runs, mean run time)
@@ -156,6 +159,7 @@ class Owner:
             P.LeaseLost: self._on_lost, P.DoneD: self._on_done,
             P.ReturnD: self._on_returned, P.Expired: self._on_expired,
             P.Resumed: self._on_resumed, P.ADoneD: self.actors.on_done,
+            P.SlotFree: self._on_slot_free,
             P.ANodeDone: self.actors.on_node_done, P.ActorUpdate: self.actors.on_update,
         }
 
@@ -433,7 +437,10 @@ class Owner:
             if lease.channel is not None:
                 # its worker reads the channel no more: what is in it never runs
                 self._requeue_all(lease)
-            # (a slot's: what is in flight comes back as ReturnD (bounced) or DoneD)
+            elif any(rec is not None for rec in lease.inflight.values()):
+                # a slot's: what is in flight comes back, bounced (ReturnD) or done
+                # (DoneD); unless its worker dies first (SlotFree)
+                self.ending[lease.key] = lease
         elif m.epoch > self.last_grant:
             self.expired.add(m.epoch)  # its grant is still on the way
         self._refill()
@@ -449,6 +456,20 @@ class Owner:
         if lease is None:
             return
         self._end_lease(lease)
+        self._lost_inflight(lease, m.reason)
+        self._refill()
+
+    def _on_slot_free(self, m) -> None:
+        """A worker with a mailbox slot died (the shell read what it wrote first): tasks
+        still in flight on its leases that ended before (``ending``) never run."""
+        for epoch, lease in list(self.ending.items()):
+            if lease.slot == m.slot:
+                del self.ending[epoch]
+                self._lost_inflight(lease, "it died after giving its lease back")
+        self._refill()
+
+    def _lost_inflight(self, lease: Lease, reason: str) -> None:
+        """The worker of ``lease`` died with these tasks sent: retry or fail them."""
         for tid, rec in list(lease.inflight.items()):
             if rec is None:  # the node's own task that created the lease: node retries
                 self.seeding.pop(tid + 1, None)
@@ -463,9 +484,9 @@ class Owner:
             else:
                 self._end(rec)
                 self.fail_returns(tid, spec.nret, exc.WorkerCrashedError(
-                    f"the worker running task {spec.name} died: {m.reason}; "
+                    f"the worker running task {spec.name} died: {reason}; "
                     f"retries exhausted (max_retries=0)"))
-        self._refill()
+        lease.inflight.clear()
 
     def _end(self, rec: DirectTask) -> None:
         self.tasks.pop(rec.key, None)
@@ -490,6 +511,8 @@ class Owner:
             lease.bytes -= rec.cost
             if lease.state is _PAUSED:
                 _move(lease, L.ACTIVE, LEASE_TRANSITIONS, "lease")
+        elif self.ending:
+            self._off_ending(rec)
         if self.spill_long and m.run_s:
             self._timed(spec.fid, m.run_s)
         if m.error is not None and spec.retries > 0 and not rec.cancelled:
@@ -533,11 +556,25 @@ class Owner:
                 else:  # bounced for a stale epoch: that lease is over
                     self._end_lease(lease)
                     self._requeue_all(lease)
+            elif self.ending:
+                self._off_ending(rec)
+            if rec.cancelled:  # (cancelled while its lease was ending: it never ran)
+                self._end(rec)
+                self.fail_returns(tid, rec.spec.nret, exc.TaskCancelledError(P.id_hex(tid)))
+                continue
             self._requeue(rec)
         lease = self.leases.get(m.epoch)
         if m.blocked and lease is not None and lease.state is L.ACTIVE:
             _move(lease, L.PAUSED, LEASE_TRANSITIONS, "lease")  # (also with nothing queued)
         self._refill()
+
+    def _off_ending(self, rec: DirectTask) -> None:
+        """A task of a lease that ended with it in flight came back (bounced or done)."""
+        lease = self.ending.get(rec.lease)
+        if lease is not None:
+            lease.inflight.pop(rec.key, None)
+            if not any(r is not None for r in lease.inflight.values()):
+                del self.ending[rec.lease]
 
     def _requeue(self, rec: DirectTask) -> None:
         rec.lease = None
@@ -578,9 +615,9 @@ class Owner:
             self.fail_returns(rec.key, rec.spec.nret, exc.TaskCancelledError(P.id_hex(rec.key)))
             return
         lease = self.leases.get(rec.lease)
-        if lease is None:
-            return  # its lease is ending: the task comes back (and is sent again) or ends
         rec.cancelled = True
+        if lease is None:
+            return  # its lease is ending: the task comes back (and fails then) or ends
         if ev.force:
             self.out.append(P.Signal(lease.pid, signal.SIGKILL))
             return
