@@ -55,6 +55,7 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("mpi_arena", "MPRAY_MPI_ARENA", "MPI: window (the store is an MPI window, zero-copy reads) or copy"),
     ("driver_ring_bytes", "MPRAY_DRIVER_RING_BYTES", "ring size driver <-> node (8 MiB)"),
     ("worker_ring_bytes", "MPRAY_WORKER_RING_BYTES", "ring size worker <-> node (1 MiB)"),
+    ("direct_ring_bytes", "MPRAY_DIRECT_RING_BYTES", "ring size of each mailbox slot and lease channel: bounds the leased tasks and direct actor calls in flight (256 KiB)"),
 ]
 
 
@@ -168,7 +169,8 @@ def _resolve_memory(c: Config, args: Mapping[str, Any], env: Mapping[str, str]) 
     if eb is not None:
         c.export_bytes = int(eb)
     for name, envname in (("driver_ring_bytes", "MPRAY_DRIVER_RING_BYTES"),
-                          ("worker_ring_bytes", "MPRAY_WORKER_RING_BYTES")):
+                          ("worker_ring_bytes", "MPRAY_WORKER_RING_BYTES"),
+                          ("direct_ring_bytes", "MPRAY_DIRECT_RING_BYTES")):
         v = args.get(name)
         if v is None and env.get(envname):
             v = R.parse_size(env[envname])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -178,6 +179,24 @@ def test_a_burst_of_dropped_refs_is_released_with_nothing_else_sent(ray_start):
         del client._send_locked
     assert 1 <= len(frames) <= 2, frames  # not one frame per ref
     assert wait_arena(lambda u: u == base) == base
+
+
+@mpray.remote(max_retries=1, retry_exceptions=True)
+def checksum_second_try(a, marker):
+    if not os.path.exists(marker):  # the first try fails: the owner retries by the node
+        open(marker, "w").close()
+        raise ValueError("first try")
+    return digest(a)
+
+
+def test_a_retried_tasks_promoted_argument_outlives_its_hand_over_to_the_node(
+        ray_start, tmp_path):
+    """The owner drops its hold on the argument while it hands the task to the node; the
+    release must not overtake the Submit (the node would find the argument freed)."""
+    mpray.get(checksum.remote(big_array(1)), timeout=60)  # a lease: the first try runs there
+    a = big_array(12)
+    got = mpray.get(checksum_second_try.remote(a, str(tmp_path / "tried")), timeout=60)
+    assert got == digest(a)
 
 
 def test_promoted_argument_freed_after_task(ray_start):

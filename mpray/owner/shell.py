@@ -250,9 +250,13 @@ class OwnerShell:
         self.publish_then(msg.contained, msg)  # (the refs inside: known to the node first)
 
     def _last_ref_gone(self, oid: int, urgent: bool) -> None:
-        if self.owner is None or oid not in self.owner.owned:
-            # (nothing for the machine to decide: it would only Release it; a pure query,
-            # safe from any thread, as an oid is owned from before its first ref exists)
+        if self.owner is None or (oid not in self.owner.owned
+                                  and not self._owner_lock.locked()):
+            # Nothing for the machine to decide: it would only Release it (a pure query,
+            # safe from any thread: an oid is owned from before its first ref exists).
+            # Not while the machine runs, though: its event may be dropping the last
+            # hold of an argument whose Submit is not sent yet, and a release sent now
+            # would overtake it; the machine releases it after that event's messages.
             super()._last_ref_gone(oid, urgent)
         elif urgent:
             self.post(_new(_RefGone, ((oid,), True)))
