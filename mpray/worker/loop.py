@@ -37,6 +37,7 @@ from ..store.serialization import ARENA, ERROR
 # (built from all their items, in FIELDS order, without a Python-level call: hot)
 _done, _DONE = P.DoneD.from_items, P.DoneD.OP
 _adone, _ADONE = P.ADoneD.from_items, P.ADoneD.OP
+_node_done, _NODE_DONE = P.Done.from_items, P.Done.OP
 
 
 class _Cancelled(KeyboardInterrupt):
@@ -273,7 +274,7 @@ class WorkerLoop:
                     and not client.order_via_node and not any(r[3] for r in stored)):
                 delivered = self._deliver(stored)
             client.order_via_node = False
-            client.send([P.Done(tid, status, stored, retryable, delivered)])
+            client.send([_node_done((_NODE_DONE, tid, status, stored, retryable, delivered))])
         client.hold(-1)
         client.lease_active = time.monotonic()  # a lease idles from its last task's end
         if client._gone and client.owner is not None:
