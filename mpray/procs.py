@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 
 _PR_SET_PDEATHSIG = 1
 _MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPICH_", "I_MPI_", "PRTE_")
@@ -68,3 +69,18 @@ def strip_mpi_environment() -> None:
     """Workers must never initialise MPI (docs/facts.md): hide the launcher's variables."""
     for k in [k for k in os.environ if k.startswith(_MPI_ENV_PREFIXES)]:
         del os.environ[k]
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Reap child ``pid``, waiting up to ``timeout`` seconds; True once it is gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if done:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.0005)

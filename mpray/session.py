@@ -28,6 +28,7 @@ from . import _global
 from . import config as C
 from . import protocol as P
 from .placement import SPILL_MIN_TASK_S
+from .procs import wait_exit
 from .owner.driver_client import DriverClient
 from .transport.mailbox import channel_bytes, slot_bytes
 from .node.loop import NodeSetup, node_main
@@ -302,18 +303,8 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
 
 def _reap_node(pid: int) -> None:
     """Wait for the node to exit (it ends its workers first); SIGKILL it after 5 s."""
-    deadline = time.monotonic() + 5.0
-    while True:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if done:
-            return
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            deadline = time.monotonic() + 5.0
-        time.sleep(0.0005)
+    while not wait_exit(pid, 5.0):
+        os.kill(pid, 9)
 
 
 def _release_memory(s, client) -> None:

@@ -268,10 +268,7 @@ class ActorTable:
         for t in reversed(inflight):
             t.worker = None
             if restart and t.retries_left != 0 and not t.cancel:
-                t.retries_left -= 1
-                self.stats["retried"] += 1
-                _move(t, T.RETRYING, TASK_TRANSITIONS, "task")
-                _move(t, T.READY, TASK_TRANSITIONS, "task")
+                self._retry(t)
                 a.queue_call(t, front=True)
             else:
                 cls = exc.ActorUnavailableError if restart else exc.ActorDiedError

@@ -30,7 +30,7 @@ from . import cluster
 from .. import protocol as P
 from .actor_names import LATER
 from ..transport.mailbox import slot_bell, slot_rings
-from ..procs import kill, remove_mpi_segments, remove_tree
+from ..procs import kill, remove_mpi_segments, remove_tree, wait_exit
 from ..transport.rings import Doorbell, Outbox, Ring, anonymous_shared, ring_bytes
 from .scheduler import Scheduler
 
@@ -435,14 +435,7 @@ class Node:
             kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5.0
         for pid in list(self.pids):
-            while time.monotonic() < deadline:
-                try:
-                    done, _ = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if done:
-                    break
-                time.sleep(0.001)
+            wait_exit(pid, max(0.0, deadline - time.monotonic()))
         self.pids.clear()
         remove_tree(self.setup.session_dir)
         if self.setup.agent_rings is not None and os.getppid() != self.driver_pid:

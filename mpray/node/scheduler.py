@@ -194,6 +194,13 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
         if res:  # (an actor call needs nothing: it runs on its actor's)
             self._check_feasible(t)
 
+    def _retry(self, t: Task) -> None:
+        """One of the task's retries is used: it is READY again (the caller queues it)."""
+        t.retries_left -= 1
+        self.stats["retried"] += 1
+        _move(t, T.RETRYING, TASK_TRANSITIONS, "task")
+        _move(t, T.READY, TASK_TRANSITIONS, "task")
+
     def _hold_deps(self, t: Task) -> tuple[int, bytes | None]:
         """The task holds its arguments until it ends: (how many are still pending, the
         error payload of one that failed or is gone)."""
@@ -485,10 +492,7 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
             return
         t.worker = None
         if status == P.APP_ERROR and retryable and t.retries_left > 0 and not t.cancel:
-            t.retries_left -= 1
-            self.stats["retried"] += 1
-            _move(t, T.RETRYING, TASK_TRANSITIONS, "task")
-            _move(t, T.READY, TASK_TRANSITIONS, "task")
+            self._retry(t)
             self._enqueue(t)
             return
         self._ended(t, wid, status, results, delivered)

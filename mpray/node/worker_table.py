@@ -131,10 +131,7 @@ class WorkerTable:
                 self._fail(t, self._error_payload(exc.TaskCancelledError(
                     P.id_hex(t.key))), T.CANCELLED)
             elif t.retries_left > 0:
-                t.retries_left -= 1
-                self.stats["retried"] += 1
-                _move(t, T.RETRYING, TASK_TRANSITIONS, "task")
-                _move(t, T.READY, TASK_TRANSITIONS, "task")
+                self._retry(t)
                 self._enqueue(t, front=True)
             else:
                 self._fail(t, self._error_payload(exc.WorkerCrashedError(
