@@ -206,7 +206,10 @@ class OwnerShell:
 
     # ------------------------------------------------------------------ what users call
     def submit_task(self, spec: P.TaskSpec, direct_ok: bool, hold) -> None:
-        if self.owner is None:
+        if self.owner is None or (not direct_ok and not spec.deps and not spec.contained
+                                  and not self._owner_lock.locked()):
+            # (a task for the node's path that reads nothing of ours: the machine would
+            # only pass its Submit on; not while it runs, to keep this process's order)
             return super().submit_task(spec, direct_ok, hold)
         deps = None
         if direct_ok and not spec.contained and spec.nret:
