@@ -24,11 +24,12 @@ from .api import (
 )
 from .object_ref import ObjectRef
 from .runtime_context import get_runtime_context
+from . import util  # (as Ray does: ``ray.util.ActorPool`` after a bare ``import ray``)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ObjectRef", "available_resources", "cancel", "cluster_resources", "exceptions", "get",
     "get_actor", "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes",
-    "put", "remote", "shutdown", "timeline", "wait",
+    "put", "remote", "shutdown", "timeline", "util", "wait",
 ]

@@ -111,6 +111,8 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
         _check_timeout(timeout)
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
         raise ValueError(f"num_returns must be a positive integer, not {num_returns!r}")
+    if not object_refs:
+        return [], []  # (as Ray: nothing to wait for)
     ids = list(map(_id_of, object_refs))
     if len(set(ids)) != len(ids):
         raise ValueError("wait() requires a list of unique ObjectRefs")

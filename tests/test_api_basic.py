@@ -308,6 +308,17 @@ def test_get_timeout(ray_start):
     mpray.cancel(ref, force=True)
 
 
+def test_get_of_several_fails_at_the_first_error_while_others_still_run(ray_start):
+    """As Ray: an error among the refs fails the get at once, not after the others."""
+    slow = sleep_then.remote("slow", 60)
+    bad = add.remote("a", 1)  # TypeError in the task
+    t0 = time.monotonic()
+    with pytest.raises(TypeError):
+        mpray.get([slow, bad], timeout=30)
+    assert time.monotonic() - t0 < 10
+    mpray.cancel(slow, force=True)
+
+
 # --------------------------------------------------------------------- wait
 def test_wait_ready_not_ready_in_input_order(ray_start):
     slow = sleep_then.remote("slow", 1.0)
@@ -350,6 +361,21 @@ def test_wait_waits_for_completion(ray_start):
     r = sleep_then.remote(1, 0.3)
     ready, not_ready = mpray.wait([r], timeout=20)
     assert ready == [r] and not_ready == []
+
+
+def test_wait_on_nothing_returns_two_empty_lists(ray_start):
+    assert mpray.wait([]) == ([], [])  # (as Ray)
+    assert mpray.wait([], timeout=0) == ([], [])
+
+
+def test_util_is_there_after_a_bare_import():
+    """``ray.util.ActorPool`` works after ``import ray`` alone, as in Ray."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", "import mpray; print(mpray.util.ActorPool)"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "ActorPool" in r.stdout, r.stderr
 
 
 def test_wait_argument_errors(ray_start):

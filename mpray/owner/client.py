@@ -81,6 +81,7 @@ class Client(Waiting):
         # set while a worker holds serialised results that contain refs it is about to
         # drop: their releases must go out after the Done that registers the containment
         self.hold_releases = 0
+        self.errors_in = 0  # errors stored so far: a get of several refs fails at the first
         self._urgent_sent = 0.0  # when the last release that could not wait went out
         self._release_due = False  # releases of a burst wait (see _last_ref_gone)
         self._init_waiting(spin_us)
@@ -225,6 +226,8 @@ class Client(Waiting):
         """Keep a value that arrived, if anything here still wants it."""
         if oid in self._refs or oid in self._subscribed or oid in self._futures:
             self._values[oid] = (kind, payload)
+            if kind == ser.ERROR:
+                self.errors_in += 1
             futs = self._futures.pop(oid, None)
             if futs:
                 self._futures_ready(oid, futs)
@@ -347,6 +350,10 @@ class Client(Waiting):
         missing = [o for o in oids if o not in values]
         if missing:
             self._await(missing, len(oids), timeout)
+            for o in missing:  # (Ray: the first error fails the get, while others wait)
+                v = values.get(o)
+                if v is not None and v[0] == ser.ERROR:
+                    self.materialize(o, *v)
         return [self.materialize(o, *values[o]) for o in oids]
 
     def _await(self, missing: list[int], n_asked: int, timeout: float | None) -> None:
@@ -364,8 +371,15 @@ class Client(Waiting):
                 return oid in values
         else:
             pos = [0]
+            errors = [self.errors_in]
 
             def arrived() -> bool:  # resumes where the last call stopped: O(n) in total
+                if self.errors_in != errors[0]:  # an error came: if it is one of these,
+                    errors[0] = self.errors_in  # the get fails now (see get)
+                    for o in missing:
+                        v = values.get(o)
+                        if v is not None and v[0] == ser.ERROR:
+                            return True
                 i = pos[0]
                 while i < len(missing) and missing[i] in values:
                     i += 1

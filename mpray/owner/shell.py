@@ -32,6 +32,7 @@ import threading
 from .. import protocol as P
 from ..transport.mailbox import cancel_word
 from .machine import Owner
+from ..store.serialization import ERROR
 from .actors import resolve
 
 _ToSlot, _ToNode, _RefGone, _ChannelFree = P.ToSlot, P.ToNode, P.RefGone, P.ChannelFree
@@ -153,6 +154,8 @@ class OwnerShell:
                 oid = ins.oid
                 if oid in self._refs or oid in self._subscribed or oid in self._futures:
                     self._values[oid] = (ins.kind, ins.payload)
+                    if ins.kind == ERROR:
+                        self.errors_in += 1
                     futs = self._futures.pop(oid, None)
                     if futs:  # resolved once the machine is let go (callbacks re-enter)
                         self._to_resolve.append((oid, futs))
