@@ -34,7 +34,7 @@ def remote(*args: Any, **kwargs: Any):
     """``@remote`` or ``@remote(num_cpus=…, …)`` on a function or a class (an actor)."""
     if len(args) == 1 and not kwargs and callable(args[0]):
         return _make_remote(args[0], {})
-    if args:
+    if args or not kwargs:  # (also ``@remote()``: Ray refuses empty parentheses too)
         raise TypeError(
             "The @mpray.remote decorator must be applied either with no arguments and no "
             "parentheses, for example '@mpray.remote', or it must be applied using some of "
@@ -52,6 +52,11 @@ def _make_remote(obj: Any, options: dict):
         return make_actor_class(obj, options)
     if not callable(obj):
         raise TypeError(f"@mpray.remote needs a function or a class, not {type(obj).__name__}")
+    if inspect.iscoroutinefunction(obj):  # (as Ray: its result would be a coroutine)
+        raise ValueError(
+            "'async def' should not be used for remote tasks. You can wrap the async "
+            "function with `asyncio.run(f())`, or make it a method of an actor (async "
+            "actors run async def methods on an event loop).")
     return RemoteFunction(obj, options)
 
 

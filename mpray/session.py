@@ -22,6 +22,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from typing import Any
 
 from . import _global
@@ -79,8 +80,18 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
          namespace: str | None = None, include_dashboard: bool | None = None,
          log_to_driver: bool = True, logging_level: Any = None,
          configure_logging: bool = True, runtime_env: dict | None = None,
-         **settings: Any) -> RayContext:
-    """Start mpray on this host (or join the MPI job, once that backend exists)."""
+         local_mode: bool = False, **settings: Any) -> RayContext:
+    """Start mpray: a node on this host, or, launched by ``mpiexec``/``srun`` (or with
+    ``backend="mpi"``), one node per MPI rank, rank 0 running the program.
+
+    ``address`` may be ``None``, ``"local"`` or ``"auto"`` (there is no running cluster
+    to connect to: each program starts its own).  Every setting of the README's table
+    (``num_cpus``, ``object_store_memory="2GiB"``, ``spin_us``, ``backend``, ...) is a
+    keyword argument here and an ``MPRAY_*`` environment variable.
+    """
+    if local_mode:  # (Ray 2.x refuses it the same way; False is accepted, as in Ray)
+        raise RuntimeError("`local_mode` is no longer supported (as in Ray 2.x): run the "
+                           "program normally; tasks run in worker processes")
     with _init_lock:
         if _global.session is None and _global.client is not None:
             # inside a task: the engine is running already (Ray raises here too)
@@ -98,6 +109,10 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             )
         if address not in (None, "local", "auto"):
             raise ValueError(f"address={address!r}: mpray starts its own node; use None or 'local'")
+        if address == "auto":
+            warnings.warn("init(address='auto'): mpray has no running cluster to connect "
+                          "to; it starts its own node (under mpiexec/srun: one per rank)",
+                          stacklevel=2)
         unknown = set(settings) - {name for name, _e, _h in C.SETTINGS} - {"tmpdir"}
         if unknown:
             raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")

@@ -134,6 +134,38 @@ def test_remote_decorator_with_positional_args_raises():
         mpray.remote(1, 2)
 
 
+def test_remote_with_empty_parentheses_and_on_async_functions_is_refused():
+    """As Ray: ``@remote()`` names no option (for a function or a class), and an
+    ``async def`` task's result would be an unawaited coroutine."""
+    with pytest.raises(TypeError, match="no arguments and no parentheses"):
+        @mpray.remote()
+        def f():
+            return 1
+    with pytest.raises(TypeError, match="no arguments and no parentheses"):
+        @mpray.remote()
+        class A:
+            pass
+    with pytest.raises(ValueError, match="async def"):
+        @mpray.remote
+        async def g():
+            return 1
+
+
+def test_init_local_mode_and_address_auto_are_handled_as_ray_does():
+    try:
+        mpray.init(local_mode=False, **INIT_KWARGS)  # (accepted, as in Ray 2.60)
+    finally:
+        mpray.shutdown()
+    with pytest.raises(RuntimeError, match="local_mode"):
+        mpray.init(local_mode=True)
+    assert not mpray.is_initialized()
+    try:
+        with pytest.warns(UserWarning, match="address='auto'"):
+            mpray.init(address="auto", **INIT_KWARGS)
+    finally:
+        mpray.shutdown()
+
+
 def test_calling_remote_function_directly_raises(ray_start):
     with pytest.raises(TypeError, match=r"add\.remote\(\)"):
         add(1, 2)
