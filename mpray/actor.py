@@ -23,8 +23,8 @@ from . import _global
 from . import protocol as P
 from .worker.actor import exit_actor, is_async_class
 from .object_ref import ObjectRef
-from .remote_function import (ACTOR_ONLY, TASK_OPTIONS, BlobRegistration, _refs, encode_args,
-                              resource_request, validate_options)
+from .remote_function import (ACTOR_ONLY, TASK_OPTIONS, ArgCheck, BlobRegistration, _refs,
+                              encode_args, resource_request, validate_options)
 from .session import auto_init
 
 _task_spec = P.TaskSpec.from_items
@@ -204,6 +204,9 @@ class ActorClass(BlobRegistration):
         self.__doc__ = cls.__doc__
         self.__module__ = cls.__module__
         self._meta: dict | None = None
+        # (a class without its own __init__ takes no arguments: object's signature)
+        init = cls.__init__ if cls.__init__ is not object.__init__ else (lambda self: None)
+        self._check = ArgCheck(init, f"{cls.__name__}.remote()", drop_self=True)
         self._init_registration()
 
     def _blob_payload(self):
@@ -238,6 +241,7 @@ class ActorClass(BlobRegistration):
         return self._meta
 
     def _create(self, opts: dict, args: tuple, kwargs: dict) -> ActorHandle:
+        self._check(args, kwargs)
         client = _global.client
         if client is None:
             client = auto_init()

@@ -15,6 +15,7 @@ zero-copy.
 
 from __future__ import annotations
 
+import inspect
 import pickle
 from typing import Any, Callable
 
@@ -114,6 +115,41 @@ class _Prepared:
 
 
 _task_spec = P.TaskSpec.from_items
+_PLAIN = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+class ArgCheck:
+    """Does a call's arguments fit the function's signature?  Checked at ``.remote()``,
+    as Ray does, so a bad call raises ``TypeError`` there and not later in the worker.
+    The usual call (positional arguments only, a plain signature) costs a comparison of
+    counts; anything else is bound with ``inspect.Signature.bind``."""
+
+    __slots__ = ("sig", "lo", "hi", "what")
+
+    def __init__(self, fn, what: str, drop_self: bool = False) -> None:
+        self.what = what
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # (a builtin without one: the worker decides)
+            sig = None
+        if sig is not None and drop_self:
+            params = list(sig.parameters.values())[1:]
+            sig = sig.replace(parameters=params)
+        self.sig = sig
+        self.lo, self.hi = -1, -1  # (counts the fast check allows; -1: always bind)
+        if sig is not None and all(p.kind in _PLAIN for p in sig.parameters.values()):
+            ps = list(sig.parameters.values())
+            self.lo = sum(1 for p in ps if p.default is p.empty)
+            self.hi = len(ps)
+
+    def __call__(self, args: tuple, kwargs: dict) -> None:
+        if not kwargs and self.lo <= len(args) <= self.hi:
+            return
+        if self.sig is not None:
+            try:
+                self.sig.bind(*args, **kwargs)
+            except TypeError as e:
+                raise TypeError(f"{self.what}: {e}") from None
 _NO_ARGS = (ser.dumps_plain(([], {})), (), (), None)  # a call without arguments
 
 
@@ -208,6 +244,7 @@ class RemoteFunction(BlobRegistration):
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self._prepared = _Prepared(self._options, self._name)
+        self._check = ArgCheck(fn, f"{self._name}.remote()")
         self._init_registration()
 
     def __call__(self, *args, **kwargs):
@@ -240,6 +277,7 @@ class RemoteFunction(BlobRegistration):
         return (self._function, code.co_filename if code is not None else None)
 
     def _submit(self, prep: _Prepared, args: tuple, kwargs: dict):
+        self._check(args, kwargs)
         client = _global.client
         if client is None:
             client = auto_init()

@@ -166,6 +166,35 @@ def test_init_local_mode_and_address_auto_are_handled_as_ray_does():
         mpray.shutdown()
 
 
+def test_remote_with_arguments_that_do_not_fit_raises_at_the_call(ray_start):
+    """As Ray: missing, extra or duplicate arguments are a TypeError at ``.remote()``
+    (for tasks and actor constructors), not a failure later in the worker."""
+    @mpray.remote
+    def f(a, b=1):
+        return a + b
+
+    @mpray.remote
+    class Needs:
+        def __init__(self, x):
+            self.x = x
+
+    @mpray.remote
+    class Bare:
+        pass
+
+    for call, fragment in [(lambda: f.remote(), "missing a required argument: 'a'"),
+                           (lambda: f.remote(1, 2, 3), "too many positional arguments"),
+                           (lambda: f.remote(1, c=2), "unexpected keyword argument 'c'"),
+                           (lambda: f.remote(1, a=2), "multiple values for argument 'a'"),
+                           (lambda: f.options(num_cpus=1).remote(), "missing a required"),
+                           (lambda: Needs.remote(), "missing a required argument: 'x'"),
+                           (lambda: Bare.remote(1), "too many positional arguments")]:
+        with pytest.raises(TypeError, match=fragment):
+            call()
+    assert mpray.get([f.remote(1), f.remote(1, b=3), f.remote(a=2)]) == [2, 4, 3]
+    assert Bare.remote() is not None
+
+
 def test_calling_remote_function_directly_raises(ray_start):
     with pytest.raises(TypeError, match=r"add\.remote\(\)"):
         add(1, 2)
