@@ -32,7 +32,6 @@ import threading
 from .. import protocol as P
 from ..transport.mailbox import cancel_word
 from .machine import Owner
-from ..store.serialization import ERROR
 from .actors import resolve
 
 _ToSlot, _ToNode, _RefGone, _ChannelFree = P.ToSlot, P.ToNode, P.RefGone, P.ChannelFree
@@ -150,15 +149,10 @@ class OwnerShell:
             kind = type(ins)
             if kind is _ToSlot:
                 self._to_slot(ins)
-            elif kind is _Deliver:  # (store_obj, inlined: once per task)
-                oid = ins.oid
-                if oid in self._refs or oid in self._subscribed or oid in self._futures:
-                    self._values[oid] = (ins.kind, ins.payload)
-                    if ins.kind == ERROR:
-                        self.errors_in += 1
-                    futs = self._futures.pop(oid, None)
-                    if futs:  # resolved once the machine is let go (callbacks re-enter)
-                        self._to_resolve.append((oid, futs))
+            elif kind is _Deliver:
+                futs = self._keep(ins.oid, ins.kind, ins.payload)
+                if futs:  # resolved once the machine is let go (callbacks re-enter)
+                    self._to_resolve.append((ins.oid, futs))
             elif kind is _ToNode:
                 if node_msgs is None:
                     node_msgs = [ins.msg]
