@@ -16,8 +16,9 @@ owner's (``ReturnD``, which pauses that lease until ``Resumed``).  An actor's ca
 stay queued while one waits (order), and a sync actor lends its CPU.
 
 A worker with a mailbox slot is an owner too (Ray's ownership: every process owns what
-it submits): its nested tasks go to workers it leases, through lease channels the node
-lends (``mailbox.channel_rings``), exactly as the driver's go to its leases.
+it submits), from its first submitted task on: its nested tasks go to workers it leases,
+through lease channels the node lends (``mailbox.channel_rings``), exactly as the
+driver's go to its leases.
 """
 
 from __future__ import annotations
@@ -61,13 +62,11 @@ class WorkerClient(OwnerShell, Client):
         self._reply_to: tuple | None = None  # (ring, bell) of the ring being drained
         # its own leases (as an owner): channel -> w2o ring (and in _out: (o2w ring, bell))
         self._w2o: dict[int, object] = {}
-        owner = None
-        if (setup is not None and slot is not None and setup.channel_count
-                and setup.lease_depth):
-            owner = Owner(self.proc, self.rank, self._values, max_leases=setup.max_leases,
-                          depth=setup.lease_depth, ring_cap=setup.mailbox_ring_bytes,
-                          mailbox=True, spill_long=setup.spill_long, direct_calls=False)
-        self._init_owner(owner, setup.mailbox if setup is not None else None,
+        # with a mailbox slot it becomes an owner when it first submits a task (most
+        # workers never do: their start does not pay for the machine)
+        self._may_own = bool(setup is not None and slot is not None and setup.channel_count
+                             and setup.lease_depth)
+        self._init_owner(None, setup.mailbox if setup is not None else None,
                          setup.mailbox_ring_bytes if setup is not None else 0)
 
     def _handlers(self) -> dict:
@@ -81,9 +80,20 @@ class WorkerClient(OwnerShell, Client):
         on[P.Reclaim.OP] = self._on_reclaim
         return on
 
-    def _init_owner(self, owner, mailbox, cap) -> None:
-        super()._init_owner(owner, mailbox, cap)
-        if owner is not None:
+    def submit_task(self, spec: P.TaskSpec, direct_ok: bool, hold) -> None:
+        if self.owner is None and self._may_own:
+            self._become_owner()
+        super().submit_task(spec, direct_ok, hold)
+
+    def _become_owner(self) -> None:
+        with self._owner_lock:  # (the threads of a concurrent actor may race here)
+            if self.owner is not None:
+                return
+            st = self._setup
+            self.owner = Owner(self.proc, self.rank, self._values, max_leases=st.max_leases,
+                               depth=st.lease_depth, ring_cap=st.mailbox_ring_bytes,
+                               mailbox=True, spill_long=st.spill_long, direct_calls=False)
+            # (then its messages' handlers: the pumping thread may read them at once)
             self._owner_handlers(self._on)
             self._on[P.LeaseGrant.OP] = self._on_lease_grant
 
