@@ -70,6 +70,12 @@ def _check_timeout(timeout: float | None) -> None:
 
 
 def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+    """The value of ``object_refs`` (one ref), or the list of values (a list of refs, in
+    its order), waiting for them.  A task's error is raised as a ``RayTaskError`` that
+    is also an instance of the original exception's class; with several refs the first
+    error raises as soon as it is known, while the others may still run.  ``timeout``
+    (seconds) raises ``GetTimeoutError``.  Large numpy arrays come back as read-only
+    zero-copy views of the object store."""
     if timeout is not None:
         _check_timeout(timeout)
     client = _global.client
@@ -92,6 +98,9 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
 
 
 def put(value: Any, *, _owner: Any = None) -> ObjectRef:
+    """Store ``value`` in the object store; returns its ``ObjectRef``.  Small values stay
+    in this process until a ref leaves it; large ones are written once to shared memory
+    and read zero-copy by every task and actor on this host."""
     if type(value) is ObjectRef:
         raise TypeError(
             "Calling 'put' on an ObjectRef is not allowed. If you really want to do this, "
@@ -106,6 +115,9 @@ def put(value: Any, *, _owner: Any = None) -> ObjectRef:
 def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
          timeout: float | None = None, fetch_local: bool = True
          ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Wait until ``num_returns`` of ``object_refs`` are ready or ``timeout`` seconds
+    pass; returns ``(ready, not_ready)``, both in the input's order (``ready`` holds at
+    most ``num_returns``).  ``wait([])`` is ``([], [])``."""
     if type(object_refs) is ObjectRef or not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"wait() expects a list of ObjectRefs, not {type(object_refs).__name__}")
     # (the checks are passes in C: a loop of waits over a long list stays cheap)
@@ -139,6 +151,9 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task (or actor call) that makes ``ref``: a queued one is dropped, a
+    running one is interrupted (``TaskCancelledError`` at its ``get``); ``force=True``
+    kills the worker running a task.  ``recursive`` cancels the tasks it submitted."""
     if type(ref) is not ObjectRef:
         raise TypeError(f"cancel() expects an ObjectRef, not {type(ref).__name__}")
     if ref._tid is None:
@@ -155,6 +170,7 @@ def _info() -> dict:
 
 
 def cluster_resources() -> dict[str, float]:
+    """Every resource of the session (all ranks' nodes under MPI): ``{"CPU": 8.0, ...}``."""
     info = _info()
     if _global.cluster:  # under MPI: every rank's node
         total: dict[str, float] = {}
@@ -166,12 +182,14 @@ def cluster_resources() -> dict[str, float]:
 
 
 def available_resources() -> dict[str, float]:
+    """The resources not held by running tasks and actors right now."""
     _info()
     reply = _global.client.request(lambda req: P.Query(req, "available"))
     return {k: v for k, v in reply.data.items() if v > 0}
 
 
 def nodes() -> list[dict]:
+    """One dict per node (per MPI rank): ``NodeID``, ``Alive``, ``Resources``, address."""
     info = _info()
     ranks = _global.cluster or [(info["node_id"], info["resources"], socket.gethostname())]
     return [{
@@ -190,22 +208,28 @@ def _node_stats() -> dict:
 
 
 def timeline(filename: str | None = None) -> list:
+    """Not built yet: it arrives with the control store (raises NotImplementedError)."""
     raise NotImplementedError("timeline() arrives with the control store")
 
 
 def kill(actor: Any, *, no_restart: bool = True) -> None:
+    """End an actor's process now; its pending calls fail with ``ActorDiedError``.
+    ``no_restart=False`` lets it restart within its ``max_restarts``."""
     from .actor import kill_actor
 
     kill_actor(actor, no_restart=no_restart)
 
 
 def get_actor(name: str, namespace: str | None = None) -> Any:
+    """The handle of the named actor (in ``namespace``, else the job's); ``ValueError``
+    when there is none."""
     from .actor import lookup_actor
 
     return lookup_actor(name, namespace)
 
 
 def method(*args: Any, **kwargs: Any):
+    """``@mpray.method(num_returns=...)`` on an actor method: its default call options."""
     from .actor import method as _method
 
     return _method(*args, **kwargs)

@@ -69,4 +69,5 @@ class RuntimeContext:
 
 
 def get_runtime_context() -> RuntimeContext:
+    """Facts about where this code runs: job, node, task, actor and worker ids."""
     return RuntimeContext()

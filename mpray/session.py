@@ -280,6 +280,7 @@ def auto_init() -> DriverClient:
 
 
 def is_initialized() -> bool:
+    """Is mpray running in this process (a driver after ``init``, or any worker)?"""
     return _global.session is not None or _global.client is not None  # driver or worker
 
 

@@ -709,3 +709,12 @@ def test_ref_from_an_earlier_session_fails_clearly():
         assert mpray.get(add.remote(2, 2), timeout=30) == 4
     finally:
         mpray.shutdown()
+
+
+def test_every_public_function_has_a_docstring():
+    import inspect
+
+    missing = [name for name in mpray.__all__
+               if callable(getattr(mpray, name)) and not inspect.isclass(getattr(mpray, name))
+               and not (getattr(mpray, name).__doc__ or "").strip()]
+    assert missing == []
