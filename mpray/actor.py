@@ -22,9 +22,12 @@ from typing import Any
 from . import _global
 from . import protocol as P
 from .worker.actor import exit_actor, is_async_class
+from .dag import bind_class, bind_method
 from .object_ref import ObjectRef
-from .remote_function import (ACTOR_ONLY, TASK_OPTIONS, ArgCheck, BlobRegistration, _refs,
-                              encode_args, resource_request, validate_options)
+from .placement import pg_resources
+from .options import (ACTOR_OPTIONS, METHOD_OPTIONS, ArgCheck, resource_request,
+                      validate_options)
+from .remote_function import BlobRegistration, _refs, encode_args
 from .session import auto_init
 
 _task_spec = P.TaskSpec.from_items
@@ -32,10 +35,6 @@ _task_spec = P.TaskSpec.from_items
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "exit_actor", "kill_actor",
            "lookup_actor", "method"]
 
-ACTOR_OPTIONS = (TASK_OPTIONS | ACTOR_ONLY) - {"num_returns", "max_retries", "retry_exceptions",
-                                              "max_calls"}
-METHOD_OPTIONS = {"num_returns", "max_task_retries", "retry_exceptions", "name",
-                  "concurrency_group", "enable_task_events", "_metadata"}
 _EXPLICIT = ("num_cpus", "num_gpus", "resources", "memory")
 
 
@@ -94,7 +93,9 @@ class ActorMethod:
                         f"'object.{self._name}()', try 'object.{self._name}.remote()'.")
 
     def bind(self, *args, **kwargs):
-        raise NotImplementedError("Ray DAGs (.bind) are not supported by mpray")
+        """Ray's DAG API: this call as a node (``mpray.dag.ClassMethodNode``), made when
+        the graph runs (``node.execute()``)."""
+        return bind_method(self, args, kwargs)
 
 
 class _ActorID:
@@ -232,7 +233,9 @@ class ActorClass(BlobRegistration):
         return target.remote(*(args or ()), **(kwargs or {}))
 
     def bind(self, *args, **kwargs):
-        raise NotImplementedError("Ray DAGs (.bind) are not supported by mpray")
+        """Ray's DAG API: this actor's creation as a node (``mpray.dag.ClassNode``); its
+        methods bind calls: ``node.method.bind(...)``."""
+        return bind_class(self, args, kwargs)
 
     def _metadata(self) -> dict:
         if self._meta is None:
@@ -251,6 +254,10 @@ class ActorClass(BlobRegistration):
         explicit = any(opts.get(k) is not None for k in _EXPLICIT)
         held = resource_request(opts, default_cpus=0) if explicit else ()
         place = held if explicit else (("CPU", 1.0),)
+        strategy = opts.get("scheduling_strategy")
+        if strategy is not None:  # (in a placement group: its bundle's resources)
+            held = pg_resources(held, strategy) if held else ()
+            place = pg_resources(place, strategy)
         name = opts.get("name")
         copts = {
             "class_name": self.__name__, "meta": meta, "name": name,
@@ -265,7 +272,7 @@ class ActorClass(BlobRegistration):
         if name:  # the node answers: the name is ours, or taken (maybe by the one we want)
             copts["req"] = client.new_ids(0)
         spec = P.TaskSpec(tid, fid, f"{self.__name__}.__init__", blob, deps, 1, place, 0,
-                          False, contained, opts.get("scheduling_strategy"), actor=tid,
+                          False, contained, strategy, actor=tid,
                           create=copts)
         anchor = ObjectRef(tid + 1, owned=True, tid=tid)
         client.submit_task(spec, False, keep)  # (the creation task holds its arguments)
@@ -286,6 +293,10 @@ class _ActorOptions:
 
     def remote(self, *args, **kwargs) -> ActorHandle:
         return self._ac._create(self._opts, args, kwargs)
+
+    def bind(self, *args, **kwargs):
+        """``Cls.options(...).bind(...)``: a ``ClassNode`` with these options."""
+        return bind_class(self, args, kwargs)
 
 
 def _retries(v) -> int:

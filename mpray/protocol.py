@@ -212,6 +212,10 @@ KillActor = record("KillActor", 21, "aid no_restart", _N, "kill this actor")
 ChannelFree = record("ChannelFree", 23, "channel", _N,
                      "the owner of a lease through this channel is done with it")
 ActorExit = record("ActorExit", 22, "aid", _N, "the actor called exit_actor()")
+PgOp = record("PgOp", 24, "req op", _N,
+             "a placement-group request, answered with Reply: ('create', id, bundles, "
+             "strategy, name, namespace) | ('remove', id) | ('table', id or None) | "
+             "('named', namespace, name)")
 
 # ----------------------------------------------------------------------------- from the node
 _O = "node_out"
@@ -298,6 +302,18 @@ NameFree = record("NameFree", 70, "key aid", _C, "that actor's name is free agai
 Lend = record("Lend", 71, "adds removes", _C, "holds this rank lends other ranks")
 Unlend = record("Unlend", 72, "oid rank", _C, "give back the hold that rank lent this one")
 Borrowed = record("Borrowed", 73, "oids rank", _C, "holds that rank lent this one")
+PgAsk = record("PgAsk", 74, "rank proc req op", _C,
+              "a PgOp of that rank's process proc (to rank 0, the groups' registry)")
+PgAnswer = record("PgAnswer", 75, "proc req data", _C, "rank 0's answer to a PgAsk")
+PgReserve = record("PgReserve", 76, "pg bundles", _C,
+                   "reserve these bundles [(index, {resource: amount})] of group pg here")
+PgReserved = record("PgReserved", 77, "pg rank", _C,
+                    "that rank holds its bundles of group pg (to rank 0)")
+PgPlaced = record("PgPlaced", 78, "pg ranks", _C,
+                  "group pg is created: bundle i is on rank ranks[i] (to every rank)")
+PgGone = record("PgGone", 79, "pg", _C,
+                "group pg was removed: free its bundles, end what runs in them (to "
+                "every rank)")
 
 # ----------------------------------------------------------------------------- agent <-> agent
 _R = "ranks"

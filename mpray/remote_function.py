@@ -15,7 +15,6 @@ zero-copy.
 
 from __future__ import annotations
 
-import inspect
 import pickle
 from typing import Any, Callable
 
@@ -24,77 +23,11 @@ import cloudpickle
 from . import _global
 from . import protocol as P
 from .store import serialization as ser
+from .dag import bind_function
 from .object_ref import ObjectRef
+from .options import TASK_OPTIONS, ArgCheck, resource_request, validate_options
+from .placement import pg_resources
 from .session import auto_init
-
-TASK_OPTIONS = {
-    "num_cpus", "num_gpus", "resources", "memory", "num_returns", "max_retries",
-    "retry_exceptions", "name", "scheduling_strategy", "runtime_env", "accelerator_type",
-    "label_selector", "enable_task_events", "_metadata", "placement_group",
-    "placement_group_bundle_index", "placement_group_capture_child_tasks", "max_calls",
-    "object_store_memory",
-}
-ACTOR_ONLY = {"max_restarts", "max_task_retries", "max_concurrency", "namespace",
-              "lifetime", "get_if_exists", "concurrency_groups", "max_pending_calls"}
-
-
-def _check_number(name: str, v: Any, integer: bool = False) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-        raise ValueError(f"option {name} must be a non-negative number, not {v!r}")
-    if integer and v != int(v):
-        raise ValueError(f"option {name} must be an integer, not {v!r}")
-
-
-def validate_options(opts: dict, allowed: set[str], what: str) -> dict:
-    for k, v in opts.items():
-        if k not in allowed:
-            hint = " (that option is for actors)" if k in ACTOR_ONLY and what == "task" else ""
-            raise ValueError(f"invalid option {k!r} for a {what}{hint}; valid options: "
-                             f"{', '.join(sorted(allowed))}")
-        if v is None:
-            continue
-        if k in ("num_cpus", "num_gpus", "memory"):
-            _check_number(k, v)
-            if k == "num_gpus" and v > 1 and v != int(v):
-                raise ValueError(f"num_gpus above 1 must be a whole number, not {v!r}")
-        elif k in ("max_retries", "max_restarts", "max_task_retries"):
-            if isinstance(v, bool) or not isinstance(v, int) or v < -1:
-                raise ValueError(f"option {k} must be an integer >= -1, not {v!r}")
-        elif k == "num_returns":
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"num_returns must be a non-negative integer, not {v!r}")
-        elif k == "resources":
-            if not isinstance(v, dict):
-                raise TypeError(f"resources must be a dict, not {type(v).__name__}")
-            for rk, rv in v.items():
-                if rk in ("CPU", "GPU"):
-                    raise ValueError(f"use num_cpus/num_gpus instead of resources[{rk!r}]")
-                _check_number(f"resources[{rk!r}]", rv)
-        elif k == "retry_exceptions":
-            if not isinstance(v, bool) and not (
-                isinstance(v, (list, tuple))
-                and all(isinstance(c, type) and issubclass(c, BaseException) for c in v)
-            ):
-                raise TypeError("retry_exceptions must be a bool or a list of exception types")
-        elif k == "scheduling_strategy":
-            from .util.scheduling_strategies import check_strategy
-
-            check_strategy(v)
-    return opts
-
-
-def resource_request(opts: dict, default_cpus: float = 1.0) -> tuple:
-    """The task's resource shape: sorted ((name, amount), ...), the scheduler's queue key."""
-    cpus = opts.get("num_cpus")
-    res = {"CPU": float(default_cpus if cpus is None else cpus)}
-    if opts.get("num_gpus"):
-        res["GPU"] = float(opts["num_gpus"])
-    if opts.get("memory"):
-        res["memory"] = float(opts["memory"])
-    for k, v in (opts.get("resources") or {}).items():
-        res[k] = float(v)
-    return tuple(sorted((k, v) for k, v in res.items() if v))
-
 
 class _Prepared:
     """Per-options constants computed once, not per call."""
@@ -103,53 +36,20 @@ class _Prepared:
 
     def __init__(self, opts: dict, default_name: str) -> None:
         self.nret = opts.get("num_returns", 1) if opts.get("num_returns") is not None else 1
-        self.res = resource_request(opts)
+        self.strategy = opts.get("scheduling_strategy")
+        self.res = pg_resources(resource_request(opts), self.strategy)
         r = opts.get("max_retries")
         self.retries = 3 if r is None else (10**9 if r == -1 else r)
         rex = opts.get("retry_exceptions", False)
         self.retry_exc = rex if isinstance(rex, bool) else pickle.dumps(tuple(rex))
         self.name = opts.get("name") or default_name
-        self.strategy = opts.get("scheduling_strategy")
         # leased workers take plain one-CPU tasks only (see owner/machine.py)
         self.direct_ok = self.res == (("CPU", 1.0),) and self.strategy in (None, "DEFAULT")
 
 
 _task_spec = P.TaskSpec.from_items
-_PLAIN = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
-class ArgCheck:
-    """Does a call's arguments fit the function's signature?  Checked at ``.remote()``,
-    as Ray does, so a bad call raises ``TypeError`` there and not later in the worker.
-    The usual call (positional arguments only, a plain signature) costs a comparison of
-    counts; anything else is bound with ``inspect.Signature.bind``."""
-
-    __slots__ = ("sig", "lo", "hi", "what")
-
-    def __init__(self, fn, what: str, drop_self: bool = False) -> None:
-        self.what = what
-        try:
-            sig = inspect.signature(fn)
-        except (TypeError, ValueError):  # (a builtin without one: the worker decides)
-            sig = None
-        if sig is not None and drop_self:
-            params = list(sig.parameters.values())[1:]
-            sig = sig.replace(parameters=params)
-        self.sig = sig
-        self.lo, self.hi = -1, -1  # (counts the fast check allows; -1: always bind)
-        if sig is not None and all(p.kind in _PLAIN for p in sig.parameters.values()):
-            ps = list(sig.parameters.values())
-            self.lo = sum(1 for p in ps if p.default is p.empty)
-            self.hi = len(ps)
-
-    def __call__(self, args: tuple, kwargs: dict) -> None:
-        if not kwargs and self.lo <= len(args) <= self.hi:
-            return
-        if self.sig is not None:
-            try:
-                self.sig.bind(*args, **kwargs)
-            except TypeError as e:
-                raise TypeError(f"{self.what}: {e}") from None
 _NO_ARGS = (ser.dumps_plain(([], {})), (), (), None)  # a call without arguments
 
 
@@ -258,6 +158,11 @@ class RemoteFunction(BlobRegistration):
         # (fib calling fib.remote) is a cycle the (cloud)pickler's memo resolves
         return (_rebuild_remote_function, (self._function, self._options))
 
+    def bind(self, *args, **kwargs):
+        """Ray's DAG API: this call as a node (``mpray.dag.FunctionNode``), made when
+        the graph runs (``node.execute()``)."""
+        return bind_function(self, args, kwargs)
+
     def options(self, **opts) -> "_BoundOptions":
         merged = {**self._options, **validate_options(dict(opts), TASK_OPTIONS, "task")}
         return _BoundOptions(self, _Prepared(merged, self._name))
@@ -312,6 +217,10 @@ class _BoundOptions:
 
     def remote(self, *args, **kwargs):
         return self._rf._submit(self._prep, args, kwargs)
+
+    def bind(self, *args, **kwargs):
+        """``f.options(...).bind(...)``: a ``FunctionNode`` with these options."""
+        return bind_function(self, args, kwargs)
 
     def __call__(self, *args, **kwargs):
         return self._rf(*args, **kwargs)

@@ -82,6 +82,26 @@ ACTOR_TRANSITIONS: dict[ActorState, frozenset[ActorState]] = {
     A.DEAD: frozenset(),
 }
 
+# A placement group (node/placement_groups.py, rank 0's registry): PENDING until its
+# bundles fit somewhere (an infeasible group waits, as in Ray), PREPARED while the ranks
+# chosen reserve them, CREATED once all have; REMOVED is final.
+
+
+class PlacementGroupState(_State):
+    PENDING = "PENDING"
+    PREPARED = "PREPARED"
+    CREATED = "CREATED"
+    REMOVED = "REMOVED"
+
+
+G = PlacementGroupState
+PG_TRANSITIONS: dict[PlacementGroupState, frozenset[PlacementGroupState]] = {
+    G.PENDING: frozenset({G.PREPARED, G.REMOVED}),
+    G.PREPARED: frozenset({G.CREATED, G.REMOVED}),
+    G.CREATED: frozenset({G.REMOVED}),
+    G.REMOVED: frozenset(),
+}
+
 
 # ----------------------------------------------------------------------------- the owner
 # (owner/machine.py: the driver's decisions about its direct tasks, its leases and its calls to

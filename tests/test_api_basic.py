@@ -718,3 +718,36 @@ def test_every_public_function_has_a_docstring():
                if callable(getattr(mpray, name)) and not inspect.isclass(getattr(mpray, name))
                and not (getattr(mpray, name).__doc__ or "").strip()]
     assert missing == []
+
+
+SCRIPT_DEFINES_AFTER_INIT = """
+import mpray
+mpray.init(num_cpus=2)
+
+def double(x):  # defined after the workers were forked: they do not have it
+    return 2 * x
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+@mpray.remote
+def call(f, p):
+    return f(p.x), type(p).__name__
+
+print(mpray.get(call.remote(double, Point(21)), timeout=30))
+print(mpray.get(call.remote(double, mpray.put(Point(1))), timeout=30))
+mpray.shutdown()
+"""
+
+
+def test_a_scripts_functions_and_classes_defined_after_init_travel_by_value():
+    """As in Ray: a function or an instance of a class of the script reaches a task even
+    when it was defined after ``init()`` (plain pickle would send it by name)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", SCRIPT_DEFINES_AFTER_INIT],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["(42, 'Point')", "(2, 'Point')"], r.stdout + r.stderr

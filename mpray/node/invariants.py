@@ -5,9 +5,13 @@ distributed's ``validate_state()``); it is never called on the hot path.  Each c
 names what broke, so a failing test points at the bookkeeping that went wrong:
 
 * the resource books add up: what is not available is held by a worker (a worker that
-  waits in ``get`` lends its CPU), and every GPU's share is free or held;
-* every task is in exactly one place: a ready queue (once), its actor's caller queue,
-  a worker's queue, another rank (``AGENT``), or waiting for its arguments;
+  waits in ``get`` lends its CPU) or reserved by a placement group's bundle, and every
+  GPU's share is free or held;
+* every task is in exactly one place: a ready queue (once) or its placement group's
+  waiting list, its actor's caller queue, a worker's queue, another rank (``AGENT``),
+  or waiting for its arguments;
+* placement groups: rank 0's capacity left per rank is its totals less the placed
+  groups' bundles;
 * workers: the idle list holds exactly the idle workers, a worker's running task is the
   head of its queue;
 * objects: their holder counts match what refers to them (``task_refs`` from live tasks
@@ -20,13 +24,15 @@ import collections
 
 from .actor_table import ACTOR_MARK
 from .cluster import AGENT
-from ..states import A, O, T, W
+from .worker_table import lends
+from ..states import A, G, O, T, W
 
 EPS = 1e-6
 
 
 def check_scheduler(s) -> None:
     _check_resources(s)
+    _check_groups(s)
     _check_tasks(s)
     _check_workers(s)
     _check_objects(s)
@@ -39,19 +45,45 @@ def _check_resources(s) -> None:
             assert not w.held and not w.gpus, f"idle worker {w.key} holds {w.held}"
             continue
         for name, amount in w.held:
-            if (name, amount) == ACTOR_MARK or (name == "CPU" and w.state is W.BLOCKED):
+            if (name, amount) == ACTOR_MARK or (w.state is W.BLOCKED and lends(name)):
                 continue
             used[name] += amount
+    for bundles in s.pg_local.values():  # what placement groups reserved here
+        for _i, b in bundles:
+            for name, amount in b.items():
+                used[name] += amount
     for name, total in s.total.items():
         free = s.avail.get(name, 0.0)
         assert abs(total - free - used.get(name, 0.0)) < EPS, (
-            f"resource {name}: total {total}, available {free}, held {used.get(name, 0.0)}")
+            f"resource {name}: total {total}, available {free}, held or reserved "
+            f"{used.get(name, 0.0)}")
+    for g, (key, _i) in s.gpu_owner.items():
+        assert g in s.gpu_free and key in s.pg_local, f"GPU {g} reserved by gone group {key}"
     gpu_held: dict[str, float] = collections.defaultdict(float)
     for w in s.workers.values():
         for g, amount in w.gpus:
             gpu_held[g] += amount
     for g, free in s.gpu_free.items():
         assert abs(free + gpu_held[g] - 1.0) < EPS, f"GPU {g}: free {free}, held {gpu_held[g]}"
+
+
+def _check_groups(s) -> None:
+    """Rank 0's capacity left per rank is its totals less the placed groups' bundles."""
+    if s._pg_free is None:
+        return
+    want = s._pg_totals()
+    for g in s.pg_table.values():
+        if g.ranks is not None and g.state is not G.REMOVED:
+            for b, r in zip(g.bundles, g.ranks):
+                for name, amount in b.items():
+                    want[r][name] = want[r].get(name, 0.0) - amount
+    for r, (have, need) in enumerate(zip(s._pg_free, want)):
+        for name in set(have) | set(need):
+            assert abs(have.get(name, 0.0) - need.get(name, 0.0)) < EPS, (
+                f"rank {r}'s capacity for groups: {name} {have.get(name)} != {need.get(name)}")
+    for key in s.pg_pending:
+        g = s.pg_table.get(key)
+        assert g is None or g.state in (G.PENDING, G.REMOVED), f"group {key} listed pending"
 
 
 def _check_tasks(s) -> None:
@@ -70,6 +102,11 @@ def _check_tasks(s) -> None:
                 if t is not None and t.state in (T.READY, T.PENDING_ARGS):
                     assert t.actor == a.key and t.owner == caller, (tid, a.key, caller)
                     in_actor[tid] += 1
+    for tids in s.pg_waiting.values():  # waiting for their placement group
+        for tid in tids:
+            t = s.tasks.get(tid)
+            if t is not None and t.state is T.READY:
+                in_ready[tid] += 1
     on_worker: collections.Counter = collections.Counter()
     for w in s.workers.values():
         for tid in w.queue:

@@ -268,6 +268,7 @@ class Node:
             P.PutFor.OP: lambda proc, m: s.put_for(proc, m.owner, m.oid, m.kind, m.payload,
                                                    m.contained),
             P.Promise.OP: lambda proc, m: s.promise(proc, m.oid),
+            P.PgOp.OP: lambda proc, m: s.pg_op(proc, m.req, m.op),
             P.Shutdown.OP: stop,
             **self._agent_handlers(),
         }
@@ -290,6 +291,13 @@ class Node:
             P.NameFound.OP: lambda proc, m: s.name_found(m.req, m.proc, m.found, m.lent,
                                                          m.lender),
             P.NameFree.OP: lambda proc, m: s.name_free(m.key, m.aid),
+            # placement groups: rank 0's registry and each rank's bundles
+            P.PgAsk.OP: lambda proc, m: s.pg_ask(m.rank, m.proc, m.req, m.op),
+            P.PgAnswer.OP: lambda proc, m: s.pg_answered(m.proc, m.req, m.data),
+            P.PgReserve.OP: lambda proc, m: s.pg_reserve(m.pg, m.bundles),
+            P.PgReserved.OP: lambda proc, m: s.pg_reserved(m.pg, m.rank),
+            P.PgPlaced.OP: lambda proc, m: s.pg_placed(m.pg, m.ranks),
+            P.PgGone.OP: lambda proc, m: s.pg_removed(m.pg),
         }
 
     def _query(self, what, proc: int, req: int):
@@ -398,7 +406,7 @@ class Node:
                 self._reap()
                 busy = True
             if busy or not flushed:
-                if s.ready:
+                if s.ready or s.pg_reserving:  # (a group may wait for CPUs)
                     s.schedule()
                 if s.actions:
                     self._act()

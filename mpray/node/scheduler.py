@@ -28,9 +28,11 @@ import pickle
 from .. import exceptions as exc
 from .. import protocol as P
 from .actor_names import ActorNames
+from .placement_groups import PARKED, PlacementGroups
 from .actor_table import ACTOR_MARK, ActorTable
 from ..store.allocator import Allocator
 from .cluster import AGENT, ClusterView
+from ..placement import PlacementGroupSchedulingStrategy as _PGS
 from ..placement import running_mean
 from .invariants import check_scheduler
 from .objects import Obj, ObjectDirectory
@@ -58,7 +60,8 @@ __all__ = ["OBJ_TRANSITIONS", "TASK_TRANSITIONS", "WORKER_TRANSITIONS", "Obj", "
            "_move"]
 
 
-class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTable):
+class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, PlacementGroups,
+                WorkerTable):
     """Local scheduler + object directory of one node."""
 
     def __init__(
@@ -110,6 +113,7 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
         self._init_actors()
         self._init_names()
         self._init_cluster()
+        self._init_pgs()
         self.now = 0.0  # set by the node's loop before each batch of events
         # fid -> (tasks timed, their moving mean run time here): the spill rule's clock,
         # per function, so that one long function does not make short ones move
@@ -236,6 +240,8 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
     def _check_feasible(self, t: Task) -> None:
         if t.state is T.DISPATCHED or (self.agent is not None and self._placement_possible(t)):
             return  # forwarded, or another rank can run it
+        if type(t.spec.strategy) is _PGS:
+            return  # (its group's resources: it waits for the group, which warns)
         for name, amount in t.resources:
             if amount > self.total.get(name, 0) + 1e-9:
                 key = (name, amount)
@@ -256,23 +262,32 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
                 return False  # enough GPU in total, but split across devices
         return True
 
-    def _gpus_fit(self, amount: float) -> bool:
-        if amount < 1:
-            return any(free >= amount - 1e-9 for free in self.gpu_free.values())
-        return sum(1 for free in self.gpu_free.values() if free >= 1 - 1e-9) >= amount
+    def _gpu_pool(self) -> list:
+        """The GPUs a task outside placement groups may use (not a bundle's)."""
+        owned = self.gpu_owner
+        return [g for g in self.gpu_free if g not in owned] if owned else list(self.gpu_free)
 
-    def _take_gpus(self, amount: float) -> tuple:
+    def _gpus_fit(self, amount: float) -> bool:
+        free = [self.gpu_free[g] for g in self._gpu_pool()]
+        if amount < 1:
+            return any(f >= amount - 1e-9 for f in free)
+        return sum(1 for f in free if f >= 1 - 1e-9) >= amount
+
+    def _take_gpus(self, amount: float, pool: list | None = None) -> tuple:
         if amount <= 0 or not self.gpu_free:
             return ()
+        if pool is None:
+            pool = self._gpu_pool()
+        gpu_free = self.gpu_free
         if amount < 1:
-            for g, free in self.gpu_free.items():
-                if free >= amount - 1e-9:
-                    self.gpu_free[g] = free - amount
+            for g in pool:
+                if gpu_free[g] >= amount - 1e-9:
+                    gpu_free[g] -= amount
                     return ((g, amount),)
             return ()
-        got = [g for g, free in self.gpu_free.items() if free >= 1 - 1e-9][: int(amount)]
+        got = [g for g in pool if gpu_free[g] >= 1 - 1e-9][: int(amount)]
         for g in got:
-            self.gpu_free[g] -= 1.0
+            gpu_free[g] -= 1.0
         return tuple((g, 1.0) for g in got)
 
     def _enqueue(self, t: Task, front: bool = False) -> None:
@@ -281,7 +296,14 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
             if a is not None:
                 self._actor_pump(a, t.owner)
             return
-        if self.agent is not None:
+        strategy = t.spec.strategy
+        if strategy is not None and type(strategy) is _PGS:
+            target = self._pg_target(t)
+            if target is not None:
+                if target is not PARKED:
+                    self._forward(t, target)
+                return
+        elif self.agent is not None:
             target = self._placement(t)
             if target is not None:
                 self._forward(t, target)
@@ -300,6 +322,8 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
 
     def schedule(self) -> None:
         """Dispatch ready tasks to idle workers while resources allow."""
+        if self.pg_reserving:  # (placement groups first: they wait for free resources)
+            self._pg_try_reserve()
         want = 0
         for key, q in list(self.ready.items()):
             while q:
@@ -386,7 +410,8 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
                 if amount:
                     self.avail[name] = self.avail.get(name, 0) - amount
             w.held = t.resources
-            w.gpus = self._take_gpus(_amount(t.resources, "GPU"))
+            w.gpus = (self._take_gpus(_amount(t.resources, "GPU")) if spec.strategy is None
+                      else self._pg_take_gpus(t))
             _move(w, W.BUSY, WORKER_TRANSITIONS, "worker")
             w.idle_since = 0.0
             w.task = t.key
@@ -445,6 +470,14 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
         _move(t, state, TASK_TRANSITIONS, "task")
         self.stats["failed"] += 1
         self._finish(t, [(oid, ERROR, payload, ()) for oid in t.returns])
+
+    def _fail_unstarted(self, t: Task, payload: bytes, state: TaskState = T.FAILED) -> None:
+        """End a task that waits for its arguments or in a ready queue."""
+        for _, oid in t.spec.deps:
+            o = self.objs.get(oid)
+            if o is not None and t.key in o.waiting_tasks:
+                o.waiting_tasks.remove(t.key)
+        self._fail(t, payload, state)
 
     def _finish(self, t: Task, results, delivered: bool = False) -> None:
         if t.creating:
@@ -524,11 +557,7 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, WorkerTabl
             return
         err = self._error_payload(exc.TaskCancelledError(P.id_hex(tid)))
         if t.state in (T.PENDING_ARGS, T.READY):
-            for _, oid in t.spec.deps:
-                o = self.objs.get(oid)
-                if o is not None and tid in o.waiting_tasks:
-                    o.waiting_tasks.remove(tid)
-            self._fail(t, err, T.CANCELLED)
+            self._fail_unstarted(t, err, T.CANCELLED)
         elif t.state is T.DISPATCHED and not t.cancel and t.actor is not None:
             # the actor decides: a queued call is dropped, a running async one cancelled,
             # a running sync one finishes (as in Ray); it reports the outcome itself

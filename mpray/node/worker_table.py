@@ -20,6 +20,11 @@ from .. import protocol as P
 from ..states import TASK_TRANSITIONS, WORKER_TRANSITIONS, T, W, WorkerState, _move
 
 
+def lends(name: str) -> bool:
+    """A worker whose task waits in ``get`` lends its CPUs (a placement group's too)."""
+    return name == "CPU" or name.startswith("CPU_group_")
+
+
 def _amount(shape: tuple, name: str) -> float:
     for k, v in shape:
         if k == name:
@@ -48,7 +53,7 @@ class WorkerTable:
 
     def _release_worker_resources(self, w: Worker) -> None:
         for name, amount in w.held:
-            if amount and not (name == "CPU" and w.state is W.BLOCKED):
+            if amount and not (w.state is W.BLOCKED and lends(name)):
                 self.avail[name] = self.avail.get(name, 0) + amount
         for g, amount in w.gpus:
             self.gpu_free[g] = self.gpu_free.get(g, 0) + amount
@@ -85,18 +90,18 @@ class WorkerTable:
         if w.state is not W.BUSY:
             return
         _move(w, W.BLOCKED, WORKER_TRANSITIONS, "worker")
-        cpu = _amount(w.held, "CPU")
-        if cpu:
-            self.avail["CPU"] = self.avail.get("CPU", 0) + cpu
+        for name, amount in w.held:
+            if amount and lends(name):
+                self.avail[name] = self.avail.get(name, 0) + amount
 
     def worker_unblocked(self, wid: int) -> None:
         w = self.workers[wid]
         if w.state is not W.BLOCKED:
             return
         _move(w, W.BUSY, WORKER_TRANSITIONS, "worker")
-        cpu = _amount(w.held, "CPU")
-        if cpu:  # may briefly oversubscribe, as Ray does
-            self.avail["CPU"] = self.avail.get("CPU", 0) - cpu
+        for name, amount in w.held:  # (may briefly oversubscribe, as Ray does)
+            if amount and lends(name):
+                self.avail[name] = self.avail.get(name, 0) - amount
 
     def worker_died(self, wid: int, reason: str) -> None:
         w = self.workers.get(wid)
@@ -127,7 +132,9 @@ class WorkerTable:
         t = self.tasks.get(w.task) if w.task is not None else None
         if t is not None and t.state is T.DISPATCHED:
             t.worker = None
-            if t.cancel:
+            if type(t.cancel) is bytes:  # ended on purpose, with this error
+                self._fail(t, t.cancel)
+            elif t.cancel:
                 self._fail(t, self._error_payload(exc.TaskCancelledError(
                     P.id_hex(t.key))), T.CANCELLED)
             elif t.retries_left > 0:

@@ -1,5 +1,10 @@
-"""``mpray.util``: ActorPool and scheduling strategies (as in ``ray.util``)."""
+"""``mpray.util``: ActorPool, placement groups and scheduling strategies (as in
+``ray.util``)."""
 
+from . import scheduling_strategies
 from .actor_pool import ActorPool
+from .placement_group import (PlacementGroup, get_placement_group, placement_group,
+                              placement_group_table, remove_placement_group)
 
-__all__ = ["ActorPool"]
+__all__ = ["ActorPool", "PlacementGroup", "get_placement_group", "placement_group",
+           "placement_group_table", "remove_placement_group", "scheduling_strategies"]
