@@ -267,6 +267,7 @@ class ActorClass(BlobRegistration):
             "max_task_retries": meta["max_task_retries"],
             "max_concurrency": opts.get("max_concurrency"), "is_async": meta["is_async"],
             "held": held, "get_if_exists": bool(opts.get("get_if_exists")), "req": None,
+            "runtime_env": opts.get("runtime_env"),  # (checked; applied for good)
         }
         blob, deps, contained, keep = encode_args(client, args, kwargs, f"{self.__name__}")
         if name:  # the node answers: the name is ours, or taken (maybe by the one we want)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from . import runtime_env
 from .placement import check_strategy
 
 TASK_OPTIONS = {
@@ -65,6 +66,8 @@ def validate_options(opts: dict, allowed: set[str], what: str) -> dict:
                 raise TypeError("retry_exceptions must be a bool or a list of exception types")
         elif k == "scheduling_strategy":
             check_strategy(v)
+        elif k == "runtime_env":
+            opts[k] = runtime_env.check(v)
     return opts
 
 

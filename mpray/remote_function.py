@@ -22,6 +22,7 @@ import cloudpickle
 
 from . import _global
 from . import protocol as P
+from . import runtime_env
 from .store import serialization as ser
 from .dag import bind_function
 from .object_ref import ObjectRef
@@ -32,7 +33,8 @@ from .session import auto_init
 class _Prepared:
     """Per-options constants computed once, not per call."""
 
-    __slots__ = ("nret", "res", "retries", "retry_exc", "name", "strategy", "direct_ok")
+    __slots__ = ("nret", "res", "retries", "retry_exc", "name", "strategy", "direct_ok",
+                 "env")
 
     def __init__(self, opts: dict, default_name: str) -> None:
         self.nret = opts.get("num_returns", 1) if opts.get("num_returns") is not None else 1
@@ -43,6 +45,7 @@ class _Prepared:
         rex = opts.get("retry_exceptions", False)
         self.retry_exc = rex if isinstance(rex, bool) else pickle.dumps(tuple(rex))
         self.name = opts.get("name") or default_name
+        self.env = opts.get("runtime_env")  # (checked: None, or what to apply)
         # leased workers take plain one-CPU tasks only (see owner/machine.py)
         self.direct_ok = self.res == (("CPU", 1.0),) and self.strategy in (None, "DEFAULT")
 
@@ -134,6 +137,19 @@ class BlobRegistration:
         self._registered = (client.token, fid)
         return fid
 
+    def _fid_env(self, client, env: dict) -> int:
+        """The id of this function registered with a runtime_env (one per env)."""
+        regs = self.__dict__.setdefault("_env_registered", {})
+        k = runtime_env.key(env)
+        reg = regs.get(k)
+        if reg is not None and reg[0] == client.token:
+            return reg[1]
+        self._fid(client)  # (makes the blob)
+        fid = client.new_ids(0)
+        client.register_function(fid, runtime_env.envelope(self._blob, env))
+        regs[k] = (client.token, fid)
+        return fid
+
 
 class RemoteFunction(BlobRegistration):
     def __init__(self, fn: Callable, options: dict) -> None:
@@ -186,7 +202,7 @@ class RemoteFunction(BlobRegistration):
         client = _global.client
         if client is None:
             client = auto_init()
-        fid = self._fid(client)
+        fid = self._fid(client) if prep.env is None else self._fid_env(client, prep.env)
         nret = prep.nret
         tid = client.new_ids(nret)
         blob, deps, contained, keep = encode_args(client, args, kwargs, self._name)

@@ -29,6 +29,7 @@ from . import _global
 from . import config as C
 from . import protocol as P
 from .placement import SPILL_MIN_TASK_S
+from .runtime_env import check as check_runtime_env
 from .procs import wait_exit
 from .owner.driver_client import DriverClient
 from .transport.mailbox import channel_bytes, slot_bytes
@@ -127,12 +128,13 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         if launch is not None:
             args = _rank_share(args, launch.local_size)
         cfg = C.resolve(args)
+        job_env = check_runtime_env(runtime_env)
         conn = None
         if launch is not None:  # MPI starts before the node is forked (see mpray_mpi)
             import mpray_mpi
 
             conn = mpray_mpi.connect(launch, cfg)
-        _start(cfg, namespace, launch, conn.arena if conn is not None else None)
+        _start(cfg, namespace, launch, conn.arena if conn is not None else None, job_env)
         if conn is not None:
             mpray_mpi.start(launch, _global.session, _global.session.setup, conn,
                             shutdown=shutdown)
@@ -156,9 +158,11 @@ def _rank_share(args: dict, local_ranks: int) -> dict:
     return args
 
 
-def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None) -> None:
+def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None,
+           job_env: dict | None = None) -> None:
     session_dir = _make_session_dir(cfg.tmpdir)
     setup = _node_setup(cfg, namespace, launch, arena, session_dir)
+    setup.node_info["runtime_env"] = job_env  # (every worker applies it at its start)
     # the node forks every worker from itself: with the worker's modules imported here,
     # before the node is forked, its first worker starts without importing them (ms)
     importlib.import_module(".worker.loop", __package__)

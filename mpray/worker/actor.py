@@ -31,6 +31,7 @@ import threading
 
 from .. import exceptions as exc
 from .. import protocol as P
+from .. import runtime_env
 from ..store.serialization import ERROR
 from ..exceptions import ActorExit
 
@@ -57,6 +58,7 @@ class ActorServer:
         client = self.client
         client.actor_id = self.aid
         client.actor_inc = self.inc
+        runtime_env.apply(self.opts.get("runtime_env"))  # (this process is the actor's)
 
         def construct(*args, **kwargs):
             cls = self.wl.function(self.fid, self.fblob, self.name)

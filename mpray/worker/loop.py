@@ -29,6 +29,8 @@ from .. import _global
 from .. import exceptions as exc
 from ..exceptions import ActorExit
 from .. import protocol as P
+from .. import runtime_env
+from ..runtime_env import EnvFunction
 from ..transport.mailbox import cancel_word
 from ..procs import set_parent_death_signal, strip_mpi_environment
 from ..owner.worker_client import WorkerClient
@@ -45,8 +47,13 @@ class _Cancelled(KeyboardInterrupt):
 
 
 def _load_function(blob: bytes):
-    """A registered function, with its original source file name put back."""
-    fn, filename = pickle.loads(blob)
+    """A registered function, with its original source file name put back (one with a
+    runtime_env: an ``EnvFunction``)."""
+    obj = pickle.loads(blob)
+    in_env = runtime_env.opened(obj, _load_function)
+    if in_env is not None:
+        return in_env
+    fn, filename = obj
     code = getattr(fn, "__code__", None)
     if code is not None and filename and code.co_filename != filename:
         try:
@@ -179,8 +186,11 @@ class WorkerLoop:
         client.current_task = tid
         stored: list[tuple] = []
         held = False
+        fn = None
         try:
             fn = get_fn()
+            if type(fn) is EnvFunction:  # (its arguments may need its py_modules)
+                fn.enter()
             args, kwargs = self.load_args(args_blob, deps)
             self.in_user = True
             try:
@@ -207,6 +217,8 @@ class WorkerLoop:
             return self.failed(tid, e, name, nret, retry_exc, stored)
         finally:
             client.current_task = None
+            if type(fn) is EnvFunction:
+                fn.exit()
             try:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -347,6 +359,7 @@ def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem,
     _global.client = client
     _global.node_id = setup.node_id
     _global.node_info = setup.node_info
+    runtime_env.apply(setup.node_info.get("runtime_env"))  # the job's, for good
     loop = WorkerLoop(client, wid, memoryview(mem)[64:72], direct_cancel)
     signal.signal(signal.SIGUSR1, loop.on_cancel_signal)
     loop.serve()
