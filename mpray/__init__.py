@@ -22,6 +22,7 @@ from .api import (
     timeline,
     wait,
 )
+from .generator import DynamicObjectRefGenerator, ObjectRefGenerator
 from .object_ref import ObjectRef
 from .runtime_context import get_runtime_context
 from . import util  # (as Ray does: ``ray.util.ActorPool`` after a bare ``import ray``)
@@ -29,7 +30,8 @@ from . import util  # (as Ray does: ``ray.util.ActorPool`` after a bare ``import
 __version__ = "0.1.0"
 
 __all__ = [
-    "ObjectRef", "available_resources", "cancel", "cluster_resources", "exceptions", "get",
+    "DynamicObjectRefGenerator", "ObjectRef", "ObjectRefGenerator", "available_resources",
+    "cancel", "cluster_resources", "exceptions", "get",
     "get_actor", "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes",
     "put", "remote", "shutdown", "timeline", "util", "wait",
 ]

@@ -166,7 +166,7 @@ class ActorHandle:
         blob, deps, contained, keep = encode_args(client, args, kwargs, display)
         # (all TaskSpec's items at once, in its FIELDS order: the hot path)
         spec = _task_spec((tid, None, display, blob, deps, nret, (), retries, retry_exc,
-                           contained, None, False, self._aid, name, None))
+                           contained, None, False, self._aid, name, None, None))
         refs = _refs(tid, nret)  # (before the call can end)
         # what the call reads stays alive here until it is sent (refs inside the
         # arguments: the arguments themselves) or, sent direct, until it is done

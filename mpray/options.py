@@ -20,7 +20,7 @@ TASK_OPTIONS = {
     "retry_exceptions", "name", "scheduling_strategy", "runtime_env", "accelerator_type",
     "label_selector", "enable_task_events", "_metadata", "placement_group",
     "placement_group_bundle_index", "placement_group_capture_child_tasks", "max_calls",
-    "object_store_memory",
+    "object_store_memory", "_generator_backpressure_num_objects",
 }
 ACTOR_ONLY = {"max_restarts", "max_task_retries", "max_concurrency", "namespace",
               "lifetime", "get_if_exists", "concurrency_groups", "max_pending_calls"}
@@ -49,8 +49,14 @@ def validate_options(opts: dict, allowed: set[str], what: str) -> dict:
             if isinstance(v, bool) or not isinstance(v, int) or v < -1:
                 raise ValueError(f"option {k} must be an integer >= -1, not {v!r}")
         elif k == "num_returns":
+            if v in ("streaming", "dynamic"):
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"num_returns must be a non-negative integer, not {v!r}")
+                raise ValueError("num_returns must be a non-negative integer, 'streaming' "
+                                 f"or 'dynamic', not {v!r}")
+        elif k == "_generator_backpressure_num_objects":
+            if isinstance(v, bool) or not isinstance(v, int) or v < -1:
+                raise ValueError(f"{k} must be an integer >= -1, not {v!r}")
         elif k == "resources":
             if not isinstance(v, dict):
                 raise TypeError(f"resources must be a dict, not {type(v).__name__}")

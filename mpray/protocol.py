@@ -153,7 +153,7 @@ def decode(frame: bytes) -> list:
 TaskSpec = record(
     "TaskSpec", None,
     "tid fid name args deps nret res retries retry_exc contained strategy lease actor "
-    "method create", "",
+    "method create stream", "",
     "a task as its owner submits it: fid names the registered function (an actor "
     "creation: the class), args the pickled (args, kwargs) with top-level refs as None, "
     "deps ((position, oid), ...) those refs, res the resource shape ((name, amount), ...) "
@@ -161,8 +161,10 @@ TaskSpec = record(
     "ids of refs pickled inside args, strategy None/'SPREAD'/a NodeAffinity strategy; "
     "lease: ask the node to lease the worker to the owner when done; actor: the actor id "
     "of a method call or creation, method: the method's name (calls), create: the "
-    "creation's options (creations)",
-    defaults={"lease": False, "actor": None, "method": None, "create": None})
+    "creation's options (creations), stream: a streaming generator's backpressure "
+    "(0: none; None: not a generator: its values are its returns)",
+    defaults={"lease": False, "actor": None, "method": None, "create": None,
+              "stream": None})
 
 
 def return_ids(tid: int, nret: int) -> range:
@@ -212,6 +214,12 @@ KillActor = record("KillActor", 21, "aid no_restart", _N, "kill this actor")
 ChannelFree = record("ChannelFree", 23, "channel", _N,
                      "the owner of a lease through this channel is done with it")
 ActorExit = record("ActorExit", 22, "aid", _N, "the actor called exit_actor()")
+Yield = record("Yield", 25, "owner tid index oid kind payload contained", _N,
+               "a streaming generator task yielded its index-th value (oid: an id of the "
+               "worker's) for owner, who holds it from now on")
+StreamAck = record("StreamAck", 26, "tid consumed", _N,
+                   "the owner of streaming task tid has taken that many of its values "
+                   "(for its backpressure)")
 PgOp = record("PgOp", 24, "req op", _N,
              "a placement-group request, answered with Reply: ('create', id, bundles, "
              "strategy, name, namespace) | ('remove', id) | ('table', id or None) | "
@@ -257,6 +265,11 @@ Leased = record("Leased", 48, "epoch channel owner owner_slot", _O,
                 "to a worker: you are leased (this epoch) to owner: through channel, "
                 "waking its slot's bell (None: to the driver, on your slot's rings)",
                 defaults={"channel": None, "owner": 0, "owner_slot": None})
+StreamItem = record("StreamItem", 30, "tid index oid", _O,
+                    "streaming task tid's index-th value is object oid (you hold it; its "
+                    "Obj follows)")
+Consumed = record("Consumed", 31, "tid consumed", _O,
+                  "to the worker running streaming task tid: its owner took that many")
 LeaseRevoked = record("LeaseRevoked", 49, "epoch", _O,
                       "your lease's owner died: end the lease now (nothing to send it)")
 

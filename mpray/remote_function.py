@@ -15,6 +15,7 @@ zero-copy.
 
 from __future__ import annotations
 
+import inspect
 import pickle
 from typing import Any, Callable
 
@@ -22,9 +23,10 @@ import cloudpickle
 
 from . import _global
 from . import protocol as P
-from . import runtime_env
+from . import envelope
 from .store import serialization as ser
 from .dag import bind_function
+from .generator import ObjectRefGenerator
 from .object_ref import ObjectRef
 from .options import TASK_OPTIONS, ArgCheck, resource_request, validate_options
 from .placement import pg_resources
@@ -34,10 +36,11 @@ class _Prepared:
     """Per-options constants computed once, not per call."""
 
     __slots__ = ("nret", "res", "retries", "retry_exc", "name", "strategy", "direct_ok",
-                 "env")
+                 "reg", "stream")
 
-    def __init__(self, opts: dict, default_name: str) -> None:
-        self.nret = opts.get("num_returns", 1) if opts.get("num_returns") is not None else 1
+    def __init__(self, opts: dict, default_name: str, is_gen: bool = False) -> None:
+        gen = generator_kind(opts.get("num_returns"), is_gen)
+        self.nret = 1 if gen or opts.get("num_returns") is None else opts["num_returns"]
         self.strategy = opts.get("scheduling_strategy")
         self.res = pg_resources(resource_request(opts), self.strategy)
         r = opts.get("max_retries")
@@ -45,9 +48,31 @@ class _Prepared:
         rex = opts.get("retry_exceptions", False)
         self.retry_exc = rex if isinstance(rex, bool) else pickle.dumps(tuple(rex))
         self.name = opts.get("name") or default_name
-        self.env = opts.get("runtime_env")  # (checked: None, or what to apply)
+        bp = max(0, opts.get("_generator_backpressure_num_objects") or 0)
+        # a streaming task: its values come as they are yielded (no retries: they would
+        # yield them again), through the node, which keeps their order
+        self.stream = bp if gen == "streaming" else None
+        if self.stream is not None:
+            self.retries = 0
+        # what the worker must know beyond the code (envelope.py), or None
+        reg = {"runtime_env": opts.get("runtime_env"), "gen": gen,
+               "backpressure": bp if gen == "streaming" else None}
+        self.reg = {k: v for k, v in reg.items() if v} or None
         # leased workers take plain one-CPU tasks only (see owner/machine.py)
-        self.direct_ok = self.res == (("CPU", 1.0),) and self.strategy in (None, "DEFAULT")
+        self.direct_ok = (self.res == (("CPU", 1.0),) and self.strategy in (None, "DEFAULT")
+                          and self.stream is None)
+
+
+def generator_kind(num_returns, is_gen: bool) -> str | None:
+    """How a call's values come back: "streaming" (a generator function's default, as
+    in Ray 2.x), "dynamic", or None (its returns)."""
+    if num_returns in ("streaming", "dynamic"):
+        if not is_gen:
+            raise ValueError(f"num_returns={num_returns!r} can only be used with generator "
+                             "functions (functions that use 'yield'). The decorated "
+                             "function is not a generator function.")
+        return num_returns
+    return "streaming" if num_returns is None and is_gen else None
 
 
 _task_spec = P.TaskSpec.from_items
@@ -137,16 +162,17 @@ class BlobRegistration:
         self._registered = (client.token, fid)
         return fid
 
-    def _fid_env(self, client, env: dict) -> int:
-        """The id of this function registered with a runtime_env (one per env)."""
-        regs = self.__dict__.setdefault("_env_registered", {})
-        k = runtime_env.key(env)
+    def _fid_with(self, client, opts: dict) -> int:
+        """The id of this function registered with options the worker must know
+        (envelope.py: a runtime_env, how a generator returns): one per options."""
+        regs = self.__dict__.setdefault("_registered_with", {})
+        k = envelope.key(opts)
         reg = regs.get(k)
         if reg is not None and reg[0] == client.token:
             return reg[1]
         self._fid(client)  # (makes the blob)
         fid = client.new_ids(0)
-        client.register_function(fid, runtime_env.envelope(self._blob, env))
+        client.register_function(fid, envelope.envelope(self._blob, opts))
         regs[k] = (client.token, fid)
         return fid
 
@@ -159,7 +185,8 @@ class RemoteFunction(BlobRegistration):
         self.__name__ = getattr(fn, "__name__", "remote_function")
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
-        self._prepared = _Prepared(self._options, self._name)
+        self._is_gen = inspect.isgeneratorfunction(fn)
+        self._prepared = _Prepared(self._options, self._name, self._is_gen)
         self._check = ArgCheck(fn, f"{self._name}.remote()")
         self._init_registration()
 
@@ -181,7 +208,7 @@ class RemoteFunction(BlobRegistration):
 
     def options(self, **opts) -> "_BoundOptions":
         merged = {**self._options, **validate_options(dict(opts), TASK_OPTIONS, "task")}
-        return _BoundOptions(self, _Prepared(merged, self._name))
+        return _BoundOptions(self, _Prepared(merged, self._name, self._is_gen))
 
     def remote(self, *args, **kwargs):
         return self._submit(self._prepared, args, kwargs)
@@ -202,15 +229,18 @@ class RemoteFunction(BlobRegistration):
         client = _global.client
         if client is None:
             client = auto_init()
-        fid = self._fid(client) if prep.env is None else self._fid_env(client, prep.env)
+        fid = self._fid(client) if prep.reg is None else self._fid_with(client, prep.reg)
         nret = prep.nret
         tid = client.new_ids(nret)
         blob, deps, contained, keep = encode_args(client, args, kwargs, self._name)
         # (all TaskSpec's items at once, in its FIELDS order: the hot path)
         spec = _task_spec((tid, fid, prep.name, blob, deps, nret, prep.res, prep.retries,
-                           prep.retry_exc, contained, prep.strategy, False, None, None, None))
+                           prep.retry_exc, contained, prep.strategy, False, None, None, None,
+                           prep.stream))
         # the refs exist before the task can end: its value may come back at once
         refs = _refs(tid, nret)
+        if prep.stream is not None:  # (and its stream, before its first value can come)
+            refs = ObjectRefGenerator(client, tid, refs, prep.stream)
         # what the task reads stays alive here until it is done (or handed to the node)
         hold = (keep, [x for x in args if type(x) is ObjectRef],
                 [x for x in kwargs.values() if type(x) is ObjectRef]) if deps else keep

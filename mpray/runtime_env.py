@@ -8,7 +8,7 @@ Data flow::
     init(runtime_env=E)             ─▶ node_info ─▶ every worker applies E at start, for
                                        good (a job's environment)
     f.options(runtime_env=T)        ─▶ the function is registered with T around it (an
-                                       envelope: its own id); the worker enters T before
+                                       envelope.py: its own id); the worker enters T before
                                        it reads the task's arguments (T's variables set,
                                        its working_dir the cwd, it and py_modules first
                                        on sys.path) and restores all after the task
@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import sys
 from typing import Any
 
 SUPPORTED = ("env_vars", "working_dir", "py_modules")
-ENVELOPE = "mpray-runtime-env"  # a registered function that runs in its runtime_env
 
 
 class RuntimeEnv(dict):
@@ -102,12 +100,12 @@ def apply(env: dict | None) -> None:
             sys.path.insert(0, root)
 
 
-def _save(env: dict) -> tuple:
+def save(env: dict) -> tuple:
     return ({k: os.environ.get(k) for k in env.get("env_vars", {})}, os.getcwd(),
             list(sys.path))
 
 
-def _restore(saved: tuple) -> None:
+def restore(saved: tuple) -> None:
     env_vars, cwd, path = saved
     for k, v in env_vars.items():
         if v is None:
@@ -124,51 +122,9 @@ def applied(env: dict | None):
     if not env:
         yield
         return
-    saved = _save(env)
+    saved = save(env)
     try:
         apply(env)
         yield
     finally:
-        _restore(saved)
-
-
-class EnvFunction:
-    """A task's function registered with a runtime_env: the worker enters it before it
-    reads the task's arguments and leaves it when the task is done."""
-
-    __slots__ = ("fn", "env", "_saved", "__name__")
-
-    def __init__(self, fn, env: dict) -> None:
-        self.fn, self.env, self._saved = fn, env, None
-        self.__name__ = getattr(fn, "__name__", "function")
-
-    def __call__(self, *args, **kwargs):
-        return self.fn(*args, **kwargs)
-
-    def enter(self) -> None:
-        self._saved = _save(self.env)
-        apply(self.env)
-
-    def exit(self) -> None:
-        if self._saved is not None:
-            _restore(self._saved)
-            self._saved = None
-
-
-def envelope(blob: bytes, env: dict) -> bytes:
-    """A function's registration blob with its runtime_env around it."""
-    return pickle.dumps((ENVELOPE, env, blob), protocol=5)
-
-
-def opened(obj, load):
-    """A loaded registration: an envelope's function, unpickled inside its environment
-    (its modules may come from py_modules), as an ``EnvFunction``; else ``obj``."""
-    if type(obj) is tuple and len(obj) == 3 and type(obj[0]) is str and obj[0] == ENVELOPE:
-        with applied(obj[1]):
-            return EnvFunction(load(obj[2]), obj[1])
-    return None
-
-
-def key(env: dict | None) -> str | None:
-    """A hashable key of a checked runtime_env (None: none)."""
-    return None if not env else repr(sorted((k, repr(v)) for k, v in env.items()))
+        restore(saved)

@@ -310,7 +310,8 @@ SCHEDULER_EVENTS = (
     "kill_actor", "actor_exit", "register_function", "attach_cluster", "update_load",
     "remote_done", "borrowed", "put_fetched", "name_claim", "name_answer", "name_lookup",
     "name_found", "name_free", "lookup_actor", "ask_name", "pg_op", "pg_ask",
-    "pg_answered", "pg_reserve", "pg_reserved", "pg_placed", "pg_removed",
+    "pg_answered", "pg_reserve", "pg_reserved", "pg_placed", "pg_removed", "stream_yield",
+    "stream_ack",
 )
 
 

@@ -55,7 +55,7 @@ class RayAPIBackend:
         r = self.ray.remote
         self.fns = {name: r(fn) for name, fn in bodies.TASKS.items()}
         self.fns.update(nested=r(bodies._nested), actor=r(bodies._BenchActor),
-                        caller=r(bodies._BenchCaller))
+                        caller=r(bodies._BenchCaller), stream=r(bodies._stream))
 
     def stop(self):
         self.ray.shutdown()

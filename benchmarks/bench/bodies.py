@@ -70,4 +70,10 @@ class _BenchCaller:
 
 
 # What a backend's ``submitter(name)`` submits.
+def _stream(n):
+    """A streaming generator task: ``n`` small values, yielded one by one."""
+    for i in range(n):
+        yield i
+
+
 TASKS = {"noop": _noop, "sum": _sum, "big": _big}

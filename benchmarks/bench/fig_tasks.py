@@ -6,7 +6,7 @@ import gc
 import time
 
 from bench.backends import FuturesBackend
-from bench.measure import Skip, array, round_trips_us
+from bench.measure import FigError, Skip, array, round_trips_us
 from bench.params import MiB
 from bench.procs import tree_cpu_seconds, tree_pss
 
@@ -77,6 +77,27 @@ def fig_nested(B, p):
     for _ in range(2):  # warm-up (Ray may start an extra worker here)
         B.get(nested(B.modname, n))
     return [n / B.get(nested(B.modname, n)) for _ in range(p["repeat"])]
+
+
+def fig_generator(B, p):
+    """Streaming generator throughput: one task yields n values; the caller takes each
+    ref as it comes and gets it."""
+    if not B.ray_api:
+        raise Skip("Ray API peers only")
+    stream, n = B.submitter("stream"), p["n"]
+
+    def once():
+        t0 = time.perf_counter()
+        k = 0
+        for ref in stream(n):
+            B.get(ref)
+            k += 1
+        if k != n:
+            raise FigError(f"the generator gave {k} values, not {n}")
+        return n / (time.perf_counter() - t0)
+
+    once()  # warm-up
+    return [once() for _ in range(p["repeat"])]
 
 
 def _drainer(B):

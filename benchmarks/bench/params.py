@@ -77,6 +77,8 @@ def figures(p: dict) -> list[dict]:
          "tasks/s", "higher"),
         ("wait_rate", f"wait(num_returns=1) loop over {wn} tasks", "waits/s",
          "higher"),
+        ("generator_rate", f"streaming generator: {n} values, each ref got", "items/s",
+         "higher"),
         ("put_small_rate", f"put small int x{n}", "puts/s", "higher"),
         ("get_small_rate", f"get small object x{n}", "gets/s", "higher"),
         ("put_mid_first_gbs", "put 100 MiB ndarray, fresh space", "GB/s", "higher"),

@@ -29,6 +29,7 @@ RUNNING_GROUPS = (
     ("submit_get_rate", T.fig_submit_get),
     ("nested_rate", T.fig_nested),
     ("wait_rate", T.fig_wait),
+    ("generator_rate", T.fig_generator),
     ("small_put_get", O.fig_small_put_get),
     ("mid_put_get", O.fig_mid_put_get),
     ("big_put_get", O.fig_big_put_get),

@@ -55,8 +55,8 @@ class ClusterView:
     def _placement(self, t) -> int | None:
         """The rank that should run ``t`` (None: this node)."""
         if (self.agent is None or len(self.ranks) < 2 or not t.spec.nret
-                or t.actor is not None or t.owner == AGENT):
-            return None  # (a task forwarded here runs here: no ping-pong)
+                or t.actor is not None or t.owner == AGENT or t.spec.stream is not None):
+            return None  # (a task forwarded here runs here; a stream runs by its owner)
         strategy = t.spec.strategy
         if t.creating and strategy in (None, "DEFAULT"):
             return None  # an actor lives where it is created, unless placed elsewhere
@@ -135,7 +135,7 @@ class ClusterView:
                 q.pop()
                 continue
             if (t.owner == AGENT or t.creating or not t.spec.nret
-                    or t.spec.strategy not in (None, "DEFAULT")):
+                    or t.spec.strategy not in (None, "DEFAULT") or t.spec.stream is not None):
                 return
             target = self._spill_target(t)
             if target is None:

@@ -269,6 +269,9 @@ class Node:
                                                    m.contained),
             P.Promise.OP: lambda proc, m: s.promise(proc, m.oid),
             P.PgOp.OP: lambda proc, m: s.pg_op(proc, m.req, m.op),
+            P.Yield.OP: lambda proc, m: s.stream_yield(proc, m.owner, m.tid, m.index, m.oid,
+                                                       m.kind, m.payload, m.contained),
+            P.StreamAck.OP: lambda proc, m: s.stream_ack(m.tid, m.consumed),
             P.Shutdown.OP: stop,
             **self._agent_handlers(),
         }

@@ -132,6 +132,19 @@ class ObjectDirectory:
         o.procs.add(owner)
         self.seal(proc, oid, kind, payload, contained)
 
+    def stream_yield(self, proc: int, owner: int, tid: int, index: int, oid: int, kind: int,
+                     payload, contained=()) -> None:
+        """A streaming task's value: the owner hears of it (StreamItem) before the value
+        comes (Obj), so that it holds a ref to it by then; it holds it from now on."""
+        self._send(owner, P.StreamItem(tid, index, oid))
+        self.put_for(proc, owner, oid, kind, payload, contained)
+
+    def stream_ack(self, tid: int, consumed: int) -> None:
+        """The owner took ``consumed`` values of a streaming task: to its worker."""
+        t = self.tasks.get(tid)
+        if t is not None and t.worker in self.workers:
+            self._send(t.worker, P.Consumed(tid, consumed))
+
     def promise(self, proc: int, oid: int) -> None:
         """``proc`` will seal ``oid`` later (a direct task's result); others may wait."""
         o = self._obj(oid, proc)

@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import exceptions as exc
 from .. import protocol as P
+from ..object_ref import ObjectRef
 from ..store import serialization as ser
 from ..transport.rings import Doorbell, Ring, RingClosed
 from .waiting import Waiting
@@ -78,6 +79,7 @@ class Client(Waiting):
         self._unpin: collections.deque = collections.deque()
         self._send_lock = threading.Lock()
         self.func_blobs: dict[int, bytes] = {}
+        self.streams: dict[int, collections.deque] = {}  # streaming task -> refs come
         # set while a worker holds serialised results that contain refs it is about to
         # drop: their releases must go out after the Done that registers the containment
         self.hold_releases = 0
@@ -104,7 +106,16 @@ class Client(Waiting):
             self.stop_requested = True
 
         return {P.Obj.OP: lambda m: self.store_obj(m.oid, m.kind, m.payload),
-                P.AllocOk.OP: reply, P.Reply.OP: reply, P.Stop.OP: stop}
+                P.AllocOk.OP: reply, P.Reply.OP: reply, P.Stop.OP: stop,
+                P.StreamItem.OP: self._stream_item}
+
+    def _stream_item(self, m) -> None:
+        """A streaming task's value: its ref joins the generator's (made before its Obj
+        comes, so that the value is kept); with no generator left, it goes at once."""
+        ref = ObjectRef(m.oid, owned=True)
+        items = self.streams.get(m.tid)
+        if items is not None:
+            items.append(ref)
 
     # ------------------------------------------------------------------ ids
     def new_ids(self, n: int) -> int:

@@ -49,6 +49,7 @@ class WorkerClient(OwnerShell, Client):
         self._driver_lock = threading.Lock()  # this process's producers of its rings to owners
         self.drop_hook = None  # concurrent actor: cancel a call that is queued or running
         self.order_via_node = False  # this task's results go the node's way
+        self.stream_taken: dict[int, int] = {}  # streaming task -> values its owner took
         self._setup = setup
         # its mailbox slot's rings to/from the driver (None: no slot)
         self._to_driver, self._d2w = mailbox_rings or (None, None)
@@ -78,7 +79,13 @@ class WorkerClient(OwnerShell, Client):
         on[P.Leased.OP] = self._on_leased
         on[P.LeaseRevoked.OP] = self._on_revoked
         on[P.Reclaim.OP] = self._on_reclaim
+        on[P.Consumed.OP] = self._on_consumed
         return on
+
+    def _on_consumed(self, m) -> None:
+        """The owner of the streaming task running here took that many of its values."""
+        if m.tid in self.stream_taken:
+            self.stream_taken[m.tid] = m.consumed
 
     def submit_task(self, spec: P.TaskSpec, direct_ok: bool, hold) -> None:
         if self.owner is None and self._may_own:

@@ -24,13 +24,15 @@ import signal
 import socket
 import sys
 import time
+from types import GeneratorType
 
 from .. import _global
 from .. import exceptions as exc
 from ..exceptions import ActorExit
 from .. import protocol as P
 from .. import runtime_env
-from ..runtime_env import EnvFunction
+from ..envelope import Registered, opened
+from .generators import Failed, StaticValues, dynamic, failed_payload, static_values, stream
 from ..transport.mailbox import cancel_word
 from ..procs import set_parent_death_signal, strip_mpi_environment
 from ..owner.worker_client import WorkerClient
@@ -47,12 +49,12 @@ class _Cancelled(KeyboardInterrupt):
 
 
 def _load_function(blob: bytes):
-    """A registered function, with its original source file name put back (one with a
-    runtime_env: an ``EnvFunction``)."""
+    """A registered function, with its original source file name put back (one with
+    options: a ``Registered``)."""
     obj = pickle.loads(blob)
-    in_env = runtime_env.opened(obj, _load_function)
-    if in_env is not None:
-        return in_env
+    registered = opened(obj, _load_function)
+    if registered is not None:
+        return registered
     fn, filename = obj
     code = getattr(fn, "__code__", None)
     if code is not None and filename and code.co_filename != filename:
@@ -89,6 +91,7 @@ class WorkerLoop:
         self.in_user = False
         self.signalled = False  # a cancel signal came while no task ran user code
         self.pid = os.getpid()
+        self.task_owner = 0  # the process the running task's values go to
         self.host = socket.gethostname()
         self.base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.started = 0.0  # when the running task started
@@ -144,6 +147,7 @@ class WorkerLoop:
 
     def run(self, msg: P.Exec) -> None:
         tid, name, nret, gpus = msg.tid, msg.name, msg.nret, msg.gpus
+        self.task_owner = msg.owner  # (a streaming task sends its values there)
         self.started = time.monotonic()  # (a direct task's run time goes to the driver)
         if gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
@@ -189,7 +193,7 @@ class WorkerLoop:
         fn = None
         try:
             fn = get_fn()
-            if type(fn) is EnvFunction:  # (its arguments may need its py_modules)
+            if type(fn) is Registered:  # (its arguments may need its py_modules)
                 fn.enter()
             args, kwargs = self.load_args(args_blob, deps)
             self.in_user = True
@@ -199,6 +203,8 @@ class WorkerLoop:
                     if self.cancel_requested(tid):
                         raise _Cancelled()
                 result = fn(*args, **kwargs)
+                if type(result) is GeneratorType:  # (its values run user code too)
+                    result = self._generated(fn, tid, result, nret, name)
             finally:
                 self.in_user = False
             del args, kwargs
@@ -217,7 +223,7 @@ class WorkerLoop:
             return self.failed(tid, e, name, nret, retry_exc, stored)
         finally:
             client.current_task = None
-            if type(fn) is EnvFunction:
+            if type(fn) is Registered:
                 fn.exit()
             try:
                 sys.stdout.flush()
@@ -225,8 +231,26 @@ class WorkerLoop:
             except Exception:  # noqa: BLE001
                 pass
 
+    def _generated(self, fn, tid: int, gen, nret: int, name: str):
+        """A generator's values: streamed (the task's value is then None), collected
+        (dynamic), or as its static returns (generators.py)."""
+        kind = fn.gen if type(fn) is Registered else None
+        if kind == "streaming":
+            return stream(self, tid, self.task_owner, gen, fn.backpressure, name, _Cancelled)
+        if kind == "dynamic":
+            return dynamic(self.client, gen)
+        return static_values(gen, nret, name, _Cancelled)
+
+    def remote_error(self, e: BaseException, name: str) -> exc.RayTaskError:
+        """The error a task's caller gets, its traceback starting at user code."""
+        if e.__traceback__ is not None:
+            e = e.with_traceback(e.__traceback__.tb_next)
+        return exc.RayTaskError.from_exception(e, name, self.pid, self.host)
+
     def store_results(self, tid: int, result, nret: int, name: str, stored: list) -> None:
-        if nret == 1:
+        if type(result) is StaticValues:
+            outs = result
+        elif nret == 1:
             outs = (result,)
         elif nret == 0:
             outs = ()
@@ -239,6 +263,9 @@ class WorkerLoop:
         del result
         oids = P.return_ids(tid, nret)
         for i, v in enumerate(outs):
+            if type(v) is Failed:  # (a generator's return that is missing or raised)
+                stored.append((oids[i], ERROR, failed_payload(self, v, name), ()))
+                continue
             try:
                 kind, payload, contained = self.client.store_value(v)
             except TypeError as e:
@@ -263,9 +290,7 @@ class WorkerLoop:
         elif isinstance(e, ActorExit):  # exit_actor(): the call ends with the actor
             err = e
         else:
-            if e.__traceback__ is not None:  # start the remote traceback at user code
-                e = e.with_traceback(e.__traceback__.tb_next)
-            err = exc.RayTaskError.from_exception(e, name, self.pid, self.host)
+            err = self.remote_error(e, name)
             retryable = _retryable(e, retry_exc)
         payload = pickle.dumps(err, protocol=5)
         e = err = None  # drop the traceback's frames (and the values they hold) now

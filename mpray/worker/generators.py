@@ -1,0 +1,103 @@
+"""How a worker returns a generator's values (Ray 2.x semantics).
+
+Data flow::
+
+    static num_returns=N ─▶ ``static_values``: the first N values are the returns; fewer:
+        the missing ones fail (ValueError), an exception after k values fails the
+        returns from k on, more than N: the first N are kept and it is said on stderr
+    "streaming"          ─▶ ``stream``: each value stored (inline or in the arena) and
+        sent at once ─Yield(owner, tid, i, oid)─▶ node ─▶ owner; an exception becomes the
+        value at its place and ends the stream; with backpressure N, waits while N
+        values are not taken (Consumed from the owner, through the node)
+    "dynamic"            ─▶ ``dynamic``: every value put here, the refs returned as one
+        value (a DynamicObjectRefGenerator)
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+
+from .. import exceptions as exc
+from .. import protocol as P
+from ..generator import DynamicObjectRefGenerator
+from ..object_ref import ObjectRef
+from ..store.serialization import ERROR
+
+
+class Failed:
+    """A return that failed (in a generator's static values): its exception."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class StaticValues(list):
+    """A generator's values for num_returns=N, a ``Failed`` where one is missing."""
+
+
+def static_values(gen, nret: int, name: str, cancelled: type) -> StaticValues:
+    out = StaticValues()
+    try:
+        for value in gen:
+            if len(out) == nret:
+                print(f"mpray: task {name} returned more than num_returns={nret} objects; "
+                      "the first ones are its returns", file=sys.stderr, flush=True)
+                break
+            out.append(value)
+    except cancelled:
+        raise
+    except Exception as e:  # noqa: BLE001 - the returns from here on fail with it
+        out.extend([Failed(e)] * (nret - len(out)))
+        return out
+    if len(out) < nret:
+        missing = ValueError(f"Task returned {len(out)} objects, but num_returns={nret}.")
+        out.extend([Failed(missing)] * (nret - len(out)))
+    return out
+
+
+def stream(loop, tid: int, owner: int, gen, backpressure: int, name: str,
+           cancelled: type) -> None:
+    """Send each value as it is yielded; an exception is the last value."""
+    client = loop.client
+    taken = client.stream_taken
+    taken[tid] = 0
+    i = 0
+    try:
+        while True:
+            try:
+                value = next(gen)
+            except StopIteration:
+                return
+            except cancelled:
+                raise
+            except Exception as e:  # noqa: BLE001 - the value at its place raises it
+                err = loop.remote_error(e, name)
+                client.send([P.Yield(owner, tid, i, client.new_ids(0), ERROR,
+                                     pickle.dumps(err, protocol=5), ())])
+                return
+            kind, payload, contained = client.store_value(value)
+            value = None
+            if contained:  # (refs it holds: known to the node before the value)
+                client.publish_contained(contained)
+            client.send([P.Yield(owner, tid, i, client.new_ids(0), kind, payload,
+                                 tuple(contained))])
+            i += 1
+            if backpressure and i - taken.get(tid, 0) >= backpressure:
+                client.wait_until(lambda: i - taken.get(tid, 0) < backpressure, None)
+    finally:
+        taken.pop(tid, None)
+        client.order_via_node = True  # (its end must not overtake its values)
+
+
+def dynamic(client, gen) -> DynamicObjectRefGenerator:
+    """Put every value here; the refs are the task's one value."""
+    return DynamicObjectRefGenerator([ObjectRef(client.put(v), owned=True) for v in gen])
+
+
+def failed_payload(loop, f: Failed, name: str) -> bytes:
+    e = f.error
+    err = e if isinstance(e, exc.RayError) else loop.remote_error(e, name)
+    return pickle.dumps(err, protocol=5)
