@@ -24,7 +24,7 @@ from .api import (
 )
 from .generator import DynamicObjectRefGenerator, ObjectRefGenerator
 from .object_ref import ObjectRef
-from .runtime_context import get_runtime_context
+from .runtime_context import get_gpu_ids, get_runtime_context
 from . import util  # (as Ray does: ``ray.util.ActorPool`` after a bare ``import ray``)
 
 __version__ = "0.1.0"
@@ -32,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DynamicObjectRefGenerator", "ObjectRef", "ObjectRefGenerator", "available_resources",
     "cancel", "cluster_resources", "exceptions", "get",
-    "get_actor", "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes",
+    "get_actor", "get_gpu_ids", "get_runtime_context", "init", "is_initialized", "kill",
+    "method", "nodes",
     "put", "remote", "shutdown", "timeline", "util", "wait",
 ]

@@ -10,6 +10,7 @@ node_id: str = ""  # hex id of the node this process belongs to
 node_info: dict = {}  # node_id, resources, job_id, session_dir: same in driver and workers
 cluster: Any = None  # under MPI: [(node_id, resources, host)] per rank
 actor_server: Any = None  # in an actor's process: its actor_worker.ActorServer
+worker_loop: Any = None  # in a worker process: its worker.loop.WorkerLoop
 
 
 def client_or_raise() -> Any:

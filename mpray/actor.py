@@ -21,9 +21,11 @@ from typing import Any
 
 from . import _global
 from . import protocol as P
-from .worker.actor import exit_actor, is_async_class
+from .exceptions import PendingCallsLimitExceeded
+from .worker.actor import GROUP_SEP, exit_actor, is_async_class
 from .dag import bind_class, bind_method
 from .object_ref import ObjectRef
+from .owner.actors import Unordered
 from .placement import pg_resources
 from .options import (ACTOR_OPTIONS, METHOD_OPTIONS, ArgCheck, resource_request,
                       validate_options)
@@ -32,10 +34,16 @@ from .session import auto_init
 
 _task_spec = P.TaskSpec.from_items
 
-__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "exit_actor", "kill_actor",
-           "lookup_actor", "method"]
+__all__ = ["ActorClass", "ActorClassInheritanceException", "ActorHandle", "ActorMethod",
+           "exit_actor", "kill_actor", "lookup_actor", "method"]
 
 _EXPLICIT = ("num_cpus", "num_gpus", "resources", "memory")
+
+
+class ActorClassInheritanceException(TypeError):
+    """A class tried to inherit from an ``@mpray.remote`` class: not supported, as in
+    Ray (``ray.actor.ActorClassInheritanceException``); inherit from the undecorated
+    class, ``Cls.__ray_actor_class__``, and decorate the subclass."""
 
 
 def _namespace() -> str:
@@ -49,6 +57,9 @@ def method(*args: Any, **kwargs: Any):
         raise TypeError("@mpray.method must be used with keyword arguments, e.g. "
                         "@mpray.method(num_returns=2)")
     validate_options(dict(kwargs), METHOD_OPTIONS, "actor method")
+    group = kwargs.get("concurrency_group")
+    if group is not None and (not isinstance(group, str) or not group):
+        raise ValueError(f"concurrency_group must be a non-empty string, not {group!r}")
 
     def deco(fn):
         fn.__mpray_method_options__ = dict(kwargs)
@@ -58,11 +69,25 @@ def method(*args: Any, **kwargs: Any):
 
 
 def _method_table(cls: type) -> dict[str, dict]:
-    table: dict[str, dict] = {"__ray_ready__": {}, "__ray_terminate__": {"num_returns": 0}}
+    # (__ray_terminate__ returns a ref, as in Ray: its get raises ActorDiedError once the
+    # actor has ended)
+    table: dict[str, dict] = {"__ray_ready__": {}, "__ray_terminate__": {}}
     for name, fn in inspect.getmembers(cls, lambda m: inspect.isfunction(m)
                                        or inspect.ismethod(m)):
         table[name] = dict(getattr(fn, "__mpray_method_options__", {}))
     return table
+
+
+def _check_group(meta: dict, group) -> None:
+    """A call's or a method's concurrency group must be one its actor class declares."""
+    if group is None:
+        return
+    groups = meta.get("groups") or {}
+    if group not in groups:
+        raise ValueError(
+            f"concurrency group {group!r} is not defined by actor class "
+            f"{meta['class_name']}; its concurrency_groups are "
+            f"{sorted(groups) if groups else 'none'}")
 
 
 # ---------------------------------------------------------------------- handles
@@ -86,6 +111,7 @@ class ActorMethod:
 
     def options(self, **opts) -> "ActorMethod":
         validate_options(dict(opts), METHOD_OPTIONS, "actor method")
+        _check_group(self._handle._meta, opts.get("concurrency_group"))
         return ActorMethod(self._handle, self._name, {**self._opts, **opts})
 
     def __call__(self, *args, **kwargs):
@@ -96,6 +122,45 @@ class ActorMethod:
         """Ray's DAG API: this call as a node (``mpray.dag.ClassMethodNode``), made when
         the graph runs (``node.execute()``)."""
         return bind_method(self, args, kwargs)
+
+
+class _PendingCalls:
+    """``max_pending_calls``: the calls this process made to each such actor and has not
+    seen end (Ray counts per caller and actor).  A call's end is its first return's
+    value arriving here: a future on it (the process's pump thread takes values in while
+    no user thread waits) drops it from the count.  Only actors with a limit pay."""
+
+    def __init__(self) -> None:
+        self.client = None
+        self.calls: dict[int, set[int]] = {}  # actor id -> first return ids
+
+    def _live(self, client, aid: int) -> set[int]:
+        if self.client is not client:  # (a new session: ids start again)
+            self.client, self.calls = client, {}
+        live = self.calls.get(aid)
+        if live is None:
+            live = self.calls[aid] = set()
+        return live
+
+    def check(self, client, aid: int, limit: int, display: str) -> None:
+        live = self._live(client, aid)
+        if len(live) >= limit:
+            client.poll_nowait()  # (ends that arrived meanwhile)
+            if len(live) >= limit:
+                raise PendingCallsLimitExceeded(
+                    f"The task {display} could not be submitted to actor "
+                    f"{P.id_hex(aid)} because more than {limit} tasks are queued on the "
+                    "actor. This limit can be adjusted with the `max_pending_calls` "
+                    "actor option.")
+
+    def track(self, client, aid: int, ref: ObjectRef) -> None:
+        live = self._live(client, aid)
+        oid = ref.id
+        live.add(oid)
+        client.future(oid, ref).add_done_callback(lambda _f: live.discard(oid))
+
+
+_pending = _PendingCalls()
 
 
 class _ActorID:
@@ -161,43 +226,75 @@ class ActorHandle:
             consts = (opts,) + self._call_constants(name, opts)
             if opts is self._meta["methods"].get(name):
                 self._consts[name] = consts
-        _o, display, nret, retries, retry_exc = consts
+        _o, display, nret, retries, retry_exc, wire, anchor, limit = consts
+        if limit:  # (max_pending_calls: this process's calls not ended yet)
+            _pending.check(client, self._aid, limit, display)
         tid = client.new_ids(nret)
         blob, deps, contained, keep = encode_args(client, args, kwargs, display)
         # (all TaskSpec's items at once, in its FIELDS order: the hot path)
         spec = _task_spec((tid, None, display, blob, deps, nret, (), retries, retry_exc,
-                           contained, None, False, self._aid, name, None, None))
+                           contained, None, False, self._aid, wire, None, None))
         refs = _refs(tid, nret)  # (before the call can end)
         # what the call reads stays alive here until it is sent (refs inside the
-        # arguments: the arguments themselves) or, sent direct, until it is done
+        # arguments: the arguments themselves) or, sent direct, until it is done; then
+        # the actor's anchor (an ``Unordered`` one: its calls need not keep their order)
         if contained:
-            hold = (keep, self._anchor, args, kwargs)
+            hold = (keep, anchor, args, kwargs)
         elif deps:
-            hold = (keep, self._anchor, [x for x in args if type(x) is ObjectRef],
+            hold = (keep, anchor, [x for x in args if type(x) is ObjectRef],
                     [x for x in kwargs.values() if type(x) is ObjectRef])
         else:
-            hold = (keep, self._anchor)
+            hold = (keep, anchor)
         client.submit_call(spec, hold)
+        if limit and nret:
+            _pending.track(client, self._aid, refs if nret == 1 else refs[0])
         return refs
 
     def _call_constants(self, name: str, opts: dict) -> tuple:
-        """(display name, num_returns, retries, retry_exceptions) of a method's calls."""
+        """(display name, num_returns, retries, retry_exceptions, the method's name on
+        the wire, what holds the anchor, max_pending_calls) of a method's calls."""
+        meta = self._meta
         nret = opts.get("num_returns")
         nret = 1 if nret is None else nret
         retries = opts.get("max_task_retries")
         if retries is None:
-            retries = self._meta.get("max_task_retries", 0)
+            retries = meta.get("max_task_retries", 0)
         rex = opts.get("retry_exceptions", False)
         retry_exc = rex if isinstance(rex, bool) else pickle.dumps(tuple(rex))
-        return f"{self._meta['class_name']}.{name}", nret, retries, retry_exc
+        wire = name
+        group = opts.get("concurrency_group")
+        if group is not None and group != (meta["methods"].get(name) or {}).get(
+                "concurrency_group"):
+            wire = f"{name}{GROUP_SEP}{group}"  # (this call runs in another group)
+        anchor = Unordered(self._anchor) if meta.get("unordered") else self._anchor
+        limit = meta.get("max_pending_calls") or 0
+        return (f"{meta['class_name']}.{name}", nret, retries, retry_exc, wire, anchor,
+                limit if limit > 0 else 0)
 
 
 # ---------------------------------------------------------------------- classes
 class ActorClass(BlobRegistration):
-    """What ``@mpray.remote`` makes of a class."""
+    """What ``@mpray.remote`` makes of a class.  Its class attributes, static methods and
+    class methods are reachable through it (``Cls.CONST``, ``Cls.helper()``), in the
+    driver and inside actors; ``Cls.__ray_actor_class__`` is the undecorated class."""
+
+    def __new__(cls, *args, **kwargs):
+        # ``class B(Cls)`` calls type(Cls)(name, bases, namespace): refused, as in Ray
+        if len(args) == 3 and isinstance(args[1], tuple):
+            for base in args[1]:
+                if isinstance(base, ActorClass):
+                    raise ActorClassInheritanceException(
+                        f"Attempted to define subclass '{args[0]}' of actor class "
+                        f"'{base.__name__}'. Inheriting from actor classes is not "
+                        "currently supported. You can instead inherit from a non-actor "
+                        "base class (here: "
+                        f"{base.__name__}.__ray_actor_class__) and make the derived "
+                        "class an actor class (with @mpray.remote).")
+        return super().__new__(cls)
 
     def __init__(self, cls: type, options: dict) -> None:
         self._cls = cls
+        self.__ray_actor_class__ = cls
         self._options = _check_actor_options(validate_options(dict(options), ACTOR_OPTIONS,
                                                               "actor"))
         self.__name__ = cls.__name__
@@ -209,9 +306,18 @@ class ActorClass(BlobRegistration):
         init = cls.__init__ if cls.__init__ is not object.__init__ else (lambda self: None)
         self._check = ArgCheck(init, f"{cls.__name__}.remote()", drop_self=True)
         self._init_registration()
+        self._metadata()  # (a method's unknown concurrency group fails here, at once)
 
     def _blob_payload(self):
         return (self._cls, None)
+
+    def __getattr__(self, name: str):
+        # (only names ActorClass lacks get here: the class's own attributes, as Ray's
+        # actor class, which subclasses the decorated class, has them)
+        cls = self.__dict__.get("_cls")
+        if cls is None or (name.startswith("__") and name.endswith("__")):
+            raise AttributeError(f"'ActorClass' object has no attribute '{name}'")
+        return getattr(cls, name)
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"Actors cannot be instantiated directly. Instead of "
@@ -221,6 +327,9 @@ class ActorClass(BlobRegistration):
         return (ActorClass, (self._cls, self._options))
 
     def options(self, **opts) -> "_ActorOptions":
+        if "concurrency_groups" in opts:  # (as Ray: they belong to the class)
+            raise ValueError("Setting 'concurrency_groups' is not supported in "
+                             "'.options()'; give them to @mpray.remote(...)")
         merged = {**self._options, **validate_options(dict(opts), ACTOR_OPTIONS, "actor")}
         return _ActorOptions(self, _check_actor_options(merged))
 
@@ -239,8 +348,13 @@ class ActorClass(BlobRegistration):
 
     def _metadata(self) -> dict:
         if self._meta is None:
-            self._meta = {"class_name": self.__name__, "methods": _method_table(self._cls),
-                          "is_async": is_async_class(self._cls)}
+            methods = _method_table(self._cls)
+            groups = dict(self._options.get("concurrency_groups") or {})
+            meta = {"class_name": self.__name__, "methods": methods,
+                    "is_async": is_async_class(self._cls), "groups": groups}
+            for opts in methods.values():  # (each method's group must exist)
+                _check_group(meta, opts.get("concurrency_group"))
+            self._meta = meta
         return self._meta
 
     def _create(self, opts: dict, args: tuple, kwargs: dict) -> ActorHandle:
@@ -248,7 +362,11 @@ class ActorClass(BlobRegistration):
         client = _global.client
         if client is None:
             client = auto_init()
-        meta = dict(self._metadata(), max_task_retries=_retries(opts.get("max_task_retries")))
+        meta = dict(self._metadata(), max_task_retries=_retries(opts.get("max_task_retries")),
+                    max_pending_calls=opts.get("max_pending_calls") or -1)
+        # calls of an actor that runs them concurrently keep no order (as in Ray)
+        meta["unordered"] = bool(meta["is_async"] or (opts.get("max_concurrency") or 1) > 1
+                                 or meta["groups"])
         fid = self._fid(client)
         tid = client.new_ids(1)
         explicit = any(opts.get(k) is not None for k in _EXPLICIT)
@@ -266,6 +384,7 @@ class ActorClass(BlobRegistration):
             "max_restarts": _retries(opts.get("max_restarts")),
             "max_task_retries": meta["max_task_retries"],
             "max_concurrency": opts.get("max_concurrency"), "is_async": meta["is_async"],
+            "concurrency_groups": meta["groups"],
             "held": held, "get_if_exists": bool(opts.get("get_if_exists")), "req": None,
             "runtime_env": opts.get("runtime_env"),  # (checked; applied for good)
         }
@@ -319,6 +438,22 @@ def _check_actor_options(opts: dict) -> dict:
         raise ValueError(f"namespace must be a non-empty string, not {ns!r}")
     if opts.get("get_if_exists") and not name:
         raise ValueError("get_if_exists=True needs a name= for the actor")
+    mp = opts.get("max_pending_calls")
+    if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int) or mp < -1):
+        raise ValueError(f"max_pending_calls must be -1 (unlimited), 0 or a positive "
+                         f"integer, not {mp!r}")
+    groups = opts.get("concurrency_groups")
+    if groups is not None:
+        if not isinstance(groups, dict):
+            raise TypeError(f"concurrency_groups must be a dict of group name -> "
+                            f"max concurrency, not {type(groups).__name__}")
+        for g, n in groups.items():
+            if not isinstance(g, str) or not g or GROUP_SEP in g:
+                raise ValueError(f"a concurrency group's name must be a non-empty "
+                                 f"string, not {g!r}")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"concurrency group {g!r}: its max concurrency must be "
+                                 f"a positive integer, not {n!r}")
     return opts
 
 

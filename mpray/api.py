@@ -101,6 +101,9 @@ def put(value: Any, *, _owner: Any = None) -> ObjectRef:
     """Store ``value`` in the object store; returns its ``ObjectRef``.  Small values stay
     in this process until a ref leaves it; large ones are written once to shared memory
     and read zero-copy by every task and actor on this host."""
+    if _owner is not None:
+        raise NotImplementedError("put(_owner=...) is not supported by mpray: the process "
+                                  "that puts a value owns it")
     if type(value) is ObjectRef:
         raise TypeError(
             "Calling 'put' on an ObjectRef is not allowed. If you really want to do this, "
@@ -153,12 +156,19 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task (or actor call) that makes ``ref``: a queued one is dropped, a
     running one is interrupted (``TaskCancelledError`` at its ``get``); ``force=True``
-    kills the worker running a task.  ``recursive`` cancels the tasks it submitted."""
+    kills the worker running a task, and raises ``ValueError`` for an actor call that
+    has not ended (as in Ray: use ``kill`` on the actor).  ``recursive`` cancels the
+    tasks it submitted."""
     if type(ref) is not ObjectRef:
         raise TypeError(f"cancel() expects an ObjectRef, not {type(ref).__name__}")
     if ref._tid is None:
         raise TypeError(f"{ref} was created by put(); only task results can be cancelled")
     client = _global.client_or_raise()
+    # (the owner machine knows its actor calls until they end: how cancel routes them)
+    owner = getattr(client, "owner", None) if force else None
+    if owner is not None and owner.actors.pending_call(ref._tid):
+        raise ValueError("force=True is not supported for actor tasks; use "
+                         "mpray.kill(actor) to end the actor")
     client.cancel(ref._tid, bool(force), bool(recursive))
 
 
@@ -182,7 +192,8 @@ def cluster_resources() -> dict[str, float]:
 
 
 def available_resources() -> dict[str, float]:
-    """The resources not held by running tasks and actors right now."""
+    """The resources not held by running tasks and actors right now (under MPI: every
+    rank's node, summed, as ``cluster_resources`` sums their totals)."""
     _info()
     reply = _global.client.request(lambda req: P.Query(req, "available"))
     return {k: v for k, v in reply.data.items() if v > 0}

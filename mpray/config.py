@@ -162,7 +162,9 @@ def _resolve_memory(c: Config, args: Mapping[str, Any], env: Mapping[str, str]) 
     if not isinstance(osm, int) or isinstance(osm, bool) or osm < MB:
         raise ValueError(f"object_store_memory must be an integer of at least 1 MiB, not {osm!r}")
     c.object_store_memory = osm
-    c.task_memory = max(R.detect_memory_bytes() - osm, 0)
+    # (ranks on one host share its memory, as they share its CPUs: each reports its part)
+    c.task_memory = max(R.detect_memory_bytes() // max(1, args.get("host_ranks") or 1) - osm,
+                        0)
     eb = args.get("export_bytes")
     if eb is None and env.get("MPRAY_EXPORT_BYTES"):
         eb = R.parse_size(env["MPRAY_EXPORT_BYTES"])

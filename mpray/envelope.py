@@ -1,5 +1,6 @@
 """What a worker must know about a function beyond its code, registered with it: its
-runtime_env and, for a generator function, how its values are returned.
+runtime_env, for a generator function how its values are returned, how many calls a
+worker may run (``max_calls``), and the resources its calls ask for.
 
 Data flow::
 
@@ -33,15 +34,19 @@ def key(opts: dict | None) -> str | None:
 
 class Registered:
     """A function registered with options (``opts``: ``runtime_env``, ``gen``,
-    ``backpressure``)."""
+    ``backpressure``, ``max_calls``, ``resources``)."""
 
-    __slots__ = ("fn", "env", "gen", "backpressure", "_saved", "__name__")
+    __slots__ = ("fn", "env", "gen", "backpressure", "max_calls", "calls", "resources",
+                 "_saved", "__name__")
 
     def __init__(self, fn, opts: dict) -> None:
         self.fn = fn
         self.env = opts.get("runtime_env")
         self.gen = opts.get("gen")  # None, "streaming" or "dynamic"
         self.backpressure = opts.get("backpressure") or 0
+        self.max_calls = opts.get("max_calls") or 0  # then this worker exits
+        self.calls = 0
+        self.resources = opts.get("resources")  # what its calls ask for (not 1 CPU)
         self._saved = None
         self.__name__ = getattr(fn, "__name__", "function")
 
@@ -54,10 +59,14 @@ class Registered:
             self._saved = runtime_env.save(self.env)
             runtime_env.apply(self.env)
 
-    def exit(self) -> None:
+    def exit(self) -> bool:
+        """After a call: its runtime_env undone; True when this worker has run the
+        function ``max_calls`` times and must exit."""
         if self._saved is not None:
             runtime_env.restore(self._saved)
             self._saved = None
+        self.calls += 1
+        return 0 < self.max_calls <= self.calls
 
 
 def opened(obj, load):

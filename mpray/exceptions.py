@@ -129,9 +129,14 @@ class RayTaskError(RayError):
         # (So a hand-written subclass of RayTaskError comes back as RayTaskError.)
         cause = self.cause
         cause_cls = type(self).__dict__.get("_mpray_cause_cls")  # set on generated classes only
+        blob, why = (None, None) if cause is None else _dumps_why(cause)
+        tb = self.traceback_str
+        if why is not None:  # (the caller is told why it gets text in its place)
+            tb = (f"{tb.rstrip()}\n(the exception {type(cause).__name__} could not be "
+                  f"serialized to reach the caller: {why}; its message and traceback come "
+                  "as text)")
         return (_rebuild_task_error, (
-            self.function_name, self.traceback_str, self.pid, self.ip,
-            None if cause is None else _dumps_or_none(cause),
+            self.function_name, tb, self.pid, self.ip, blob,
             None if cause is None else type(cause).__name__,
             None if cause is None else _safe_str(cause),
             None if cause_cls is None else _dumps_or_none(cause_cls)))
@@ -142,10 +147,15 @@ class RayTaskError(RayError):
 
 
 def _dumps_or_none(obj: object) -> bytes | None:
+    return _dumps_why(obj)[0]
+
+
+def _dumps_why(obj: object) -> tuple[bytes | None, str | None]:
+    """(the pickled object, None) or (None, why it cannot be pickled)."""
     try:
-        return _pickler.dumps(obj)
-    except Exception:
-        return None
+        return _pickler.dumps(obj), None
+    except Exception as e:  # noqa: BLE001 - said to the caller
+        return None, f"{type(e).__name__}: {e}"
 
 
 def _loads_or_none(blob: bytes | None) -> Any:
@@ -352,7 +362,8 @@ class LocalRayletDiedError(RayError):
 
 
 class PendingCallsLimitExceeded(RayError):
-    """Too many calls are queued on an actor (``max_pending_calls``)."""
+    """Too many calls of this process are pending on an actor (``max_pending_calls``):
+    raised by ``.remote()``, nothing was submitted."""
 
 
 class CrossLanguageError(RayError):

@@ -10,10 +10,11 @@ the function's signature at the call, as Ray does.  Shared by the submitters
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any
 
 from . import runtime_env
-from .placement import check_strategy
+from .placement import PlacementGroupSchedulingStrategy, check_strategy
 
 TASK_OPTIONS = {
     "num_cpus", "num_gpus", "resources", "memory", "num_returns", "max_retries",
@@ -45,6 +46,9 @@ def validate_options(opts: dict, allowed: set[str], what: str) -> dict:
             _check_number(k, v)
             if k == "num_gpus" and v > 1 and v != int(v):
                 raise ValueError(f"num_gpus above 1 must be a whole number, not {v!r}")
+        elif k == "max_calls":
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"option max_calls must be an integer >= 0, not {v!r}")
         elif k in ("max_retries", "max_restarts", "max_task_retries"):
             if isinstance(v, bool) or not isinstance(v, int) or v < -1:
                 raise ValueError(f"option {k} must be an integer >= -1, not {v!r}")
@@ -74,6 +78,42 @@ def validate_options(opts: dict, allowed: set[str], what: str) -> dict:
             check_strategy(v)
         elif k == "runtime_env":
             opts[k] = runtime_env.check(v)
+    return _ray_only_options(opts)
+
+
+_warned: set = set()
+
+
+def _warn_once(key: str, text: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(text, stacklevel=4)
+
+
+def _ray_only_options(opts: dict) -> dict:
+    """Options of Ray's that mpray honours another way, or cannot: said, never ignored.
+    The legacy ``placement_group=`` options become a PlacementGroupSchedulingStrategy."""
+    pg = opts.get("placement_group")
+    if pg is not None and pg != "default":
+        if opts.get("scheduling_strategy") is not None:
+            raise ValueError("give either placement_group= or scheduling_strategy=, not both")
+        opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            pg, opts.get("placement_group_bundle_index", -1) if opts.get(
+                "placement_group_bundle_index") is not None else -1,
+            opts.get("placement_group_capture_child_tasks"))
+        check_strategy(opts["scheduling_strategy"])
+    for k in ("placement_group", "placement_group_bundle_index",
+              "placement_group_capture_child_tasks"):
+        opts.pop(k, None)
+    if opts.get("label_selector"):
+        raise NotImplementedError("label_selector is not supported by mpray (nodes have no "
+                                  "labels): use resources or a NodeAffinity strategy")
+    if opts.get("object_store_memory") is not None:
+        _warn_once("object_store_memory", "the object_store_memory option of a task or actor "
+                   "is not enforced by mpray (the store is shared by the node)")
+    if opts.get("enable_task_events"):
+        _warn_once("enable_task_events", "enable_task_events: mpray records no task events "
+                   "yet")
     return opts
 
 
@@ -87,6 +127,8 @@ def resource_request(opts: dict, default_cpus: float = 1.0) -> tuple:
         res["memory"] = float(opts["memory"])
     for k, v in (opts.get("resources") or {}).items():
         res[k] = float(v)
+    if opts.get("accelerator_type"):  # (Ray's way: a node with one has this resource)
+        res[f"accelerator_type:{opts['accelerator_type']}"] = 0.001
     return tuple(sorted((k, v) for k, v in res.items() if v))
 
 

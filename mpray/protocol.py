@@ -312,6 +312,10 @@ NameLookup = record("NameLookup", 68, "rank req proc key", _C,
 NameFound = record("NameFound", 69, "req proc found lent lender", _C,
                    "its answer: (aid, meta) or None, with the hold lent on the anchor")
 NameFree = record("NameFree", 70, "key aid", _C, "that actor's name is free again")
+AvailAsk = record("AvailAsk", 55, "rank proc req", _C,
+                  "what resources are free on your node? (available_resources() of that "
+                  "rank's process proc)")
+AvailAnswer = record("AvailAnswer", 56, "proc req avail", _C, "the answer to an AvailAsk")
 Lend = record("Lend", 71, "adds removes", _C, "holds this rank lends other ranks")
 Unlend = record("Unlend", 72, "oid rank", _C, "give back the hold that rank lent this one")
 Borrowed = record("Borrowed", 73, "oids rank", _C, "holds that rank lent this one")

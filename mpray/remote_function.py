@@ -19,8 +19,6 @@ import inspect
 import pickle
 from typing import Any, Callable
 
-import cloudpickle
-
 from . import _global
 from . import protocol as P
 from . import envelope
@@ -55,12 +53,16 @@ class _Prepared:
         if self.stream is not None:
             self.retries = 0
         # what the worker must know beyond the code (envelope.py), or None
+        base = resource_request(opts)
         reg = {"runtime_env": opts.get("runtime_env"), "gen": gen,
-               "backpressure": bp if gen == "streaming" else None}
+               "backpressure": bp if gen == "streaming" else None,
+               "max_calls": opts.get("max_calls"),
+               "resources": dict(base) if base != (("CPU", 1.0),) else None}
         self.reg = {k: v for k, v in reg.items() if v} or None
-        # leased workers take plain one-CPU tasks only (see owner/machine.py)
+        # leased workers take plain one-CPU tasks only (see owner/machine.py), and none
+        # whose worker may exit after it (max_calls: its lease would be lost)
         self.direct_ok = (self.res == (("CPU", 1.0),) and self.strategy in (None, "DEFAULT")
-                          and self.stream is None)
+                          and self.stream is None and not opts.get("max_calls"))
 
 
 def generator_kind(num_returns, is_gen: bool) -> str | None:
@@ -156,7 +158,7 @@ class BlobRegistration:
         if reg is not None and reg[0] == client.token:
             return reg[1]
         if self._blob is None:
-            self._blob = cloudpickle.dumps(self._blob_payload(), protocol=5)
+            self._blob = ser.cloud_dumps(self._blob_payload())
         fid = client.new_ids(0)
         client.register_function(fid, self._blob)
         self._registered = (client.token, fid)
@@ -181,6 +183,10 @@ class RemoteFunction(BlobRegistration):
     def __init__(self, fn: Callable, options: dict) -> None:
         self._function = fn
         self._options = validate_options(dict(options), TASK_OPTIONS, "task")
+        if (self._options.get("num_gpus") or 0) > 0 and self._options.get("max_calls") is None:
+            # as Ray: a GPU function's worker exits after each call (the GPU memory a
+            # library took is given back; the next task starts clean)
+            self._options["max_calls"] = 1
         self._name = getattr(fn, "__name__", "function")
         self.__name__ = getattr(fn, "__name__", "remote_function")
         self.__doc__ = fn.__doc__

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from . import _global
 from .protocol import id_hex
 
@@ -32,11 +30,23 @@ class RuntimeContext:
         return id_hex(c.actor_id)
 
     def get_assigned_resources(self) -> dict:
-        return {}
+        """The resources the running task or actor holds ({} in the driver)."""
+        return _assigned()[0]
 
     def get_accelerator_ids(self) -> dict:
-        gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        return {"GPU": [g for g in gpus.split(",") if g]}
+        """The accelerator ids the running task or actor was given (as strings)."""
+        return {"GPU": [str(g) for g in _assigned()[1]]}
+
+    def is_canceled(self) -> bool:
+        """Was ``mpray.cancel()`` called on the running task (a task that caught the
+        interrupt, or checks now and then, can clean up and end)?"""
+        loop, c = _global.worker_loop, _global.client
+        if loop is None or c is None:
+            raise RuntimeError("is_canceled() is only available in a task, not in the driver")
+        if c.actor_mode == "async":
+            raise RuntimeError("is_canceled() is not supported in an async actor")
+        tid = c.current_task
+        return tid is not None and loop.cancel_requested(tid)
 
     @property
     def namespace(self) -> str:
@@ -66,6 +76,20 @@ class RuntimeContext:
 
         return ActorHandle(c.actor_id, ObjectRef(c.actor_id + 1, False, c.actor_id),
                            server.opts.get("meta"))
+
+
+def _assigned() -> tuple[dict, tuple]:
+    server = _global.actor_server
+    if server is not None:  # an actor's process: what it holds for its life
+        return server.assigned()
+    loop = _global.worker_loop
+    return loop.assigned() if loop is not None else ({}, ())
+
+
+def get_gpu_ids() -> list:
+    """The GPU ids given to the running task or actor (ints where they are numbers, as
+    Ray's); [] in the driver and in tasks without GPUs."""
+    return [int(g) if str(g).isdigit() else g for g in _assigned()[1]]
 
 
 def get_runtime_context() -> RuntimeContext:

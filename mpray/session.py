@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import logging
 import mmap
 import os
 import sys
@@ -93,6 +94,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     if local_mode:  # (Ray 2.x refuses it the same way; False is accepted, as in Ray)
         raise RuntimeError("`local_mode` is no longer supported (as in Ray 2.x): run the "
                            "program normally; tasks run in worker processes")
+    _ray_only_arguments(include_dashboard, log_to_driver, logging_level, configure_logging)
     with _init_lock:
         if _global.session is None and _global.client is not None:
             # inside a task: the engine is running already (Ray raises here too)
@@ -108,12 +110,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                 "by passing in 'ignore_reinit_error=True' or by calling 'mpray.shutdown()' "
                 "prior to 'mpray.init()'."
             )
-        if address not in (None, "local", "auto"):
-            raise ValueError(f"address={address!r}: mpray starts its own node; use None or 'local'")
-        if address == "auto":
-            warnings.warn("init(address='auto'): mpray has no running cluster to connect "
-                          "to; it starts its own node (under mpiexec/srun: one per rank)",
-                          stacklevel=2)
+        _check_address(address)
         unknown = set(settings) - {name for name, _e, _h in C.SETTINGS} - {"tmpdir"}
         if unknown:
             raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
@@ -141,10 +138,32 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         return _context()
 
 
+def _check_address(address) -> None:
+    if address not in (None, "local", "auto"):
+        raise ValueError(f"address={address!r}: mpray starts its own node; use None or 'local'")
+    if address == "auto":
+        warnings.warn("init(address='auto'): mpray has no running cluster to connect "
+                      "to; it starts its own node (under mpiexec/srun: one per rank)",
+                      stacklevel=3)
+
+
+def _ray_only_arguments(include_dashboard, log_to_driver, logging_level,
+                        configure_logging) -> None:
+    """Ray's init() arguments for what mpray does not have: said, not ignored."""
+    if include_dashboard:
+        warnings.warn("init(include_dashboard=True): mpray has no dashboard (see the "
+                      "README's tools instead)", stacklevel=3)
+    if not log_to_driver:
+        warnings.warn("init(log_to_driver=False) is not supported: workers share the "
+                      "driver's stdout and stderr", stacklevel=3)
+    if logging_level is not None and configure_logging:
+        logging.getLogger("mpray").setLevel(logging_level)  # (mpray's own logger)
+
+
 def _rank_share(args: dict, local_ranks: int) -> dict:
     """Under MPI, ranks on one host share what detection finds (unless told otherwise)."""
     env = os.environ
-    args = dict(args)
+    args = dict(args, host_ranks=local_ranks)  # (its memory too: config._resolve_memory)
     # (inside a SLURM step, detection already gives each task its share of the node)
     if args.get("num_cpus") is None and not env.get("MPRAY_NUM_CPUS") \
             and not env.get("SLURM_CPUS_ON_NODE") and not env.get("SLURM_CPUS_PER_TASK"):

@@ -311,6 +311,7 @@ SCHEDULER_EVENTS = (
     "remote_done", "borrowed", "put_fetched", "name_claim", "name_answer", "name_lookup",
     "name_found", "name_free", "lookup_actor", "ask_name", "pg_op", "pg_ask",
     "pg_answered", "pg_reserve", "pg_reserved", "pg_placed", "pg_removed", "stream_yield",
+    "gather_available", "avail_ask", "avail_answer",
     "stream_ack",
 )
 

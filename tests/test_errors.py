@@ -304,3 +304,48 @@ def test_get_timeout_on_failed_ref_raises_task_error(ray_start):
     mpray.wait([ref], timeout=10)
     with pytest.raises(ValueError, match="already failed"):
         mpray.get(ref, timeout=0)
+
+
+class _LockedError(Exception):
+    """An exception that cannot be pickled (it holds a lock)."""
+
+    def __init__(self):
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+@mpray.remote
+def raise_unpicklable():
+    raise _LockedError()
+
+
+def test_an_unpicklable_exception_says_it_could_not_be_serialized(ray_start):
+    with pytest.raises(exc.RayTaskError) as info:
+        mpray.get(raise_unpicklable.remote(), timeout=30)
+    text = str(info.value)
+    assert "_LockedError" in text and "holds a lock" in text
+    assert "could not be serialized" in text and "lock" in text.split("serialized")[1]
+
+
+def test_remote_tracebacks_name_the_file_of_helpers_and_nested_tasks(ray_start):
+    """Functions sent by value (defined here, in a test) keep their file and lines in
+    remote tracebacks, helpers and nested tasks included (cloudpickle alone names them
+    "<dynamic-code>")."""
+    @mpray.remote
+    def fails_in_a_helper():
+        def helper():
+            raise ValueError("deep")
+
+        return helper()
+
+    @mpray.remote
+    def fails_in_a_nested_task():
+        return mpray.get(fails_in_a_helper.remote())
+
+    for task in (fails_in_a_helper, fails_in_a_nested_task):
+        with pytest.raises(ValueError) as info:
+            mpray.get(task.remote(), timeout=30)
+        text = str(info.value)
+        assert "<dynamic-code>" not in text, text
+        assert f'File "{__file__}"' in text and "in helper" in text, text
+        assert 'raise ValueError("deep")' in text  # the source line, as Ray shows it

@@ -462,3 +462,28 @@ def test_driver_exit_without_shutdown_cleans_up(tmp_path, how):
                     os.kill(p, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
+
+
+@mpray.remote(max_retries=0)
+def notices_its_cancel():
+    """Catches the interrupt of its cancel, then says whether it was cancelled."""
+    try:
+        time.sleep(30)
+    except BaseException:  # (the cancel's interrupt)
+        return mpray.get_runtime_context().is_canceled()
+    return "slept"
+
+
+@mpray.remote
+def not_cancelled():
+    return mpray.get_runtime_context().is_canceled()
+
+
+def test_is_canceled_tells_a_task_it_was_cancelled(ray_start):
+    assert mpray.get(not_cancelled.remote(), timeout=30) is False
+    ref = notices_its_cancel.remote()
+    time.sleep(0.5)
+    mpray.cancel(ref)
+    assert mpray.get(ref, timeout=30) is True  # it caught the interrupt and returned
+    with pytest.raises(RuntimeError, match="driver"):
+        mpray.get_runtime_context().is_canceled()

@@ -181,6 +181,28 @@ def test_a_burst_of_dropped_refs_is_released_with_nothing_else_sent(ray_start):
     assert wait_arena(lambda u: u == base) == base
 
 
+@mpray.remote
+def many_refs(n):
+    return [mpray.put(i) for i in range(n)]
+
+
+def test_a_list_of_refs_is_a_new_list_at_every_get_and_its_refs_go_with_it(ray_start):
+    """Gets of a held list of refs (decoded once, see Client._memo_loads) each return a
+    list of their own, equal to the first; the refs' objects live while it is held and
+    go with its last ref."""
+    base = mpray.api._node_stats()["objects"]
+    outer = many_refs.remote(500)
+    first = mpray.get(outer, timeout=30)
+    first.append("mine")  # (the user's list: the next get does not see this)
+    second = mpray.get(outer, timeout=30)
+    assert len(second) == 500 and second is not first and second == first[:500]
+    assert mpray.get(second[:3], timeout=30) == [0, 1, 2]
+    del first, second
+    assert mpray.get(mpray.get(outer, timeout=30)[499], timeout=30) == 499
+    del outer
+    assert wait_for(lambda: mpray.api._node_stats()["objects"] <= base, timeout=10)
+
+
 @mpray.remote(max_retries=1, retry_exceptions=True)
 def checksum_second_try(a, marker):
     if not os.path.exists(marker):  # the first try fails: the owner retries by the node

@@ -380,7 +380,7 @@ def test_zero_cpu_task_runs_without_cpu():
 
 
 def test_gpu_ids_are_assigned_and_released():
-    s = make({"CPU": 4.0, "GPU": 2.0}, gpu_ids=["0", "1"], workers=3)
+    s = make({"CPU": 4.0, "GPU": 2.0}, gpu_ids=["0", "1"], workers=5)
     for tid in (100, 200, 300):
         s.submit(0, spec(tid, res={"CPU": 1.0, "GPU": 1.0}))
     s.schedule()
@@ -406,7 +406,7 @@ def test_gpu_ids_are_assigned_and_released():
 
 
 def test_fractional_gpus_share_a_device():
-    s = make({"CPU": 8.0, "GPU": 2.0}, gpu_ids=["0", "1"], workers=5)
+    s = make({"CPU": 8.0, "GPU": 2.0}, gpu_ids=["0", "1"], workers=8)
     for tid in (100, 200, 300, 400, 500):
         s.submit(0, spec(tid, res={"CPU": 1.0, "GPU": 0.5}))
     s.schedule()
@@ -425,7 +425,7 @@ def test_fractional_gpu_request_waits_when_no_single_gpu_has_room():
     """0.6 + 0.6 + 0.6 on two GPUs: the pool has 0.8 GPU left after two tasks, but no
     device has 0.6 free, so the third task must wait (regression: _fits() checked only the
     pooled ``avail["GPU"]`` and the task ran with no GPU id while being charged for one)."""
-    s = make({"CPU": 8.0, "GPU": 2.0}, gpu_ids=["0", "1"], workers=3)
+    s = make({"CPU": 8.0, "GPU": 2.0}, gpu_ids=["0", "1"], workers=6)
     for tid in (100, 200, 300):
         s.submit(0, spec(tid, res={"CPU": 1.0, "GPU": 0.6}))
     s.schedule()
@@ -1118,3 +1118,31 @@ def test_another_owners_waiting_task_takes_the_lease_back_when_idle():
     s.submit(0, spec(42))
     s.schedule()
     assert drain(s, other, P.Reclaim) == []  # asked once per lease
+
+
+def test_a_gpu_task_runs_in_a_worker_that_never_ran_a_task():
+    """As Ray keeps GPU and CPU work in different worker processes: a GPU task does not
+    inherit a CPU task's worker (its imports, its CUDA state)."""
+    s = make({"CPU": 4.0, "GPU": 1.0}, gpu_ids=["0"], workers=2, max_workers=2)
+    s.submit(0, spec(100))
+    s.schedule()
+    (used,) = execs(s)
+    s.task_done(used, 100, P.OK, [ok(101)], False)
+    s.submit(0, spec(200, res={"CPU": 1.0, "GPU": 1.0}))
+    s.schedule()
+    (fresh,) = execs(s)
+    assert fresh != used  # the idle worker that never ran anything
+    s.task_done(fresh, 200, P.OK, [ok(201)], False)
+    take_actions(s)
+    s.submit(0, spec(300, res={"CPU": 1.0, "GPU": 1.0}))
+    s.schedule()
+    assert not execs(s)  # both idle workers ran tasks: one retires to make room
+    acts = typed(take_actions(s))
+    assert [a for a in acts if a[0] == "Kill"] and ("StartWorker",) not in acts
+    (killed,) = [a[1] for a in acts if a[0] == "Kill"]
+    s.worker_died(killed, "retired")
+    s.schedule()
+    assert ("StartWorker",) in typed(take_actions(s))
+    s.worker_started(3)
+    s.schedule()
+    assert list(execs(s)) == [3]

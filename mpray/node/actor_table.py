@@ -83,6 +83,10 @@ class Actor:
         return out
 
 
+ACTOR_GRACE_S = 30.0  # an actor told to end (Stop) is killed after this long (as Ray's
+#                       actor_graceful_shutdown_timeout_ms)
+
+
 class ActorTable:
     """Actor bookkeeping of the Scheduler (uses its tasks, workers, objs, out, actions)."""
 
@@ -90,6 +94,7 @@ class ActorTable:
         self.actors: dict[int, Actor] = {}
         self.anchors: dict[int, int] = {}  # anchor oid -> actor id
         self.names: dict[tuple, int] = {}  # (namespace, name) -> actor id
+        self.ending: dict[int, float] = {}  # worker of an actor told to end -> kill time
 
     # ------------------------------------------------------------------ creation
     def _actor_admit(self, proc: int, spec: tuple) -> bool:
@@ -246,6 +251,7 @@ class ActorTable:
         w.held = held
 
     def _actor_worker_died(self, w, reason: str) -> None:
+        self.ending.pop(w.key, None)
         a = self.actors.get(w.actor)
         self._release_worker_resources(w)
         w.task = None
@@ -400,10 +406,20 @@ class ActorTable:
             self._actor_dead(a, f"The actor {a.class_name} ({P.id_hex(a.key)}) is dead: "
                                 "all references to the actor were removed")
         elif a.worker is not None:
-            self.actions.append(P.Kill(a.worker))
+            # a graceful end, as in Ray: the actor runs __ray_shutdown__ and its atexit
+            # handlers, then exits (killed if it has not within ACTOR_GRACE_S)
+            self._send(a.worker, P.Stop())
+            self.ending[a.worker] = self.now + ACTOR_GRACE_S
         else:  # waiting to be (re)placed: it never runs again
             self._actor_dead(a, f"The actor {a.class_name} ({P.id_hex(a.key)}) is dead: "
                                 "all references to the actor were removed")
+
+    def _actor_tick(self, now: float) -> None:
+        """Kill the actors told to end that have not within ACTOR_GRACE_S."""
+        for wid, deadline in list(self.ending.items()):
+            if now >= deadline:
+                del self.ending[wid]
+                self.actions.append(P.Kill(wid))
 
 
 __all__ = ["ACTOR_MARK", "Actor", "ActorState", "ActorTable", "NODE_HOLDER", "W"]

@@ -41,6 +41,7 @@ class ClusterView:
         self._spread = 0
         self.fetching: set[int] = set()
         self.fids_sent: dict[int, set] = {}  # rank -> functions it has from this node
+        self.gathers: dict[int, list] = {}  # req -> [proc, answers due, sum so far]
 
     def attach_cluster(self, rank: int, ranks: list) -> None:
         self.rank = rank
@@ -226,6 +227,32 @@ class ClusterView:
             return False
         self._forward(t, rank)
         return True
+
+    # ------------------------------------------------------------------ free resources
+    def gather_available(self, proc: int, req: int) -> bool:
+        """available_resources() under MPI: every rank's free resources, summed (False:
+        this is the only node, answer at once)."""
+        if self.agent is None or len(self.ranks) < 2:
+            return False
+        self.gathers[req] = [proc, len(self.ranks) - 1, dict(self.available())]
+        for r in range(len(self.ranks)):
+            if r != self.rank:
+                self.out[AGENT].append(P.ToRank(r, P.AvailAsk(self.rank, proc, req)))
+        return True
+
+    def avail_ask(self, rank: int, proc: int, req: int) -> None:
+        self.out[AGENT].append(P.ToRank(rank, P.AvailAnswer(proc, req, self.available())))
+
+    def avail_answer(self, proc: int, req: int, avail: dict) -> None:
+        g = self.gathers.get(req)
+        if g is None:
+            return
+        for k, v in avail.items():
+            g[2][k] = g[2].get(k, 0.0) + v
+        g[1] -= 1
+        if g[1] == 0:
+            del self.gathers[req]
+            self._send(proc, P.Reply(req, g[2]))
 
     def load_report(self) -> tuple[int, float]:
         return (self.ready_count(), float(self.avail.get("CPU", 0.0)))

@@ -294,6 +294,8 @@ class Node:
             P.NameFound.OP: lambda proc, m: s.name_found(m.req, m.proc, m.found, m.lent,
                                                          m.lender),
             P.NameFree.OP: lambda proc, m: s.name_free(m.key, m.aid),
+            P.AvailAsk.OP: lambda proc, m: s.avail_ask(m.rank, m.proc, m.req),
+            P.AvailAnswer.OP: lambda proc, m: s.avail_answer(m.proc, m.req, m.avail),
             # placement groups: rank 0's registry and each rank's bundles
             P.PgAsk.OP: lambda proc, m: s.pg_ask(m.rank, m.proc, m.req, m.op),
             P.PgAnswer.OP: lambda proc, m: s.pg_answered(m.proc, m.req, m.data),
@@ -310,8 +312,8 @@ class Node:
             return found if found is not None else s.ask_name(proc, req, (what[1] or "", what[2]))
         if what == "actors":
             return s.list_actors()
-        if what == "available":
-            return s.available()
+        if what == "available":  # (under MPI: every rank's, summed, answered later)
+            return LATER if s.gather_available(proc, req) else s.available()
         if what == "load":
             return s.load_report()
         if what == "stats":

@@ -51,9 +51,10 @@ from ..states import (
     _move,
 )
 from .task import Task
-from .worker_table import Worker, WorkerTable, _amount
+from .worker_table import Worker, WorkerTable, _amount, _wants_gpu
 
 _exec, _EXEC = P.Exec.from_items, P.Exec.OP
+
 
 __all__ = ["OBJ_TRANSITIONS", "TASK_TRANSITIONS", "WORKER_TRANSITIONS", "Obj", "ObjState",
            "Scheduler", "Task", "TaskState", "TransitionError", "Worker", "WorkerState",
@@ -262,34 +263,6 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, PlacementG
                 return False  # enough GPU in total, but split across devices
         return True
 
-    def _gpu_pool(self) -> list:
-        """The GPUs a task outside placement groups may use (not a bundle's)."""
-        owned = self.gpu_owner
-        return [g for g in self.gpu_free if g not in owned] if owned else list(self.gpu_free)
-
-    def _gpus_fit(self, amount: float) -> bool:
-        free = [self.gpu_free[g] for g in self._gpu_pool()]
-        if amount < 1:
-            return any(f >= amount - 1e-9 for f in free)
-        return sum(1 for f in free if f >= 1 - 1e-9) >= amount
-
-    def _take_gpus(self, amount: float, pool: list | None = None) -> tuple:
-        if amount <= 0 or not self.gpu_free:
-            return ()
-        if pool is None:
-            pool = self._gpu_pool()
-        gpu_free = self.gpu_free
-        if amount < 1:
-            for g in pool:
-                if gpu_free[g] >= amount - 1e-9:
-                    gpu_free[g] -= amount
-                    return ((g, amount),)
-            return ()
-        got = [g for g in pool if gpu_free[g] >= 1 - 1e-9][: int(amount)]
-        for g in got:
-            gpu_free[g] -= 1.0
-        return tuple((g, 1.0) for g in got)
-
     def _enqueue(self, t: Task, front: bool = False) -> None:
         if t.actor is not None:  # a method call waits in its actor's own FIFO
             a = self.actors.get(t.actor)
@@ -336,8 +309,15 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, PlacementG
                 if not self.idle:
                     want += self._could_run(t.resources, len(q))
                     break
+                if self.gpu_free and _wants_gpu(t.resources):
+                    w = self._fresh_worker()
+                    if w is None:
+                        want += 1
+                        break
+                else:
+                    w = self.workers[self.idle.pop()]
                 q.popleft()
-                self._dispatch(t, self.workers[self.idle.pop()])
+                self._dispatch(t, w)
             if q and self.agent is not None:
                 self._spill_queue(q)  # work waits here: some may go to idle ranks
             if q and self.depth > 1 and len(q) >= 2 * len(self.workers):

@@ -8,6 +8,8 @@ actions).  Data flow::
                            reservations dropped; an actor's worker: actor_table decides
     tick(now)           ─▶ ("kill", wid) for extra workers idle beyond idle_timeout
     lease_end(wid)      ─▶ the lease's CPU back, IDLE again
+    a GPU task          ─▶ GPU ids from the free ones (a placement group's from its
+                           bundle's), on a worker that never ran a task (_fresh_worker)
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from ..states import TASK_TRANSITIONS, WORKER_TRANSITIONS, T, W, WorkerState, _m
 def lends(name: str) -> bool:
     """A worker whose task waits in ``get`` lends its CPUs (a placement group's too)."""
     return name == "CPU" or name.startswith("CPU_group_")
+
+
+def _wants_gpu(res: tuple) -> bool:
+    return any(amount and (name == "GPU" or name.startswith("GPU_group_"))
+               for name, amount in res)
 
 
 def _amount(shape: tuple, name: str) -> float:
@@ -59,6 +66,52 @@ class WorkerTable:
             self.gpu_free[g] = self.gpu_free.get(g, 0) + amount
         w.held = ()
         w.gpus = ()
+
+    # ------------------------------------------------------------------ GPUs
+    def _gpu_pool(self) -> list:
+        """The GPUs a task outside placement groups may use (not a bundle's)."""
+        owned = self.gpu_owner
+        return [g for g in self.gpu_free if g not in owned] if owned else list(self.gpu_free)
+
+    def _gpus_fit(self, amount: float) -> bool:
+        free = [self.gpu_free[g] for g in self._gpu_pool()]
+        if amount < 1:
+            return any(f >= amount - 1e-9 for f in free)
+        return sum(1 for f in free if f >= 1 - 1e-9) >= amount
+
+    def _take_gpus(self, amount: float, pool: list | None = None) -> tuple:
+        if amount <= 0 or not self.gpu_free:
+            return ()
+        if pool is None:
+            pool = self._gpu_pool()
+        gpu_free = self.gpu_free
+        if amount < 1:
+            for g in pool:
+                if gpu_free[g] >= amount - 1e-9:
+                    gpu_free[g] -= amount
+                    return ((g, amount),)
+            return ()
+        got = [g for g in pool if gpu_free[g] >= 1 - 1e-9][: int(amount)]
+        for g in got:
+            gpu_free[g] -= 1.0
+        return tuple((g, 1.0) for g in got)
+
+    def _fresh_worker(self) -> Worker | None:
+        """An idle worker that never ran a task, for a GPU task: as Ray keeps GPU and
+        CPU work in different worker processes, a GPU task must not inherit a CPU task's
+        state (a library that set up CUDA before CUDA_VISIBLE_DEVICES was the task's).
+        None: one is to be started (an idle used one retires to make room for it)."""
+        idle = self.idle
+        for i in range(len(idle) - 1, -1, -1):
+            w = self.workers[idle[i]]
+            if not w.fids:
+                del idle[i]
+                return w
+        if idle and not self.retiring:
+            wid = idle.pop(0)
+            self.retiring.add(wid)
+            self.actions.append(P.Kill(wid))
+        return None
 
     # ------------------------------------------------------------------ workers
     def worker_started(self, wid: int, now: float = 0.0) -> None:
@@ -156,7 +209,10 @@ class WorkerTable:
                 self._maybe_free(o)
 
     def tick(self, now: float) -> None:
-        """Retire workers idle for longer than idle_timeout beyond the warm pool."""
+        """Retire workers idle for longer than idle_timeout beyond the warm pool (and
+        kill actors that were told to end and have not: ActorTable)."""
+        if self.ending:
+            self._actor_tick(now)
         actors = sum(1 for w in self.workers.values() if w.actor is not None)
         extra = len(self.workers) - actors - len(self.retiring) - self.idle_keep
         for wid in list(self.idle):

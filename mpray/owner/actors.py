@@ -14,7 +14,11 @@ Data flow::
 
 Calls from one caller must run in submission order, and the two paths would race, so a
 call takes a path only when no call of this actor is in flight on the other one (a
-fence; rare in practice: refs inside arguments, or a constructor still running).  When
+fence; rare in practice: refs inside arguments, or a constructor still running).  An
+actor that runs calls concurrently (threads, asyncio, concurrency groups) keeps no
+order between them, as in Ray: its calls (their holds carry ``Unordered``) skip the
+fence, so one that waits for its arguments at the node never waits for a direct call
+that may itself wait for a later one (an ``asyncio.Event`` that a later call sets).  When
 the actor's process dies, calls in flight are sent again after the restart while
 ``max_task_retries`` allows, and fail with ``ActorUnavailableError`` (restarting) or
 ``ActorDiedError`` (dead) otherwise.
@@ -36,12 +40,24 @@ _slot_msg, _acall, _ACALL = P.ToSlot.from_items, P.ACall.from_items, P.ACall.OP
 _PENDING = OW.PENDING
 
 
+class Unordered:
+    """The actor's anchor, as the calls to an actor that runs them concurrently hold it
+    (the handle makes one per method; the anchor stays alive while a call holds it)."""
+
+    __slots__ = ("anchor",)
+
+    def __init__(self, anchor) -> None:
+        self.anchor = anchor
+
+
 class Call:
     __slots__ = ("spec", "hold", "retries", "cost")
 
     def __init__(self, spec, hold) -> None:
         self.spec = spec
-        self.hold = hold  # what the call reads (and the actor's anchor), alive until done
+        # (what the call reads, the actor's anchor or Unordered(anchor), and maybe its
+        # arguments: alive until done)
+        self.hold = hold
         self.retries = spec.retries
         self.cost = 0
 
@@ -50,7 +66,7 @@ class Channel:
     """What the owner knows of one actor."""
 
     __slots__ = ("key", "state", "history", "inc", "slot", "queue", "inflight",
-                 "node_calls", "killed", "death", "bytes", "elsewhere")
+                 "node_calls", "killed", "death", "bytes", "elsewhere", "unordered")
 
     def __init__(self, aid: int, elsewhere: bool) -> None:
         self.key = aid
@@ -65,6 +81,7 @@ class Channel:
         self.killed = False
         self.death: bytes | None = None
         self.bytes = 0  # message bytes in flight in its ring
+        self.unordered = False  # it runs calls concurrently: no fence between the paths
 
 
 def resolve(value_of, deps: tuple):
@@ -122,6 +139,9 @@ class ActorChannels:
         if (not ch.queue and ch.slot is not None and not ch.node_calls and not ch.killed
                 and not spec.deps and not spec.contained and self._push(ch, call, ())):
             return  # the common case: straight into the actor's ring
+        hold = ev.hold
+        if not ch.unordered and hold and len(hold) > 1 and type(hold[1]) is Unordered:
+            ch.unordered = True
         ch.queue.append(call)
         self.backlog += 1
         self._pump(ch)
@@ -138,17 +158,17 @@ class ActorChannels:
             else:
                 deps = resolve(self.o.value_of, spec.deps)
             if deps is not None:
-                if ch.node_calls:
+                if ch.node_calls and not ch.unordered:
                     return  # fence: the node's calls before it must end first
                 sent = self._push(ch, call, deps)
                 if sent is None:
                     return  # its ring is full: sent again as results come back
                 if not sent:  # too large for the mailbox: the node's rings fragment
-                    if ch.inflight:
+                    if ch.inflight and not ch.unordered:
                         return
                     self._via_node(ch, call)
             else:
-                if ch.inflight:
+                if ch.inflight and not ch.unordered:
                     return  # fence: the direct calls before it must end first
                 self._via_node(ch, call)
             q.popleft()
@@ -262,6 +282,13 @@ class ActorChannels:
             self.backlog += 1
 
     # ------------------------------------------------------------------ kill / cancel
+    def pending_call(self, tid: int) -> bool:
+        """Is ``tid`` a call of this owner's that has not ended (queued, in flight, or
+        at the node)?  A query other threads may make (``cancel``): reads only."""
+        if tid in self.calls:
+            return True
+        return any(tid in ch.node_calls for ch in list(self.chans.values()))
+
     def killed(self, ev) -> None:
         ch = self._chan(ev.aid)
         ch.killed = True
@@ -291,7 +318,7 @@ class ActorChannels:
             queued += len(ch.queue)
             assert ch.bytes == sum(c.cost for c in ch.inflight.values()), aid
             assert ch.bytes <= self.o.budget, (aid, ch.bytes)
-            if ch.inflight:
+            if ch.inflight and not ch.unordered:
                 assert not ch.node_calls, f"actor {aid}: calls in flight on both paths"
             for call in ch.queue:
                 assert self.calls.get(call.spec.tid, (None, None))[1] is call, call.spec.tid

@@ -45,6 +45,10 @@ _submit, _SUBMIT = P.Submit.from_items, P.Submit.OP
 _loads, _new, _WRAP = pickle.loads, tuple.__new__, P._WRAP
 
 
+_MEMO_BYTES = 4096  # an inline value this big may be a list of refs worth decoding once
+_MEMO_REFS = 256  # ... if it holds at least this many
+
+
 class Client(Waiting):
     def __init__(self, proc: int, rank: int, up: Ring, down: Ring, my_bell: Doorbell,
                  node_bell: Doorbell, arena, inline_max: int, node_pid: int,
@@ -80,6 +84,7 @@ class Client(Waiting):
         self._send_lock = threading.Lock()
         self.func_blobs: dict[int, bytes] = {}
         self.streams: dict[int, collections.deque] = {}  # streaming task -> refs come
+        self._decoded: dict[int, tuple] = {}  # oid -> (payload, its list of refs)
         # set while a worker holds serialised results that contain refs it is about to
         # drop: their releases must go out after the Done that registers the containment
         self.hold_releases = 0
@@ -207,6 +212,8 @@ class Client(Waiting):
             return
         del refs[oid]
         value = self._values.pop(oid, None)
+        if self._decoded:  # (a list of refs decoded once: its refs go now)
+            self._decoded.pop(oid, None)
         self._subscribed.discard(oid)
         self._reborrowed.discard(oid)
         # A value known to be small and inline only costs the node a little memory: its
@@ -323,13 +330,31 @@ class Client(Waiting):
     def materialize(self, oid: int, kind: int, payload) -> Any:
         """Turn a cached (kind, payload) into the user's value; raise stored errors."""
         if kind == ser.INLINE:
-            return pickle.loads(payload)
+            if len(payload) < _MEMO_BYTES:  # (the usual case: small)
+                return pickle.loads(payload)
+            return self._memo_loads(oid, payload, pickle.loads)
         if kind == ser.ARENA:
-            return ser.loads_arena(self._arena_base(oid, payload), payload)
+            return self._memo_loads(
+                oid, payload, lambda p: ser.loads_arena(self._arena_base(oid, p), p))
         err = pickle.loads(payload)
         if isinstance(err, exc.RayTaskError):
             raise err.as_instanceof_cause()
         raise err
+
+    def _memo_loads(self, oid: int, payload, loads) -> Any:
+        """A big value; one that is a list of refs (a task's dynamic returns, refs
+        gathered for later) is decoded once while it is held here: every get returns a
+        new list of the same refs, instead of making (and later dropping) as many refs
+        again."""
+        memo = self._decoded.get(oid)
+        if memo is not None and memo[0] is payload:
+            return list(memo[1])
+        value = loads(payload)
+        if (type(value) is list and len(value) >= _MEMO_REFS
+                and all(type(x) is ObjectRef for x in value)):
+            self._decoded[oid] = (payload, value)  # (dropped with the last ref to oid)
+            return list(value)
+        return value
 
     def _arena_base(self, oid: int, desc) -> np.ndarray:
         """A read-only view of the object's range; pinned while any view of it lives."""

@@ -17,8 +17,11 @@ refers to alive for as long as the containing value lives.
 
 from __future__ import annotations
 
+import collections
+import io
 import pickle
 import threading
+import types
 from typing import Any
 
 import cloudpickle
@@ -44,6 +47,30 @@ def collecting() -> list | None:
 _MAIN = b"__main__"
 
 
+def _code_with_file(args: tuple, filename: str) -> types.CodeType:
+    return types.CodeType(*args).replace(co_filename=filename)
+
+
+def _code_reduce(code: types.CodeType):
+    # cloudpickle names every code object it sends by value "<dynamic-code>" (for a
+    # deterministic payload); remote tracebacks should show the user's file and lines,
+    # for helper functions and nested tasks too, so the name travels along
+    _cls, args = cloudpickle.cloudpickle._code_reduce(code)
+    return _code_with_file, (args, code.co_filename)
+
+
+class _Pickler(cloudpickle.Pickler):
+    dispatch_table = collections.ChainMap({types.CodeType: _code_reduce},
+                                          cloudpickle.Pickler.dispatch_table)
+
+
+def cloud_dumps(value: Any, buffer_callback=None) -> bytes:
+    """cloudpickle (protocol 5), keeping code objects' file names."""
+    f = io.BytesIO()
+    _Pickler(f, protocol=5, buffer_callback=buffer_callback).dump(value)
+    return f.getvalue()
+
+
 def dumps_plain(value: Any) -> bytes:
     """In-band pickle; cloudpickle for what plain pickle cannot do or would send by
     name from the script.  Raises TypeError naming the problem."""
@@ -54,7 +81,7 @@ def dumps_plain(value: Any) -> bytes:
     except Exception:
         pass
     try:
-        return cloudpickle.dumps(value, protocol=5)
+        return cloud_dumps(value)
     except Exception as e:  # noqa: BLE001 - reported with the type that failed
         raise TypeError(f"cannot serialize {type(value).__name__} object: {e}") from e
 
@@ -88,7 +115,7 @@ def serialize(value: Any, inline_max: int) -> tuple[int, Any, list[int], int]:
             bufs.clear()
             refs.clear()
             try:
-                header = cloudpickle.dumps(value, protocol=5, buffer_callback=bufs.append)
+                header = cloud_dumps(value, buffer_callback=bufs.append)
             except Exception as e:  # noqa: BLE001
                 raise TypeError(
                     f"cannot serialize {type(value).__name__} object: {type(e).__name__}: {e}"

@@ -91,7 +91,8 @@ class WorkerLoop:
         self.in_user = False
         self.signalled = False  # a cancel signal came while no task ran user code
         self.pid = os.getpid()
-        self.task_owner = 0  # the process the running task's values go to
+        self.current: P.Exec | None = None  # the task running (or last run) here
+        self.retire = False  # exit after this task (its function's max_calls)
         self.host = socket.gethostname()
         self.base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.started = 0.0  # when the running task started
@@ -147,7 +148,7 @@ class WorkerLoop:
 
     def run(self, msg: P.Exec) -> None:
         tid, name, nret, gpus = msg.tid, msg.name, msg.nret, msg.gpus
-        self.task_owner = msg.owner  # (a streaming task sends its values there)
+        self.current = msg  # (its owner gets a stream's values; the runtime context)
         self.started = time.monotonic()  # (a direct task's run time goes to the driver)
         if gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
@@ -162,6 +163,8 @@ class WorkerLoop:
                 else:
                     os.environ["CUDA_VISIBLE_DEVICES"] = self.base_cuda
         self.report(tid, status, stored, retryable, msg.owner, msg.epoch is not None)
+        if self.retire:  # the function's max_calls: this worker exits (the node starts
+            self.client.stop_requested = True  # another; queued tasks go back to it)
 
     def function(self, fid: int, fblob: bytes | None, name: str):
         fn = self.funcs.get(fid)
@@ -223,8 +226,8 @@ class WorkerLoop:
             return self.failed(tid, e, name, nret, retry_exc, stored)
         finally:
             client.current_task = None
-            if type(fn) is Registered:
-                fn.exit()
+            if type(fn) is Registered and fn.exit():
+                self.retire = True  # (max_calls: once this task is reported)
             try:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -236,10 +239,21 @@ class WorkerLoop:
         (dynamic), or as its static returns (generators.py)."""
         kind = fn.gen if type(fn) is Registered else None
         if kind == "streaming":
-            return stream(self, tid, self.task_owner, gen, fn.backpressure, name, _Cancelled)
+            return stream(self, tid, self.current.owner, gen, fn.backpressure, name,
+                          _Cancelled)
         if kind == "dynamic":
             return dynamic(self.client, gen)
         return static_values(gen, nret, name, _Cancelled)
+
+    def assigned(self) -> tuple[dict, tuple]:
+        """(resources, GPU ids) of the task running here (its function's registration
+        says when it asked for more than one CPU)."""
+        msg = self.current
+        if msg is None or self.client.current_task != msg.tid:
+            return {}, ()
+        fn = self.funcs.get(msg.fid)
+        res = fn.resources if type(fn) is Registered and fn.resources else {"CPU": 1.0}
+        return dict(res), tuple(msg.gpus or ())
 
     def remote_error(self, e: BaseException, name: str) -> exc.RayTaskError:
         """The error a task's caller gets, its traceback starting at user code."""
@@ -385,6 +399,7 @@ def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem,
     _global.node_id = setup.node_id
     _global.node_info = setup.node_info
     runtime_env.apply(setup.node_info.get("runtime_env"))  # the job's, for good
-    loop = WorkerLoop(client, wid, memoryview(mem)[64:72], direct_cancel)
+    loop = _global.worker_loop = WorkerLoop(client, wid, memoryview(mem)[64:72],
+                                            direct_cancel)
     signal.signal(signal.SIGUSR1, loop.on_cancel_signal)
     loop.serve()

@@ -9,6 +9,7 @@ import signal
 import time
 
 import numpy as np
+import psutil
 
 import mpray as ray
 from mpray import exceptions as exc
@@ -23,6 +24,10 @@ assert [n["MPIRank"] for n in nodes] == list(range(size))
 ids = [n["NodeID"] for n in nodes]
 assert len(set(ids)) == size
 assert ray.cluster_resources()["CPU"] == sum(n["Resources"]["CPU"] for n in nodes)
+# every rank's free resources, summed (nothing runs yet), and ranks on one host share
+# its memory rather than each claiming all of it
+assert ray.available_resources()["CPU"] == ray.cluster_resources()["CPU"]
+assert ray.cluster_resources()["memory"] <= psutil.virtual_memory().total
 assert ray.get_runtime_context().get_node_id() == ids[0]
 
 
