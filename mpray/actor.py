@@ -29,7 +29,8 @@ from .owner.actors import Unordered
 from .placement import pg_resources
 from .options import (ACTOR_OPTIONS, METHOD_OPTIONS, ArgCheck, resource_request,
                       validate_options)
-from .remote_function import BlobRegistration, _refs, encode_args
+from .generator import ObjectRefGenerator
+from .remote_function import BlobRegistration, _refs, encode_args, generator_kind
 from .session import auto_init
 
 _task_spec = P.TaskSpec.from_items
@@ -75,6 +76,8 @@ def _method_table(cls: type) -> dict[str, dict]:
     for name, fn in inspect.getmembers(cls, lambda m: inspect.isfunction(m)
                                        or inspect.ismethod(m)):
         table[name] = dict(getattr(fn, "__mpray_method_options__", {}))
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            table[name]["_gen"] = True  # (its calls stream by default, as in Ray)
     return table
 
 
@@ -226,15 +229,17 @@ class ActorHandle:
             consts = (opts,) + self._call_constants(name, opts)
             if opts is self._meta["methods"].get(name):
                 self._consts[name] = consts
-        _o, display, nret, retries, retry_exc, wire, anchor, limit = consts
+        _o, display, nret, retries, retry_exc, wire, anchor, limit, stream = consts
         if limit:  # (max_pending_calls: this process's calls not ended yet)
             _pending.check(client, self._aid, limit, display)
         tid = client.new_ids(nret)
         blob, deps, contained, keep = encode_args(client, args, kwargs, display)
         # (all TaskSpec's items at once, in its FIELDS order: the hot path)
         spec = _task_spec((tid, None, display, blob, deps, nret, (), retries, retry_exc,
-                           contained, None, False, self._aid, wire, None, None))
+                           contained, None, False, self._aid, wire, None, stream))
         refs = _refs(tid, nret)  # (before the call can end)
+        if stream is not None and stream >= 0:  # (and its stream, before any value)
+            refs = ObjectRefGenerator(client, tid, refs, stream)
         # what the call reads stays alive here until it is sent (refs inside the
         # arguments: the arguments themselves) or, sent direct, until it is done; then
         # the actor's anchor (an ``Unordered`` one: its calls need not keep their order)
@@ -254,11 +259,16 @@ class ActorHandle:
         """(display name, num_returns, retries, retry_exceptions, the method's name on
         the wire, what holds the anchor, max_pending_calls) of a method's calls."""
         meta = self._meta
-        nret = opts.get("num_returns")
-        nret = 1 if nret is None else nret
+        gen = generator_kind(opts.get("num_returns"), bool(opts.get("_gen")))
+        nret = 1 if gen or opts.get("num_returns") is None else opts["num_returns"]
         retries = opts.get("max_task_retries")
         if retries is None:
             retries = meta.get("max_task_retries", 0)
+        stream = None  # (how a generator method's values come back: see ACall.stream)
+        if gen == "streaming":
+            stream, retries = max(0, opts.get("_generator_backpressure_num_objects") or 0), 0
+        elif gen == "dynamic":
+            stream = -1
         rex = opts.get("retry_exceptions", False)
         retry_exc = rex if isinstance(rex, bool) else pickle.dumps(tuple(rex))
         wire = name
@@ -269,7 +279,7 @@ class ActorHandle:
         anchor = Unordered(self._anchor) if meta.get("unordered") else self._anchor
         limit = meta.get("max_pending_calls") or 0
         return (f"{meta['class_name']}.{name}", nret, retries, retry_exc, wire, anchor,
-                limit if limit > 0 else 0)
+                limit if limit > 0 else 0, stream)
 
 
 # ---------------------------------------------------------------------- classes

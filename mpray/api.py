@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from . import _global
 from . import protocol as P
+from .generator import ObjectRefGenerator
 from .object_ref import ObjectRef
 from .remote_function import RemoteFunction
 from .session import RayContext, auto_init, init, is_initialized, shutdown
@@ -159,6 +160,8 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     kills the worker running a task, and raises ``ValueError`` for an actor call that
     has not ended (as in Ray: use ``kill`` on the actor).  ``recursive`` cancels the
     tasks it submitted."""
+    if type(ref) is ObjectRefGenerator:  # (a generator task: cancel the task)
+        ref = ref.completed()
     if type(ref) is not ObjectRef:
         raise TypeError(f"cancel() expects an ObjectRef, not {type(ref).__name__}")
     if ref._tid is None:

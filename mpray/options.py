@@ -135,7 +135,8 @@ def resource_request(opts: dict, default_cpus: float = 1.0) -> tuple:
 ACTOR_OPTIONS = (TASK_OPTIONS | ACTOR_ONLY) - {"num_returns", "max_retries", "retry_exceptions",
                                               "max_calls"}
 METHOD_OPTIONS = {"num_returns", "max_task_retries", "retry_exceptions", "name",
-                  "concurrency_group", "enable_task_events", "_metadata"}
+                  "concurrency_group", "enable_task_events", "_metadata",
+                  "_generator_backpressure_num_objects"}
 
 
 _PLAIN = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)

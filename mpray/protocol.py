@@ -162,7 +162,7 @@ TaskSpec = record(
     "lease: ask the node to lease the worker to the owner when done; actor: the actor id "
     "of a method call or creation, method: the method's name (calls), create: the "
     "creation's options (creations), stream: a streaming generator's backpressure "
-    "(0: none; None: not a generator: its values are its returns)",
+    "(0: none; -1, an actor call: a dynamic generator's; None: not a generator)",
     defaults={"lease": False, "actor": None, "method": None, "create": None,
               "stream": None})
 
@@ -253,8 +253,11 @@ ACreate = record("ACreate", 43,
                  "tid fid fblob name args deps gpus aid incarnation opts owner", _O,
                  "become this actor: run the constructor, then serve calls")
 ACall = record("ACall", 44,
-               "tid method args deps nret retry_exc owner retries aid incarnation direct",
-               _O, "one method call (direct: from the driver's mailbox ring)")
+               "tid method args deps nret retry_exc owner retries aid incarnation direct "
+               "stream", _O, "one method call (direct: from the driver's mailbox ring; "
+               "stream: a generator method's backpressure when its values stream, -1 "
+               "when they come back together (dynamic), None: not a generator call)",
+               defaults={"stream": None})
 ActorUpdate = record("ActorUpdate", 45, "aid state incarnation wid slot pid death", _O,
                      "an actor's transition (state ALIVE/RESTARTING/DEAD/KILLED)")
 ANodeDone = record("ANodeDone", 46, "aid tid", _O,

@@ -121,7 +121,7 @@ def test_backpressure_holds_the_generator_until_values_are_taken(ray_module):
 def test_cancel_ends_the_stream_with_task_cancelled(ray_module):
     gen = slow.remote(100, 0.05)
     assert mpray.get(next(gen), timeout=30) == 0
-    mpray.cancel(gen.completed())
+    mpray.cancel(gen)  # (as Ray: the generator's task)
     with pytest.raises(exc.TaskCancelledError):
         for ref in gen:
             mpray.get(ref, timeout=30)
@@ -194,3 +194,66 @@ def consume(n):
 def test_a_task_iterates_a_generator_it_started(ray_module):
     vals, pid = mpray.get(consume.remote(4), timeout=30)
     assert vals == [0, 1, 2, 3] and pid != os.getpid()
+
+
+@mpray.remote
+class Streamer:
+    def count(self, n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"boom at {i}")
+            yield i
+
+    @mpray.method(num_returns="dynamic")
+    def doubled(self, n):
+        for i in range(n):
+            yield 2 * i
+
+    @mpray.method(num_returns=2)
+    def pair(self):
+        yield "a"
+        yield "b"
+
+
+@mpray.remote
+class AsyncStreamer:
+    async def count(self, n):
+        for i in range(n):
+            await asyncio.sleep(0.01)
+            yield i
+
+    def plain_gen(self, n):
+        for i in range(n):
+            yield -i
+
+    async def other(self):
+        return "still serving"
+
+
+def test_actor_generator_methods_stream(ray_module):
+    a = Streamer.remote()
+    gen = a.count.remote(4)
+    assert isinstance(gen, mpray.ObjectRefGenerator) and values(gen) == [0, 1, 2, 3]
+    got = values(a.count.remote(5, fail_at=2))
+    assert got[:2] == [0, 1] and isinstance(got[2], ValueError) and len(got) == 3
+    assert mpray.get(list(mpray.get(a.doubled.remote(3), timeout=30)), timeout=30) == [0, 2, 4]
+    assert mpray.get(a.pair.remote(), timeout=30) == ["a", "b"]
+    assert values(a.count.options(num_returns="streaming").remote(2)) == [0, 1]
+
+
+def test_async_actor_generator_methods_stream(ray_module):
+    b = AsyncStreamer.remote()
+    gen = b.count.remote(3)
+    other = b.other.remote()  # (the event loop serves it while the stream runs)
+    assert values(gen) == [0, 1, 2] and values(b.plain_gen.remote(3)) == [0, -1, -2]
+    assert mpray.get(other, timeout=30) == "still serving"
+
+
+@mpray.remote
+def stream_from_actor(a, n):
+    return [mpray.get(r) for r in a.count.remote(n)]
+
+
+def test_a_task_streams_from_an_actor(ray_module):
+    a = Streamer.remote()
+    assert mpray.get(stream_from_actor.remote(a, 3), timeout=30) == [0, 1, 2]

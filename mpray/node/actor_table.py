@@ -227,7 +227,7 @@ class ActorTable:
         # (P.ACall from all its items: once per call)
         self._send(w.key, _acall((_ACALL, t.key, spec.method, spec.args, deps, spec.nret,
                                   spec.retry_exc, t.owner, spec.retries, a.key,
-                                  a.incarnation, False)))
+                                  a.incarnation, False, spec.stream)))
 
     def _actor_call_finished(self, t) -> None:
         o = self.objs.get(t.actor + 1)

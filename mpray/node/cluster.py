@@ -19,6 +19,7 @@ tasks come home), so a fetch always asks ``id_rank(oid)``.
 from __future__ import annotations
 
 
+from .. import exceptions as exc
 from .. import protocol as P
 from ..placement import SPILL_MIN_TASK_S
 from ..store.serialization import ARENA, ERROR
@@ -225,6 +226,13 @@ class ClusterView:
             rank = P.id_rank(t.actor)
         if rank is None or rank == self.rank:
             return False
+        stream = t.spec.stream
+        if stream is not None and stream >= 0:  # (its values would stream to its rank)
+            self._fail_unstarted(t, self._error_payload(exc.RayError(
+                f"{t.spec.name}: a streaming generator call to an actor on another rank "
+                f"(rank {rank}) is not supported yet; give the method "
+                "num_returns='dynamic' (its refs travel between ranks)")))
+            return True
         self._forward(t, rank)
         return True
 

@@ -190,7 +190,7 @@ class ActorChannels:
         ch.inflight[spec.tid] = call
         o.out.append(_slot_msg((ch.slot, _acall((
             _ACALL, spec.tid, spec.method, spec.args, deps, spec.nret, spec.retry_exc,
-            o.proc, call.retries, ch.key, ch.inc, True)))))
+            o.proc, call.retries, ch.key, ch.inc, True, spec.stream)))))
         return True
 
     def _via_node(self, ch: Channel, call: Call) -> None:

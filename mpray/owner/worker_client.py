@@ -50,6 +50,7 @@ class WorkerClient(OwnerShell, Client):
         self.drop_hook = None  # concurrent actor: cancel a call that is queued or running
         self.order_via_node = False  # this task's results go the node's way
         self.stream_taken: dict[int, int] = {}  # streaming task -> values its owner took
+        self.streamed: set[int] = set()  # calls that streamed: their ends go by the node
         self._setup = setup
         # its mailbox slot's rings to/from the driver (None: no slot)
         self._to_driver, self._d2w = mailbox_rings or (None, None)

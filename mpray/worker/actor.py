@@ -47,12 +47,16 @@ import sys
 import threading
 import time
 import traceback
+from types import AsyncGeneratorType, GeneratorType
 
 from .. import exceptions as exc
 from .. import protocol as P
 from .. import runtime_env
 from ..store.serialization import ERROR
 from ..exceptions import ActorExit
+from .generators import as_async, astream, collected, dynamic, static_values
+
+_GENERATORS = (GeneratorType, AsyncGeneratorType)
 
 GROUP_SEP = "\x1f"  # "method<GROUP_SEP>group": a call that .options() puts in a group
 # set inside the call that runs exit_actor() (its thread's, or its asyncio task's, context)
@@ -146,9 +150,11 @@ class ActorServer:
             self.client.dropped_tasks.discard(tid)
             self.cancelled(tid, nret, owner, direct)
             return
+        call = None if msg.stream is None else _call_gen(msg)  # (a generator method)
         while True:
             status, stored, retryable = wl.execute(
-                tid, lambda: self.method(method), args_blob, deps, nret, name, retry_exc)
+                tid, lambda: self.method(method), args_blob, deps, nret, name, retry_exc,
+                call)
             if status == P.APP_ERROR and retryable and retries != 0 and not self.exiting:
                 retries -= 1
                 self.client.hold(-1)
@@ -310,6 +316,8 @@ class ActorServer:
                         result = fn(*args, **kwargs)
                         if inspect.isawaitable(result):
                             result = await result
+                        elif type(result) in _GENERATORS:  # (a generator method)
+                            result = await self._async_generated(msg, result, name)
                         del args, kwargs
                     except asyncio.CancelledError:
                         raise
@@ -340,6 +348,19 @@ class ActorServer:
             self.exit_reports.append((tid, status, stored, False, owner, direct))
             return
         wl.report(tid, status, stored, False, owner, direct, actor=True)
+
+    async def _async_generated(self, msg: P.ACall, gen, name: str):
+        """A generator method's values, on the event loop: streamed, collected
+        (dynamic), or as its static returns (worker/generators.py)."""
+        agen = gen if type(gen) is AsyncGeneratorType else as_async(gen)
+        s = msg.stream
+        if s is None:
+            return static_values(await collected(agen, msg.nret), msg.nret, name,
+                                 asyncio.CancelledError)
+        if s < 0:
+            return dynamic(self.client, await collected(agen, None))
+        await astream(self.wl, msg.tid, msg.owner, agen, s, name)
+        return None
 
     # ------------------------------------------------------------------ the end
     def finish(self) -> None:
@@ -476,6 +497,13 @@ def exit_actor() -> None:
 def is_async_class(cls: type) -> bool:
     return any(inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
                for _n, m in inspect.getmembers(cls, inspect.isfunction))
+
+
+def _call_gen(msg: P.ACall) -> tuple:
+    """(kind, backpressure, owner) of a generator method's call (ACall.stream)."""
+    if msg.stream < 0:
+        return ("dynamic", 0, msg.owner)
+    return ("streaming", msg.stream, msg.owner)
 
 
 def serve_actor(loop, msg: P.ACreate) -> None:

@@ -15,6 +15,7 @@ Data flow::
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import sys
 
@@ -64,6 +65,7 @@ def stream(loop, tid: int, owner: int, gen, backpressure: int, name: str,
     client = loop.client
     taken = client.stream_taken
     taken[tid] = 0
+    client.streamed.add(tid)  # (its end must not overtake its values: report())
     i = 0
     try:
         while True:
@@ -78,18 +80,79 @@ def stream(loop, tid: int, owner: int, gen, backpressure: int, name: str,
                 client.send([P.Yield(owner, tid, i, client.new_ids(0), ERROR,
                                      pickle.dumps(err, protocol=5), ())])
                 return
-            kind, payload, contained = client.store_value(value)
+            _send_value(client, owner, tid, i, value)
             value = None
-            if contained:  # (refs it holds: known to the node before the value)
-                client.publish_contained(contained)
-            client.send([P.Yield(owner, tid, i, client.new_ids(0), kind, payload,
-                                 tuple(contained))])
             i += 1
             if backpressure and i - taken.get(tid, 0) >= backpressure:
                 client.wait_until(lambda: i - taken.get(tid, 0) < backpressure, None)
     finally:
         taken.pop(tid, None)
-        client.order_via_node = True  # (its end must not overtake its values)
+
+
+def _send_value(client, owner: int, tid: int, i: int, value) -> None:
+    kind, payload, contained = client.store_value(value)
+    if contained:  # (refs it holds: known to the node before the value)
+        client.publish_contained(contained)
+    client.send([P.Yield(owner, tid, i, client.new_ids(0), kind, payload,
+                         tuple(contained))])
+
+
+async def astream(loop, tid: int, owner: int, agen, backpressure: int, name: str) -> None:
+    """``stream`` for an async generator (an async actor's method): its backpressure
+    waits without holding up the event loop."""
+    client = loop.client
+    taken = client.stream_taken
+    taken[tid] = 0
+    client.streamed.add(tid)
+    i = 0
+    try:
+        while True:
+            try:
+                value = await agen.__anext__()
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the value at its place raises it
+                err = loop.remote_error(e, name)
+                client.send([P.Yield(owner, tid, i, client.new_ids(0), ERROR,
+                                     pickle.dumps(err, protocol=5), ())])
+                return
+            _send_value(client, owner, tid, i, value)
+            value = None
+            i += 1
+            while backpressure and i - taken.get(tid, 0) >= backpressure:
+                await asyncio.sleep(0.001)  # (the pumping thread records what was taken)
+    finally:
+        taken.pop(tid, None)
+
+
+async def collected(agen, limit: int | None):
+    """An async generator's values (up to ``limit`` + nothing more), as a generator that
+    yields them and then raises what it raised (for ``static_values``, ``dynamic``)."""
+    out, err = [], None
+    try:
+        async for value in agen:
+            out.append(value)
+            if limit is not None and len(out) > limit:
+                break
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # noqa: BLE001 - raised again where the values are read
+        err = e
+
+    def replay():
+        yield from out
+        if err is not None:
+            raise err
+
+    return replay()
+
+
+async def as_async(gen):
+    """A sync generator (a generator method of an async actor) as an async one."""
+    for value in gen:
+        yield value
 
 
 def dynamic(client, gen) -> DynamicObjectRefGenerator:

@@ -187,8 +187,9 @@ class WorkerLoop:
         return args, kwargs
 
     def execute(self, tid: int, get_fn, args_blob: bytes, deps, nret: int, name: str,
-                retry_exc) -> tuple[int, list, bool]:
-        """Run one call: (status, stored results, retryable)."""
+                retry_exc, call: tuple | None = None) -> tuple[int, list, bool]:
+        """Run one call: (status, stored results, retryable); ``call``: an actor call's
+        generator kind, backpressure and owner (a task's come with its function)."""
         client = self.client
         client.current_task = tid
         stored: list[tuple] = []
@@ -207,7 +208,7 @@ class WorkerLoop:
                         raise _Cancelled()
                 result = fn(*args, **kwargs)
                 if type(result) is GeneratorType:  # (its values run user code too)
-                    result = self._generated(fn, tid, result, nret, name)
+                    result = self._generated(fn, tid, result, nret, name, call)
             finally:
                 self.in_user = False
             del args, kwargs
@@ -234,13 +235,15 @@ class WorkerLoop:
             except Exception:  # noqa: BLE001
                 pass
 
-    def _generated(self, fn, tid: int, gen, nret: int, name: str):
+    def _generated(self, fn, tid: int, gen, nret: int, name: str, call: tuple | None):
         """A generator's values: streamed (the task's value is then None), collected
         (dynamic), or as its static returns (generators.py)."""
-        kind = fn.gen if type(fn) is Registered else None
+        if type(fn) is Registered:
+            kind, bp, owner = fn.gen, fn.backpressure, self.current.owner
+        else:
+            kind, bp, owner = call or (None, 0, 0)
         if kind == "streaming":
-            return stream(self, tid, self.current.owner, gen, fn.backpressure, name,
-                          _Cancelled)
+            return stream(self, tid, owner, gen, bp, name, _Cancelled)
         if kind == "dynamic":
             return dynamic(self.client, gen)
         return static_values(gen, nret, name, _Cancelled)
@@ -314,15 +317,19 @@ class WorkerLoop:
     def report(self, tid: int, status: int, stored: list, retryable: bool, owner: int,
                direct: bool, actor: bool = False) -> None:
         client = self.client
+        streamed = bool(client.streamed) and tid in client.streamed
+        if streamed:  # a stream's end goes through the node, after its values
+            client.streamed.discard(tid)
         if direct:
-            self._finish_direct(tid, stored, retryable, actor)
+            self._finish_direct(tid, stored, retryable, actor, streamed)
         else:
             delivered = False
             # Direct delivery skips the node's FIFO, so only for values that carry no
             # refs: a ref inside must reach the node (its PUT/SUBMIT) before anyone can
             # ask for it.
             if (owner == 0 and client._to_driver is not None and not retryable
-                    and not client.order_via_node and not any(r[3] for r in stored)):
+                    and not client.order_via_node and not streamed
+                    and not any(r[3] for r in stored)):
                 delivered = self._deliver(stored)
             client.order_via_node = False
             client.send([_node_done((_NODE_DONE, tid, status, stored, retryable, delivered))])
@@ -332,14 +339,15 @@ class WorkerLoop:
             client.run_owner()  # (its small values' releases: not left for an idle worker)
         client._flush_soon()
 
-    def _finish_direct(self, tid: int, stored: list, retryable: bool, actor: bool) -> None:
+    def _finish_direct(self, tid: int, stored: list, retryable: bool, actor: bool,
+                       by_node: bool = False) -> None:
         """A leased task or a direct actor call ended: results to the driver; the node
         hears only of objects it must hold (arena space, refs inside), and before the
         driver can ask for them."""
         client = self.client
         client.lease_active = time.monotonic()
         run_s = client.lease_active - self.started
-        by_node = False  # (values the node must register first: arena space, refs inside)
+        # (values the node must register first: arena space, refs inside; a stream's end)
         for _o, kind, _p, contained in stored:
             if kind == ARENA or contained:
                 by_node = True

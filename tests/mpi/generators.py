@@ -66,5 +66,28 @@ assert out == [(i * 100_000, ids[-1]) for i in range(3)], out
 gen = ray.get(dyn.options(scheduling_strategy=Affinity(ids[-1], soft=False)).remote(3),
               timeout=60)
 assert [int(ray.get(r)[0]) for r in gen] == [0, 1, 2]
+# an actor's generator method: streamed on its own rank, dynamic from another one (a
+# stream across ranks is refused clearly)
+@ray.remote
+class Source:
+    def count(self, n):
+        for i in range(n):
+            yield i, ray.get_runtime_context().get_node_id()
+
+    @ray.method(num_returns="dynamic")
+    def batch(self, n):
+        for i in range(n):
+            yield i
+
+
+here_actor = Source.remote()
+assert [ray.get(r) for r in here_actor.count.remote(3)] == [(i, here) for i in range(3)]
+there = Source.options(scheduling_strategy=Affinity(ids[-1], soft=False)).remote()
+assert [ray.get(r) for r in ray.get(there.batch.remote(4), timeout=60)] == [0, 1, 2, 3]
+try:
+    [ray.get(r, timeout=60) for r in there.count.remote(2)]
+    raise AssertionError("a stream across ranks ran")
+except ray.exceptions.RayError as e:
+    assert "another rank" in str(e), e
 print("OK generators", flush=True)
 ray.shutdown()
