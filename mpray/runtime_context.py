@@ -46,7 +46,13 @@ class RuntimeContext:
         if c.actor_mode == "async":
             raise RuntimeError("is_canceled() is not supported in an async actor")
         tid = c.current_task
-        return tid is not None and loop.cancel_requested(tid)
+        if tid is None:
+            return False
+        if loop.cancel_requested(tid):
+            return True
+        if c.actor_id is not None:  # an actor's call: its Drop may wait in the rings
+            c.poll_nowait()
+        return tid in c.dropped_tasks
 
     @property
     def namespace(self) -> str:

@@ -98,3 +98,42 @@ def test_init_without_those_arguments_does_not_warn():
         warnings.simplefilter("error")
         mpray.init(num_cpus=1, include_dashboard=False, logging_level="INFO")
     mpray.shutdown()
+
+
+@mpray.remote
+class Holder:
+    def assigned(self):
+        return mpray.get_runtime_context().get_assigned_resources(), mpray.get_gpu_ids()
+
+    def until_cancelled(self):
+        import time
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if mpray.get_runtime_context().is_canceled():
+                return "saw its cancel"
+            time.sleep(0.01)
+        return "never cancelled"
+
+
+def test_an_actors_assigned_resources(ray_factory):
+    ray_factory(num_cpus=2, num_gpus=1)
+    assert mpray.get(Holder.remote().assigned.remote(), timeout=30) == ({}, [])  # (as Ray)
+    res, gpus = mpray.get(Holder.options(num_cpus=1, num_gpus=1).remote().assigned.remote(),
+                          timeout=30)
+    assert res == {"CPU": 1.0, "GPU": 1.0} and len(gpus) == 1
+    pg = placement_group([{"CPU": 1}])
+    assert pg.wait(30)
+    from mpray.util.scheduling_strategies import PlacementGroupSchedulingStrategy as PGS
+    in_pg = Holder.options(num_cpus=0.5, scheduling_strategy=PGS(pg, 0)).remote()
+    assert mpray.get(in_pg.assigned.remote(), timeout=30) == ({"CPU": 0.5}, [])
+
+
+def test_a_sync_actor_call_sees_its_cancel(ray_start):
+    import time
+
+    h = Holder.remote()
+    ref = h.until_cancelled.remote()
+    time.sleep(0.5)
+    mpray.cancel(ref)  # (a running sync call is not interrupted, as in Ray: it can look)
+    assert mpray.get(ref, timeout=30) == "saw its cancel"

@@ -71,7 +71,7 @@ class ActorServer:
         self.args_blob, self.deps = msg.args, msg.deps
         self.aid, self.inc, self.opts, self.owner = msg.aid, msg.incarnation, msg.opts, \
             msg.owner
-        gpus = msg.gpus
+        gpus = self.gpus = tuple(msg.gpus or ())
         if gpus:  # the actor's GPUs, for its whole life
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         self.class_name = self.opts.get("class_name", "Actor")
@@ -130,6 +130,17 @@ class ActorServer:
             return getattr(self.instance, name)  # (a class with __getattr__)
         get = getattr(type(attr), "__get__", None)
         return attr if get is None else get(attr, self.instance, cls)
+
+    def assigned(self) -> tuple[dict, tuple]:
+        """(resources, GPU ids) this actor holds for its life ({} by default, as Ray's;
+        a placement group's names back to the resources they stand for)."""
+        held: dict[str, float] = {}
+        for name, amount in self.opts.get("held") or ():
+            base, sep, rest = name.partition("_group_")
+            # (a group's actor holds R_group_<i>_<pg> and R_group_<pg>: the latter says R)
+            if amount and base != "bundle" and (not sep or "_" not in rest):
+                held[base] = amount
+        return held, self.gpus
 
     def route(self, msg: P.ACall) -> tuple:
         """(the call, its concurrency group: None for the default one)."""
