@@ -11,6 +11,8 @@ node_info: dict = {}  # node_id, resources, job_id, session_dir: same in driver 
 cluster: Any = None  # under MPI: [(node_id, resources, host)] per rank
 actor_server: Any = None  # in an actor's process: its actor_worker.ActorServer
 worker_loop: Any = None  # in a worker process: its worker.loop.WorkerLoop
+current_pg: Any = None  # the PlacementGroupSchedulingStrategy the running task runs in
+captured: Any = None  # ... when it captures its child tasks and actors (else None)
 
 
 def client_or_raise() -> Any:

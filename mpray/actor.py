@@ -26,7 +26,7 @@ from .worker.actor import GROUP_SEP, exit_actor, is_async_class
 from .dag import bind_class, bind_method
 from .object_ref import ObjectRef
 from .owner.actors import Unordered
-from .placement import pg_resources
+from .placement import pg_of, pg_resources
 from .options import (ACTOR_OPTIONS, METHOD_OPTIONS, ArgCheck, resource_request,
                       validate_options)
 from .generator import ObjectRefGenerator
@@ -383,6 +383,8 @@ class ActorClass(BlobRegistration):
         held = resource_request(opts, default_cpus=0) if explicit else ()
         place = held if explicit else (("CPU", 1.0),)
         strategy = opts.get("scheduling_strategy")
+        if strategy is None and _global.captured is not None:  # (a captured child actor)
+            strategy = _global.captured
         if strategy is not None:  # (in a placement group: its bundle's resources)
             held = pg_resources(held, strategy) if held else ()
             place = pg_resources(place, strategy)
@@ -397,6 +399,7 @@ class ActorClass(BlobRegistration):
             "concurrency_groups": meta["groups"],
             "held": held, "get_if_exists": bool(opts.get("get_if_exists")), "req": None,
             "runtime_env": opts.get("runtime_env"),  # (checked; applied for good)
+            "pg": strategy if pg_of(strategy) is not None else None,  # (its group)
         }
         blob, deps, contained, keep = encode_args(client, args, kwargs, f"{self.__name__}")
         if name:  # the node answers: the name is ours, or taken (maybe by the one we want)

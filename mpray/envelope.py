@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pickle
 
-from . import runtime_env
+from . import _global, runtime_env
 
 ENVELOPE = "mpray-registered"
 
@@ -37,7 +37,7 @@ class Registered:
     ``backpressure``, ``max_calls``, ``resources``)."""
 
     __slots__ = ("fn", "env", "gen", "backpressure", "max_calls", "calls", "resources",
-                 "_saved", "__name__")
+                 "pg", "_saved", "__name__")
 
     def __init__(self, fn, opts: dict) -> None:
         self.fn = fn
@@ -47,6 +47,7 @@ class Registered:
         self.max_calls = opts.get("max_calls") or 0  # then this worker exits
         self.calls = 0
         self.resources = opts.get("resources")  # what its calls ask for (not 1 CPU)
+        self.pg = opts.get("pg")  # the placement group strategy it runs in
         self._saved = None
         self.__name__ = getattr(fn, "__name__", "function")
 
@@ -58,6 +59,8 @@ class Registered:
         if self.env:
             self._saved = runtime_env.save(self.env)
             runtime_env.apply(self.env)
+        if self.pg is not None:
+            in_group(self.pg)
 
     def exit(self) -> bool:
         """After a call: its runtime_env undone; True when this worker has run the
@@ -65,8 +68,20 @@ class Registered:
         if self._saved is not None:
             runtime_env.restore(self._saved)
             self._saved = None
+        if self.pg is not None:
+            in_group(None)
         self.calls += 1
         return 0 < self.max_calls <= self.calls
+
+
+def in_group(strategy) -> None:
+    """The running task's (or actor's, for its life) placement group; its child tasks
+    and actors go there too when it captures them (as Ray's
+    ``placement_group_capture_child_tasks``: into any bundle of the group)."""
+    _global.current_pg = strategy
+    capture = strategy is not None and strategy.placement_group_capture_child_tasks
+    _global.captured = (type(strategy)(strategy.placement_group, -1, True)
+                        if capture else None)
 
 
 def opened(obj, load):

@@ -17,7 +17,6 @@ them apart::
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 SPILL_MIN_TASK_S = 0.002  # moving a task to another rank costs about this much
@@ -57,7 +56,6 @@ class PlacementGroupSchedulingStrategy:
 
 STRATEGIES = ("DEFAULT", "SPREAD")
 BUNDLE_MARK = 0.001  # a task's share of its bundle's marker resource (1000 per bundle)
-_captured_warned: list = []
 
 
 def check_strategy(s) -> None:
@@ -83,11 +81,6 @@ def _check_pg_strategy(s: PlacementGroupSchedulingStrategy) -> None:
             -1 <= index < len(pg.bundle_specs)):
         raise ValueError(f"placement_group_bundle_index {index!r} is out of range: the "
                          f"group has {len(pg.bundle_specs)} bundles (-1: any of them)")
-    if s.placement_group_capture_child_tasks and not _captured_warned:
-        _captured_warned.append(True)
-        warnings.warn("placement_group_capture_child_tasks=True is not supported by mpray "
-                      "yet: tasks submitted inside the group run outside it unless they "
-                      "name the group themselves", stacklevel=4)
 
 
 def pg_of(strategy) -> str | None:

@@ -27,16 +27,17 @@ from .dag import bind_function
 from .generator import ObjectRefGenerator
 from .object_ref import ObjectRef
 from .options import TASK_OPTIONS, ArgCheck, resource_request, validate_options
-from .placement import pg_resources
+from .placement import pg_of, pg_resources
 from .session import auto_init
 
 class _Prepared:
     """Per-options constants computed once, not per call."""
 
     __slots__ = ("nret", "res", "retries", "retry_exc", "name", "strategy", "direct_ok",
-                 "reg", "stream")
+                 "reg", "stream", "opts", "is_gen", "_in_group")
 
     def __init__(self, opts: dict, default_name: str, is_gen: bool = False) -> None:
+        self.opts, self.is_gen, self._in_group = opts, is_gen, None
         gen = generator_kind(opts.get("num_returns"), is_gen)
         self.nret = 1 if gen or opts.get("num_returns") is None else opts["num_returns"]
         self.strategy = opts.get("scheduling_strategy")
@@ -57,12 +58,25 @@ class _Prepared:
         reg = {"runtime_env": opts.get("runtime_env"), "gen": gen,
                "backpressure": bp if gen == "streaming" else None,
                "max_calls": opts.get("max_calls"),
-               "resources": dict(base) if base != (("CPU", 1.0),) else None}
+               "resources": dict(base) if base != (("CPU", 1.0),) else None,
+               # (the placement group it runs in: get_current_placement_group, and the
+               # group of its child tasks when it captures them)
+               "pg": self.strategy if pg_of(self.strategy) is not None else None}
         self.reg = {k: v for k, v in reg.items() if v} or None
         # leased workers take plain one-CPU tasks only (see owner/machine.py), and none
         # whose worker may exit after it (max_calls: its lease would be lost)
         self.direct_ok = (self.res == (("CPU", 1.0),) and self.strategy in (None, "DEFAULT")
                           and self.stream is None and not opts.get("max_calls"))
+
+
+    def in_group(self, strategy) -> "_Prepared":
+        """These options inside the placement group that captures this process's child
+        tasks (``placement_group_capture_child_tasks``), made once per group."""
+        cached = self._in_group
+        if cached is None or cached[0] is not strategy:
+            cached = self._in_group = (strategy, _Prepared(
+                {**self.opts, "scheduling_strategy": strategy}, self.name, self.is_gen))
+        return cached[1]
 
 
 def generator_kind(num_returns, is_gen: bool) -> str | None:
@@ -235,6 +249,8 @@ class RemoteFunction(BlobRegistration):
         client = _global.client
         if client is None:
             client = auto_init()
+        if _global.captured is not None and prep.strategy is None:  # (a captured child)
+            prep = prep.in_group(_global.captured)
         fid = self._fid(client) if prep.reg is None else self._fid_with(client, prep.reg)
         nret = prep.nret
         tid = client.new_ids(nret)

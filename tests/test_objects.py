@@ -191,14 +191,15 @@ def test_a_list_of_refs_is_a_new_list_at_every_get_and_its_refs_go_with_it(ray_s
     list of their own, equal to the first; the refs' objects live while it is held and
     go with its last ref."""
     base = mpray.api._node_stats()["objects"]
-    outer = many_refs.remote(500)
+    outer = many_refs.remote(10_000)  # (a value in the arena)
     first = mpray.get(outer, timeout=30)
+    assert outer.id in mpray._global.client._decoded  # (decoded once, kept while held)
     first.append("mine")  # (the user's list: the next get does not see this)
     second = mpray.get(outer, timeout=30)
-    assert len(second) == 500 and second is not first and second == first[:500]
+    assert len(second) == 10_000 and second is not first and second == first[:10_000]
     assert mpray.get(second[:3], timeout=30) == [0, 1, 2]
     del first, second
-    assert mpray.get(mpray.get(outer, timeout=30)[499], timeout=30) == 499
+    assert mpray.get(mpray.get(outer, timeout=30)[9999], timeout=30) == 9999
     del outer
     assert wait_for(lambda: mpray.api._node_stats()["objects"] <= base, timeout=10)
 

@@ -379,3 +379,33 @@ def test_a_bundle_index_out_of_range_is_refused(ray_module):
     pg = PlacementGroup(PlacementGroupID(PG), [{"CPU": 1.0}])
     with pytest.raises(ValueError, match="out of range"):
         where.options(scheduling_strategy=PGS(pg, 1))
+
+
+@mpray.remote
+def current_group_and_child():
+    from mpray.util import get_current_placement_group
+
+    child = where_group.remote()
+    return get_current_placement_group(), mpray.get(child)
+
+
+@mpray.remote
+def where_group():
+    from mpray.util import get_current_placement_group
+
+    return get_current_placement_group()
+
+
+def test_child_tasks_run_in_the_group_when_captured(ray_module):
+    from mpray.util import get_current_placement_group
+
+    pg = placement_group([{"CPU": 1}])  # (the parent lends it to its child while it waits)
+    assert pg.wait(30) and get_current_placement_group() is None  # (the driver: none)
+    captured = PGS(pg, 0, placement_group_capture_child_tasks=True)
+    mine, childs = mpray.get(current_group_and_child.options(
+        scheduling_strategy=captured).remote(), timeout=30)
+    assert mine == pg and childs == pg  # the child went into the group too
+    mine, childs = mpray.get(current_group_and_child.options(
+        scheduling_strategy=PGS(pg, 0)).remote(), timeout=30)
+    assert mine == pg and childs is None  # (not captured: the child runs outside)
+    remove_placement_group(pg)

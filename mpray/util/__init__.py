@@ -3,8 +3,10 @@
 
 from . import scheduling_strategies
 from .actor_pool import ActorPool
-from .placement_group import (PlacementGroup, get_placement_group, placement_group,
-                              placement_group_table, remove_placement_group)
+from .placement_group import (PlacementGroup, get_current_placement_group,
+                              get_placement_group, placement_group, placement_group_table,
+                              remove_placement_group)
 
-__all__ = ["ActorPool", "PlacementGroup", "get_placement_group", "placement_group",
+__all__ = ["ActorPool", "PlacementGroup", "get_current_placement_group",
+           "get_placement_group", "placement_group",
            "placement_group_table", "remove_placement_group", "scheduling_strategies"]

@@ -32,7 +32,7 @@ from ..session import auto_init
 from ..store.serialization import dumps_plain
 
 __all__ = ["PlacementGroup", "placement_group", "remove_placement_group",
-           "get_placement_group", "placement_group_table"]
+           "get_placement_group", "placement_group_table", "get_current_placement_group"]
 
 
 class PlacementGroupID:
@@ -196,3 +196,10 @@ def placement_group_table(placement_group: PlacementGroup | None = None) -> dict
     table = _request(("table", key))
     return table.get(key, {}) if key is not None else table
 
+
+def get_current_placement_group() -> PlacementGroup | None:
+    """The placement group the running task or actor runs in (None in the driver and
+    outside groups), as Ray's; its child tasks and actors go there too when it was
+    started with ``placement_group_capture_child_tasks=True``."""
+    strategy = _global.current_pg
+    return None if strategy is None else strategy.placement_group

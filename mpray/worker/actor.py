@@ -54,6 +54,7 @@ from .. import protocol as P
 from .. import runtime_env
 from ..store.serialization import ERROR
 from ..exceptions import ActorExit
+from ..envelope import in_group
 from .generators import as_async, astream, collected, dynamic, static_values
 
 _GENERATORS = (GeneratorType, AsyncGeneratorType)
@@ -95,6 +96,7 @@ class ActorServer:
         client.actor_id = self.aid
         client.actor_inc = self.inc
         runtime_env.apply(self.opts.get("runtime_env"))  # (this process is the actor's)
+        in_group(self.opts.get("pg"))  # (its placement group, for its life)
         # this process's atexit handlers are the actor's own, as in a fresh process: the
         # ones inherited from the driver by fork would run the driver's cleanup here
         atexit._clear()
