@@ -331,23 +331,23 @@ class Client(Waiting):
         if kind == ser.INLINE:
             return pickle.loads(payload)
         if kind == ser.ARENA:  # (a list of many refs is this big: decoded once)
-            return self._memo_loads(
-                oid, payload, lambda p: ser.loads_arena(self._arena_base(oid, p), p))
+            return self._arena_loads(oid, payload)
         err = pickle.loads(payload)
         if isinstance(err, exc.RayTaskError):
             raise err.as_instanceof_cause()
         raise err
 
-    def _memo_loads(self, oid: int, payload, loads) -> Any:
+    def _arena_loads(self, oid: int, payload) -> Any:
         """A value in the arena; one that is a list of refs (a task's dynamic returns,
         refs gathered for later: some thousands make a value that big) is decoded once
         while it is held here: every get returns a new list of the same refs, instead of
         making (and later dropping) as many refs again.  (Small values keep the plain
-        path: one check more there costs a small get 5 %.)"""
+        path: one check more there costs a small get 5 %; so would a closure in
+        ``materialize``, whose cells every call makes.)"""
         memo = self._decoded.get(oid)
         if memo is not None and memo[0] is payload:
             return list(memo[1])
-        value = loads(payload)
+        value = ser.loads_arena(self._arena_base(oid, payload), payload)
         if (type(value) is list and len(value) >= _MEMO_REFS
                 and all(type(x) is ObjectRef for x in value)):
             self._decoded[oid] = (payload, value)  # (dropped with the last ref to oid)
