@@ -30,7 +30,7 @@ from .placement import pg_of, pg_resources
 from .options import (ACTOR_OPTIONS, METHOD_OPTIONS, ArgCheck, resource_request,
                       validate_options)
 from .generator import ObjectRefGenerator
-from .remote_function import BlobRegistration, _refs, encode_args, generator_kind
+from .remote_function import BlobRegistration, encode_args, generator_kind
 from .session import auto_init
 
 _task_spec = P.TaskSpec.from_items
@@ -125,6 +125,13 @@ class ActorMethod:
         """Ray's DAG API: this call as a node (``mpray.dag.ClassMethodNode``), made when
         the graph runs (``node.execute()``)."""
         return bind_method(self, args, kwargs)
+
+
+def _call_refs(tid: int, nret: int):
+    """A call's refs (its task id stored as ~tid: an actor call's, see ObjectRef)."""
+    if nret == 1:
+        return ObjectRef(tid + 1, True, ~tid)
+    return [ObjectRef(oid, True, ~tid) for oid in P.return_ids(tid, nret)] if nret else None
 
 
 class _PendingCalls:
@@ -237,7 +244,7 @@ class ActorHandle:
         # (all TaskSpec's items at once, in its FIELDS order: the hot path)
         spec = _task_spec((tid, None, display, blob, deps, nret, (), retries, retry_exc,
                            contained, None, False, self._aid, wire, None, stream))
-        refs = _refs(tid, nret)  # (before the call can end)
+        refs = _call_refs(tid, nret)  # (before the call can end)
         if stream is not None and stream >= 0:  # (and its stream, before any value)
             refs = ObjectRefGenerator(client, tid, refs, stream)
         # what the call reads stays alive here until it is sent (refs inside the

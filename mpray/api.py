@@ -164,15 +164,16 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
         ref = ref.completed()
     if type(ref) is not ObjectRef:
         raise TypeError(f"cancel() expects an ObjectRef, not {type(ref).__name__}")
-    if ref._tid is None:
+    tid = ref._tid
+    if tid is None:
         raise TypeError(f"{ref} was created by put(); only task results can be cancelled")
     client = _global.client_or_raise()
-    # (the owner machine knows its actor calls until they end: how cancel routes them)
-    owner = getattr(client, "owner", None) if force else None
-    if owner is not None and owner.actors.pending_call(ref._tid):
-        raise ValueError("force=True is not supported for actor tasks; use "
-                         "mpray.kill(actor) to end the actor")
-    client.cancel(ref._tid, bool(force), bool(recursive))
+    if tid < 0:  # an actor call's ref (whichever process made the call: see ObjectRef)
+        if force:
+            raise ValueError("force=True is not supported for actor tasks; use "
+                             "mpray.kill(actor) to end the actor")
+        tid = ~tid
+    client.cancel(tid, bool(force), bool(recursive))
 
 
 # ---------------------------------------------------------------------- cluster

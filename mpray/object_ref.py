@@ -19,6 +19,8 @@ class ObjectRef:
     __slots__ = ("id", "_tid", "__weakref__")
 
     def __init__(self, oid: int, owned: bool = False, tid: int | None = None) -> None:
+        # tid: the task that makes it (None: a put); an actor call's is stored as ~tid
+        # (negative), so that cancel(force=True) refuses it in any process (as Ray)
         self.id = oid
         self._tid = tid
         c = _global.client
@@ -61,7 +63,8 @@ class ObjectRef:
         return self.id.to_bytes(16, "big")
 
     def task_id(self) -> str | None:
-        return None if self._tid is None else id_hex(self._tid)
+        tid = self._tid  # (an actor call's is ~tid: see __init__)
+        return None if tid is None else id_hex(tid if tid >= 0 else ~tid)
 
     def future(self):
         """A concurrent.futures.Future resolved with the object's value (or error)."""

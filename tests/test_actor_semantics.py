@@ -490,3 +490,22 @@ def test_owner_calls_of_an_unordered_actor_skip_the_fence():
     assert h.o.actors.pending_call(110) and h.o.actors.pending_call(120)
     h.ev(P.ANodeDone(100, 120))
     assert not h.o.actors.pending_call(120)
+
+
+
+@mpray.remote
+def force_cancel_a_call_of_mine(a):
+    ref = a.nap.remote(0.2)
+    try:
+        mpray.cancel(ref, force=True)
+    except ValueError as e:
+        return f"refused: {e}"
+    return "accepted"
+
+
+def test_cancel_force_of_an_actor_call_made_in_a_task_raises_too(ray_module):
+    """As Ray: force=True is for tasks, whichever process made the actor call."""
+    a = Slow.remote()
+    assert mpray.get(force_cancel_a_call_of_mine.remote(a), timeout=30).startswith("refused")
+    ref = a.nap.remote(0)
+    assert ref.task_id() is not None and mpray.get(ref, timeout=30) == 0

@@ -311,3 +311,20 @@ def test_the_rank_an_actor_is_placed_on_ships_its_creation_home():
     s.task_done(wid, aid, P.OK, [(aid + 1, INLINE, NONE, ())], False)
     assert [m for m in s.out[AGENT] if type(m) is P.Obj and m.oid == aid + 1]  # to the agent
     assert s.actors[aid].state.value == "ALIVE"
+
+
+def test_a_streaming_task_stays_on_its_callers_rank_or_fails_clearly():
+    """Its values stream to its owner here: SPREAD keeps it here (said once), a hard
+    affinity to another rank fails it, a spill never moves it."""
+    from mpray.store.serialization import ERROR
+    from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Aff
+
+    s = sched()
+    s.submit(0, spec(100, strategy="SPREAD")._replace(stream=0))
+    s.submit(0, spec(110, strategy="SPREAD")._replace(stream=0))
+    assert not fwds(s) and [w.text for w in s.actions if type(w) is P.Warn][0].count(
+        "streaming generator task") == 1
+    s.submit(0, spec(200, strategy=Aff("n2", soft=False))._replace(stream=0))
+    (err,) = [m for m in s.out[0] if type(m) is P.Obj and m.oid == 201]
+    assert err.kind == ERROR and b"caller's rank" in err.payload
+    assert not fwds(s) and 200 not in s.tasks

@@ -26,6 +26,7 @@ from ..store.serialization import ARENA, ERROR
 from ..states import TASK_TRANSITIONS, O, T, _move
 
 AGENT = (1 << (P.RANK_SHIFT - P.PROC_BITS)) - 1  # the rank's MPI process, as seen by its node
+HANDLED = object()  # placement: the task is parked or failed, nothing to enqueue
 # (the messages between a node and its rank's agent are protocol's ``cluster`` channel)
 LENT_HOLDER = -2  # pseudo process that holds what this rank lent
 MOVE_BYTES_PER_S = 5e9  # a fetch between ranks (100 MiB in ~20 ms here, benchmarks/)
@@ -54,11 +55,38 @@ class ClusterView:
         self.load = [tuple(x) for x in load]
 
     # ------------------------------------------------------------------ placement
-    def _placement(self, t) -> int | None:
-        """The rank that should run ``t`` (None: this node)."""
+    def _placement(self, t):
+        """The rank that should run ``t`` (None: this node; HANDLED: it failed)."""
         if (self.agent is None or len(self.ranks) < 2 or not t.spec.nret
-                or t.actor is not None or t.owner == AGENT or t.spec.stream is not None):
-            return None  # (a task forwarded here runs here; a stream runs by its owner)
+                or t.actor is not None or t.owner == AGENT):
+            return None  # (a task forwarded here runs here: no ping-pong)
+        target = self._rank_for(t)
+        if target is not None and t.spec.stream is not None:
+            return self._stream_stays(t, target)
+        return target
+
+    def _stream_stays(self, t, target: int):
+        """A streaming generator task runs on its caller's rank (its values stream to
+        its owner there): a spill or a SPREAD/soft affinity keeps it here (said once),
+        a hard affinity or resources only another rank has fail it, clearly."""
+        strategy = t.spec.strategy
+        if strategy in (None, "DEFAULT") and self._feasible_here(t.resources):
+            return None  # (a spill: it stays)
+        if strategy == "SPREAD" or getattr(strategy, "soft", False):
+            if ("stream", t.spec.fid) not in self._warned:
+                self._warned.add(("stream", t.spec.fid))
+                self.actions.append(P.Warn(
+                    f"mpray: streaming generator task {t.spec.name} runs on its caller's "
+                    f"rank ({self.rank}), not as its scheduling_strategy says: a stream "
+                    "across ranks is not supported yet (num_returns='dynamic' is)"))
+            return None
+        self._fail_unstarted(t, self._error_payload(exc.TaskUnschedulableError(
+            f"streaming generator task {t.spec.name} can only run on its caller's rank "
+            f"({self.rank}), and its placement asks for rank {target}: a stream across "
+            "ranks is not supported yet (num_returns='dynamic' is)")))
+        return HANDLED
+
+    def _rank_for(self, t) -> int | None:
         strategy = t.spec.strategy
         if t.creating and strategy in (None, "DEFAULT"):
             return None  # an actor lives where it is created, unless placed elsewhere

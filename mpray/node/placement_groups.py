@@ -31,13 +31,13 @@ from .. import exceptions as exc
 from .. import protocol as P
 from ..placement import pg_of, place_bundles
 from ..states import G, PG_TRANSITIONS, A, T, _move
-from .cluster import AGENT
+from .cluster import AGENT, HANDLED
 from ..store.serialization import ERROR, INLINE
 from .worker_table import _amount
 
 MARK_TOTAL = 1000.0  # each bundle's marker resource (a task asks 0.001 of it)
 KEEP_REMOVED = 1000  # removed groups the table still shows (Ray keeps some too)
-PARKED = object()  # _pg_target: the task waits until its group is placed (or removed)
+PARKED = HANDLED  # _pg_target: the task waits until its group is placed (or removed)
 
 
 class PlacementGroup:
@@ -358,11 +358,15 @@ class PlacementGroups:
         if self._pg_nranks() == 1 or t.owner == AGENT:
             return None  # (a task forwarded here runs here)
         if i >= 0:
-            return None if ranks[i] == self.rank else ranks[i]
-        if self.rank in ranks:
-            return None
-        self._pg_rr += 1  # any bundle, none here: the group's ranks in turn
-        return ranks[self._pg_rr % len(ranks)]
+            target = None if ranks[i] == self.rank else ranks[i]
+        elif self.rank in ranks:
+            target = None
+        else:
+            self._pg_rr += 1  # any bundle, none here: the group's ranks in turn
+            target = ranks[self._pg_rr % len(ranks)]
+        if target is not None and t.spec.stream is not None:
+            return self._stream_stays(t, target)  # (its bundle is elsewhere: it fails)
+        return target
 
     def _pg_take_gpus(self, t) -> tuple:
         """GPU ids for a task with a strategy: from the devices its bundle reserved when

@@ -47,8 +47,17 @@ def total(a):
     return int(a.sum()), ray.get_runtime_context().get_node_id()
 
 
-# the driver's stream: on rank 0
+# the driver's stream: on rank 0 (a stream does not move: a hard affinity to another
+# rank fails clearly, SPREAD keeps it here with a warning)
 assert [ray.get(r) for r in count.remote(3)] == [(i, here) for i in range(3)]
+assert [ray.get(r) for r in count.options(scheduling_strategy="SPREAD").remote(2)] == [
+    (i, here) for i in range(2)]
+try:
+    [ray.get(r, timeout=60) for r in count.options(
+        scheduling_strategy=Affinity(ids[-1], soft=False)).remote(2)]
+    raise AssertionError("a stream moved to another rank")
+except ray.exceptions.TaskUnschedulableError as e:
+    assert "caller's rank" in str(e), e
 
 # every rank streams to its own tasks
 for nid in ids:
