@@ -63,9 +63,7 @@ def stream(loop, tid: int, owner: int, gen, backpressure: int, name: str,
            cancelled: type) -> None:
     """Send each value as it is yielded; an exception is the last value."""
     client = loop.client
-    taken = client.stream_taken
-    taken[tid] = 0
-    client.streamed.add(tid)  # (its end must not overtake its values: report())
+    taken = _begin(client, tid)
     i = 0
     try:
         while True:
@@ -76,9 +74,7 @@ def stream(loop, tid: int, owner: int, gen, backpressure: int, name: str,
             except cancelled:
                 raise
             except Exception as e:  # noqa: BLE001 - the value at its place raises it
-                err = loop.remote_error(e, name)
-                client.send([P.Yield(owner, tid, i, client.new_ids(0), ERROR,
-                                     pickle.dumps(err, protocol=5), ())])
+                _send_error(loop, owner, tid, i, e, name)
                 return
             _send_value(client, owner, tid, i, value)
             value = None
@@ -87,6 +83,20 @@ def stream(loop, tid: int, owner: int, gen, backpressure: int, name: str,
                 client.wait_until(lambda: i - taken.get(tid, 0) < backpressure, None)
     finally:
         taken.pop(tid, None)
+
+
+def _begin(client, tid: int) -> dict:
+    """A stream starts: its values taken so far (0), and its end marked to go through
+    the node, after its values (report())."""
+    client.stream_taken[tid] = 0
+    client.streamed.add(tid)
+    return client.stream_taken
+
+
+def _send_error(loop, owner: int, tid: int, i: int, e: Exception, name: str) -> None:
+    err = loop.remote_error(e, name)
+    loop.client.send([P.Yield(owner, tid, i, loop.client.new_ids(0), ERROR,
+                              pickle.dumps(err, protocol=5), ())])
 
 
 def _send_value(client, owner: int, tid: int, i: int, value) -> None:
@@ -101,9 +111,7 @@ async def astream(loop, tid: int, owner: int, agen, backpressure: int, name: str
     """``stream`` for an async generator (an async actor's method): its backpressure
     waits without holding up the event loop."""
     client = loop.client
-    taken = client.stream_taken
-    taken[tid] = 0
-    client.streamed.add(tid)
+    taken = _begin(client, tid)
     i = 0
     try:
         while True:
@@ -114,9 +122,7 @@ async def astream(loop, tid: int, owner: int, agen, backpressure: int, name: str
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the value at its place raises it
-                err = loop.remote_error(e, name)
-                client.send([P.Yield(owner, tid, i, client.new_ids(0), ERROR,
-                                     pickle.dumps(err, protocol=5), ())])
+                _send_error(loop, owner, tid, i, e, name)
                 return
             _send_value(client, owner, tid, i, value)
             value = None
