@@ -41,7 +41,8 @@ class _Prepared:
         gen = generator_kind(opts.get("num_returns"), is_gen)
         self.nret = 1 if gen or opts.get("num_returns") is None else opts["num_returns"]
         self.strategy = opts.get("scheduling_strategy")
-        self.res = pg_resources(resource_request(opts), self.strategy)
+        base = resource_request(opts)
+        self.res = pg_resources(base, self.strategy)
         r = opts.get("max_retries")
         self.retries = 3 if r is None else (10**9 if r == -1 else r)
         rex = opts.get("retry_exceptions", False)
@@ -54,7 +55,6 @@ class _Prepared:
         if self.stream is not None:
             self.retries = 0
         # what the worker must know beyond the code (envelope.py), or None
-        base = resource_request(opts)
         reg = {"runtime_env": opts.get("runtime_env"), "gen": gen,
                "backpressure": bp if gen == "streaming" else None,
                "max_calls": opts.get("max_calls"),
@@ -67,7 +67,6 @@ class _Prepared:
         # whose worker may exit after it (max_calls: its lease would be lost)
         self.direct_ok = (self.res == (("CPU", 1.0),) and self.strategy in (None, "DEFAULT")
                           and self.stream is None and not opts.get("max_calls"))
-
 
     def in_group(self, strategy) -> "_Prepared":
         """These options inside the placement group that captures this process's child
