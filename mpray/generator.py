@@ -8,9 +8,12 @@ Data flow of a streaming task (worker/generators.py runs the generator)::
     worker: value i ─Yield(owner, tid, i, oid, value)─▶ node: StreamItem(tid, i, oid)
             to the owner (it makes the ref), then the value (Obj), in this order
     owner:  StreamItem ─▶ client.streams[tid] (a deque of refs) ─▶ next(gen)
-    worker: the task ends ─Done─▶ node ─▶ the completion object (tid + 1) after every
-            item: next(gen) raises StopIteration once it is here and the deque is empty
-            (a task that failed outside its generator: its error, as one last ref)
+    worker: the generator ends ─Yield(no oid)─▶ the stream's end, after every value
+            (a task forwarded to another rank sends each value home, StreamLent, in
+            order; its RDone is not ordered with them): next(gen) raises StopIteration
+            at it.  The completion object (tid + 1) comes with the task's end: a task
+            that failed before, outside or amid its stream (killed, cancelled) has no
+            end; its error is the last ref
     backpressure N: next(gen) tells the node how many it took (StreamAck ─▶ Consumed to
             the worker), which waits while N values are not taken
 """
@@ -79,25 +82,31 @@ class ObjectRefGenerator:
         if not self.next_ready() and not self._wait(timeout):
             raise GetTimeoutError(f"no value of the generator within {timeout} s")
         if self._items:
+            ref = self._items.popleft()
+            if ref is None:  # its end: every value was taken
+                self._close()
+                return None
             self._taken += 1
             if self._backpressure:
                 self._client.send([P.StreamAck(self._tid, self._taken)])
-            return self._items.popleft()
-        self._close()  # the task ended and every value was taken
-        value = self._client._values.get(self._completion.id)
-        if value is not None and value[0] == ERROR:
-            return self._completion  # it failed before or outside its generator
-        return None
+            return ref
+        self._close()  # the task failed before, outside or in the middle of its stream
+        return self._completion  # (its get raises that error)
 
     # ------------------------------------------------------------------ state
     def next_ready(self) -> bool:
         """True when ``next`` would not wait."""
-        return bool(self._items) or self._done or self._completion.id in self._client._values
+        return bool(self._items) or self._done or self._failed()
 
     def is_finished(self) -> bool:
-        """True once the task ended and every value was taken."""
-        return self._done or (not self._items
-                              and self._completion.id in self._client._values)
+        """True once the stream ended and every value was taken."""
+        items = self._items
+        return self._done or (items[0] is None if items else self._failed())
+
+    def _failed(self) -> bool:
+        """The task ended with an error (its stream's end may never come)."""
+        value = self._client._values.get(self._completion.id)
+        return value is not None and value[0] == ERROR
 
     def completed(self) -> ObjectRef:
         """A ref that resolves (to None, or the task's error) when the task has ended."""

@@ -216,7 +216,8 @@ ChannelFree = record("ChannelFree", 23, "channel", _N,
 ActorExit = record("ActorExit", 22, "aid", _N, "the actor called exit_actor()")
 Yield = record("Yield", 25, "owner tid index oid kind payload contained", _N,
                "a streaming generator task yielded its index-th value (oid: an id of the "
-               "worker's) for owner, who holds it from now on")
+               "worker's) for owner, who holds it from now on; oid None: its end (after "
+               "its last value, or the value its error is)")
 StreamAck = record("StreamAck", 26, "tid consumed", _N,
                    "the owner of streaming task tid has taken that many of its values "
                    "(for its backpressure)")
@@ -270,7 +271,7 @@ Leased = record("Leased", 48, "epoch channel owner owner_slot", _O,
                 defaults={"channel": None, "owner": 0, "owner_slot": None})
 StreamItem = record("StreamItem", 30, "tid index oid", _O,
                     "streaming task tid's index-th value is object oid (you hold it; its "
-                    "Obj follows)")
+                    "Obj follows); oid None: the stream ended")
 Consumed = record("Consumed", 31, "tid consumed", _O,
                   "to the worker running streaming task tid: its owner took that many")
 LeaseRevoked = record("LeaseRevoked", 49, "epoch", _O,
@@ -319,6 +320,9 @@ AvailAsk = record("AvailAsk", 55, "rank proc req", _C,
                   "what resources are free on your node? (available_resources() of that "
                   "rank's process proc)")
 AvailAnswer = record("AvailAnswer", 56, "proc req avail", _C, "the answer to an AvailAsk")
+StreamLent = record("StreamLent", 57, "tid index oid rank", _C,
+                    "a value of streaming task tid, which runs on that rank for a process "
+                    "here (with a hold that rank lent on oid; oid None: the stream's end)")
 Lend = record("Lend", 71, "adds removes", _C, "holds this rank lends other ranks")
 Unlend = record("Unlend", 72, "oid rank", _C, "give back the hold that rank lent this one")
 Borrowed = record("Borrowed", 73, "oids rank", _C, "holds that rank lent this one")

@@ -313,18 +313,35 @@ def test_the_rank_an_actor_is_placed_on_ships_its_creation_home():
     assert s.actors[aid].state.value == "ALIVE"
 
 
-def test_a_streaming_task_stays_on_its_callers_rank_or_fails_clearly():
-    """Its values stream to its owner here: SPREAD keeps it here (said once), a hard
-    affinity to another rank fails it, a spill never moves it."""
-    from mpray.store.serialization import ERROR
+def test_a_streaming_task_moves_by_placement_and_sends_its_values_home():
+    """A stream goes where SPREAD or an affinity puts it, never by a spill; there each
+    value is held for its home rank (a lent hold) and sent there in order, the end
+    too; at home its owner holds the values and its acks go to the stream's rank."""
     from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Aff
 
-    s = sched()
-    s.submit(0, spec(100, strategy="SPREAD")._replace(stream=0))
-    s.submit(0, spec(110, strategy="SPREAD")._replace(stream=0))
-    assert not fwds(s) and [w.text for w in s.actions if type(w) is P.Warn][0].count(
-        "streaming generator task") == 1
-    s.submit(0, spec(200, strategy=Aff("n2", soft=False))._replace(stream=0))
-    (err,) = [m for m in s.out[0] if type(m) is P.Obj and m.oid == 201]
-    assert err.kind == ERROR and b"caller's rank" in err.payload
-    assert not fwds(s) and 200 not in s.tasks
+    home = sched(rank=0)
+    home.submit(0, spec(100, strategy=Aff("n2", soft=False))._replace(stream=0))
+    (fwd,) = fwds(home)
+    assert fwd.rank == 2 and fwd.spec.stream == 0
+    there = sched(rank=2)
+    there.submit(AGENT, fwd.spec)  # (the agent submits what came)
+    there.schedule()
+    wid = there.tasks[100].worker
+    oid = (2 << P.RANK_SHIFT) | (wid << P.PROC_BITS) | 7  # (an id of that worker's)
+    there.stream_yield(wid, AGENT, 100, 0, oid, INLINE, b"v0", ())
+    there.stream_yield(wid, AGENT, 100, -1, None, ERROR, None, ())
+    assert LENT_HOLDER in there.objs[oid].procs  # (held there for rank 0)
+    sent = to_rank(there, P.StreamLent)
+    assert [(m.rank, m.msg.index, m.msg.oid, m.lent) for m in sent] == [
+        (0, 0, oid, (oid,)), (0, -1, None, ())]
+    for m in sent:
+        home.stream_lent(m.msg.tid, m.msg.index, m.msg.oid, m.msg.rank)
+    assert [(m.index, m.oid) for m in home.out[0] if type(m) is P.StreamItem] == [
+        (0, oid), (-1, None)]
+    assert 0 in home.objs[oid].procs and home.objs[oid].lent == 2
+    home.stream_ack(100, 1)
+    assert [m.rank for m in to_rank(home, P.StreamAck)] == [2]
+    spill = sched(rank=0)
+    spill.submit(0, spec(200, strategy="SPREAD")._replace(stream=0))
+    spill.submit(0, spec(210, strategy="SPREAD")._replace(stream=0))
+    assert sorted(m.rank for m in fwds(spill)) == [1, 2]  # (SPREAD moves streams too)

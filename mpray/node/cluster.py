@@ -19,14 +19,13 @@ tasks come home), so a fetch always asks ``id_rank(oid)``.
 from __future__ import annotations
 
 
-from .. import exceptions as exc
 from .. import protocol as P
 from ..placement import SPILL_MIN_TASK_S
 from ..store.serialization import ARENA, ERROR
 from ..states import TASK_TRANSITIONS, O, T, _move
 
 AGENT = (1 << (P.RANK_SHIFT - P.PROC_BITS)) - 1  # the rank's MPI process, as seen by its node
-HANDLED = object()  # placement: the task is parked or failed, nothing to enqueue
+HANDLED = object()  # placement groups: the task waits for its group (or failed)
 # (the messages between a node and its rank's agent are protocol's ``cluster`` channel)
 LENT_HOLDER = -2  # pseudo process that holds what this rank lent
 MOVE_BYTES_PER_S = 5e9  # a fetch between ranks (100 MiB in ~20 ms here, benchmarks/)
@@ -44,6 +43,7 @@ class ClusterView:
         self.fetching: set[int] = set()
         self.fids_sent: dict[int, set] = {}  # rank -> functions it has from this node
         self.gathers: dict[int, list] = {}  # req -> [proc, answers due, sum so far]
+        self.stream_ranks: dict[int, int] = {}  # forwarded streaming task -> its rank
 
     def attach_cluster(self, rank: int, ranks: list) -> None:
         self.rank = rank
@@ -56,7 +56,7 @@ class ClusterView:
 
     # ------------------------------------------------------------------ placement
     def _placement(self, t):
-        """The rank that should run ``t`` (None: this node; HANDLED: it failed)."""
+        """The rank that should run ``t`` (None: this node)."""
         if (self.agent is None or len(self.ranks) < 2 or not t.spec.nret
                 or t.actor is not None or t.owner == AGENT):
             return None  # (a task forwarded here runs here: no ping-pong)
@@ -66,25 +66,13 @@ class ClusterView:
         return target
 
     def _stream_stays(self, t, target: int):
-        """A streaming generator task runs on its caller's rank (its values stream to
-        its owner there): a spill or a SPREAD/soft affinity keeps it here (said once),
-        a hard affinity or resources only another rank has fail it, clearly."""
+        """A streaming generator task moves where its placement says (its values come
+        home one by one, ``_stream_home``), but never to balance load: a spill would
+        only add a hop to every value."""
         strategy = t.spec.strategy
         if strategy in (None, "DEFAULT") and self._feasible_here(t.resources):
             return None  # (a spill: it stays)
-        if strategy == "SPREAD" or getattr(strategy, "soft", False):
-            if ("stream", t.spec.fid) not in self._warned:
-                self._warned.add(("stream", t.spec.fid))
-                self.actions.append(P.Warn(
-                    f"mpray: streaming generator task {t.spec.name} runs on its caller's "
-                    f"rank ({self.rank}), not as its scheduling_strategy says: a stream "
-                    "across ranks is not supported yet (num_returns='dynamic' is)"))
-            return None
-        self._fail_unstarted(t, self._error_payload(exc.TaskUnschedulableError(
-            f"streaming generator task {t.spec.name} can only run on its caller's rank "
-            f"({self.rank}), and its placement asks for rank {target}: a stream across "
-            "ranks is not supported yet (num_returns='dynamic' is)")))
-        return HANDLED
+        return target
 
     def _rank_for(self, t) -> int | None:
         strategy = t.spec.strategy
@@ -199,6 +187,7 @@ class ClusterView:
 
     def remote_done(self, tid: int, results, lender: int) -> None:
         """A task this node forwarded ended on rank ``lender``: its values came home."""
+        self.stream_ranks.pop(tid, None)
         t = self.tasks.get(tid)
         if t is None or t.state is not T.DISPATCHED or t.worker != AGENT:
             return
@@ -254,15 +243,41 @@ class ClusterView:
             rank = P.id_rank(t.actor)
         if rank is None or rank == self.rank:
             return False
-        stream = t.spec.stream
-        if stream is not None and stream >= 0:  # (its values would stream to its rank)
-            self._fail_unstarted(t, self._error_payload(exc.RayError(
-                f"{t.spec.name}: a streaming generator call to an actor on another rank "
-                f"(rank {rank}) is not supported yet; give the method "
-                "num_returns='dynamic' (its refs travel between ranks)")))
-            return True
         self._forward(t, rank)
         return True
+
+    # ------------------------------------------------------------------ streams
+    def _stream_home(self, proc: int, tid: int, index: int, oid, kind: int, payload,
+                     contained) -> None:
+        """A value of a streaming task forwarded here: held here for the rank whose
+        process asked (a lent hold, given back when its placeholder there goes), and
+        told there in order (the end too), through the inboxes."""
+        lent = ()
+        if oid is not None:
+            self.put_for(proc, LENT_HOLDER, oid, kind, payload, contained)
+            lent = (oid,)
+        self.out[AGENT].append(P.ToRank(P.id_rank(tid), P.StreamLent(tid, index, oid,
+                                                                      self.rank), lent))
+
+    def stream_lent(self, tid: int, index: int, oid, lender: int) -> None:
+        """A value of a streaming task this node forwarded: its owner here holds it."""
+        t = self.tasks.get(tid)
+        if t is not None:
+            self.stream_ranks[tid] = lender  # (its owner's StreamAcks go there)
+        if oid is not None:
+            self.borrowed((oid,), lender)
+            o = self.objs.get(oid)
+            if o is not None:
+                if t is not None:
+                    o.procs.add(t.owner)
+                self._maybe_free(o)  # (nobody here: the hold goes back at once)
+        if t is not None:
+            self._send(t.owner, P.StreamItem(tid, index, oid))
+
+    def _stream_ack_there(self, tid: int, consumed: int) -> None:
+        rank = self.stream_ranks.get(tid)
+        if rank is not None:
+            self.out[AGENT].append(P.ToRank(rank, P.StreamAck(tid, consumed)))
 
     # ------------------------------------------------------------------ free resources
     def gather_available(self, proc: int, req: int) -> bool:

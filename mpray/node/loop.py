@@ -295,6 +295,7 @@ class Node:
                                                          m.lender),
             P.NameFree.OP: lambda proc, m: s.name_free(m.key, m.aid),
             P.AvailAsk.OP: lambda proc, m: s.avail_ask(m.rank, m.proc, m.req),
+            P.StreamLent.OP: lambda proc, m: s.stream_lent(m.tid, m.index, m.oid, m.rank),
             P.AvailAnswer.OP: lambda proc, m: s.avail_answer(m.proc, m.req, m.avail),
             # placement groups: rank 0's registry and each rank's bundles
             P.PgAsk.OP: lambda proc, m: s.pg_ask(m.rank, m.proc, m.req, m.op),

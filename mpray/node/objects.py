@@ -135,15 +135,22 @@ class ObjectDirectory:
     def stream_yield(self, proc: int, owner: int, tid: int, index: int, oid: int, kind: int,
                      payload, contained=()) -> None:
         """A streaming task's value: the owner hears of it (StreamItem) before the value
-        comes (Obj), so that it holds a ref to it by then; it holds it from now on."""
+        comes (Obj), so that it holds a ref to it by then; it holds it from now on.  A
+        task forwarded here (its owner: the agent) sends it home with a hold lent."""
+        if owner == self.agent:
+            self._stream_home(proc, tid, index, oid, kind, payload, contained)
+            return
         self._send(owner, P.StreamItem(tid, index, oid))
-        self.put_for(proc, owner, oid, kind, payload, contained)
+        if oid is not None:
+            self.put_for(proc, owner, oid, kind, payload, contained)
 
     def stream_ack(self, tid: int, consumed: int) -> None:
         """The owner took ``consumed`` values of a streaming task: to its worker."""
         t = self.tasks.get(tid)
         if t is not None and t.worker in self.workers:
             self._send(t.worker, P.Consumed(tid, consumed))
+        elif t is not None and t.worker == self.agent:  # it runs on another rank
+            self._stream_ack_there(tid, consumed)
 
     def promise(self, proc: int, oid: int) -> None:
         """``proc`` will seal ``oid`` later (a direct task's result); others may wait."""

@@ -364,8 +364,6 @@ class PlacementGroups:
         else:
             self._pg_rr += 1  # any bundle, none here: the group's ranks in turn
             target = ranks[self._pg_rr % len(ranks)]
-        if target is not None and t.spec.stream is not None:
-            return self._stream_stays(t, target)  # (its bundle is elsewhere: it fails)
         return target
 
     def _pg_take_gpus(self, t) -> tuple:

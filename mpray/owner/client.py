@@ -45,6 +45,7 @@ _submit, _SUBMIT = P.Submit.from_items, P.Submit.OP
 _loads, _new, _WRAP = pickle.loads, tuple.__new__, P._WRAP
 
 
+STREAM_END = None  # in a stream's deque: its end (after its last value)
 _MEMO_REFS = 256  # a value in the arena that is a list of this many refs: decoded once
 
 
@@ -116,7 +117,7 @@ class Client(Waiting):
     def _stream_item(self, m) -> None:
         """A streaming task's value: its ref joins the generator's (made before its Obj
         comes, so that the value is kept); with no generator left, it goes at once."""
-        ref = ObjectRef(m.oid, owned=True)
+        ref = ObjectRef(m.oid, owned=True) if m.oid is not None else STREAM_END
         items = self.streams.get(m.tid)
         if items is not None:
             items.append(ref)

@@ -6,9 +6,10 @@ Data flow::
         the missing ones fail (ValueError), an exception after k values fails the
         returns from k on, more than N: the first N are kept and it is said on stderr
     "streaming"          ─▶ ``stream``: each value stored (inline or in the arena) and
-        sent at once ─Yield(owner, tid, i, oid)─▶ node ─▶ owner; an exception becomes the
-        value at its place and ends the stream; with backpressure N, waits while N
-        values are not taken (Consumed from the owner, through the node)
+        sent at once ─Yield(owner, tid, i, oid)─▶ node ─▶ owner (a forwarded task's: to
+        its home rank, with a lent hold); an exception becomes the value at its place;
+        then the end (Yield with no oid); with backpressure N, waits while N values
+        are not taken (Consumed from the owner, through the node(s))
     "dynamic"            ─▶ ``dynamic``: every value put here, the refs returned as one
         value (a DynamicObjectRefGenerator)
 """
@@ -70,12 +71,12 @@ def stream(loop, tid: int, owner: int, gen, backpressure: int, name: str,
             try:
                 value = next(gen)
             except StopIteration:
-                return
+                return _send_end(client, owner, tid)
             except cancelled:
-                raise
+                raise  # (no end: its owner gets the cancel's error as the last value)
             except Exception as e:  # noqa: BLE001 - the value at its place raises it
                 _send_error(loop, owner, tid, i, e, name)
-                return
+                return _send_end(client, owner, tid)
             _send_value(client, owner, tid, i, value)
             value = None
             i += 1
@@ -99,6 +100,12 @@ def _send_error(loop, owner: int, tid: int, i: int, e: Exception, name: str) -> 
                               pickle.dumps(err, protocol=5), ())])
 
 
+def _send_end(client, owner: int, tid: int) -> None:
+    """The stream's end, in order behind its values (a forwarded task's end, RDone,
+    is not ordered with them: the owner ends the stream at this)."""
+    client.send([P.Yield(owner, tid, -1, None, ERROR, None, ())])
+
+
 def _send_value(client, owner: int, tid: int, i: int, value) -> None:
     kind, payload, contained = client.store_value(value)
     if contained:  # (refs it holds: known to the node before the value)
@@ -118,12 +125,12 @@ async def astream(loop, tid: int, owner: int, agen, backpressure: int, name: str
             try:
                 value = await agen.__anext__()
             except StopAsyncIteration:
-                return
+                return _send_end(client, owner, tid)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the value at its place raises it
                 _send_error(loop, owner, tid, i, e, name)
-                return
+                return _send_end(client, owner, tid)
             _send_value(client, owner, tid, i, value)
             value = None
             i += 1

@@ -1,7 +1,7 @@
 """Run under mpiexec -n N (N >= 2): generator tasks in a job of ranks.
 
-A streaming generator runs on its caller's rank (its values stream to its owner there);
-its refs, and a dynamic generator's, travel between ranks like any refs.
+A streaming generator runs where its placement puts it (its values stream home, in
+order); its refs, and a dynamic generator's, travel between ranks like any refs.
 Prints "OK generators" on rank 0 when every check held."""
 
 import os
@@ -47,17 +47,29 @@ def total(a):
     return int(a.sum()), ray.get_runtime_context().get_node_id()
 
 
-# the driver's stream: on rank 0 (a stream does not move: a hard affinity to another
-# rank fails clearly, SPREAD keeps it here with a warning)
+# the driver's stream: on rank 0, or on the rank its placement names (its values come
+# home one by one, in order, with backpressure across the ranks too)
 assert [ray.get(r) for r in count.remote(3)] == [(i, here) for i in range(3)]
-assert [ray.get(r) for r in count.options(scheduling_strategy="SPREAD").remote(2)] == [
-    (i, here) for i in range(2)]
-try:
-    [ray.get(r, timeout=60) for r in count.options(
-        scheduling_strategy=Affinity(ids[-1], soft=False)).remote(2)]
-    raise AssertionError("a stream moved to another rank")
-except ray.exceptions.TaskUnschedulableError as e:
-    assert "caller's rank" in str(e), e
+for nid in ids:
+    there = count.options(scheduling_strategy=Affinity(nid, soft=False),
+                          _generator_backpressure_num_objects=2).remote(20)
+    assert [ray.get(r, timeout=60) for r in there] == [(i, nid) for i in range(20)]
+
+
+@ray.remote
+def fails_at(n):
+    for i in range(n):
+        yield i
+    raise ValueError("boom")
+
+
+got = []
+for r in fails_at.options(scheduling_strategy=Affinity(ids[-1], soft=False)).remote(2):
+    try:
+        got.append(ray.get(r, timeout=60))
+    except ValueError:
+        got.append("error")
+assert got == [0, 1, "error"], got
 
 # every rank streams to its own tasks
 for nid in ids:
@@ -75,8 +87,7 @@ assert out == [(i * 100_000, ids[-1]) for i in range(3)], out
 gen = ray.get(dyn.options(scheduling_strategy=Affinity(ids[-1], soft=False)).remote(3),
               timeout=60)
 assert [int(ray.get(r)[0]) for r in gen] == [0, 1, 2]
-# an actor's generator method: streamed on its own rank, dynamic from another one (a
-# stream across ranks is refused clearly)
+# an actor's generator method, on this rank or another one
 @ray.remote
 class Source:
     def count(self, n):
@@ -93,10 +104,7 @@ here_actor = Source.remote()
 assert [ray.get(r) for r in here_actor.count.remote(3)] == [(i, here) for i in range(3)]
 there = Source.options(scheduling_strategy=Affinity(ids[-1], soft=False)).remote()
 assert [ray.get(r) for r in ray.get(there.batch.remote(4), timeout=60)] == [0, 1, 2, 3]
-try:
-    [ray.get(r, timeout=60) for r in there.count.remote(2)]
-    raise AssertionError("a stream across ranks ran")
-except ray.exceptions.RayError as e:
-    assert "another rank" in str(e), e
+assert [ray.get(r, timeout=60) for r in there.count.remote(3)] == [(i, ids[-1])
+                                                                  for i in range(3)]
 print("OK generators", flush=True)
 ray.shutdown()
