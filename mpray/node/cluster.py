@@ -25,7 +25,6 @@ from ..store.serialization import ARENA, ERROR
 from ..states import TASK_TRANSITIONS, O, T, _move
 
 AGENT = (1 << (P.RANK_SHIFT - P.PROC_BITS)) - 1  # the rank's MPI process, as seen by its node
-HANDLED = object()  # placement groups: the task waits for its group (or failed)
 # (the messages between a node and its rank's agent are protocol's ``cluster`` channel)
 LENT_HOLDER = -2  # pseudo process that holds what this rank lent
 MOVE_BYTES_PER_S = 5e9  # a fetch between ranks (100 MiB in ~20 ms here, benchmarks/)
@@ -62,10 +61,10 @@ class ClusterView:
             return None  # (a task forwarded here runs here: no ping-pong)
         target = self._rank_for(t)
         if target is not None and t.spec.stream is not None:
-            return self._stream_stays(t, target)
+            return self._stream_target(t, target)
         return target
 
-    def _stream_stays(self, t, target: int):
+    def _stream_target(self, t, target: int):
         """A streaming generator task moves where its placement says (its values come
         home one by one, ``_stream_home``), but never to balance load: a spill would
         only add a hop to every value."""

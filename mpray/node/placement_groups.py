@@ -31,13 +31,13 @@ from .. import exceptions as exc
 from .. import protocol as P
 from ..placement import pg_of, place_bundles
 from ..states import G, PG_TRANSITIONS, A, T, _move
-from .cluster import AGENT, HANDLED
+from .cluster import AGENT
 from ..store.serialization import ERROR, INLINE
 from .worker_table import _amount
 
 MARK_TOTAL = 1000.0  # each bundle's marker resource (a task asks 0.001 of it)
 KEEP_REMOVED = 1000  # removed groups the table still shows (Ray keeps some too)
-PARKED = HANDLED  # _pg_target: the task waits until its group is placed (or removed)
+PARKED = object()  # _pg_target: the task waits until its group is placed (or removed)
 
 
 class PlacementGroup:

@@ -279,8 +279,7 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, PlacementG
         elif self.agent is not None:
             target = self._placement(t)
             if target is not None:
-                if target is not PARKED:  # (HANDLED: a stream that must not move failed)
-                    self._forward(t, target)
+                self._forward(t, target)
                 return
         key = t.resources
         q = self.ready.get(key)
