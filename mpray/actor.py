@@ -32,6 +32,8 @@ from .options import (ACTOR_OPTIONS, METHOD_OPTIONS, ArgCheck, resource_request,
 from .generator import ObjectRefGenerator
 from .remote_function import BlobRegistration, encode_args, generator_kind
 from .session import auto_init
+from .control.recorder import NOTE as _NOTE, REC as _REC, SUBMIT as _SUBMIT
+from time import monotonic as _mono
 
 _task_spec = P.TaskSpec.from_items
 
@@ -240,6 +242,8 @@ class ActorHandle:
         if limit:  # (max_pending_calls: this process's calls not ended yet)
             _pending.check(client, self._aid, limit, display)
         tid = client.new_ids(nret)
+        if _REC.on:
+            _NOTE((_SUBMIT, tid, display, None, client.current_task, _mono(), 1))
         blob, deps, contained, keep = encode_args(client, args, kwargs, display)
         # (all TaskSpec's items at once, in its FIELDS order: the hot path)
         spec = _task_spec((tid, None, display, blob, deps, nret, (), retries, retry_exc,
@@ -386,6 +390,9 @@ class ActorClass(BlobRegistration):
                                  or meta["groups"])
         fid = self._fid(client)
         tid = client.new_ids(1)
+        if _REC.on:
+            _NOTE((_SUBMIT, tid, f"{self.__name__}.__init__", fid, client.current_task,
+                   _mono(), 2))
         explicit = any(opts.get(k) is not None for k in _EXPLICIT)
         held = resource_request(opts, default_cpus=0) if explicit else ()
         place = held if explicit else (("CPU", 1.0),)

@@ -14,11 +14,13 @@ from __future__ import annotations
 import inspect
 import operator
 import socket
+import time
 from typing import Any, Sequence
 
 from . import _global
 from . import protocol as P
 from .generator import ObjectRefGenerator
+from .control.recorder import CANCEL, NOTE, REC
 from .object_ref import ObjectRef
 from .remote_function import RemoteFunction
 from .session import RayContext, auto_init, init, is_initialized, shutdown
@@ -173,6 +175,8 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
             raise ValueError("force=True is not supported for actor tasks; use "
                              "mpray.kill(actor) to end the actor")
         tid = ~tid
+    if REC.on:
+        NOTE((CANCEL, tid, time.monotonic()))
     client.cancel(tid, bool(force), bool(recursive))
 
 
@@ -222,9 +226,19 @@ def _node_stats() -> dict:
     return _global.client.request(lambda req: P.Query(req, "stats")).data
 
 
-def timeline(filename: str | None = None) -> list:
-    """Not built yet: it arrives with the control store (raises NotImplementedError)."""
-    raise NotImplementedError("timeline() arrives with the control store")
+def timeline(filename: str | None = None) -> list | None:
+    """Ray's ``timeline``: the session's task executions as a Chrome trace (open it in
+    Perfetto or chrome://tracing): one process row per node (rank), one thread row per
+    worker.  Written to ``filename`` (then None is returned), else returned as a list.
+    Reads this program's session, or, when none runs, the newest one kept."""
+    from .control import timeline as T
+    from .control.reader import open_reader
+
+    events = T.trace(open_reader())
+    if filename is None:
+        return events
+    T.write(events, filename)
+    return None
 
 
 def kill(actor: Any, *, no_restart: bool = True) -> None:

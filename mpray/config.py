@@ -27,6 +27,22 @@ def _env_float(env: Mapping[str, str], name: str) -> float | None:
         raise ValueError(f"{name}={v!r} is not a number") from None
 
 
+def _flag(args: Mapping[str, Any], env: Mapping[str, str], name: str, envname: str,
+          default: bool) -> bool:
+    """A yes/no setting: the argument, else the variable (1/0, true/false, yes/no, on/off)."""
+    v = args.get(name)
+    if v is not None:
+        return bool(v)
+    raw = env.get(envname, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{envname}={env[envname]!r}: use 1 or 0")
+
+
 def _env_int(env: Mapping[str, str], name: str) -> int | None:
     v = _env_float(env, name)
     if v is None:
@@ -56,6 +72,12 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("driver_ring_bytes", "MPRAY_DRIVER_RING_BYTES", "ring size driver <-> node (8 MiB)"),
     ("worker_ring_bytes", "MPRAY_WORKER_RING_BYTES", "ring size worker <-> node (1 MiB)"),
     ("direct_ring_bytes", "MPRAY_DIRECT_RING_BYTES", "ring size of each mailbox slot and lease channel: bounds the leased tasks and direct actor calls in flight (256 KiB)"),
+    ("control_store", "MPRAY_CONTROL_STORE", "record tasks, actors, objects and workers in the session's SQLite store (1; 0: off)"),
+    ("log_dir", "MPRAY_LOG_DIR", "where sessions (store, logs) are kept after shutdown (default: <tmpdir>/mpray-<uid>)"),
+    ("keep_sessions", "MPRAY_KEEP_SESSIONS", "finished sessions kept in that directory, the newest (10)"),
+    ("store_max_tasks", "MPRAY_STORE_MAX_TASKS", "task rows the store keeps per node, the oldest dropped first (100000)"),
+    ("log_to_driver", "MPRAY_LOG_TO_DRIVER", "workers' output printed by the driver, labelled (1; 0: in the session's log files only)"),
+    ("dedup_logs", "MPRAY_DEDUP_LOGS", "fold lines repeated across workers, as Ray does (1; 0: off)"),
 ]
 
 
@@ -81,6 +103,12 @@ class Config:
     backend: str = "auto"
     export_bytes: int = 256 * MB
     mpi_arena: str = "window"
+    control_store: bool = True
+    log_dir: str = ""
+    keep_sessions: int = 10
+    store_max_tasks: int = 100_000
+    log_to_driver: bool = True
+    dedup_logs: bool = True
 
     def node_resources(self) -> dict[str, float]:
         res: dict[str, float] = {"CPU": float(self.num_cpus)}
@@ -185,7 +213,9 @@ def _resolve_tuning(c: Config, args: Mapping[str, Any], env: Mapping[str, str]) 
                           ("pipeline_depth", "MPRAY_PIPELINE_DEPTH"),
                           ("direct_slots", "MPRAY_DIRECT_SLOTS"),
                           ("lease_depth", "MPRAY_LEASE_DEPTH"),
-                          ("spin_us", "MPRAY_SPIN_US")):
+                          ("spin_us", "MPRAY_SPIN_US"),
+                          ("keep_sessions", "MPRAY_KEEP_SESSIONS"),
+                          ("store_max_tasks", "MPRAY_STORE_MAX_TASKS")):
         v = args.get(name)
         if v is None:
             v = _env_int(env, envname)
@@ -197,6 +227,11 @@ def _resolve_tuning(c: Config, args: Mapping[str, Any], env: Mapping[str, str]) 
     if t is not None:
         c.idle_worker_timeout = float(t)
     c.tmpdir = args.get("tmpdir") or env.get("MPRAY_TMPDIR") or tempfile.gettempdir()
+    c.log_dir = str(args.get("log_dir") or env.get("MPRAY_LOG_DIR") or "")
+    for name, envname in (("control_store", "MPRAY_CONTROL_STORE"),
+                          ("log_to_driver", "MPRAY_LOG_TO_DRIVER"),
+                          ("dedup_logs", "MPRAY_DEDUP_LOGS")):
+        setattr(c, name, _flag(args, env, name, envname, getattr(c, name)))
     for name, envname, allowed in (("backend", "MPRAY_BACKEND", ("auto", "local", "mpi")),
                                    ("mpi_arena", "MPRAY_MPI_ARENA", ("window", "copy"))):
         v = args.get(name) or env.get(envname) or getattr(c, name)

@@ -29,6 +29,8 @@ from .object_ref import ObjectRef
 from .options import TASK_OPTIONS, ArgCheck, resource_request, validate_options
 from .placement import pg_of, pg_resources
 from .session import auto_init
+from .control.recorder import FUNC as _FUNC, NOTE as _NOTE, REC as _REC, SUBMIT as _SUBMIT
+from time import monotonic as _mono
 
 class _Prepared:
     """Per-options constants computed once, not per call."""
@@ -175,6 +177,10 @@ class BlobRegistration:
         fid = client.new_ids(0)
         client.register_function(fid, self._blob)
         self._registered = (client.token, fid)
+        if _REC.on:
+            _NOTE((_FUNC, fid, getattr(self, "_name", None) or getattr(self, "__name__", "?"),
+                   getattr(self.__dict__.get("_function") or self.__dict__.get("_cls"),
+                           "__module__", None)))
         return fid
 
     def _fid_with(self, client, opts: dict) -> int:
@@ -253,6 +259,8 @@ class RemoteFunction(BlobRegistration):
         fid = self._fid(client) if prep.reg is None else self._fid_with(client, prep.reg)
         nret = prep.nret
         tid = client.new_ids(nret)
+        if _REC.on:  # (the control store: an append, written out by another thread)
+            _NOTE((_SUBMIT, tid, prep.name, fid, client.current_task, _mono(), 0))
         blob, deps, contained, keep = encode_args(client, args, kwargs, self._name)
         # (all TaskSpec's items at once, in its FIELDS order: the hot path)
         spec = _task_spec((tid, fid, prep.name, blob, deps, nret, prep.res, prep.retries,

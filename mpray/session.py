@@ -32,6 +32,8 @@ from . import protocol as P
 from .placement import SPILL_MIN_TASK_S
 from .runtime_env import check as check_runtime_env
 from .procs import wait_exit
+from .control import sessions
+from .control.recorder import REC
 from .owner.driver_client import DriverClient
 from .transport.mailbox import channel_bytes, slot_bytes
 from .node.loop import NodeSetup, node_main
@@ -66,21 +68,11 @@ class RayContext(dict):
         return dict(self)
 
 
-def _make_session_dir(tmpdir: str) -> str:
-    base = os.path.join(tmpdir, f"mpray-{os.getuid()}")
-    os.makedirs(base, mode=0o700, exist_ok=True)
-    job = os.environ.get("SLURM_JOB_ID")
-    prefix = f"j{job}-" if job else ""
-    path = os.path.join(base, f"{prefix}{os.getpid()}-{os.urandom(3).hex()}")
-    os.mkdir(path, 0o700)
-    return path
-
-
 def init(address: str | None = None, *, num_cpus: int | None = None,
          num_gpus: int | None = None, resources: dict | None = None,
          object_store_memory: int | None = None, ignore_reinit_error: bool = False,
          namespace: str | None = None, include_dashboard: bool | None = None,
-         log_to_driver: bool = True, logging_level: Any = None,
+         log_to_driver: bool | None = None, logging_level: Any = None,
          configure_logging: bool = True, runtime_env: dict | None = None,
          local_mode: bool = False, **settings: Any) -> RayContext:
     """Start mpray: a node on this host, or, launched by ``mpiexec``/``srun`` (or with
@@ -91,10 +83,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     (``num_cpus``, ``object_store_memory="2GiB"``, ``spin_us``, ``backend``, ...) is a
     keyword argument here and an ``MPRAY_*`` environment variable.
     """
-    if local_mode:  # (Ray 2.x refuses it the same way; False is accepted, as in Ray)
-        raise RuntimeError("`local_mode` is no longer supported (as in Ray 2.x): run the "
-                           "program normally; tasks run in worker processes")
-    _ray_only_arguments(include_dashboard, log_to_driver, logging_level, configure_logging)
+    _ray_only_arguments(include_dashboard, logging_level, configure_logging, local_mode)
     with _init_lock:
         if _global.session is None and _global.client is not None:
             # inside a task: the engine is running already (Ray raises here too)
@@ -115,7 +104,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         if unknown:
             raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         args = dict(settings, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                    object_store_memory=object_store_memory)
+                    object_store_memory=object_store_memory, log_to_driver=log_to_driver)
         from mpray_mpi.launch import detect  # environment variables only: no MPI import
 
         env = dict(os.environ)
@@ -131,7 +120,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             import mpray_mpi
 
             conn = mpray_mpi.connect(launch, cfg)
-        _start(cfg, namespace, launch, conn.arena if conn is not None else None, job_env)
+        _start(cfg, namespace, launch, conn.arena if conn is not None else None, job_env,
+               conn.session_name if conn is not None else None)
         if conn is not None:
             mpray_mpi.start(launch, _global.session, _global.session.setup, conn,
                             shutdown=shutdown)
@@ -147,15 +137,15 @@ def _check_address(address) -> None:
                       stacklevel=3)
 
 
-def _ray_only_arguments(include_dashboard, log_to_driver, logging_level,
-                        configure_logging) -> None:
+def _ray_only_arguments(include_dashboard, logging_level, configure_logging,
+                        local_mode) -> None:
     """Ray's init() arguments for what mpray does not have: said, not ignored."""
+    if local_mode:  # (Ray 2.x refuses it the same way; False is accepted, as in Ray)
+        raise RuntimeError("`local_mode` is no longer supported (as in Ray 2.x): run the "
+                           "program normally; tasks run in worker processes")
     if include_dashboard:
         warnings.warn("init(include_dashboard=True): mpray has no dashboard (see the "
                       "README's tools instead)", stacklevel=3)
-    if not log_to_driver:
-        warnings.warn("init(log_to_driver=False) is not supported: workers share the "
-                      "driver's stdout and stderr", stacklevel=3)
     if logging_level is not None and configure_logging:
         logging.getLogger("mpray").setLevel(logging_level)  # (mpray's own logger)
 
@@ -178,9 +168,14 @@ def _rank_share(args: dict, local_ranks: int) -> dict:
 
 
 def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None,
-           job_env: dict | None = None) -> None:
-    session_dir = _make_session_dir(cfg.tmpdir)
+           job_env: dict | None = None, name: str | None = None) -> None:
+    rank = launch.rank if launch is not None else 0
+    root = sessions.base(cfg.log_dir, cfg.tmpdir)
+    session_dir, node_dir = sessions.create(root, name or sessions.new_name(), rank)
     setup = _node_setup(cfg, namespace, launch, arena, session_dir)
+    setup.node_dir, setup.store = node_dir, cfg.control_store
+    setup.store_max_tasks, setup.keep_sessions = cfg.store_max_tasks, cfg.keep_sessions
+    setup.prune_root = root if rank == 0 else None
     setup.node_info["runtime_env"] = job_env  # (every worker applies it at its start)
     # the node forks every worker from itself: with the worker's modules imported here,
     # before the node is forked, its first worker starts without importing them (ms)
@@ -206,6 +201,15 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None,
     _global.node_info = setup.node_info
     _global.session.namespace = namespace
     _global.client = client
+    _global.session.logs = None
+    if cfg.log_to_driver and rank == 0:  # (rank 0 prints every rank's workers' lines)
+        from .control.logs import LogMonitor
+
+        _global.session.logs = LogMonitor(session_dir, cfg.dedup_logs,
+                                          launch is not None and launch.size > 1).start()
+    if cfg.control_store:  # (the driver's submissions, cancels, functions)
+        REC.start(os.path.join(node_dir, "spool"),
+                  {"rank": setup.rank, "node_id": setup.node_id, "role": "driver"})
     atexit.register(shutdown)
 
 
@@ -318,6 +322,7 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
         if s.mpi is not None:  # rank 0 under MPI: stop every other rank first
             s.mpi.stop()
         _last_driver_id = client._next_id
+        REC.stop()  # (its last events reach the spool before the node's writer ends)
         try:
             client.send([P.Shutdown()])
         except Exception:  # noqa: BLE001 - the node may already be gone
@@ -330,10 +335,10 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
         _global.session = None
         _reap_node(s.node_pid)
         os.close(s.node_pidfd)
+        if s.logs is not None:  # (the workers are gone: their last lines are in the files)
+            s.logs.stop()
         _release_memory(s, client)
-        import shutil
-
-        shutil.rmtree(s.session_dir, ignore_errors=True)
+        # (the session directory stays: its store and logs, for post-mortem use)
         try:
             atexit.unregister(shutdown)
         except Exception:  # noqa: BLE001

@@ -22,6 +22,8 @@ import sys
 import threading
 import traceback
 
+from mpray.control.sessions import new_name
+
 from .launch import Launch, detect
 
 __all__ = ["Connection", "Launch", "MPISession", "connect", "detect", "start"]
@@ -70,6 +72,7 @@ class Connection:
         self.arena_win = arena_win
         self.arena = arena  # None: the store is private memfd memory (export windows)
         self.export_bytes = export_bytes
+        self.session_name: str | None = None  # rank 0's, for every rank (one session dir)
 
 
 def connect(launch: Launch, cfg) -> Connection:
@@ -86,6 +89,13 @@ def connect(launch: Launch, cfg) -> Connection:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD.Dup()
+    conn = _connect_arena(MPI, comm, cfg)
+    # every rank's files go to one session (rank k: its rank-<k> directory in it)
+    conn.session_name = comm.bcast(new_name() if comm.Get_rank() == 0 else None, root=0)
+    return conn
+
+
+def _connect_arena(MPI, comm, cfg) -> Connection:
     if not comm.allreduce(cfg.mpi_arena == "window", op=MPI.LAND):
         return Connection(MPI, comm, None, None, cfg.export_bytes)
     win = MPI.Win.Allocate(cfg.object_store_memory, 1, comm=comm)

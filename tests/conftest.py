@@ -6,8 +6,9 @@
   (custom resources, GPUs, ...); shut down at teardown.
 * an autouse leak check: after every test no child process of the test process is left
   (module sessions excepted while they live), no new ``mpray`` entry in /dev/shm that the
-  test could have made and no new session directory of the test process under
-  ``$MPRAY_TMPDIR/mpray-<uid>`` (else ``$TMPDIR``).
+  test could have made, and every session the test process made is finished (no node
+  holds it, its spool is gone: only its store and logs are kept).  The run keeps its
+  sessions in a log directory of its own (``MPRAY_LOG_DIR``, removed at the end).
 * ``PrivateTmpdir`` - an ``MPRAY_TMPDIR`` of one test's own for the mpray programs it
   starts (mpiexec, sbatch), so that what they leave is told apart from what other mpray
   programs on this machine do meanwhile.
@@ -34,7 +35,9 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import mpray  # noqa: E402
+from mpray.control import sessions as _sessions  # noqa: E402
 from mpray_mpi.launch import detect as _detect_launch  # noqa: E402
+
 
 MB = 1024 * 1024
 STORE = 256 * MB
@@ -47,6 +50,19 @@ _module_session = {"node_pid": None, "session_dir": None}
 # serve inside init() and exit there, rank 0 runs the tests against one session that
 # spans the whole run (MPI starts once per process), so per-test init/shutdown is skipped.
 MPI_LAUNCH = _detect_launch()
+
+# the sessions this test run makes are kept here, not among the user's (under mpiexec,
+# where every rank must use one place, the launching test says where: PrivateTmpdir)
+if not os.environ.get("MPRAY_LOG_DIR") and MPI_LAUNCH is None:
+    os.environ["MPRAY_LOG_DIR"] = tempfile.mkdtemp(prefix="mpray-test-sessions-")
+    _OWN_LOG_DIR = os.environ["MPRAY_LOG_DIR"]
+else:
+    _OWN_LOG_DIR = None
+
+
+def pytest_unconfigure(config):
+    if _OWN_LOG_DIR is not None:
+        shutil.rmtree(_OWN_LOG_DIR, ignore_errors=True)
 
 
 def pytest_configure(config):
@@ -81,21 +97,33 @@ def _mpi_session():
 
 
 def session_dir_base(tmpdir: str | None = None) -> str:
-    """Where mpray makes session directories: ``<tmpdir>/mpray-<uid>``, ``tmpdir`` as
-    mpray resolves it (MPRAY_TMPDIR, else TMPDIR, else /tmp)."""
+    """Where mpray makes session directories when no log directory is set:
+    ``<tmpdir>/mpray-<uid>``, ``tmpdir`` as mpray resolves it (MPRAY_TMPDIR, else
+    TMPDIR, else /tmp)."""
     tmpdir = tmpdir or os.environ.get("MPRAY_TMPDIR") or tempfile.gettempdir()
     return os.path.join(tmpdir, f"mpray-{os.getuid()}")
 
 
+def session_finished(path: str) -> bool:
+    """A session that ended cleanly: no node holds it, no rank's spool is left (its
+    writer finished), and its store is closed (no write-ahead log left)."""
+    if not os.path.isdir(path) or _sessions.is_running(path):
+        return False
+    for d in _sessions.node_dirs(path):
+        for left in ("spool", "store.db-wal"):
+            if os.path.exists(os.path.join(d, left)):
+                return False
+    return True
+
+
 def _session_dirs() -> set[str]:
-    """Session directories created by this process (other processes may run mpray too):
-    named ``<pid>-<random>`` or ``j<SLURM_JOB_ID>-<pid>-<random>``."""
-    mine = f"{os.getpid()}-"
-    try:
-        return {e for e in os.listdir(session_dir_base()) if e.split("-", 1)[0] + "-" == mine
-                or e.startswith("j") and f"-{mine}" in e}
-    except FileNotFoundError:
-        return set()
+    """Sessions made by this process (other processes may run mpray too): named
+    ``session_<date>_<time>_<pid>_...``."""
+    mine = str(os.getpid())
+    root = _sessions.base(os.environ.get("MPRAY_LOG_DIR", ""), os.path.dirname(
+        session_dir_base()))
+    return {p for p in _sessions.sessions(root)
+            if os.path.basename(p).split("_")[3:4] == [mine]}
 
 
 class PrivateTmpdir:
@@ -107,23 +135,23 @@ class PrivateTmpdir:
     def __init__(self, parent: str | None = None):
         self.path = tempfile.mkdtemp(prefix="mpray-test-", dir=parent)
         self.base = session_dir_base(self.path)
-        self.env = {"MPRAY_TMPDIR": self.path}
+        # (sessions in the default place under it, not the run's log directory)
+        self.env = {"MPRAY_TMPDIR": self.path, "MPRAY_LOG_DIR": ""}
 
     def left(self) -> list[str]:
-        try:
-            return sorted(os.listdir(self.base))
-        except FileNotFoundError:
-            return []
+        """Sessions here that did not end cleanly (session_finished)."""
+        return [os.path.basename(p) for p in _sessions.sessions(self.base)
+                if not session_finished(p)]
 
     def check_clean(self, timeout: float = EXIT_GRACE_S, detail: str = "",
                     made: bool = True) -> None:
-        """The programs made their session directories here (``made``: they called
-        init()), and removed them all."""
-        assert not made or os.path.isdir(self.base), (
+        """The programs made their sessions here (``made``: they called init()), and
+        every one ended cleanly (its store and logs kept, nothing else)."""
+        assert not made or _sessions.sessions(self.base), (
             f"no session directory was made under the job's MPRAY_TMPDIR ({self.path}): "
             f"was its environment passed on?\n{detail}")
         wait_for(lambda: not self.left(), timeout)
-        assert not self.left(), f"session directories left in {self.base}: {self.left()}"
+        assert not self.left(), f"sessions not ended cleanly in {self.base}: {self.left()}"
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -247,11 +275,14 @@ def _no_leaks(request):
     new_shm = _new_shm_of_this_test(shm_before)
     if new_shm:
         problems.append(f"new /dev/shm entries: {sorted(new_shm)}")
-    keep = {os.path.basename(_module_session["session_dir"] or "")}
-    new_dirs = wait_for(lambda: not (_session_dirs() - dirs_before - keep), EXIT_GRACE_S)
-    if not new_dirs:
-        problems.append(f"session directories left in {session_dir_base()}: "
-                        f"{sorted(_session_dirs() - dirs_before - keep)}")
+    keep = {_module_session["session_dir"]}
+
+    def unfinished() -> list[str]:
+        return sorted(p for p in _session_dirs() - dirs_before - keep
+                      if not session_finished(p))
+
+    if not wait_for(lambda: not unfinished(), EXIT_GRACE_S):
+        problems.append(f"sessions not ended cleanly: {unfinished()}")
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
 

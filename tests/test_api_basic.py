@@ -14,7 +14,7 @@ import mpray
 from mpray import exceptions as exc
 from mpray.remote_function import RemoteFunction
 
-from conftest import INIT_KWARGS, wait_for
+from conftest import INIT_KWARGS, session_finished, wait_for
 
 
 # --------------------------------------------------------------------- helpers
@@ -50,7 +50,9 @@ def test_init_shutdown_is_initialized():
     finally:
         mpray.shutdown()
     assert not mpray.is_initialized()
-    assert not os.path.exists(ctx["session_dir"])
+    # kept for post-mortem use: its store and logs, nothing running
+    assert session_finished(ctx["session_dir"])
+    assert {"store.db", "logs"} <= set(os.listdir(ctx["session_dir"]))
     mpray.shutdown()  # a second shutdown is a no-op
     assert not mpray.is_initialized()
 

@@ -16,7 +16,7 @@ import pytest
 import mpray
 from mpray import exceptions as exc
 
-from conftest import REPO, wait_for
+from conftest import REPO, session_finished, wait_for
 
 
 def _first_attempt(marker: str) -> bool:
@@ -299,9 +299,9 @@ def test_driver_sigkill_cleans_up(tmp_path):
         assert wait_for(lambda: all(_dead(p) for p in pids), 5), \
             f"engine processes still alive 5 s after the driver died: " \
             f"{[p for p in pids if not _dead(p)]}"
-        assert wait_for(lambda: not os.path.exists(info["session_dir"]),
+        assert wait_for(lambda: session_finished(info["session_dir"]),
                         max(0.1, 5 - (time.monotonic() - t0))), \
-            f"session directory {info['session_dir']} was not removed"
+            f"session {info['session_dir']} was not ended cleanly"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -454,7 +454,7 @@ def test_driver_exit_without_shutdown_cleans_up(tmp_path, how):
         assert elapsed < 20, f"the driver took {elapsed:.1f} s to exit"
         assert wait_for(lambda: all(_dead(p) for p in info["pids"]), 5), \
             [p for p in info["pids"] if not _dead(p)]
-        assert not os.path.exists(info["session_dir"])
+        assert wait_for(lambda: session_finished(info["session_dir"]), 5)
     finally:
         for p in info["pids"]:
             if not _dead(p):

@@ -85,7 +85,6 @@ def test_the_legacy_placement_group_option_becomes_a_strategy(ray_factory):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(include_dashboard=True), "dashboard"),
-    (dict(log_to_driver=False), "log_to_driver"),
 ])
 def test_init_arguments_mpray_has_no_use_for_warn(kwargs, match):
     with pytest.warns(UserWarning, match=match):

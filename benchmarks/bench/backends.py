@@ -11,7 +11,7 @@ import importlib
 import platform
 
 from bench import bodies
-from bench.params import RAY_API_PEERS
+from bench.params import PEER_ENV, RAY_API_PEERS
 
 
 def _pickle_bodies_by_value(modname):
@@ -139,8 +139,8 @@ class FuturesBackend(_StdlibBackend):
 
 def make_backend(peer):
     """The backend of a peer; ``mpray@REV`` is mpray (imported from REV's tree)."""
-    if peer in RAY_API_PEERS or peer.startswith("mpray@"):
-        return RayAPIBackend(peer.partition("@")[0])
+    if peer in RAY_API_PEERS or peer.startswith("mpray@") or peer in PEER_ENV:
+        return RayAPIBackend(peer.partition("@")[0].partition("-")[0])
     if peer == "pool":
         return PoolBackend()
     if peer == "futures":

@@ -6,8 +6,12 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 
-ALL_PEERS = ("mpray", "pool", "futures", "ray")
+ALL_PEERS = ("mpray", "mpray-nostore", "mpray-bare", "pool", "futures", "ray")
 RAY_API_PEERS = ("mpray", "ray")
+# mpray run with other settings (the control store off: what recording costs;
+# and the store and the driver's log printing off: what observing costs in all)
+PEER_ENV = {"mpray-nostore": {"MPRAY_CONTROL_STORE": "0"},
+            "mpray-bare": {"MPRAY_CONTROL_STORE": "0", "MPRAY_LOG_TO_DRIVER": "0"}}
 
 # Memory needed before the 1 GiB figures are attempted.
 BIG_MEM_NEEDED = 6 * GiB

@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from bench.measure import median
-from bench.params import GROUP_KEYS
+from bench.params import GROUP_KEYS, PEER_ENV
 from bench.procs import kill_tree
 from bench.revs import REPO_ROOT, python_path
 
@@ -97,7 +97,8 @@ def run_peer(peer, args, root):
     env = dict(os.environ)
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     env["PYTHONPATH"] = python_path(root, env)
-    is_mpray = peer.partition("@")[0] == "mpray"
+    env.update(PEER_ENV.get(peer, {}))
+    is_mpray = peer.partition("@")[0].partition("-")[0] == "mpray"
     cmd = _worker_cmd(peer, args, path, root if is_mpray else None)
     t0 = time.perf_counter()
     with tempfile.TemporaryFile(mode="w+") as logf:

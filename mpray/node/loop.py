@@ -33,6 +33,7 @@ from ..transport.mailbox import slot_bell, slot_rings
 from ..procs import kill, remove_mpi_segments, remove_tree, wait_exit
 from ..transport.rings import Doorbell, Outbox, Ring, anonymous_shared, ring_bytes
 from .scheduler import Scheduler
+from .store import StoreShell, WORKER, WORKER_EXIT, hold_session
 
 _FLAG_BYTES = 64
 
@@ -83,6 +84,12 @@ class NodeSetup:
     spill_long: float = 0.0  # (MPI) owners send tasks this long by the node: may move
     lease_depth: int = 0  # a worker owner's leases: tasks in flight each, and how many
     max_leases: int = 1
+    # the control store and logs (control/): this rank's directory in the session
+    node_dir: str = ""
+    store: bool = False  # record events (a writer process ingests them)
+    store_max_tasks: int = 100_000
+    keep_sessions: int = 10
+    prune_root: str | None = None  # (rank 0: where finished sessions are pruned)
 
 
 class Node:
@@ -115,6 +122,7 @@ class Node:
         self._backlog: set[int] = set()
         self.free_slots = list(range(setup.mailbox_slots - 1, -1, -1))
         self.slot_of: dict[int, int] = {}  # wid -> mailbox slot
+        self.store = StoreShell(self, setup)  # the control store's side of the loop
         self._on = self._handlers()
 
     # ------------------------------------------------------------------ workers
@@ -170,6 +178,7 @@ class Node:
             self.sched.leasable.add(wid)
             self.sched.out[0].append(P.Slot(slot, wid))
         self.sched.worker_started(wid, time.monotonic())
+        self.store.note(WORKER, pid, wid, time.monotonic())
 
     def _reap(self) -> None:
         while True:
@@ -181,12 +190,14 @@ class Node:
                 return
             wid = self.pids.pop(pid, None)
             if wid is None:
+                self.store.reaped(pid, status)  # (the writer?)
                 continue
             if os.WIFSIGNALED(status):
                 sig = os.WTERMSIG(status)
                 reason = f"worker pid {pid} was killed by signal {signal.Signals(sig).name}"
             else:
                 reason = f"worker pid {pid} exited with code {os.WEXITSTATUS(status)}"
+            self.store.note(WORKER_EXIT, pid, reason, time.monotonic())
             self._drop_channel(wid)
             slot = self.slot_of.pop(wid, None)
             if slot is not None:
@@ -353,6 +364,7 @@ class Node:
                                                        ch.pid, a.first_oid, a.channel))
                 elif kind is P.AnnounceActor:
                     ch = self.channels.get(a.wid) if a.wid is not None else None
+                    self.store.actor(a, ch.pid if ch is not None else None)
                     s.out[0].append(P.ActorUpdate(a.aid, a.state, a.incarnation, a.wid,
                                                   self.slot_of.get(a.wid),
                                                   ch.pid if ch is not None else 0, a.death))
@@ -363,6 +375,8 @@ class Node:
     def _flush(self) -> bool:
         """Send queued messages (one frame per process); True when everything went out."""
         s = self.sched
+        if s.records:
+            self.store.take(s.records)
         if s.out:
             out = s.out
             s.out = collections.defaultdict(list)
@@ -394,6 +408,7 @@ class Node:
     def run(self) -> None:
         s = self.sched
         signal.signal(signal.SIGCHLD, self._on_sigchld)
+        self.store.start()  # (its writer first: forked before any worker)
         for _ in range(int(s.total.get("CPU", 1))):
             self.start_worker()
         bell = self.bell
@@ -423,6 +438,8 @@ class Node:
                 s.tick(now)
                 self._act()
                 flushed = self._flush()
+                self.store.usage(now)
+                self.store.due(now)  # (a node busy for long: its events still go out)
                 if os.getppid() != self.driver_pid:
                     break
             if not self.running:
@@ -432,7 +449,7 @@ class Node:
             if self._child_exited or any(up.has_data() for _p, up in self._inbound()):
                 bell.sleep_end()
                 continue
-            if bell.wait(0.001 if not flushed else 1.0, (self._driver_pidfd,)):
+            if bell.wait(0.001 if not flushed else self.store.due(now), (self._driver_pidfd,)):
                 break  # the driver is gone: clean up below
         self.shutdown()
 
@@ -445,13 +462,21 @@ class Node:
 
     def shutdown(self) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if self.store.on:  # workers write their last events, then exit (else: killed)
+            for pid in list(self.pids):
+                self.store.note(WORKER_EXIT, pid, "the session ended", time.monotonic())
+                kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 0.5
+            for pid in list(self.pids):
+                if wait_exit(pid, max(0.0, deadline - time.monotonic())):
+                    self.pids.pop(pid, None)
         for pid in list(self.pids):
             kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5.0
         for pid in list(self.pids):
             wait_exit(pid, max(0.0, deadline - time.monotonic()))
         self.pids.clear()
-        remove_tree(self.setup.session_dir)
+        self.store.stop()  # (the session directory stays: store and logs)
         if self.setup.agent_rings is not None and os.getppid() != self.driver_pid:
             remove_mpi_segments()  # (our rank was killed: MPI_Finalize never ran there)
 
@@ -483,8 +508,9 @@ def node_main(setup: NodeSetup, driver_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_term)
     if os.getppid() != driver_pid:
-        remove_tree(setup.session_dir)
+        remove_tree(setup.node_dir)
         return
+    hold_session(setup.node_dir)  # (for its life: readers and pruning see it running)
     # The node runs no user code and makes few reference cycles, but holds an entry per
     # live task and object: the collector's full passes over them cost a fifth of its
     # time under load (measured).  What it inherited from the driver is frozen (never

@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from .. import protocol as P
+from ..control.recorder import OBJ, OBJ_FREE
 from ..store.allocator import ArenaFull
 from ..store.serialization import ARENA, ERROR, INLINE
 from ..states import O, OBJ_TRANSITIONS, TASK_TRANSITIONS, T, _move
@@ -70,6 +71,7 @@ class ObjectDirectory:
             return
         if o.state is O.IN_ARENA:
             self.alloc.free(o.payload[0])
+            self.records.append((OBJ_FREE, o.key, self.now))  # (the control store's)
         _move(o, O.FREED, OBJ_TRANSITIONS, "object")
         del self.objs[o.key]
         if o.lent is not None:
@@ -93,6 +95,7 @@ class ObjectDirectory:
             return  # a retried task re-reporting, or a duplicate: first value wins
         if kind == ARENA:
             self.reserved[proc].discard(payload[0])
+            self.records.append((OBJ, oid, payload[3], o.owner, self.now))
         o.kind, o.payload = kind, payload
         o.contains = tuple(contained)
         for c in o.contains:

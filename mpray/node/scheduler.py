@@ -27,6 +27,7 @@ import pickle
 
 from .. import exceptions as exc
 from .. import protocol as P
+from ..control.recorder import TASK_LOST
 from .actor_names import ActorNames
 from .placement_groups import PARKED, PlacementGroups
 from .actor_table import ACTOR_MARK, ActorTable
@@ -101,6 +102,9 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, PlacementG
         self.reserved: dict[int, set[int]] = collections.defaultdict(set)
         self.out: dict[int, list] = collections.defaultdict(list)
         self.actions: list[tuple] = []
+        # what the control store records (control/recorder.py's records; the loop moves
+        # them on: a task's pids and errors are filled in there)
+        self.records: list[tuple] = []
         self.starting = 0
         self.retiring: set[int] = set()
         self.leasable: set[int] = set()  # workers with a mailbox slot (set by the node)
@@ -203,6 +207,7 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, PlacementG
         """One of the task's retries is used: it is READY again (the caller queues it)."""
         t.retries_left -= 1
         self.stats["retried"] += 1
+        self.records.append((TASK_LOST, t.key, True, None, self.now))
         _move(t, T.RETRYING, TASK_TRANSITIONS, "task")
         _move(t, T.READY, TASK_TRANSITIONS, "task")
 
@@ -449,6 +454,7 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, PlacementG
         # a READY task may still sit in its queue: schedule() skips non-READY entries
         _move(t, state, TASK_TRANSITIONS, "task")
         self.stats["failed"] += 1
+        self.records.append((TASK_LOST, t.key, False, payload, self.now))
         self._finish(t, [(oid, ERROR, payload, ()) for oid in t.returns])
 
     def _fail_unstarted(self, t: Task, payload: bytes, state: TaskState = T.FAILED) -> None:

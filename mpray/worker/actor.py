@@ -76,6 +76,7 @@ class ActorServer:
         if gpus:  # the actor's GPUs, for its whole life
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         self.class_name = self.opts.get("class_name", "Actor")
+        loop.actor_label = self.class_name
         self.instance = None
         self.exiting = False
         self.running: dict[int, object] = {}  # tid -> its asyncio task (async actor)
@@ -319,6 +320,7 @@ class ActorServer:
             async with sem:
                 if self.exiting:
                     return  # the actor ends: a call that has not started never does
+                t0 = time.monotonic()
                 while True:
                     stored: list = []
                     try:
@@ -352,6 +354,7 @@ class ActorServer:
                         client.hold(-1)
                         continue
                     break
+                wl.note_run(tid, name, t0, status == P.OK)
         except asyncio.CancelledError:
             client.dropped_tasks.discard(tid)
             self.cancelled(tid, nret, owner, direct)

@@ -31,6 +31,9 @@ from .. import exceptions as exc
 from ..exceptions import ActorExit
 from .. import protocol as P
 from .. import runtime_env
+from ..control import sessions
+from ..control.logs import redirect_output
+from ..control.recorder import NOTE as _NOTE, REC as _REC, RUN as _RUN, error_fields
 from ..envelope import Registered, opened
 from .generators import Failed, StaticValues, dynamic, failed_payload, static_values, stream
 from ..transport.mailbox import cancel_word
@@ -96,6 +99,8 @@ class WorkerLoop:
         self.host = socket.gethostname()
         self.base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.started = 0.0  # when the running task started
+        self.last_error: tuple = (None, None)  # (the control store's: the last failure)
+        self.actor_label: str | None = None  # an actor's class name (its output's label)
 
     def on_cancel_signal(self, signum, frame) -> None:
         cur = self.client.current_task
@@ -195,6 +200,7 @@ class WorkerLoop:
         stored: list[tuple] = []
         held = False
         fn = None
+        t0 = time.monotonic()
         try:
             fn = get_fn()
             if type(fn) is Registered:  # (its arguments may need its py_modules)
@@ -219,12 +225,18 @@ class WorkerLoop:
             held = True
             self.store_results(tid, result, nret, name, stored)
             result = None  # drop the last return value now, before DONE goes out
+            if _REC.on:
+                _NOTE((_RUN, tid, name, t0, time.monotonic(), True, client.actor_id, None,
+                       None))
             return P.OK, stored, False
         except BaseException as e:  # noqa: BLE001 - every failure becomes the task's error
             self.in_user = False
             if not held:
                 client.hold(1)  # (report() releases it)
-            return self.failed(tid, e, name, nret, retry_exc, stored)
+            out = self.failed(tid, e, name, nret, retry_exc, stored)
+            e = None
+            self.note_run(tid, name, t0, False)
+            return out
         finally:
             client.current_task = None
             if type(fn) is Registered and fn.exit():
@@ -304,15 +316,40 @@ class WorkerLoop:
         retryable = False
         if isinstance(e, _Cancelled):
             err: BaseException = exc.TaskCancelledError(P.id_hex(tid))
+            self.last_error = error_fields(err)
         elif isinstance(e, ActorExit):  # exit_actor(): the call ends with the actor
             err = e
+            self.last_error = error_fields(err)
         else:
+            self.last_error = error_fields(e, app=True)
             err = self.remote_error(e, name)
             retryable = _retryable(e, retry_exc)
         payload = pickle.dumps(err, protocol=5)
         e = err = None  # drop the traceback's frames (and the values they hold) now
         return P.APP_ERROR, [(oid, ERROR, payload, ()) for oid in P.return_ids(tid, nret)], \
             retryable
+
+    def note_run(self, tid: int, name: str, t0: float, ok: bool) -> None:
+        """The control store's record of a call that ran (a failure: ``failed()`` said
+        why)."""
+        if _REC.on:
+            _NOTE((_RUN, tid, name, t0, time.monotonic(), ok, self.client.actor_id,
+                   *((None, None) if ok else self.last_error)))
+        self.last_error = (None, None)
+
+    def label(self) -> str:
+        """What this worker's output is labelled with: its actor's class, else the task."""
+        if self.actor_label is not None:
+            return self.actor_label
+        msg = self.current
+        return msg.name if msg is not None else "worker"
+
+    def running(self):
+        """(tid, name, start) of the task running here, for the recorder (None: none)."""
+        msg, tid = self.current, self.client.current_task
+        if msg is None or tid is None or msg.tid != tid:
+            return None
+        return tid, msg.name, self.started
 
     def report(self, tid: int, status: int, stored: list, retryable: bool, owner: int,
                direct: bool, actor: bool = False) -> None:
@@ -410,4 +447,29 @@ def worker_main(setup, wid: int, node_pid: int, up, down, bell, node_bell, mem,
     loop = _global.worker_loop = WorkerLoop(client, wid, memoryview(mem)[64:72],
                                             direct_cancel)
     signal.signal(signal.SIGUSR1, loop.on_cancel_signal)
+    _observed(setup, loop)
     loop.serve()
+
+
+def _observed(setup, loop: WorkerLoop) -> None:
+    """The control store and the logs: this worker's output goes to its log files, its
+    events to the spool (a SIGTERM at shutdown writes the last ones, then exits)."""
+    sessions.release_inherited()
+    if not setup.node_dir:
+        return
+    redirect_output(os.path.join(setup.node_dir, "logs"), loop)
+    if setup.store:
+        _REC.start(os.path.join(setup.node_dir, "spool"),
+                   {"rank": setup.rank, "node_id": setup.node_id, "role": "worker"})
+        _REC.running = loop.running
+        signal.signal(signal.SIGTERM, _flush_and_exit)
+
+
+def _flush_and_exit(signum, frame) -> None:
+    _REC.stop()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001
+        pass
+    os._exit(0)

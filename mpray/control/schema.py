@@ -1,0 +1,249 @@
+"""The control store's tables, and how a batch of recorded events becomes rows.
+
+Data flow::
+
+    batches [(header, clock offset, [event, ...]), ...]  (recorder.py's records)
+        ─ Ingest.apply ─▶ params grouped by event kind ─▶ executemany, in KIND order,
+          in one transaction:
+            nodes ◀ NODE/NODE_END     workers ◀ WORKER/WORKER_EXIT     functions ◀ FUNC
+            tasks ◀ SUBMIT (owner) + START/RUN (worker) + CANCEL + TASK_LOST + WORKER_EXIT
+            actors ◀ ACTOR            objects ◀ OBJ/OBJ_FREE           events ◀ EVENT
+            usage ◀ USAGE (a node's resources, store and workers in use over time)
+
+Each event of a task is an upsert that only moves its row forward, so a task's events
+may come in any order across processes (its owner's SUBMIT after its worker's RUN, say).
+Times are wall-clock seconds (each batch's monotonic times plus its offset).
+"""
+
+from __future__ import annotations
+
+import json
+
+from .recorder import (ACTOR, CANCEL, EVENT, FUNC, NODE, NODE_END, OBJ, OBJ_FREE, RUN,
+                       START, SUBMIT, TASK_LOST, USAGE, WORKER, WORKER_EXIT)
+
+TABLES = {
+    "nodes": ({"node_id": str, "rank": int, "host": str, "pid": int, "resources": str,
+               "started": float, "ended": float}, "node_id"),
+    "workers": ({"rank": int, "pid": int, "node_id": str, "worker_index": int,
+                 "started": float, "ended": float, "exit_cause": str},
+                ("rank", "pid")),
+    "functions": ({"func_id": str, "name": str, "module": str, "rank": int}, "func_id"),
+    # (ids as signed 64-bit integers, readers show them in hex: the writer does no
+    # per-task formatting; a task's events are merged in SQL, see Ingest)
+    "tasks": ({"task_id": int, "name": str, "func_id": int, "type": str, "state": str,
+               "attempts": int, "parent_task_id": int, "owner_pid": int, "rank": int,
+               "node_id": str, "worker_pid": int, "actor_id": int, "submitted": float,
+               "started": float, "finished": float, "error_type": str,
+               "error_message": str}, None),
+    "actors": ({"actor_id": str, "class_name": str, "name": str, "namespace": str,
+                "state": str, "restarts": int, "pid": int, "rank": int, "node_id": str,
+                "created": float, "ended": float, "death_cause": str}, "actor_id"),
+    "objects": ({"object_id": str, "size": int, "owner_pid": int, "rank": int,
+                 "node_id": str, "state": str, "created": float, "freed": float,
+                 "spilled_path": str}, "object_id"),
+    "events": ({"time": float, "rank": int, "pid": int, "severity": str, "message": str},
+               None),
+    "usage": ({"time": float, "rank": int, "available": str, "store_used": int,
+               "store_total": int, "workers": int, "tasks": int}, None),
+}
+INDEXES = {"actors": (["state"],), "objects": (["state"],), "usage": (["rank", "time"],)}
+UNIQUE = {"tasks": ["task_id"]}  # (the one index tasks have: what upserts look up)
+
+# SUBMIT and RUN (two per task: the bulk of the events) go to staging tables as they
+# are recorded, and from there into tasks in one statement per batch (SQLite merges
+# them, not Python)
+STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS stage_submit (k, tid, name, fid, parent, t, typ)",
+    "CREATE TEMP TABLE IF NOT EXISTS stage_run (k, tid, name, t0, t1, ok, actor, etype, "
+    "emsg)",
+)
+STAGE_SQL = {SUBMIT: "INSERT INTO stage_submit VALUES (?, ?, ?, ?, ?, ?, ?)",
+             RUN: "INSERT INTO stage_run VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"}
+MERGE_SQL = {
+    SUBMIT: "INSERT INTO tasks (task_id, name, func_id, parent_task_id, owner_pid, "
+            "submitted, type, state, attempts) SELECT tid, name, fid, parent, :pid, "
+            "t + :off, CASE typ WHEN 0 THEN 'NORMAL_TASK' WHEN 1 THEN 'ACTOR_TASK' "
+            "ELSE 'ACTOR_CREATION_TASK' END, 'PENDING', 0 FROM stage_submit WHERE true "
+            "ON CONFLICT (task_id) DO UPDATE SET name = coalesce(tasks.name, excluded.name), "
+            "func_id = excluded.func_id, parent_task_id = excluded.parent_task_id, "
+            "owner_pid = excluded.owner_pid, submitted = excluded.submitted, "
+            "type = coalesce(tasks.type, excluded.type)",
+    RUN: "INSERT INTO tasks (task_id, name, type, actor_id, started, finished, state, "
+         "error_type, error_message, worker_pid, rank, node_id, attempts) SELECT tid, name, "
+         "CASE WHEN actor IS NULL THEN 'NORMAL_TASK' WHEN name LIKE '%.__init__' THEN "
+         "'ACTOR_CREATION_TASK' ELSE 'ACTOR_TASK' END, actor, t0 + :off, t1 + :off, "
+         "CASE WHEN ok THEN 'FINISHED' ELSE 'FAILED' END, etype, emsg, :pid, :rank, :node, "
+         "1 FROM stage_run WHERE true ON CONFLICT (task_id) DO UPDATE SET "
+         "name = coalesce(tasks.name, excluded.name), type = excluded.type, "
+         "actor_id = excluded.actor_id, attempts = tasks.attempts + 1, "
+         # (attempts on other workers may be heard of in any order: the latest wins)
+         + ", ".join(f"{c} = CASE WHEN excluded.started >= coalesce(tasks.started, 0) "
+                     f"THEN excluded.{c} ELSE tasks.{c} END"
+                     for c in ("state", "finished", "error_type", "error_message",
+                               "worker_pid", "rank", "node_id", "started")),
+}
+# the other kinds: kind -> SQL (executemany over the kind's params, from Ingest._params)
+SQL = {
+    NODE: "INSERT OR REPLACE INTO nodes (node_id, rank, host, pid, resources, started) "
+          "VALUES (?, ?, ?, ?, ?, ?)",
+    NODE_END: "UPDATE nodes SET ended = ? WHERE node_id = ?",
+    WORKER: "INSERT OR REPLACE INTO workers (rank, pid, node_id, worker_index, started) "
+            "VALUES (?, ?, ?, ?, ?)",
+    FUNC: "INSERT OR IGNORE INTO functions (func_id, name, module, rank) VALUES (?, ?, ?, ?)",
+    START: "INSERT INTO tasks (task_id, name, started, worker_pid, rank, node_id, state, "
+           "attempts) VALUES (?, ?, ?, ?, ?, ?, 'RUNNING', 0) ON CONFLICT (task_id) DO "
+           "UPDATE SET started = excluded.started, worker_pid = excluded.worker_pid, "
+           "rank = excluded.rank, node_id = excluded.node_id, state = CASE WHEN "
+           "tasks.state IS NULL OR tasks.state = 'PENDING' THEN 'RUNNING' ELSE tasks.state END",
+    CANCEL: "UPDATE tasks SET state = 'FAILED', error_type = 'TASK_CANCELLED', "
+            "error_message = ?, finished = ? WHERE task_id = ? AND state = 'PENDING'",
+    TASK_LOST: "UPDATE tasks SET state = CASE WHEN ? THEN 'PENDING' ELSE 'FAILED' END, "
+               "error_type = ?, error_message = ?, finished = ?, "
+               "attempts = attempts + (state = 'RUNNING') "
+               "WHERE task_id = ? AND state IN ('PENDING', 'RUNNING')",
+    ACTOR: "INSERT INTO actors (actor_id, class_name, name, namespace, state, restarts, pid, "
+           "rank, node_id, created, death_cause) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+           "ON CONFLICT (actor_id) DO UPDATE SET state = excluded.state, "
+           "restarts = max(actors.restarts, excluded.restarts), "
+           "pid = coalesce(excluded.pid, actors.pid), "
+           "ended = CASE WHEN excluded.state = 'DEAD' THEN excluded.created "
+           "ELSE actors.ended END, "
+           "death_cause = coalesce(excluded.death_cause, actors.death_cause), "
+           "class_name = coalesce(actors.class_name, excluded.class_name), "
+           "name = coalesce(actors.name, excluded.name), "
+           "namespace = coalesce(actors.namespace, excluded.namespace)",
+    OBJ: "INSERT OR REPLACE INTO objects (object_id, size, owner_pid, rank, node_id, state, "
+         "created) VALUES (?, ?, ?, ?, ?, 'IN_STORE', ?)",
+    OBJ_FREE: "UPDATE objects SET state = 'FREED', freed = ? WHERE object_id = ?",
+    WORKER_EXIT: "UPDATE workers SET ended = ?, exit_cause = ? WHERE rank = ? AND pid = ?",
+    EVENT: "INSERT INTO events (time, rank, pid, severity, message) VALUES (?, ?, ?, ?, ?)",
+    USAGE: "INSERT INTO usage (time, rank, available, store_used, store_total, workers, "
+           "tasks) VALUES (?, ?, ?, ?, ?, ?, ?)",
+}
+# (WORKER_EXIT also fails the tasks it was running: the second statement)
+WORKER_DIED_SQL = ("UPDATE tasks SET state = 'FAILED', error_type = 'WORKER_DIED', "
+                   "error_message = ?, finished = ?, attempts = attempts + 1 "
+                   "WHERE rank = ? AND worker_pid = ? AND state = 'RUNNING'")
+ORDER = (NODE, WORKER, FUNC, SUBMIT, START, RUN, CANCEL, TASK_LOST, ACTOR, OBJ, OBJ_FREE,
+         WORKER_EXIT, NODE_END, EVENT, USAGE)
+
+
+def open_store(path: str, create: bool = False):
+    """The store at ``path`` through sqlite-utils (WAL; tables made when ``create``)."""
+    import sqlite_utils
+
+    db = sqlite_utils.Database(path)
+    if create:
+        db.enable_wal()
+        db.execute("PRAGMA synchronous = NORMAL")  # (WAL: safe against crashes, fast)
+        for name, (columns, pk) in TABLES.items():
+            if name not in db.table_names():
+                db[name].create(columns, pk=pk)
+            for cols in INDEXES.get(name, ()):
+                db[name].create_index(cols, if_not_exists=True)
+            if name in UNIQUE:
+                db[name].create_index(UNIQUE[name], unique=True, if_not_exists=True)
+    return db
+
+
+def _hex(i):
+    return None if i is None else format(i, "016x")
+
+
+def signed(i):
+    """An id (up to 64 bits: rank in the top byte) as SQLite's signed integer."""
+    return i - (1 << 64) if i is not None and i >= 1 << 63 else i
+
+
+class Ingest:
+    """Applies batches of events to one node's store."""
+
+    def __init__(self, db, max_tasks: int) -> None:
+        self.db = db
+        self.max_tasks = max(1, int(max_tasks))
+
+    def apply(self, batches: list) -> None:
+        conn = self.db.conn
+        for q in STAGING:
+            conn.execute(q)
+        with conn:
+            for header, offset, events in batches:
+                self._batch(conn, header, offset, events)
+            self._trim(conn)
+
+    def _batch(self, conn, header: dict, offset: float, events: list) -> None:
+        """One process's batch: its tasks' events through the staging tables, the rest
+        as parameters of ``SQL``."""
+        rank = header.get("rank", 0)
+        by: dict[int, list] = {k: [] for k in ORDER}
+        for e in events:
+            by[e[0]].append(e)
+        if rank >= 128:  # (ids past 2**63: SQLite's integers are signed)
+            by[SUBMIT] = [(k, signed(t), n, signed(f), signed(p), w, y)
+                          for k, t, n, f, p, w, y in by[SUBMIT]]
+            by[RUN] = [(k, signed(t), *rest[:4], signed(rest[4]), *rest[5:])
+                       for k, t, *rest in by[RUN]]
+        names = {"pid": header.get("pid"), "off": offset, "rank": rank,
+                 "node": header.get("node_id")}
+        for kind, table in ((SUBMIT, "stage_submit"), (RUN, "stage_run")):
+            if by[kind]:
+                conn.executemany(STAGE_SQL[kind], by[kind])
+                conn.execute(MERGE_SQL[kind], names)
+                conn.execute(f"DELETE FROM {table}")
+        rest: dict[int, list] = {k: [] for k in ORDER}
+        died: list = []
+        self._params(header, offset, [e for k in ORDER if k not in (SUBMIT, RUN)
+                                      for e in by[k]], rest, died)
+        for kind in ORDER:
+            if rest[kind]:
+                conn.executemany(SQL[kind], rest[kind])
+            if kind == WORKER_EXIT and died:
+                conn.executemany(WORKER_DIED_SQL, died)
+
+    def _params(self, h: dict, off: float, events: list, by: dict, died: list) -> None:
+        rank, node, pid = h.get("rank", 0), h.get("node_id"), h.get("pid")
+        for e in events:
+            k = e[0]
+            if k == RUN or k == SUBMIT:
+                continue  # (staged: see _batch)
+            elif k == START:  # (tid, name, t0)
+                by[START].append((signed(e[1]), e[2], e[3] + off, pid, rank, node))
+            elif k == CANCEL:  # (tid, t)
+                by[CANCEL].append(("cancelled with mpray.cancel() before it ran",
+                                   e[2] + off, signed(e[1])))
+            elif k == TASK_LOST:  # (tid, retrying, error_type, message, t)
+                by[TASK_LOST].append((bool(e[2]), e[3], e[4], e[5] + off, signed(e[1])))
+            elif k == WORKER:  # (pid, index, t)
+                by[WORKER].append((rank, e[1], node, e[2], e[3] + off))
+            elif k == WORKER_EXIT:  # (pid, cause, t)
+                by[WORKER_EXIT].append((e[3] + off, e[2], rank, e[1]))
+                died.append((e[2], e[3] + off, rank, e[1]))
+            elif k == ACTOR:  # (aid, state, incarnation, pid, death, t, class, name, ns)
+                _k, aid, state, inc, apid, death, t, cls, name, ns = e
+                by[ACTOR].append((_hex(aid), cls, name, ns, state, inc, apid or None, rank,
+                                  node, t + off, death))
+            elif k == OBJ:  # (oid, size, owner pid, t)
+                by[OBJ].append((_hex(e[1]), e[2], e[3], rank, node, e[4] + off))
+            elif k == OBJ_FREE:  # (oid, t)
+                by[OBJ_FREE].append((e[2] + off, _hex(e[1])))
+            elif k == FUNC:  # (fid, name, module)
+                by[FUNC].append((_hex(e[1]), e[2], e[3], rank))
+            elif k == NODE:  # (node_id, host, resources, t)
+                by[NODE].append((e[1], rank, e[2], pid, json.dumps(e[3]), e[4] + off))
+            elif k == NODE_END:  # (node_id, t)
+                by[NODE_END].append((e[2] + off, e[1]))
+            elif k == EVENT:  # (severity, message, t)
+                by[EVENT].append((e[3] + off, rank, pid, e[1], e[2]))
+            elif k == USAGE:  # (t, available, store used, store total, workers, tasks)
+                by[USAGE].append((e[1] + off, rank, json.dumps(e[2]), e[3], e[4], e[5], e[6]))
+
+    def _trim(self, conn) -> None:
+        """Keep the newest max_tasks tasks (and as many freed objects), as the paper's
+        GCS flushes: a long run's file stays bounded."""
+        cap = self.max_tasks
+        for table, extra in (("tasks", ""), ("objects", " AND state = 'FREED'"),
+                             ("usage", "")):  # (rowids grow: the oldest rows are first)
+            lo, hi = conn.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
+            if lo is not None and hi - lo + 1 > cap + cap // 10:
+                conn.execute(f"DELETE FROM {table} WHERE rowid <= ?{extra}", (hi - cap,))
