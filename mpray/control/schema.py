@@ -205,9 +205,7 @@ class Ingest:
         rank, node, pid = h.get("rank", 0), h.get("node_id"), h.get("pid")
         for e in events:
             k = e[0]
-            if k == RUN or k == SUBMIT:
-                continue  # (staged: see _batch)
-            elif k == START:  # (tid, name, t0)
+            if k == START:  # (tid, name, t0)
                 by[START].append((signed(e[1]), e[2], e[3] + off, pid, rank, node))
             elif k == CANCEL:  # (tid, t)
                 by[CANCEL].append(("cancelled with mpray.cancel() before it ran",

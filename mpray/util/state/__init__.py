@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import collections
 
-from ...control.reader import Reader, StateRecord, open_reader, select, session_dir
+from ...control.reader import StateRecord, open_reader, select, session_dir
 
 __all__ = ["list_tasks", "list_actors", "list_objects", "list_nodes", "list_workers",
            "get_task", "get_actor", "get_node", "get_worker", "summarize_tasks",
            "summarize_actors", "summarize_objects", "StateRecord", "session_dir"]
 
 
-def _reader(address) -> Reader:
-    return open_reader(address)
-
-
 def _list(kind: str, address, filters, limit, detail, raise_on_missing_output=True,
           **_ignored) -> list[StateRecord]:
-    r = _reader(address)
+    r = open_reader(address)
     return select(getattr(r, kind)(), kind, filters, limit, detail)
 
 
@@ -85,7 +81,7 @@ def get_worker(id: str, address: str | None = None, timeout: int = 30, **kw):
 def summarize_tasks(address: str | None = None, timeout: int = 30, **kw) -> dict:
     """Ray's shape: per function, its type and how many tasks are in each state."""
     summary: dict = {}
-    tasks = _reader(address).tasks()
+    tasks = open_reader(address).tasks()
     for t in tasks:
         s = summary.setdefault(t["name"], {"func_or_class_name": t["name"], "type": t["type"],
                                            "state_counts": collections.Counter()})
@@ -101,7 +97,7 @@ def summarize_tasks(address: str | None = None, timeout: int = 30, **kw) -> dict
 
 def summarize_actors(address: str | None = None, timeout: int = 30, **kw) -> dict:
     summary: dict = {}
-    actors = _reader(address).actors()
+    actors = open_reader(address).actors()
     for a in actors:
         s = summary.setdefault(a["class_name"], {"class_name": a["class_name"],
                                                  "state_counts": collections.Counter()})
@@ -113,7 +109,7 @@ def summarize_actors(address: str | None = None, timeout: int = 30, **kw) -> dic
 
 
 def summarize_objects(address: str | None = None, timeout: int = 30, **kw) -> dict:
-    objs = _reader(address).objects()
+    objs = open_reader(address).objects()
     live = [o for o in objs if o["state"] != "FREED"]
     by_state = collections.Counter(o["state"] for o in objs)
     return {"cluster": {
