@@ -10,8 +10,8 @@ Data flow of a streaming task (worker/generators.py runs the generator)::
     owner:  StreamItem ─▶ client.streams[tid] (a deque of refs) ─▶ next(gen)
     worker: the generator ends ─Yield(no oid)─▶ the stream's end, after every value
             (a task forwarded to another rank sends each value home, StreamLent, in
-            order; its RDone is not ordered with them): next(gen) raises StopIteration
-            at it.  The completion object (tid + 1) comes with the task's end: a task
+            order, and before its RDone, which ends the task there: RStream and RDone
+            share one MPI channel): next(gen) raises StopIteration at it.  The completion object (tid + 1) comes with the task's end: a task
             that failed before, outside or amid its stream (killed, cancelled) has no
             end; its error is the last ref
     backpressure N: next(gen) tells the node how many it took (StreamAck ─▶ Consumed to

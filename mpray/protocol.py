@@ -357,6 +357,9 @@ RStopped = record("RStopped", 89, "", _R, "shut down done")
 RAwait = record("RAwait", 90, "token", _R, "a big frame's place in the inbox order")
 RBig = record("RBig", 91, "token msgs", _R, "messages too big for the inbox")
 RBatch = record("RBatch", 92, "msgs", _R, "messages that need no order (a plain send)")
+RStream = record("RStream", 93, "msg", _R, "for your node, in order with my RDone (a "
+                 "stream's values and its end: a plain send, as RDone is)",
+                 nested={"msg": None})
 
 # ----------------------------------------------------------------------------- instructions
 # What the node's pure machine asks its I/O loop to do (never on the wire).

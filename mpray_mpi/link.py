@@ -113,7 +113,8 @@ class RankLink:
             P.ToRank: self._to_rank, P.Fetch: self._fetch, P.Obj: self._obj,
             P.AllocOk: self._alloc_ok, P.Reply: self._reply,
             P.RTask: self._rtask, P.RFetch: self._rfetch, P.RValue: self._rvalue,
-            P.RDone: self._rdone, P.RNode: self._rnode, P.RUnlend: self._runlend,
+            P.RDone: self._rdone, P.RNode: self._rnode, P.RStream: self._rnode,
+            P.RUnlend: self._runlend,
             P.RFreeExp: self._rfreeexp, P.RRelease: self._rrelease,
             P.RStop: self._rstop, P.RStopped: self._rstopped,
             P.LinkHello: self._hello, P.LoadDue: self._load_due,
@@ -153,10 +154,15 @@ class RankLink:
         self.out.append(_ToRank(m.rank, P.RUnlend(m.oid)))
 
     def _to_rank(self, m, _src) -> None:
-        """A message for another rank's node (kills, actor names)."""
+        """A message for another rank's node (kills, actor names, a stream's values)."""
         for c in m.lent:
             self.lent[c] += 1  # (the node took the hold itself: no Lend)
-        self.out.append(_ToRank(m.rank, P.RNode(m.msg)))
+        # a stream's values and end must reach its home before the task's RDone (which
+        # ends the task there, after which they would find no task): they take RDone's
+        # channel, MPI keeps a channel's messages in order; the rest keep the inbox's
+        # order with the tasks (a kill after its actor's creation)
+        wrap = P.RStream if type(m.msg) is P.StreamLent else P.RNode
+        self.out.append(_ToRank(m.rank, wrap(m.msg)))
 
     def _fetch(self, m, _src) -> None:
         self.out.append(_ToRank(P.id_rank(m.oid), P.RFetch(m.oid)))

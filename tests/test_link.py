@@ -19,6 +19,7 @@ import pytest
 from mpray import exceptions as exc
 from mpray import protocol as P
 from mpray.store.serialization import ARENA, ERROR, INLINE
+from mpray_mpi.agent import INBOX_KINDS
 from mpray_mpi.link import RankLink
 
 CPU1 = (("CPU", 1.0),)
@@ -449,6 +450,25 @@ def test_a_cancel_follows_the_task_to_the_rank_it_was_forwarded_to():
     w.deliver()
     w[0].ev(P.Cancel(tid, False, False))  # ended: nothing to cancel there
     assert w.wire == []
+
+
+def test_a_streams_values_and_end_go_home_in_order_with_its_rdone():
+    """They share RDone's channel (a plain send, ordered), not the inbox (another
+    channel: RDone could overtake the stream's end, which then found no task)."""
+    w = World(2)
+    tid = oid_of(0, 10)
+    w[0].ev(P.Fwd(1, spec(tid), None))
+    w.deliver()
+    w[1].take_node()
+    v = oid_of(1, 5)
+    w[1].ev(P.ToRank(0, P.StreamLent(tid, 0, v, 1), (v,)))  # a value (held: lent home)
+    w[1].ev(P.ToRank(0, P.StreamLent(tid, -1, None, 1)))  # the end
+    w[1].ev(P.Obj(tid + 1, INLINE, b"done", ()))  # the completion object
+    assert w.in_flight() == [(1, 0, P.RStream), (1, 0, P.RStream), (1, 0, P.RDone)]
+    assert not {P.RStream, P.RDone} & set(INBOX_KINDS)  # one channel: the plain send
+    w.deliver()
+    assert w[0].kinds() == [P.StreamLent, P.StreamLent, P.RemoteDone]
+    assert [m.index for m in w[0].node[:2]] == [0, -1]
 
 
 def test_kills_and_names_from_another_rank_reach_the_node():

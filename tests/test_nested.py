@@ -161,6 +161,20 @@ def test_a_task_leases_workers_for_its_nested_tasks(ray_module):
     assert seen_by_node < 100, f"{seen_by_node} of 300 nested tasks went through the node"
 
 
+def test_a_worker_that_becomes_an_owner_can_ship_the_functions_it_registered(ray_module):
+    """A worker registers a nested task's function before it becomes an owner (at that
+    task's submission): its leases' Execs must carry the function, not count on the
+    node's copy reaching the leased worker first (that raced: 'never registered')."""
+
+    @mpray.remote
+    def first_nested_submission():
+        ref = leaf.remote(1)  # (this worker becomes an owner here)
+        client = mpray.api._global.client
+        return leaf._fid(client) in client.owner.blobs, mpray.get(ref, timeout=30)
+
+    assert mpray.get(first_nested_submission.remote(), timeout=30) == (True, 10)
+
+
 def test_a_nested_tasks_result_ref_leaving_its_owner_stays_valid(ray_module):
     """A value the parent holds only locally (a leased task's result) is made known to
     the node when a ref to it leaves the parent inside its result."""

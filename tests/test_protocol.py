@@ -35,7 +35,7 @@ def _sample(cls):
 @pytest.mark.parametrize("cls", sorted(P.KINDS.values(), key=lambda c: c.OP),
                          ids=lambda c: c.__name__)
 def test_every_message_survives_a_frame_typed(cls):
-    nested = {"Submit", "Fwd", "RTask", "ToRank", "RNode"}
+    nested = {"Submit", "Fwd", "RTask", "ToRank", "RNode", "RStream"}
     if cls.__name__ in nested:
         inner = (P.TaskSpec(1, 2, "f", b"a", (), 1, (("CPU", 1.0),), 0, False, (), None)
                  if "spec" in cls.FIELDS else P.KillActor(5, True))

@@ -51,6 +51,8 @@ class OwnerShell:
 
     def _init_owner(self, owner: Owner | None, mailbox, mailbox_cap: int) -> None:
         self.owner = owner
+        if owner is not None:
+            owner.blobs = self.func_blobs  # (see register_function)
         self._mailbox = mailbox
         self._cap = mailbox_cap
         self._events = self._event_queue()
@@ -266,8 +268,11 @@ class OwnerShell:
                 self.run_owner()
 
     def register_function(self, fid: int, blob: bytes) -> None:
-        if self.owner is not None:
-            self.owner.blobs[fid] = blob  # (a dict write: safe beside the machine's reads)
+        # (kept whether or not this process owns anything yet: a worker becomes an owner
+        # at its first nested task, after registering that task's function, and the Execs
+        # its leases carry must ship the function: the node's copy may come later. One
+        # dict, the machine's too: a write is safe beside its reads)
+        self.func_blobs[fid] = blob
         self.send([P.Func(fid, blob)])
 
     def _background_needed(self) -> bool:

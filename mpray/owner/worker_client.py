@@ -101,6 +101,8 @@ class WorkerClient(OwnerShell, Client):
             self.owner = Owner(self.proc, self.rank, self._values, max_leases=st.max_leases,
                                depth=st.lease_depth, ring_cap=st.mailbox_ring_bytes,
                                mailbox=True, spill_long=st.spill_long, direct_calls=False)
+            self.owner.blobs = self.func_blobs  # (functions registered before: see
+            #                                      OwnerShell.register_function)
             # (then its messages' handlers: the pumping thread may read them at once)
             self._owner_handlers(self._on)
             self._on[P.LeaseGrant.OP] = self._on_lease_grant

@@ -101,8 +101,9 @@ def _send_error(loop, owner: int, tid: int, i: int, e: Exception, name: str) -> 
 
 
 def _send_end(client, owner: int, tid: int) -> None:
-    """The stream's end, in order behind its values (a forwarded task's end, RDone,
-    is not ordered with them: the owner ends the stream at this)."""
+    """The stream's end, in order behind its values and before the task's own end (a
+    forwarded task's too: its RDone follows them home); the owner ends the stream at
+    this."""
     client.send([P.Yield(owner, tid, -1, None, ERROR, None, ())])
 
 

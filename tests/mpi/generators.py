@@ -55,6 +55,13 @@ for nid in ids:
                           _generator_backpressure_num_objects=2).remote(20)
     assert [ray.get(r, timeout=60) for r in there] == [(i, nid) for i in range(20)]
 
+# many streams from the far rank, back to back: each one's end must come home before its
+# task's end does (they once raced: the end found no task, and the next() waited forever)
+for _ in range(40):
+    there = count.options(scheduling_strategy=Affinity(ids[-1], soft=False),
+                          _generator_backpressure_num_objects=2).remote(20)
+    assert len([ray.get(r, timeout=60) for r in there]) == 20
+
 
 @ray.remote
 def fails_at(n):
