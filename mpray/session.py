@@ -204,9 +204,11 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None,
     _global.session.logs = None
     if cfg.log_to_driver and rank == 0:  # (rank 0 prints every rank's workers' lines)
         from .control.logs import LogMonitor
+        from .experimental.tqdm_ray import on_magic  # (workers' tqdm_ray bars)
 
         _global.session.logs = LogMonitor(session_dir, cfg.dedup_logs,
-                                          launch is not None and launch.size > 1).start()
+                                          launch is not None and launch.size > 1,
+                                          on_magic).start()
     if cfg.control_store:  # (the driver's submissions, cancels, functions)
         REC.start(os.path.join(node_dir, "spool"),
                   {"rank": setup.rank, "node_id": setup.node_id, "role": "driver"})
@@ -337,6 +339,9 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
         os.close(s.node_pidfd)
         if s.logs is not None:  # (the workers are gone: their last lines are in the files)
             s.logs.stop()
+            from .experimental.tqdm_ray import close_remote_bars
+
+            close_remote_bars()  # (bars of tasks that ended without closing them)
         _release_memory(s, client)
         # (the session directory stays: its store and logs, for post-mortem use)
         try:

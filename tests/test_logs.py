@@ -113,3 +113,22 @@ print("session", ctx["session_dir"], a.task_id())
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert "DDDDD" in out.stdout and "EEEEE" not in out.stdout
+
+
+def test_a_driver_whose_streams_are_not_its_fds_still_gets_the_lines(tmp_path):
+    """A driver's sys.stdout that is no file on fd 1 (pytest's capture, Jupyter's kernel
+    streams) is not what its workers print to: they print to their log files, and the
+    driver prints their lines through its own streams."""
+    r = _run("""
+import io
+sys.stdout, sys.stderr = io.StringIO(), io.StringIO()  # (as a notebook's, no fd)
+mpray.init(num_cpus=1)
+mpray.get(hello.remote(0))
+mpray.shutdown()
+out, err = sys.stdout.getvalue(), sys.stderr.getvalue()
+sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+print("CAPTURED", repr(out))
+""", tmp_path)
+    (line,) = [x for x in r.stdout.splitlines() if x.startswith("CAPTURED")]
+    assert re.search(r"\(hello pid=\d+\) hello from a worker", line), r.stdout
+    assert "hello from a worker" not in r.stdout.replace(line, "")  # (not around it)

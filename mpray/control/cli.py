@@ -1,10 +1,10 @@
-"""The ``mpray`` command: status, list, summary, timeline and logs of a running
+"""The ``mpray`` command: status, list, summary, timeline, report and logs of a running
 or finished session (click, which comes with sqlite-utils).
 
 Data flow::
 
     mpray <command> [--session DIR|NAME|latest] ─ sessions.find ─▶ the session directory
-        status / list / summary / timeline ─▶ reader.Reader (every rank's store)
+        status / list / summary / timeline / report ─▶ reader.Reader (every rank's store)
         logs ─▶ logs.read_lines (the workers' log files), --follow: again as they grow
     ─▶ a table or JSON on stdout, or a file (-o)
 
@@ -177,6 +177,21 @@ def timeline(output: str, session) -> None:
     events = T.trace(_reader(session))
     T.write(events, output)
     click.echo(f"{output}: {sum(1 for e in events if e.get('ph') == 'X')} task executions")
+
+
+@main.command()
+@click.option("-o", "--output", default="report.html", show_default=True,
+              help="the HTML file to write (self-contained: open it anywhere)")
+@session_option
+def report(output: str, session) -> None:
+    """Write a post-mortem report of the session: one HTML file with plots."""
+    from . import report as R
+
+    try:
+        R.write(_reader(session), output)
+    except RuntimeError as e:  # (Bokeh missing)
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{output}: the report of {_session(session)}")
 
 
 @main.command()

@@ -75,13 +75,25 @@ def redirect_output(logs_dir: str, loop) -> None:
             os.close(f)
     except OSError:
         return  # (no session directory: the output stays where it was)
-    for name in ("stdout", "stderr"):
+    for fd, name in ((1, "stdout"), (2, "stderr")):
         stream = getattr(sys, name)
-        try:
-            stream.reconfigure(line_buffering=True)
-        except (AttributeError, ValueError):
-            pass
+        if _fd_of(stream) != fd:  # (the driver's was no file there: pytest's capture,
+            # Jupyter's kernel streams; inherited, they would keep the output in-process)
+            stream = open(fd, "w", buffering=1, encoding="utf-8", errors="backslashreplace",
+                          closefd=False)
+        else:
+            try:
+                stream.reconfigure(line_buffering=True)
+            except (AttributeError, ValueError):
+                pass
         setattr(sys, name, Labelled(stream, loop))
+
+
+def _fd_of(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # (io.UnsupportedOperation is both)
+        return None
 
 
 # ----------------------------------------------------------------------------- reading
@@ -248,9 +260,15 @@ class LogMonitor:
     @staticmethod
     def _print(prefix: str, line: str, err: bool) -> None:
         stream = sys.stderr if err else sys.stdout
-        try:
-            stream.write(f"{prefix} {line}\n")
-            stream.flush()
+        bars = sys.modules.get("tqdm")  # (bars on the terminal: lifted around the line,
+        try:                            # as Ray does, or the two would tear each other)
+            if bars is not None and bars.tqdm._instances:
+                with bars.tqdm.external_write_mode(file=stream):
+                    stream.write(f"{prefix} {line}\n")
+                    stream.flush()
+            else:
+                stream.write(f"{prefix} {line}\n")
+                stream.flush()
         except (OSError, ValueError):
             pass
 

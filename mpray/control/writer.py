@@ -8,7 +8,8 @@ Data flow::
         ─▶ one transaction of upserts (schema.py) ─▶ unlink the batches
         ─ rows beyond store_max_tasks go, oldest first
     SIGTERM (the node's shutdown, after its workers ended) or the node gone
-        ─▶ a last pass, the spool removed, the file closed (its WAL folded in)
+        ─▶ a last pass, the spool removed, the file closed (its WAL folded in); rank 0's
+           prunes old sessions at its start and again here
 
 The store is an observer: a batch it cannot read is skipped, never fatal, and nothing
 here runs on a task's path.
@@ -58,6 +59,9 @@ def writer_main(node_dir: str, max_tasks: int, prune_root: str | None, keep: int
     import shutil
 
     shutil.rmtree(spool, ignore_errors=True)
+    if prune_root is not None:  # (again: sessions still ending at the start are over
+        sessions.prune(prune_root, keep - 1, current=node_dir)  # now; this one is the
+        #                                                          newest of those kept)
 
 
 def drain(ingest: "schema.Ingest", spool: str) -> int:

@@ -6,7 +6,9 @@ from .actor_pool import ActorPool
 from .placement_group import (PlacementGroup, get_current_placement_group,
                               get_placement_group, placement_group, placement_group_table,
                               remove_placement_group)
+from .progress import progress
 
 __all__ = ["ActorPool", "PlacementGroup", "get_current_placement_group",
            "get_placement_group", "placement_group",
-           "placement_group_table", "remove_placement_group", "scheduling_strategies"]
+           "placement_group_table", "progress", "remove_placement_group",
+           "scheduling_strategies"]

@@ -1,6 +1,6 @@
 """Under mpiexec: every rank's tasks, workers and node reach the session's store (one
-file per rank in one session directory), and the state API, the timeline and the CLI
-read them all."""
+file per rank in one session directory), and the state API, the timeline, the CLI and
+the report read them all."""
 
 import os
 import subprocess
@@ -36,4 +36,10 @@ out = subprocess.run([sys.executable, "-m", "mpray.control.cli", "list", "nodes"
                       "--session", session], capture_output=True, text=True, timeout=60)
 assert out.returncode == 0, out.stderr
 assert out.stdout.count("ALIVE") + out.stdout.count("DEAD") == ranks, out.stdout
+# the report covers the whole job: a timeline row for the workers of every rank
+from mpray.control import report  # noqa: E402
+from mpray.control.reader import Reader  # noqa: E402
+
+page = report.build(Reader(session))
+assert all(f"rank {r} pid" in page for r in range(ranks)), "a rank missing in the report"
 print("OK control_store", flush=True)
