@@ -204,11 +204,10 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None,
     _global.session.logs = None
     if cfg.log_to_driver and rank == 0:  # (rank 0 prints every rank's workers' lines)
         from .control.logs import LogMonitor
-        from .experimental.tqdm_ray import on_magic  # (workers' tqdm_ray bars)
 
         _global.session.logs = LogMonitor(session_dir, cfg.dedup_logs,
                                           launch is not None and launch.size > 1,
-                                          on_magic).start()
+                                          _tqdm_line).start()
     if cfg.control_store:  # (the driver's submissions, cancels, functions)
         REC.start(os.path.join(node_dir, "spool"),
                   {"rank": setup.rank, "node_id": setup.node_id, "role": "driver"})
@@ -313,6 +312,14 @@ def is_initialized() -> bool:
     return _global.session is not None or _global.client is not None  # driver or worker
 
 
+def _tqdm_line(line: str) -> None:
+    """A worker's tqdm_ray bar state (the log reader's thread): to the bar manager,
+    imported at the first bar, not at every init."""
+    from .experimental.tqdm_ray import on_magic
+
+    on_magic(line)
+
+
 def shutdown(_exiting_interpreter: bool = False) -> None:
     """Stop the node and every worker; leaves no process, memory or file behind."""
     global _last_driver_id
@@ -339,9 +346,9 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
         os.close(s.node_pidfd)
         if s.logs is not None:  # (the workers are gone: their last lines are in the files)
             s.logs.stop()
-            from .experimental.tqdm_ray import close_remote_bars
-
-            close_remote_bars()  # (bars of tasks that ended without closing them)
+            bars = sys.modules.get("mpray.experimental.tqdm_ray")
+            if bars is not None:  # (bars of tasks that ended without closing them)
+                bars.close_remote_bars()
         _release_memory(s, client)
         # (the session directory stays: its store and logs, for post-mortem use)
         try:
