@@ -261,3 +261,93 @@ def test_cli_on_a_running_and_a_finished_session(tmp_path):
     assert bad.returncode != 0 and "KEY=VALUE" in bad.stderr
     none = _cli("status", env={"MPRAY_LOG_DIR": str(tmp_path / "empty")}, check=False)
     assert none.returncode != 0 and "no mpray session" in none.stderr
+
+
+def _spool_file(spool, name, header, events):
+    import marshal
+
+    with open(os.path.join(spool, name), "wb") as f:
+        f.write(marshal.dumps((header, 100.0, events)))
+
+
+def test_a_batch_applied_but_not_unlinked_is_not_applied_twice(tmp_path):
+    """A writer killed between its commit and its unlinks: the one that finishes its
+    work (the node) skips what spool_done says was applied."""
+    from mpray.control import writer
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    db = schema.open_store(str(tmp_path / "s.db"), create=True)
+    ing = schema.Ingest(db, 1000)
+    worker = {"pid": 11, "rank": 0, "node_id": "n"}
+    runs = [(RUN, 5, "f", 1.0, 2.0, True, None, None, None)]
+    _spool_file(spool, "11-000000001-1.ev", worker, runs)
+    assert writer.drain(ing, str(spool)) == 1 and not os.listdir(spool)
+    _spool_file(spool, "11-000000001-1.ev", worker, runs)  # (as if never unlinked)
+    writer.drain(ing, str(spool))
+    (row,) = db["tasks"].rows
+    assert row["attempts"] == 1 and not os.listdir(spool)
+
+
+def test_a_backlog_keeps_the_newest_tasks_and_every_other_event(tmp_path):
+    """A writer that waited (busy CPUs) and finds more task events than the store
+    keeps skips the oldest batches' task events, not their other events."""
+    from mpray.control import writer
+    from mpray.control.recorder import WORKER
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    db = schema.open_store(str(tmp_path / "s.db"), create=True)
+    ing = schema.Ingest(db, 10)
+    h = {"pid": 11, "rank": 0, "node_id": "n"}
+    for b in range(20):  # 20 batches of 5 tasks, oldest first
+        events = [(WORKER, 1000 + b, b, 1.0)] + [
+            (RUN, 100 * b + i, "f", 1.0, 2.0, True, None, None, None) for i in range(5)]
+        _spool_file(spool, f"11-{b:09d}-{len(events)}.ev", h, events)
+        os.utime(spool / f"11-{b:09d}-{len(events)}.ev", (1000 + b, 1000 + b))
+    while writer.drain(ing, str(spool)):
+        pass
+    kept = sorted(r["task_id"] for r in db["tasks"].rows)
+    assert kept and min(kept) >= 1200 and max(kept) == 1904, kept  # the newest only
+    assert db["workers"].count == 20  # (every batch's other events)
+
+
+def test_a_writer_starved_at_shutdown_has_its_work_finished_by_the_node(tmp_path):
+    """The writer runs on idle CPU only: one that gets none (here: stopped) is killed
+    at shutdown and the node ingests what it left; nothing recorded is lost."""
+    import psutil
+    import signal
+
+    ctx = mpray.init(num_cpus=2, log_dir=str(tmp_path))
+    node = psutil.Process(mpray._global.session.node_pid)
+
+    def writers():
+        out = []
+        for c in node.children():
+            try:
+                if os.sched_getscheduler(c.pid) == os.SCHED_IDLE:
+                    out.append(c)
+            except OSError:
+                pass
+        return out
+
+    try:
+        assert wait_for(lambda: len(writers()) == 1, 10), "no writer at idle priority"
+        (w,) = writers()
+        os.kill(w.pid, signal.SIGSTOP)
+    except BaseException:
+        mpray.shutdown()
+        raise
+    try:
+        assert mpray.get([square.remote(i) for i in range(50)]) == [i * i for i in range(50)]
+        t = time.monotonic()
+        mpray.shutdown()
+        assert time.monotonic() - t < 10
+    finally:
+        if w.is_running():
+            w.kill()
+    path = ctx["session_dir"]
+    assert session_finished(path)
+    tasks = state.list_tasks(address=path, limit=None)
+    assert sorted(t["name"] for t in tasks) == ["square"] * 50
+    assert {t["state"] for t in tasks} == {"FINISHED"}

@@ -20,6 +20,7 @@ import time
 from .. import _global
 from . import sessions
 from .recorder import FLUSH_S, REC
+from .sessions import SYNC
 
 SYNC_TIMEOUT_S = 3.0
 _RANK_OF_STATE = {"PENDING": 0, "RUNNING": 1, "FINISHED": 2, "FAILED": 2}
@@ -86,27 +87,29 @@ class Reader:
     # ------------------------------------------------------------------ freshness
     def sync(self) -> None:
         """In a running session: wait until what happened before this call is in the
-        store (this process's events now, workers' within a flush, the writer's pass)."""
+        store (this process's events now, workers' within a flush, then a writer's pass
+        asked for: a busy session's writer waits otherwise)."""
         if not sessions.is_running(self.session):
             return
-        t = time.time()
         if REC.on:
             REC.flush()
-        time.sleep(FLUSH_S + 0.05)  # (every process's recorder has flushed since t)
-        deadline = time.monotonic() + SYNC_TIMEOUT_S
-        while time.monotonic() < deadline and self._pending(t):
-            time.sleep(0.02)
-
-    def _pending(self, t: float) -> bool:
+        time.sleep(FLUSH_S + 0.05)  # (every process's recorder has flushed since)
+        asked = []
         for d in self.dirs:
-            spool = os.path.join(d, "spool")
+            path = os.path.join(d, "spool", f"{SYNC}{os.getpid()}-{time.monotonic_ns()}")
             try:
-                for e in os.scandir(spool):
-                    if e.name.endswith(".ev") and e.stat().st_mtime <= t + FLUSH_S + 0.05:
-                        return True
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                asked.append(path)
             except OSError:
-                continue
-        return False
+                continue  # (a finished rank, a store not ours to write: read as it is)
+        deadline = time.monotonic() + SYNC_TIMEOUT_S
+        while time.monotonic() < deadline and any(os.path.exists(p) for p in asked):
+            time.sleep(0.02)
+        for p in asked:  # (a writer too slow to answer: do not leave the request)
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
 
     # ------------------------------------------------------------------ rows
     def rows(self, table: str, order: str | None = None) -> list[dict]:

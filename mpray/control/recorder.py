@@ -8,7 +8,8 @@ Data flow::
         the node's loop  WORKER / WORKER_EXIT / ACTOR / OBJ / OBJ_FREE / NODE / EVENT /
                          USAGE (resources, store and workers in use, when they change)
     flusher thread (driver, workers: every FLUSH_S) / the node's tick
-        ─ marshal.dumps((header, clock offset, batch)) ─▶ spool/<pid>-<n>.ev (write, rename)
+        ─ marshal.dumps((header, clock offset, batch)) ─▶ spool/<pid>-<n>-<events>.ev
+          (written, then renamed: the writer sees whole files)
     writer process (writer.py) ─ reads each file, ingests it into SQLite, unlinks it
 
 Nothing here is on a hot path but the append: the flush runs in a thread of its own (or
@@ -90,7 +91,8 @@ class Recorder:
                 return
             data = marshal.dumps((self.header, time.time() - time.monotonic(), batch))
             self.seq += 1
-            name = f"{self.header['pid']}-{self.seq:09d}.ev"
+            # (the writer reads the events' count from the name: a backlog's size)
+            name = f"{self.header['pid']}-{self.seq:09d}-{n}.ev"
             tmp = os.path.join(spool, "." + name)
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

@@ -50,39 +50,35 @@ TABLES = {
 INDEXES = {"actors": (["state"],), "objects": (["state"],), "usage": (["rank", "time"],)}
 UNIQUE = {"tasks": ["task_id"]}  # (the one index tasks have: what upserts look up)
 
-# SUBMIT and RUN (two per task: the bulk of the events) go to staging tables as they
-# are recorded, and from there into tasks in one statement per batch (SQLite merges
-# them, not Python)
-STAGING = (
-    "CREATE TEMP TABLE IF NOT EXISTS stage_submit (k, tid, name, fid, parent, t, typ)",
-    "CREATE TEMP TABLE IF NOT EXISTS stage_run (k, tid, name, t0, t1, ok, actor, etype, "
-    "emsg)",
-)
-STAGE_SQL = {SUBMIT: "INSERT INTO stage_submit VALUES (?, ?, ?, ?, ?, ?, ?)",
-             RUN: "INSERT INTO stage_run VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"}
-MERGE_SQL = {
-    SUBMIT: "INSERT INTO tasks (task_id, name, func_id, parent_task_id, owner_pid, "
-            "submitted, type, state, attempts) SELECT tid, name, fid, parent, :pid, "
-            "t + :off, CASE typ WHEN 0 THEN 'NORMAL_TASK' WHEN 1 THEN 'ACTOR_TASK' "
-            "ELSE 'ACTOR_CREATION_TASK' END, 'PENDING', 0 FROM stage_submit WHERE true "
-            "ON CONFLICT (task_id) DO UPDATE SET name = coalesce(tasks.name, excluded.name), "
-            "func_id = excluded.func_id, parent_task_id = excluded.parent_task_id, "
-            "owner_pid = excluded.owner_pid, submitted = excluded.submitted, "
-            "type = coalesce(tasks.type, excluded.type)",
-    RUN: "INSERT INTO tasks (task_id, name, type, actor_id, started, finished, state, "
-         "error_type, error_message, worker_pid, rank, node_id, attempts) SELECT tid, name, "
-         "CASE WHEN actor IS NULL THEN 'NORMAL_TASK' WHEN name LIKE '%.__init__' THEN "
-         "'ACTOR_CREATION_TASK' ELSE 'ACTOR_TASK' END, actor, t0 + :off, t1 + :off, "
-         "CASE WHEN ok THEN 'FINISHED' ELSE 'FAILED' END, etype, emsg, :pid, :rank, :node, "
-         "1 FROM stage_run WHERE true ON CONFLICT (task_id) DO UPDATE SET "
-         "name = coalesce(tasks.name, excluded.name), type = excluded.type, "
-         "actor_id = excluded.actor_id, attempts = tasks.attempts + 1, "
-         # (attempts on other workers may be heard of in any order: the latest wins)
-         + ", ".join(f"{c} = CASE WHEN excluded.started >= coalesce(tasks.started, 0) "
-                     f"THEN excluded.{c} ELSE tasks.{c} END"
-                     for c in ("state", "finished", "error_type", "error_message",
-                               "worker_pid", "rank", "node_id", "started")),
+# SUBMIT and RUN (two per task: the bulk of the events) are joined here when one pass
+# has both (the common case: a row is one insert); either alone is an upsert that only
+# moves the row forward
+_SUBMIT_SET = ("name = coalesce(tasks.name, excluded.name), func_id = excluded.func_id, "
+               "parent_task_id = excluded.parent_task_id, owner_pid = excluded.owner_pid, "
+               "submitted = excluded.submitted")
+# (attempts on other workers may be heard of in any order: the latest start wins)
+_RUN_SET = ("name = coalesce(tasks.name, excluded.name), actor_id = excluded.actor_id, "
+            "attempts = tasks.attempts + 1, "
+            + ", ".join(f"{c} = CASE WHEN excluded.started >= coalesce(tasks.started, 0) "
+                        f"THEN excluded.{c} ELSE tasks.{c} END"
+                        for c in ("state", "finished", "error_type", "error_message",
+                                  "worker_pid", "rank", "node_id", "started")))
+_SUBMIT_COLS = "task_id, name, func_id, parent_task_id, owner_pid, submitted, type"
+_RUN_COLS = ("task_id, name, type, actor_id, started, finished, state, error_type, "
+             "error_message, worker_pid, rank, node_id")
+TASK_SQL = {
+    SUBMIT: f"INSERT INTO tasks ({_SUBMIT_COLS}, state, attempts) VALUES "
+            f"(?, ?, ?, ?, ?, ?, ?, 'PENDING', 0) ON CONFLICT (task_id) DO UPDATE SET "
+            f"{_SUBMIT_SET}, type = coalesce(tasks.type, excluded.type)",
+    RUN: f"INSERT INTO tasks ({_RUN_COLS}, attempts) VALUES "
+         f"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (task_id) DO UPDATE SET "
+         f"{_RUN_SET}, type = excluded.type",
+    "both": f"INSERT INTO tasks ({_SUBMIT_COLS}, actor_id, started, finished, state, "
+            f"error_type, error_message, worker_pid, rank, node_id, attempts) VALUES "
+            f"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (task_id) DO "
+            f"UPDATE SET {_SUBMIT_SET}, type = excluded.type, {_RUN_SET}",
 }
+_TYPES = ("NORMAL_TASK", "ACTOR_TASK", "ACTOR_CREATION_TASK")
 # the other kinds: kind -> SQL (executemany over the kind's params, from Ingest._params)
 SQL = {
     NODE: "INSERT OR REPLACE INTO nodes (node_id, rank, host, pid, resources, started) "
@@ -144,6 +140,8 @@ def open_store(path: str, create: bool = False):
                 db[name].create_index(cols, if_not_exists=True)
             if name in UNIQUE:
                 db[name].create_index(UNIQUE[name], unique=True, if_not_exists=True)
+        # the writer's ledger: the spool files its last transaction applied (writer.py)
+        db.execute("CREATE TABLE IF NOT EXISTS spool_done (name TEXT PRIMARY KEY)")
     return db
 
 
@@ -163,43 +161,64 @@ class Ingest:
         self.db = db
         self.max_tasks = max(1, int(max_tasks))
 
-    def apply(self, batches: list) -> None:
-        conn = self.db.conn
-        for q in STAGING:
-            conn.execute(q)
-        with conn:
-            for header, offset, events in batches:
-                self._batch(conn, header, offset, events)
-            self._trim(conn)
-
-    def _batch(self, conn, header: dict, offset: float, events: list) -> None:
-        """One process's batch: its tasks' events through the staging tables, the rest
-        as parameters of ``SQL``."""
-        rank = header.get("rank", 0)
-        by: dict[int, list] = {k: [] for k in ORDER}
-        for e in events:
-            by[e[0]].append(e)
-        if rank >= 128:  # (ids past 2**63: SQLite's integers are signed)
-            by[SUBMIT] = [(k, signed(t), n, signed(f), signed(p), w, y)
-                          for k, t, n, f, p, w, y in by[SUBMIT]]
-            by[RUN] = [(k, signed(t), *rest[:4], signed(rest[4]), *rest[5:])
-                       for k, t, *rest in by[RUN]]
-        names = {"pid": header.get("pid"), "off": offset, "rank": rank,
-                 "node": header.get("node_id")}
-        for kind, table in ((SUBMIT, "stage_submit"), (RUN, "stage_run")):
-            if by[kind]:
-                conn.executemany(STAGE_SQL[kind], by[kind])
-                conn.execute(MERGE_SQL[kind], names)
-                conn.execute(f"DELETE FROM {table}")
+    def apply(self, batches: list, names=()) -> None:
+        """One transaction: the tasks' SUBMIT and RUN first (joined where both are here),
+        then every other kind in ORDER (a CANCEL, a TASK_LOST or a worker's exit finds
+        the rows those made); ``names``, the spool files they came from, in spool_done
+        with them (the files of the transaction before are gone by now)."""
+        subs: dict = {}
+        runs: list = []
         rest: dict[int, list] = {k: [] for k in ORDER}
         died: list = []
-        self._params(header, offset, [e for k in ORDER if k not in (SUBMIT, RUN)
-                                      for e in by[k]], rest, died)
-        for kind in ORDER:
-            if rest[kind]:
-                conn.executemany(SQL[kind], rest[kind])
-            if kind == WORKER_EXIT and died:
-                conn.executemany(WORKER_DIED_SQL, died)
+        for header, offset, events in batches:
+            others = self._tasks(header, offset, events, subs, runs)
+            self._params(header, offset, others, rest, died)
+        both, alone = [], []
+        for r in runs:  # (a retried task's later runs: upserts after its first)
+            s = subs.pop(r[0], None)
+            if s is None:
+                alone.append(r)
+            else:  # (task_id, name, fid, parent, owner, t, type) + the run's
+                both.append((*s[:6], s[6] if s[6] != _TYPES[0] else r[2], *r[3:]))
+        conn = self.db.conn
+        with conn:
+            conn.execute("DELETE FROM spool_done")
+            conn.executemany("INSERT OR IGNORE INTO spool_done VALUES (?)",
+                             [(n,) for n in names])
+            for sql, rows in ((TASK_SQL["both"], both), (TASK_SQL[SUBMIT], subs.values()),
+                              (TASK_SQL[RUN], alone)):
+                if rows:
+                    conn.executemany(sql, rows)
+            for kind in ORDER:
+                if rest[kind]:
+                    conn.executemany(SQL[kind], rest[kind])
+                if kind == WORKER_EXIT and died:
+                    conn.executemany(WORKER_DIED_SQL, died)
+            self._trim(conn)
+
+    @staticmethod
+    def _tasks(h: dict, off: float, events: list, subs: dict, runs: list) -> list:
+        """A batch's SUBMIT and RUN as rows' parameters; the other events, returned."""
+        rank, node, pid = h.get("rank", 0), h.get("node_id"), h.get("pid")
+        wide = rank >= 128  # (ids past 2**63: SQLite's integers are signed)
+        others = []
+        for e in events:
+            k = e[0]
+            if k == SUBMIT:  # (tid, name, fid, parent, t, type)
+                tid = signed(e[1]) if wide else e[1]
+                subs[tid] = (tid, e[2], signed(e[3]) if wide else e[3],
+                             signed(e[4]) if wide else e[4], pid, e[5] + off, _TYPES[e[6]])
+            elif k == RUN:  # (tid, name, t0, t1, ok, actor, error type, message)
+                _k, tid, name, t0, t1, ok, actor, etype, emsg = e
+                if wide:
+                    tid, actor = signed(tid), signed(actor)
+                typ = _TYPES[0] if actor is None else _TYPES[2] if name.endswith(
+                    ".__init__") else _TYPES[1]
+                runs.append((tid, name, typ, actor, t0 + off, t1 + off,
+                             "FINISHED" if ok else "FAILED", etype, emsg, pid, rank, node))
+            else:
+                others.append(e)
+        return others
 
     def _params(self, h: dict, off: float, events: list, by: dict, died: list) -> None:
         rank, node, pid = h.get("rank", 0), h.get("node_id"), h.get("pid")

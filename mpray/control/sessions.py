@@ -28,6 +28,7 @@ PREFIX = "session_"
 LATEST = "latest"
 LOCK = ".lock"
 STORE = "store.db"
+SYNC = ".sync-"  # in a spool: a reader asks the writer for a pass now (writer.py)
 
 
 def base(log_dir: str, tmpdir: str) -> str:

@@ -29,6 +29,7 @@ from ..procs import kill, remove_tree, wait_exit
 __all__ = ["StoreShell", "WORKER", "WORKER_EXIT", "hold_session"]
 
 WRITER_WAIT_S = 30.0  # the most a shutdown waits for the writer's last pass
+STARVED_S = 1.0  # a writer given no CPU this long at shutdown: the node finishes for it
 hold_session = sessions.hold
 
 
@@ -146,18 +147,37 @@ class StoreShell:
             REC.stop()
         pid, self.writer_pid = self.writer_pid, None
         if pid is not None:
-            try:  # its last pass is on the shutdown's path: no longer low priority
-                os.setpriority(os.PRIO_PROCESS, pid, 0)
-            except OSError:
-                pass  # (not allowed here: it finishes at nice 19)
-            kill(pid, signal.SIGTERM)
-            if not wait_exit(pid, WRITER_WAIT_S):
-                print(f"mpray node: the control store's writer (pid {pid}) did not finish "
-                      f"within {WRITER_WAIT_S:.0f} s; the store may miss the last events",
-                      file=sys.stderr)
+            self._end_writer(pid)
+        remove_tree(os.path.join(st.node_dir, "spool"))
+
+    def _end_writer(self, pid: int) -> None:
+        """SIGTERM: its last pass.  It runs on idle CPU only: one that gets none (other
+        programs keep the CPUs busy) is killed and its work finished here."""
+        kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + WRITER_WAIT_S
+        last, since = _cpu_ticks(pid), time.monotonic()
+        while not wait_exit(pid, 0.1):
+            now, ticks = time.monotonic(), _cpu_ticks(pid)
+            if ticks != last:
+                last, since = ticks, now
+            elif now - since > STARVED_S or now > deadline:
                 kill(pid, signal.SIGKILL)
                 wait_exit(pid, 5.0)
-        remove_tree(os.path.join(st.node_dir, "spool"))
+                from ..control.writer import take_over
+
+                st = self.setup
+                take_over(st.node_dir, st.store_max_tasks, st.prune_root, st.keep_sessions)
+                return
+
+
+def _cpu_ticks(pid: int):
+    """A process's CPU time so far (clock ticks; None where /proc cannot say)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # (utime, stime)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _error(payload) -> tuple:
