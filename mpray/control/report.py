@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from .reader import _hex
+
 MAX_BARS = 20_000  # task bars drawn in the timeline (the longest ones beyond that)
 MAX_FAILURES = 500  # rows of the failures table
 SAMPLES = 400  # points of the curves over time
@@ -121,7 +123,7 @@ def _timeline(t: dict, t0: float, now: float):
         "name": [t["name"][i] or "?" for i in shown],
         "colour": [colour[t["name"][i] or "?"] for i in shown],
         "state": [t["state"][i] for i in shown],
-        "task_id": [format((t["task_id"][i] or 0) & (2**64 - 1), "016x") for i in shown],
+        "task_id": [_hex(t["task_id"][i]) for i in shown],
         "ms": (end[shown] - t["start"][shown]) * 1000,
         "error": [t["error_type"][i] or "" for i in shown],
         "outline": [_STATE_COLOURS["FAILED"] if t["state"][i] == "FAILED" else None
@@ -268,12 +270,11 @@ def _failures(t: dict):
 
     bad = [i for i, s in enumerate(t["state"]) if s == "FAILED"][:MAX_FAILURES]
     data = {"name": [t["name"][i] for i in bad],
-            "task_id": [format((t["task_id"][i] or 0) & (2**64 - 1), "016x") for i in bad],
+            "task_id": [_hex(t["task_id"][i]) for i in bad],
             "error_type": [t["error_type"][i] or "" for i in bad],
             "where": [f"rank {t['rank'][i] or 0} pid {t['worker_pid'][i] or '-'}"
                       for i in bad],
-            "message": [(t["error_message"][i] or "").strip().splitlines()[-1:] and
-                        (t["error_message"][i] or "").strip().splitlines()[-1] for i in bad]}
+            "message": [_last_line(t["error_message"][i]) for i in bad]}
     cols = [TableColumn(field="name", title="task", width=140),
             TableColumn(field="task_id", title="id", width=140),
             TableColumn(field="error_type", title="error type", width=190),
@@ -282,6 +283,12 @@ def _failures(t: dict):
     return DataTable(source=ColumnDataSource(data), columns=cols, width=WIDTH,
                      height=min(400, 28 * len(bad) + 40), index_position=None,
                      reorderable=False)  # (reordering needs jquery-ui: not inlined)
+
+
+def _last_line(text: str | None) -> str:
+    """An error's last line (its type and message, under a traceback)."""
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 # ----------------------------------------------------------------------------- page
