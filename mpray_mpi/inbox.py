@@ -41,6 +41,9 @@ class Inbox:
         self.win = MPI.Win.Allocate(HDR + NSLOTS * SLOT, 1, comm=comm)
         self.mem = np.frombuffer(self.win.tomemory(), dtype=np.uint8)
         self.mem[:] = 0
+        # no rank posts before every inbox is zeroed: a rank slow to get here (ranks
+        # oversubscribing the cores) would wipe a frame already posted to it, lost for good
+        comm.Barrier()
         self.words = self.mem[:HDR].view(np.int64)  # [tail, head, ...]
         self.head = 0  # claims read here so far
         self.pending: collections.deque = collections.deque()  # [rank, claim, frame]

@@ -2,7 +2,8 @@
 
 Every rank > 0 posts frames of many sizes (one slot, several, wrapping around the ring's
 end) to rank 0, which reads slowly at first so that the ring fills and senders must wait
-for room.  Rank 0 checks that each sender's frames arrive whole and in order.
+for room.  Rank 0 checks that each sender's frames arrive whole and in order.  Then a frame
+posted right after a new inbox is made reaches a rank slow to make it ready.
 Prints "OK inbox" on rank 0."""
 
 import time
@@ -42,7 +43,7 @@ if rank == 0:
             assert f == frame(src, i), f"frame {i} from {src} is damaged"
             seen[src] += 1
         comm.Iprobe()  # (the MPI calls that keep RMA progressing)
-    print(f"OK inbox ({N} frames from each of {size - 1} ranks, {NSLOTS} slots)", flush=True)
+    print(f"{N} frames from each of {size - 1} ranks, {NSLOTS} slots", flush=True)
 else:
     deadline = time.monotonic() + 60
     for i in range(N):
@@ -51,5 +52,41 @@ else:
         assert time.monotonic() < deadline, "the ring never had room again"
         time.sleep(0.001)
 comm.Barrier()
+inbox.win.Unlock_all()
+inbox.free()
+
+
+class SlowToZero:
+    """numpy, but the last rank is slow between making its window and zeroing it."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def frombuffer(self, *a, **k):
+        time.sleep(0.5)
+        return np.frombuffer(*a, **k)
+
+
+# a frame posted at once after the (collective) creation reaches a rank that was slow to
+# get its inbox ready (it once zeroed the frame away: a lost message, a hung request)
+last = size - 1
+inbox = Inbox(MPI, comm, SlowToZero() if rank == last else np)
+inbox.win.Lock_all(MPI.MODE_NOCHECK)
+if rank == 0:
+    inbox.post(last, b"first")
+    while not inbox.flush():
+        time.sleep(0.001)
+elif rank == last:
+    deadline = time.monotonic() + 30
+    got = []
+    while not got and time.monotonic() < deadline:
+        got = inbox.poll()
+        comm.Iprobe()
+    if got != [b"first"]:  # (the others wait in the barrier: end the job, loudly)
+        print(f"FAILED: the first frame never came whole (got {got!r})", flush=True)
+        comm.Abort(1)
+comm.Barrier()
+if rank == 0:
+    print("OK inbox", flush=True)
 inbox.win.Unlock_all()
 inbox.free()
