@@ -149,10 +149,6 @@ def drain(ingest: "schema.Ingest", spool: str, old_only: bool = False) -> int:
     ``old_only``: only batches of a backlog whose task events the store would not keep
     (their other events are ingested: cheap while the session is busy)."""
     found = _batches(spool)
-    if not found:
-        return 0
-    db = ingest.db
-    done = {r[0] for r in db.execute("SELECT name FROM spool_done")}
     # a backlog: the newest batches alone hold more task events than the store keeps
     keep_events, newer, skip_tasks = BACKLOG_FACTOR * ingest.max_tasks, 0, set()
     for _t, n, count in reversed(found):
@@ -160,6 +156,9 @@ def drain(ingest: "schema.Ingest", spool: str, old_only: bool = False) -> int:
             skip_tasks.add(n)
         newer += count
     names = [n for _t, n, _c in found if not old_only or n in skip_tasks][:MAX_FILES]
+    if not names:  # (nothing to do: no transaction either)
+        return 0
+    done = {r[0] for r in ingest.db.execute("SELECT name FROM spool_done")}
     batches = []
     for n in names:
         if n in done:  # (applied by a writer killed before it unlinked it)
