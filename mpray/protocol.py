@@ -357,6 +357,9 @@ RStopped = record("RStopped", 89, "", _R, "shut down done")
 RAwait = record("RAwait", 90, "token", _R, "a big frame's place in the inbox order")
 RBig = record("RBig", 91, "token msgs", _R, "messages too big for the inbox")
 RBatch = record("RBatch", 92, "msgs", _R, "messages that need no order (a plain send)")
+RLogs = record("RLogs", 94, "lines", _R, "my workers' output lines, for rank 0's driver "
+               "to print: [(rank, pid, err, label, line)] (my session directory is not "
+               "on its filesystem)")
 RStream = record("RStream", 93, "msg", _R, "for your node, in order with my RDone (a "
                  "stream's values and its end: a plain send, as RDone is)",
                  nested={"msg": None})
@@ -411,6 +414,9 @@ OWNER_ACTIONS: list[type] = [
     Signal := record("Signal", None, "pid signum", _I, "send a signal to a worker"),
     CancelWord := record("CancelWord", None, "slot tid", _I,
                          "write tid into the slot's cancel word (before SIGUSR1)"),
+    TaskFailed := record("TaskFailed", None, "tid error", _I,
+                         "the owner failed this task itself (its leased worker died, its "
+                         "actor is gone, a cancel): for the control store"),
 ]
 
 # ----------------------------------------------------------------------------- rank link
@@ -478,6 +484,8 @@ LINK_ACTIONS: list[type] = [
     ShareLoad := record("ShareLoad", None, "load", _LA,
                         "put this rank's load (queued, free CPUs) into rank 0's load "
                         "window, read everyone's, send the node Load"),
+    PrintLogs := record("PrintLogs", None, "lines", _LA,
+                        "print another rank's workers' lines on this driver (rank 0)"),
 ]
 
 # DONE status

@@ -95,6 +95,26 @@ def connect(launch: Launch, cfg) -> Connection:
     return conn
 
 
+def _stream_logs(comm, rank: int, agent, session, setup) -> None:
+    """Workers' output reaches rank 0's driver: from the files where it can read them
+    (one host, a shared log_dir); a rank whose directory it cannot read (another host's
+    disk) sends its lines through its agent."""
+    dirs = comm.allgather(setup.node_dir)
+    here = session.session_dir  # (what rank 0's reader reads: this session's rank dirs)
+    far = comm.bcast([k for k, d in enumerate(dirs) if k and d and not (
+        os.path.dirname(d) == here and os.path.isdir(d))] if rank == 0 else None, root=0)
+    if not far or not session.cfg.log_to_driver:
+        return
+    if rank == 0 and session.logs is not None:
+        agent.on_logs = session.logs.remote_lines
+    elif rank in far:
+        from mpray.control.logs import LogMonitor
+
+        # (stopped by this rank's shutdown, after its workers: their last lines too)
+        session.logs = LogMonitor(session.session_dir, False, True, sink=agent.log_lines.append,
+                                  only=setup.node_dir).start()
+
+
 def _connect_arena(MPI, comm, cfg) -> Connection:
     if not comm.allreduce(cfg.mpi_arena == "window", op=MPI.LAND):
         return Connection(MPI, comm, None, None, cfg.export_bytes)
@@ -138,6 +158,7 @@ def start(launch: Launch, session, setup, conn: Connection, shutdown) -> None:
                   conn.export_bytes, session.node_pid, arena_win=conn.arena_win)
     agent.hello()
     _global.cluster = info
+    _stream_logs(comm, rank, agent, session, setup)
     if rank == 0:
         session.mpi = MPISession(MPI, comm, agent, launch)
         return

@@ -100,7 +100,11 @@ class Agent:
         self.last_busy = time.monotonic()
         self._do = {P.CopyToExport: self._copy_to_export, P.ReadBytes: self._read_bytes,
                     P.RmaGet: self._rma_get, P.WriteBytes: self._write_bytes,
-                    P.ShareLoad: self._share_load}
+                    P.ShareLoad: self._share_load, P.PrintLogs: self._print_logs}
+        # workers' output of a rank whose directory rank 0 cannot read: its log reader's
+        # thread appends (rank, pid, err, label, line), each pass sends them to rank 0
+        self.log_lines: collections.deque = collections.deque()
+        self.on_logs = None  # rank 0: prints such lines (its LogMonitor.remote_lines)
 
     # (what the session reads: mpray_mpi.start and MPISession)
     @property
@@ -144,6 +148,16 @@ class Agent:
         win.Get([self.arena[off: off + total], MPI.BYTE], ins.src,
                 target=(ins.soff, total, MPI.BYTE))
         win.Flush(ins.src)
+
+    def _print_logs(self, ins) -> None:
+        if self.on_logs is not None:
+            self.on_logs(ins.lines)
+
+    def _ship_logs(self) -> None:
+        q, lines = self.log_lines, []
+        while q:
+            lines.append(q.popleft())
+        self.outbox[0].append(P.RLogs(lines))  # (a plain send: ordered before RStopped)
 
     def _share_load(self, ins) -> None:
         """Publish this rank's (queued, free CPUs) in rank 0's window; read everyone's.
@@ -220,6 +234,8 @@ class Agent:
                 feed(m)
         if self.reqs:
             self.reqs = [r for r in self.reqs if not r.Test()]
+        if self.log_lines:
+            self._ship_logs()
         now = time.monotonic()
         if busy:
             self.last_busy = now
@@ -312,7 +328,10 @@ class Agent:
         return len(stopped) >= self.size - 1
 
     def report_stopped(self) -> None:
-        """A serving rank: its node is shut down; rank 0 hears so at ``close``."""
+        """A serving rank: its node is shut down; rank 0 hears so at ``close`` (after its
+        workers' last lines)."""
+        if self.log_lines:
+            self._ship_logs()
         self.feed(P.RankStopped())
 
     def close(self) -> None:

@@ -114,6 +114,7 @@ class RankLink:
             P.AllocOk: self._alloc_ok, P.Reply: self._reply,
             P.RTask: self._rtask, P.RFetch: self._rfetch, P.RValue: self._rvalue,
             P.RDone: self._rdone, P.RNode: self._rnode, P.RStream: self._rnode,
+            P.RLogs: self._rlogs,
             P.RUnlend: self._runlend,
             P.RFreeExp: self._rfreeexp, P.RRelease: self._rrelease,
             P.RStop: self._rstop, P.RStopped: self._rstopped,
@@ -296,6 +297,9 @@ class RankLink:
     def _rnode(self, msg, _src) -> None:
         """A message for this rank's node (cancel, kill, names)."""
         self.out.append(_ToNode(msg.msg))
+
+    def _rlogs(self, msg, _src) -> None:
+        self.out.append(P.PrintLogs(msg.lines))
 
     def _runlend(self, msg, _src) -> None:
         oid = msg.oid

@@ -351,3 +351,22 @@ def test_a_writer_starved_at_shutdown_has_its_work_finished_by_the_node(tmp_path
     tasks = state.list_tasks(address=path, limit=None)
     assert sorted(t["name"] for t in tasks) == ["square"] * 50
     assert {t["state"] for t in tasks} == {"FINISHED"}
+
+
+@mpray.remote(max_retries=0)
+def dies():
+    os._exit(1)
+
+
+def test_a_task_whose_leased_worker_died_is_failed_in_the_store(tmp_path):
+    """Only its owner sees that end (the node never ran it, its worker recorded nothing):
+    the owner records it, so the row is not left PENDING."""
+    mpray.init(num_cpus=2, log_dir=str(tmp_path))
+    try:
+        assert mpray.get([square.remote(i) for i in range(20)])[3] == 9  # (leases now)
+        with pytest.raises(mpray.exceptions.WorkerCrashedError):
+            mpray.get(dies.remote(), timeout=30)
+        (t,) = state.list_tasks(filters=[("name", "=", "dies")], detail=True)
+    finally:
+        mpray.shutdown()
+    assert t["state"] == "FAILED" and t["error_type"] == "WORKER_DIED", t

@@ -12,6 +12,7 @@ mpich`` (the README's test command).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -92,6 +93,20 @@ def test_objects_move_by_copying_into_export_windows_too():
     (the path for MPIs whose window memory forked processes cannot share)."""
     r = run_mpi("basics.py", 2, env={"MPRAY_MPI_ARENA": "copy"})
     assert r.returncode == 0 and r.stdout.count("OK basics") == 1, r.stdout[-4000:]
+
+
+def test_lines_of_ranks_whose_disks_rank_0_cannot_read_reach_its_driver():
+    """Ranks > 0 with log directories of their own (as hosts with local disks): their
+    agents send their workers' lines to rank 0, which prints them labelled."""
+    own_dir = ('r=${PMI_RANK:-$OMPI_COMM_WORLD_RANK}; if [ "$r" != 0 ]; then '
+               'export MPRAY_LOG_DIR="$MPRAY_TMPDIR/disk-of-rank-$r"; fi; exec "$0" "$@"')
+    cmd = [MPIEXEC, "-n", "3", "sh", "-c", own_dir, sys.executable,
+           os.path.join(HERE, "mpi", "remote_logs.py")]
+    r = launch(cmd, TIMEOUT)
+    assert r.returncode == 0 and r.stdout.count("OK remote_logs") == 1, r.stdout[-4000:]
+    for k, word in enumerate(["zero", "one", "two"]):
+        assert re.search(rf"\(hello pid=\d+, rank={k}\) hello from a task on rank {word}",
+                         r.stdout), r.stdout[-4000:]
 
 
 @pytest.mark.parametrize("program, ok", [("mpi_demo.py", "OK mpi_demo"),

@@ -49,6 +49,7 @@ class Harness:
         self.signals: list = []
         self.words: dict[int, int] = {}
         self.delivered: list = []
+        self.failed: list = []  # (tid, error class) the control store hears of
 
     def ev(self, e):
         out = self.o.handle(e)
@@ -67,6 +68,8 @@ class Harness:
                 self.signals.append((ins.pid, ins.signum))
             elif kind is P.CancelWord:
                 self.words[ins.slot] = ins.tid
+            elif kind is P.TaskFailed:
+                self.failed.append((ins.tid, type(ins.error).__name__))
             else:
                 raise AssertionError(f"unknown instruction {ins!r}")
         self.o.check_invariants()  # (between events: after the shell carried them out)
@@ -298,6 +301,7 @@ def test_lease_lost_retries_through_the_node_or_fails():
     err = pickle.loads(h.values[41][1])
     assert h.values[41][0] == ERROR and isinstance(err, exc.WorkerCrashedError)
     assert "SIGKILL" in str(err)
+    assert h.failed == [(40, "WorkerCrashedError")]  # (the retried one is not failed)
 
 
 def test_retryable_error_goes_to_the_node_with_one_retry_less():

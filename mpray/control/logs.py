@@ -13,8 +13,10 @@ Data flow::
               the driver's stdout / stderr, one write per line (never two lines mixed)
     mpray logs (cli.py) ─ read_lines() ─▶ the same files, filtered by task, pid or rank
 
-Under MPI, rank 0's driver reads every rank's directory of the session (one filesystem:
-one host, or ``log_dir`` on a shared filesystem, which the job scripts set).
+Under MPI, rank 0's driver reads every rank's directory of the session that it can
+(one host, or ``log_dir`` on a shared filesystem, which the job scripts set).  A rank
+whose directory it cannot read (another host's disk) runs a LogMonitor of its own with a
+``sink``: its lines go to its agent, as RLogs to rank 0, into ``remote_lines`` there.
 """
 
 from __future__ import annotations
@@ -190,9 +192,14 @@ class Dedup:
 class LogMonitor:
     """The driver's reader of every worker's log files in the session."""
 
-    def __init__(self, session: str, dedup: bool, mpi: bool, on_magic=None) -> None:
+    def __init__(self, session: str, dedup: bool, mpi: bool, on_magic=None, sink=None,
+                 only: str | None = None) -> None:
         self.session = session
         self.mpi = mpi
+        # a rank whose directory rank 0 cannot read (another host's disk): its lines go
+        # to ``sink`` (its agent, which sends them to rank 0), read from ``only`` its own
+        self.sink = sink
+        self.only = only
         self.dedup = Dedup(dedup)
         self.on_magic = on_magic  # (line) -> None: tqdm_ray's bars
         self.tails: dict[str, _Tail] = {}
@@ -215,7 +222,7 @@ class LogMonitor:
     def _scan(self) -> None:
         from .sessions import node_dirs
 
-        for d in node_dirs(self.session):
+        for d in [self.only] if self.only else node_dirs(self.session):
             logs = os.path.join(d, "logs")
             try:
                 names = os.listdir(logs)
@@ -249,13 +256,28 @@ class LogMonitor:
         if line.startswith(MARK):
             t.task, _sep, t.label = line[len(MARK):].partition(":")
             return
+        if self.sink is not None:
+            self.sink((t.rank, t.pid, t.err, t.label, line))
+            return
+        self._emit(t.rank, t.pid, t.err, t.label, line, now)
+
+    def remote_lines(self, lines: list) -> None:
+        """Lines of ranks whose directories this driver cannot read (their agents sent
+        them): printed as this rank's are, deduplicated with them."""
+        with self._lock:
+            now = time.monotonic()
+            for rank, pid, err, label, line in lines:
+                self._emit(rank, pid, err, label, line, now)
+
+    def _emit(self, rank: int, pid: int, err: bool, label: str, line: str,
+              now: float) -> None:
         if TQDM_MAGIC in line and self.on_magic is not None:
             self.on_magic(line)
             return
-        where = f", rank={t.rank}" if self.mpi else ""
-        prefix = f"({t.label} pid={t.pid}{where})"
-        for p, text in self.dedup.feed(prefix, line, (t.rank, t.pid), now):
-            self._print(p, text, t.err)
+        where = f", rank={rank}" if self.mpi else ""
+        prefix = f"({label} pid={pid}{where})"
+        for p, text in self.dedup.feed(prefix, line, (rank, pid), now):
+            self._print(p, text, err)
 
     @staticmethod
     def _print(prefix: str, line: str, err: bool) -> None:

@@ -294,6 +294,7 @@ class Owner:
                 self.awaiting.add(oid)
 
     def fail_returns(self, tid: int, nret: int, err: BaseException) -> None:
+        self.out.append(P.TaskFailed(tid, err))  # (no worker or node records this end)
         payload = pickle.dumps(err, protocol=5)
         for oid in P.return_ids(tid, nret):
             if oid in self.owned:

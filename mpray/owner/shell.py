@@ -28,8 +28,10 @@ import collections
 import os
 import pickle
 import threading
+import time
 
 from .. import protocol as P
+from ..control.recorder import NOTE as _NOTE, REC as _REC, TASK_LOST as _TASK_LOST, error_fields
 from ..transport.mailbox import cancel_word
 from .machine import Owner
 from .actors import resolve
@@ -63,7 +65,7 @@ class OwnerShell:
         self._to_resolve: list = []  # (oid, futures) whose values came meanwhile
         self._out: dict = {}  # a lease's ring key -> (ring, bell) (see _ring_out)
         self._apply_on = {P.Release: self._release, P.Signal: self._signal,
-                          P.CancelWord: self._word}
+                          P.CancelWord: self._word, P.TaskFailed: self._task_failed}
 
     def _event_queue(self) -> collections.deque:
         """The machine's event deque (made by whichever comes first: the handlers,
@@ -166,6 +168,11 @@ class OwnerShell:
                 self._apply_on[kind](ins)
         if node_msgs is not None:
             self.send(node_msgs)
+
+    @staticmethod
+    def _task_failed(ins) -> None:
+        if _REC.on:
+            _NOTE((_TASK_LOST, ins.tid, False, *error_fields(ins.error), time.monotonic()))
 
     def _to_slot(self, ins) -> None:
         ring, bell = self._out.get(ins.slot) or self._ring_out(ins.slot)
