@@ -32,7 +32,7 @@ from .options import (ACTOR_OPTIONS, METHOD_OPTIONS, ArgCheck, resource_request,
 from .generator import ObjectRefGenerator
 from .remote_function import BlobRegistration, encode_args, generator_kind
 from .session import auto_init
-from .control.recorder import NOTE as _NOTE, REC as _REC, SUBMIT as _SUBMIT
+from .control.recorder import REC as _REC, SUBMITS as _SUBMITS
 from time import monotonic as _mono
 
 _task_spec = P.TaskSpec.from_items
@@ -243,7 +243,7 @@ class ActorHandle:
             _pending.check(client, self._aid, limit, display)
         tid = client.new_ids(nret)
         if _REC.on:
-            _NOTE((_SUBMIT, tid, display, None, client.current_task, _mono(), 1))
+            _SUBMITS((tid, display, None, client.current_task, _mono(), 1))
         blob, deps, contained, keep = encode_args(client, args, kwargs, display)
         # (all TaskSpec's items at once, in its FIELDS order: the hot path)
         spec = _task_spec((tid, None, display, blob, deps, nret, (), retries, retry_exc,
@@ -391,8 +391,8 @@ class ActorClass(BlobRegistration):
         fid = self._fid(client)
         tid = client.new_ids(1)
         if _REC.on:
-            _NOTE((_SUBMIT, tid, f"{self.__name__}.__init__", fid, client.current_task,
-                   _mono(), 2))
+            _SUBMITS((tid, f"{self.__name__}.__init__", fid, client.current_task,
+                      _mono(), 2))
         explicit = any(opts.get(k) is not None for k in _EXPLICIT)
         held = resource_request(opts, default_cpus=0) if explicit else ()
         place = held if explicit else (("CPU", 1.0),)

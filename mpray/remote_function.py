@@ -29,7 +29,7 @@ from .object_ref import ObjectRef
 from .options import TASK_OPTIONS, ArgCheck, resource_request, validate_options
 from .placement import pg_of, pg_resources
 from .session import auto_init
-from .control.recorder import FUNC as _FUNC, NOTE as _NOTE, REC as _REC, SUBMIT as _SUBMIT
+from .control.recorder import FUNC as _FUNC, NOTE as _NOTE, REC as _REC, SUBMITS as _SUBMITS
 from time import monotonic as _mono
 
 class _Prepared:
@@ -260,7 +260,7 @@ class RemoteFunction(BlobRegistration):
         nret = prep.nret
         tid = client.new_ids(nret)
         if _REC.on:  # (the control store: an append, written out by another thread)
-            _NOTE((_SUBMIT, tid, prep.name, fid, client.current_task, _mono(), 0))
+            _SUBMITS((tid, prep.name, fid, client.current_task, _mono(), 0))
         blob, deps, contained, keep = encode_args(client, args, kwargs, self._name)
         # (all TaskSpec's items at once, in its FIELDS order: the hot path)
         spec = _task_spec((tid, fid, prep.name, blob, deps, nret, prep.res, prep.retries,

@@ -15,7 +15,7 @@ import pytest
 
 import mpray
 from mpray.control import schema, sessions
-from mpray.control.recorder import RUN, SUBMIT
+from mpray.control.recorder import RUN
 from mpray.util import state
 
 from conftest import REPO, session_finished, wait_for
@@ -211,15 +211,14 @@ def test_events_merge_in_any_order(tmp_path):
     ing = schema.Ingest(db, 1000)
     worker = {"pid": 11, "rank": 0, "node_id": "n"}
     owner = {"pid": 10, "rank": 0, "node_id": "n"}
-    ing.apply([(worker, 100.0, [(RUN, 5, "f", 1.0, 2.0, True, None, None, None)])])
-    ing.apply([(owner, 100.0, [(SUBMIT, 5, "f", 4, None, 0.5, 0),
-                               (SUBMIT, 7, "g", 4, 5, 0.6, 0)])])
+    ing.apply([(worker, 100.0, [], (), (5, "f", 1.0, 2.0, True, None, None, None))])
+    ing.apply([(owner, 100.0, [], (5, "f", 4, None, 0.5, 0, 7, "g", 4, 5, 0.6, 0), ())])
     rows = {r["task_id"]: r for r in db["tasks"].rows}
     assert rows[5]["state"] == "FINISHED" and rows[5]["submitted"] == 100.5
     assert rows[5]["worker_pid"] == 11 and rows[5]["owner_pid"] == 10
     assert rows[7]["state"] == "PENDING" and rows[7]["parent_task_id"] == 5
     ing.apply([(worker, 100.0, [(RUN, 7, "g", 3.0, 4.0, False, None,
-                                 "TASK_EXECUTION_EXCEPTION", "ValueError: x")])])
+                                 "TASK_EXECUTION_EXCEPTION", "ValueError: x")], (), ())])
     row = next(r for r in db["tasks"].rows if r["task_id"] == 7)
     assert row["state"] == "FAILED" and row["error_message"] == "ValueError: x"
 
@@ -267,7 +266,7 @@ def _spool_file(spool, name, header, events):
     import marshal
 
     with open(os.path.join(spool, name), "wb") as f:
-        f.write(marshal.dumps((header, 100.0, events)))
+        f.write(marshal.dumps((header, 100.0, events, [], [])))
 
 
 def test_a_batch_applied_but_not_unlinked_is_not_applied_twice(tmp_path):

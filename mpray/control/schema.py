@@ -2,7 +2,8 @@
 
 Data flow::
 
-    batches [(header, clock offset, [event, ...]), ...]  (recorder.py's records)
+    batches [(header, clock offset, [event, ...], flat SUBMITs, flat RUNs), ...]
+        (recorder.py's records)
         ─ Ingest.apply ─▶ params grouped by event kind ─▶ executemany, in KIND order,
           in one transaction:
             nodes ◀ NODE/NODE_END     workers ◀ WORKER/WORKER_EXIT     functions ◀ FUNC
@@ -20,7 +21,8 @@ from __future__ import annotations
 import json
 
 from .recorder import (ACTOR, CANCEL, EVENT, FUNC, NODE, NODE_END, OBJ, OBJ_FREE, RUN,
-                       START, SUBMIT, TASK_LOST, USAGE, WORKER, WORKER_EXIT)
+                       RUN_FIELDS, START, SUBMIT, SUBMIT_FIELDS, TASK_LOST, USAGE, WORKER,
+                       WORKER_EXIT)
 
 TABLES = {
     "nodes": ({"node_id": str, "rank": int, "host": str, "pid": int, "resources": str,
@@ -170,8 +172,8 @@ class Ingest:
         runs: list = []
         rest: dict[int, list] = {k: [] for k in ORDER}
         died: list = []
-        for header, offset, events in batches:
-            others = self._tasks(header, offset, events, subs, runs)
+        for header, offset, events, flat_subs, flat_runs in batches:
+            others = self._tasks(header, offset, events, flat_subs, flat_runs, subs, runs)
             self._params(header, offset, others, rest, died)
         both, alone = [], []
         for r in runs:  # (a retried task's later runs: upserts after its first)
@@ -197,27 +199,33 @@ class Ingest:
             self._trim(conn)
 
     @staticmethod
-    def _tasks(h: dict, off: float, events: list, subs: dict, runs: list) -> list:
-        """A batch's SUBMIT and RUN as rows' parameters; the other events, returned."""
+    def _tasks(h: dict, off: float, events: list, flat_subs, flat_runs, subs: dict,
+               runs: list) -> list:
+        """A batch's SUBMIT and RUN (flat, or as events) as rows' parameters; the other
+        events, returned."""
         rank, node, pid = h.get("rank", 0), h.get("node_id"), h.get("pid")
         wide = rank >= 128  # (ids past 2**63: SQLite's integers are signed)
+        sub = [flat_subs[i:i + SUBMIT_FIELDS] for i in range(0, len(flat_subs), SUBMIT_FIELDS)]
+        run = [flat_runs[i:i + RUN_FIELDS] for i in range(0, len(flat_runs), RUN_FIELDS)]
         others = []
         for e in events:
-            k = e[0]
-            if k == SUBMIT:  # (tid, name, fid, parent, t, type)
-                tid = signed(e[1]) if wide else e[1]
-                subs[tid] = (tid, e[2], signed(e[3]) if wide else e[3],
-                             signed(e[4]) if wide else e[4], pid, e[5] + off, _TYPES[e[6]])
-            elif k == RUN:  # (tid, name, t0, t1, ok, actor, error type, message)
-                _k, tid, name, t0, t1, ok, actor, etype, emsg = e
-                if wide:
-                    tid, actor = signed(tid), signed(actor)
-                typ = _TYPES[0] if actor is None else _TYPES[2] if name.endswith(
-                    ".__init__") else _TYPES[1]
-                runs.append((tid, name, typ, actor, t0 + off, t1 + off,
-                             "FINISHED" if ok else "FAILED", etype, emsg, pid, rank, node))
+            if e[0] == SUBMIT:
+                sub.append(e[1:])
+            elif e[0] == RUN:
+                run.append(e[1:])
             else:
                 others.append(e)
+        for tid, name, fid, parent, t, typ in sub:
+            if wide:
+                tid, fid, parent = signed(tid), signed(fid), signed(parent)
+            subs[tid] = (tid, name, fid, parent, pid, t + off, _TYPES[typ])
+        for tid, name, t0, t1, ok, actor, etype, emsg in run:
+            if wide:
+                tid, actor = signed(tid), signed(actor)
+            typ = _TYPES[0] if actor is None else _TYPES[2] if name.endswith(
+                ".__init__") else _TYPES[1]
+            runs.append((tid, name, typ, actor, t0 + off, t1 + off,
+                         "FINISHED" if ok else "FAILED", etype, emsg, pid, rank, node))
         return others
 
     def _params(self, h: dict, off: float, events: list, by: dict, died: list) -> None:

@@ -165,12 +165,12 @@ def drain(ingest: "schema.Ingest", spool: str, old_only: bool = False) -> int:
             continue
         try:
             with open(os.path.join(spool, n), "rb") as f:
-                header, offset, events = marshal.loads(f.read())
+                header, offset, events, subs, runs = marshal.loads(f.read())
         except (OSError, ValueError, EOFError, TypeError):
             continue  # (a batch cut short by a crash: skipped)
         if n in skip_tasks:
-            events = [e for e in events if e[0] not in _TASK_KINDS]
-        batches.append((header, offset, events))
+            events, subs, runs = [e for e in events if e[0] not in _TASK_KINDS], (), ()
+        batches.append((header, offset, events, subs, runs))
     try:
         ingest.apply(batches, names)
     except Exception as e:  # noqa: BLE001 - report once per pass, keep going

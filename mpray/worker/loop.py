@@ -33,7 +33,7 @@ from .. import protocol as P
 from .. import runtime_env
 from ..control import sessions
 from ..control.logs import redirect_output
-from ..control.recorder import NOTE as _NOTE, REC as _REC, RUN as _RUN, error_fields
+from ..control.recorder import REC as _REC, RUNS as _RUNS, error_fields
 from ..envelope import Registered, opened
 from .generators import Failed, StaticValues, dynamic, failed_payload, static_values, stream
 from ..transport.mailbox import cancel_word
@@ -226,8 +226,7 @@ class WorkerLoop:
             self.store_results(tid, result, nret, name, stored)
             result = None  # drop the last return value now, before DONE goes out
             if _REC.on:
-                _NOTE((_RUN, tid, name, t0, time.monotonic(), True, client.actor_id, None,
-                       None))
+                _RUNS((tid, name, t0, time.monotonic(), True, client.actor_id, None, None))
             return P.OK, stored, False
         except BaseException as e:  # noqa: BLE001 - every failure becomes the task's error
             self.in_user = False
@@ -333,7 +332,7 @@ class WorkerLoop:
         """The control store's record of a call that ran (a failure: ``failed()`` said
         why)."""
         if _REC.on:
-            _NOTE((_RUN, tid, name, t0, time.monotonic(), ok, self.client.actor_id,
+            _RUNS((tid, name, t0, time.monotonic(), ok, self.client.actor_id,
                    *((None, None) if ok else self.last_error)))
         self.last_error = (None, None)
 
