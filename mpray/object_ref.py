@@ -77,5 +77,18 @@ class ObjectRef:
         return asyncio.wrap_future(self.future())
 
 
+_new = object.__new__
+
+
+def owned_ref(counts: dict, oid: int, tid: int) -> ObjectRef:
+    """``ObjectRef(oid, True, tid)`` with its count (the client's ``_refs``) taken here:
+    the task path's form, one call instead of three (``__init__``, ``add_ref``)."""
+    r = _new(ObjectRef)
+    r.id = oid
+    r._tid = tid
+    counts[oid] = counts.get(oid, 0) + 1
+    return r
+
+
 def _rebuild(oid: int, tid: int | None) -> ObjectRef:
     return ObjectRef(oid, False, tid)

@@ -407,8 +407,9 @@ OWNER_ACTIONS: list[type] = [
     ToNode := record("ToNode", None, "msg", _I, "send msg to the node"),
     ToSlot := record("ToSlot", None, "slot msg", _I,
                      "push msg into that mailbox slot's ring to its worker, ring its bell"),
-    Deliver := record("Deliver", None, "oid kind payload", _I,
-                      "a value is here: keep it if anything here wants it"),
+    Deliver := record("Deliver", None, "oid value", _I,
+                      "a value (kind, payload) is here: keep it if anything here wants "
+                      "it (the machine's own LOCAL entry is this same tuple)"),
     Release := record("Release", None, "oids urgent", _I,
                       "tell the node this process holds these no more"),
     Signal := record("Signal", None, "pid signum", _I, "send a signal to a worker"),

@@ -25,7 +25,7 @@ from . import envelope
 from .store import serialization as ser
 from .dag import bind_function
 from .generator import ObjectRefGenerator
-from .object_ref import ObjectRef
+from .object_ref import ObjectRef, owned_ref as _owned_ref
 from .options import TASK_OPTIONS, ArgCheck, resource_request, validate_options
 from .placement import pg_of, pg_resources
 from .session import auto_init
@@ -250,13 +250,19 @@ class RemoteFunction(BlobRegistration):
         return (self._function, code.co_filename if code is not None else None)
 
     def _submit(self, prep: _Prepared, args: tuple, kwargs: dict):
-        self._check(args, kwargs)
+        check = self._check
+        if kwargs or not check.lo <= len(args) <= check.hi:  # (ArgCheck's fast case,
+            check(args, kwargs)                                # inlined: every call)
         client = _global.client
         if client is None:
             client = auto_init()
         if _global.captured is not None and prep.strategy is None:  # (a captured child)
             prep = prep.in_group(_global.captured)
-        fid = self._fid(client) if prep.reg is None else self._fid_with(client, prep.reg)
+        reg = self._registered
+        if reg is not None and reg[0] == client.token and prep.reg is None:
+            fid = reg[1]  # (registered with this client already: _fid's fast case)
+        else:
+            fid = self._fid(client) if prep.reg is None else self._fid_with(client, prep.reg)
         nret = prep.nret
         tid = client.new_ids(nret)
         if _REC.on:  # (the control store: an append, written out by another thread)
@@ -267,7 +273,7 @@ class RemoteFunction(BlobRegistration):
                            prep.retry_exc, contained, prep.strategy, False, None, None, None,
                            prep.stream))
         # the refs exist before the task can end: its value may come back at once
-        refs = _refs(tid, nret)
+        refs = _owned_ref(client._refs, tid + 1, tid) if nret == 1 else _refs(tid, nret)
         if prep.stream is not None:  # (and its stream, before its first value can come)
             refs = ObjectRefGenerator(client, tid, refs, prep.stream)
         # what the task reads stays alive here until it is done (or handed to the node)

@@ -60,7 +60,7 @@ class Harness:
             elif kind is P.ToSlot:
                 self.slots[ins.slot].extend(P.decode(P.encode([ins.msg])))
             elif kind is P.Deliver:
-                self.values[ins.oid] = (ins.kind, ins.payload)
+                self.values[ins.oid] = ins.value
                 self.delivered.append(ins.oid)
             elif kind is P.Release:
                 self.released.extend(ins.oids)

@@ -242,16 +242,16 @@ class Client(Waiting):
     # ------------------------------------------------------------------ receiving
     def store_obj(self, oid: int, kind: int, payload) -> None:
         """Keep a value that arrived, if anything here still wants it."""
-        futs = self._keep(oid, kind, payload)
+        futs = self._keep(oid, (kind, payload))
         if futs:
             self._futures_ready(oid, futs)
 
-    def _keep(self, oid: int, kind: int, payload) -> list | None:
-        """Cache the value if a ref, a subscription or a future wants it; returns the
-        futures that wait for it (the caller resolves them, now or later)."""
+    def _keep(self, oid: int, value: tuple) -> list | None:
+        """Cache the value (kind, payload) if a ref, a subscription or a future wants it;
+        returns the futures that wait for it (the caller resolves them, now or later)."""
         if oid in self._refs or oid in self._subscribed or oid in self._futures:
-            self._values[oid] = (kind, payload)
-            if kind == ser.ERROR:
+            self._values[oid] = value
+            if value[0] == ser.ERROR:
                 self.errors_in += 1
             return self._futures.pop(oid, None)
         return None

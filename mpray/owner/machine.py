@@ -15,7 +15,7 @@ Data flow::
     SubmitTask / SubmitCall / CancelTask       ─▶   ToNode(msg)        to the node
     RefGone / Publish / ActorKilled            ─▶   ToSlot(slot, msg)  into a leased worker's
     LeaseGrant / NoLease / LeaseLost / Obj      ─▶                      or an actor's ring
-      / ActorUpdate / ANodeDone  (node)             Deliver(oid, kind, payload)  a value is here
+      / ActorUpdate / ANodeDone  (node)             Deliver(oid, value)  a value is here
     DoneD / ADoneD / ReturnD / Expired /       ─▶   Release(oid, urgent)  drop our hold
       Resumed / Obj  (a worker's ring)              Signal(pid, sig), CancelWord(slot, tid)
 
@@ -246,14 +246,16 @@ class Owner:
                 del self.owned[oid]
             else:  # (PENDING -> LOCAL, as OWNED_TRANSITIONS allows)
                 self.owned[oid] = _LOCAL
-                self.local[oid] = (kind, payload)
+                self.local[oid] = value = (kind, payload)
+                out.append(_deliver((oid, value)))  # (one tuple, the shell's cache's too)
+                return
         elif st is OW.PROMISED:
             self._disown(oid)
             out.append(P.ToNode(P.Put(oid, kind, payload, ())))  # seal the promise
             if oid in self.dropped:
                 self.dropped.discard(oid)
                 out.append(P.Release((oid,), True))
-        out.append(_deliver((oid, kind, payload)))
+        out.append(_deliver((oid, (kind, payload))))
 
     def direct_values(self, values) -> None:
         """``direct_value`` of each (oid, kind, payload), the usual case inlined (once
@@ -262,8 +264,10 @@ class Owner:
         for oid, kind, payload in values:
             if owned.get(oid) is _PENDING and oid not in dropped:  # (PENDING -> LOCAL)
                 owned[oid] = _LOCAL
-                local[oid] = (kind, payload)
-                out.append(_deliver((oid, kind, payload)))
+                # (one tuple here and in the shell's cache: a tracked object per result
+                # fewer, and so fewer collections while results wait for their get)
+                local[oid] = value = (kind, payload)
+                out.append(_deliver((oid, value)))
             else:
                 self.direct_value(oid, kind, payload)
 
@@ -284,7 +288,7 @@ class Owner:
             if oid in self.dropped:
                 self.dropped.discard(oid)
                 self.out.append(P.Release((oid,), True))  # its ref died while the task ran
-        self.out.append(_deliver((oid, m.kind, m.payload)))
+        self.out.append(_deliver((oid, (m.kind, m.payload))))
 
     def values_by_node(self, tid: int, nret: int) -> None:
         """A direct task or call ended well, its values by the node (it registered them

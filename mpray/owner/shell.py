@@ -154,7 +154,7 @@ class OwnerShell:
             if kind is _ToSlot:
                 self._to_slot(ins)
             elif kind is _Deliver:
-                futs = self._keep(ins.oid, ins.kind, ins.payload)
+                futs = self._keep(ins.oid, ins.value)
                 if futs:  # resolved once the machine is let go (callbacks re-enter)
                     self._to_resolve.append((ins.oid, futs))
             elif kind is _ToNode:
