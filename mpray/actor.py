@@ -24,7 +24,7 @@ from . import protocol as P
 from .exceptions import PendingCallsLimitExceeded
 from .worker.actor import GROUP_SEP, exit_actor, is_async_class
 from .dag import bind_class, bind_method
-from .object_ref import ObjectRef
+from .object_ref import ObjectRef, owned_ref as _owned_ref
 from .owner.actors import Unordered
 from .placement import pg_of, pg_resources
 from .options import (ACTOR_OPTIONS, METHOD_OPTIONS, ArgCheck, resource_request,
@@ -248,7 +248,8 @@ class ActorHandle:
         # (all TaskSpec's items at once, in its FIELDS order: the hot path)
         spec = _task_spec((tid, None, display, blob, deps, nret, (), retries, retry_exc,
                            contained, None, False, self._aid, wire, None, stream))
-        refs = _call_refs(tid, nret)  # (before the call can end)
+        refs = _owned_ref(client._refs, tid + 1, ~tid) if nret == 1 else \
+            _call_refs(tid, nret)  # (before the call can end)
         if stream is not None and stream >= 0:  # (and its stream, before any value)
             refs = ObjectRefGenerator(client, tid, refs, stream)
         # what the call reads stays alive here until it is sent (refs inside the

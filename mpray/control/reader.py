@@ -67,19 +67,45 @@ def open_reader(address: str | None = None, sync: bool = True) -> "Reader":
     return r
 
 
+def _ask(dirs: list) -> list:
+    """Ask the writers of these node directories for a pass now (the request files)."""
+    asked = []
+    for d in dirs:
+        path = os.path.join(d, "spool", f"{SYNC}{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            asked.append(path)
+        except OSError:
+            continue  # (a finished rank, a store not ours to write: read as it is)
+    return asked
+
+
+def _unask(asked: list) -> None:
+    for p in asked:  # (answered, or a writer too slow to answer: do not leave it)
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+
+
 class Reader:
     def __init__(self, session: str) -> None:
         self.session = session
         deadline = time.monotonic() + SYNC_TIMEOUT_S
+        asked: list = []
         while True:
-            self.dirs = [d for d in sessions.node_dirs(session)
-                         if os.path.exists(os.path.join(d, sessions.STORE))]
-            # (a session just started: its writer makes the file in a moment)
-            if self.dirs or time.monotonic() > deadline or not any(
-                    os.path.isdir(os.path.join(d, "spool"))
-                    for d in sessions.node_dirs(session)):
+            dirs = sessions.node_dirs(session)
+            self.dirs = [d for d in dirs if os.path.exists(os.path.join(d, sessions.STORE))]
+            # (a session just started: a writer makes its file at its first pass with
+            # work to do, a busy session's writer when asked; every rank's is read)
+            missing = [d for d in dirs if d not in self.dirs
+                       and os.path.isdir(os.path.join(d, "spool"))]
+            if not missing or time.monotonic() > deadline:
                 break
+            if not asked:
+                asked = _ask(missing)
             time.sleep(0.02)
+        _unask(asked)
         if not self.dirs:
             raise LookupError(f"{session} has no control store (was it run with "
                               "MPRAY_CONTROL_STORE=0?)")
@@ -94,22 +120,11 @@ class Reader:
         if REC.on:
             REC.flush()
         time.sleep(FLUSH_S + 0.05)  # (every process's recorder has flushed since)
-        asked = []
-        for d in self.dirs:
-            path = os.path.join(d, "spool", f"{SYNC}{os.getpid()}-{time.monotonic_ns()}")
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-                asked.append(path)
-            except OSError:
-                continue  # (a finished rank, a store not ours to write: read as it is)
+        asked = _ask(self.dirs)
         deadline = time.monotonic() + SYNC_TIMEOUT_S
         while time.monotonic() < deadline and any(os.path.exists(p) for p in asked):
             time.sleep(0.02)
-        for p in asked:  # (a writer too slow to answer: do not leave the request)
-            try:
-                os.unlink(p)
-            except OSError:
-                pass
+        _unask(asked)
 
     # ------------------------------------------------------------------ rows
     def rows(self, table: str, order: str | None = None) -> list[dict]:

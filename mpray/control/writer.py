@@ -5,7 +5,8 @@ Data flow::
 
     driver, workers, node ─ recorder.py ─▶ spool/<pid>-<n>-<events>.ev
     writer (forked by the node, SCHED_IDLE) ─ every PASS_S, unless the session is busy
-        (BUSY_EVENTS new since the last look) and no reader asked (spool/.sync-*):
+        (BUSY_EVENTS in the batches of the last BUSY_WINDOW_S) and no reader asked
+        (spool/.sync-*):
         the batches, oldest first ─▶ one transaction: their rows (schema.py) + their
         names in spool_done ─▶ unlink the batches ─ rows beyond store_max_tasks go
     busy: only a backlog of more task events than the store keeps shrinks: the oldest
@@ -30,6 +31,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 
 from . import schema
 from . import sessions
@@ -38,7 +40,11 @@ from .recorder import RUN, START, SUBMIT
 PASS_S = 0.2  # seconds between looks at the spool
 MAX_FILES = 500  # batches per transaction (bounds the writer's memory)
 BACKLOG_FACTOR = 2  # task events kept from a backlog: this many per task row kept
-BUSY_EVENTS = 200  # events new since the last look above which the session is busy
+# the session is busy while its batches of the last BUSY_WINDOW_S hold BUSY_EVENTS or more
+# (a window, not "new since the last look": batches come every FLUSH_S, and looks between
+# two of them found nothing new, so the writer ingested in the middle of a busy run)
+BUSY_WINDOW_S = 1.0
+BUSY_EVENTS = 1000
 SYNC = sessions.SYNC
 _TASK_KINDS = (SUBMIT, RUN, START)
 
@@ -50,29 +56,56 @@ def writer_main(node_dir: str, max_tasks: int, prune_root: str | None, keep: int
     idle_priority()
     parent = os.getppid()
     spool = os.path.join(node_dir, "spool")
-    db = schema.open_store(os.path.join(node_dir, sessions.STORE), create=True)
-    if prune_root is not None:  # (rank 0: finished sessions beyond the newest `keep` go)
-        sessions.prune(prune_root, keep, current=node_dir)
-    ingest = schema.Ingest(db, max_tasks)
-    seen: set = set()
+    ingest = None  # (opened at the first pass with work to do: see _open)
+    started = time.time()
     while True:
         stopping = signal.sigtimedwait({signal.SIGTERM}, PASS_S) is not None
         stopping = stopping or os.getppid() != parent
         if stopping:
             break
-        found = _batches(spool)
-        fresh = sum(c for _t, n, c in found if n not in seen)
-        seen = {n for _t, n, _c in found}
         requests = _requests(spool)
-        if fresh < BUSY_EVENTS or requests:
+        found = _batches(spool)
+        now = time.time()
+        # (busy until a whole window has passed: the processes' first batches come
+        # FLUSH_S after they start, and a session often starts working at once)
+        busy = not requests and (now - started < BUSY_WINDOW_S or _busy(found, now))
+        if busy and sum(c for _t, _n, c in found) <= BACKLOG_FACTOR * max_tasks:
+            continue  # (busy, and no backlog to shrink)
+        if ingest is None:
+            ingest = _open(node_dir, max_tasks, prune_root, keep)
+        if busy:  # only a backlog beyond what the store keeps shrinks (cheaply)
+            while drain(ingest, spool, old_only=True) >= MAX_FILES:
+                pass
+        else:
             while drain(ingest, spool) >= MAX_FILES:
                 pass
             for r in requests:  # (after a full pass that began after they were made)
                 _unlink(spool, r)
-        else:  # busy: only a backlog beyond what the store keeps shrinks (cheaply)
-            while drain(ingest, spool, old_only=True) >= MAX_FILES:
-                pass
+    if ingest is None:
+        ingest = _open(node_dir, max_tasks, prune_root, keep)
     finish(ingest, spool, node_dir, prune_root, keep)
+
+
+def _open(node_dir: str, max_tasks: int, prune_root: str | None, keep: int) -> "schema.Ingest":
+    """The store's file, made now (not at the writer's start: importing sqlite_utils and
+    making the tables cost about 50 ms of CPU, which a session that starts working at
+    once would share its cores with); readers wait for the file or ask for it."""
+    db = schema.open_store(os.path.join(node_dir, sessions.STORE), create=True)
+    if prune_root is not None:  # (rank 0: finished sessions beyond the newest `keep` go)
+        sessions.prune(prune_root, keep, current=node_dir)
+    return schema.Ingest(db, max_tasks)
+
+
+def _busy(found: list, now: float) -> bool:
+    """Do the batches written in the last BUSY_WINDOW_S hold BUSY_EVENTS or more?"""
+    recent = 0
+    for t, _n, c in reversed(found):  # (newest first)
+        if now - t >= BUSY_WINDOW_S:
+            break
+        recent += c
+        if recent >= BUSY_EVENTS:
+            return True
+    return False
 
 
 def idle_priority() -> None:

@@ -106,7 +106,7 @@ class ActorServer:
             cls = self.wl.function(self.fid, self.fblob, self.name)
             self.instance = cls(*args, **kwargs)
 
-        status, stored, _r = self.wl.execute(self.tid, lambda: construct, self.args_blob,
+        status, stored, _r = self.wl.execute(self.tid, _same, construct, self.args_blob,
                                              self.deps, 1, f"{self.class_name}.__init__",
                                              False)
         self.args_blob = self.deps = None
@@ -167,8 +167,7 @@ class ActorServer:
         call = None if msg.stream is None else _call_gen(msg)  # (a generator method)
         while True:
             status, stored, retryable = wl.execute(
-                tid, lambda: self.method(method), args_blob, deps, nret, name, retry_exc,
-                call)
+                tid, self.method, method, args_blob, deps, nret, name, retry_exc, call)
             if status == P.APP_ERROR and retryable and retries != 0 and not self.exiting:
                 retries -= 1
                 self.client.hold(-1)
@@ -488,6 +487,11 @@ class _Loop:
 
         threading.Thread(target=run, name=f"mpray-actor-loop-{name}", daemon=True).start()
         started.wait()
+
+
+def _same(x):
+    """``execute``'s lookup of a constructor it is handed (the key is the function)."""
+    return x
 
 
 def _ready() -> bool:

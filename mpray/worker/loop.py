@@ -159,8 +159,7 @@ class WorkerLoop:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         try:
             status, stored, retryable = self.execute(
-                tid, lambda: self.function(msg.fid, msg.fblob, name), msg.args, msg.deps,
-                nret, name, msg.retry_exc)
+                tid, self._function_of, msg, msg.args, msg.deps, nret, name, msg.retry_exc)
         finally:
             if gpus:
                 if self.base_cuda is None:
@@ -170,6 +169,9 @@ class WorkerLoop:
         self.report(tid, status, stored, retryable, msg.owner, msg.epoch is not None)
         if self.retire:  # the function's max_calls: this worker exits (the node starts
             self.client.stop_requested = True  # another; queued tasks go back to it)
+
+    def _function_of(self, msg: P.Exec):
+        return self.function(msg.fid, msg.fblob, msg.name)
 
     def function(self, fid: int, fblob: bytes | None, name: str):
         fn = self.funcs.get(fid)
@@ -191,7 +193,7 @@ class WorkerLoop:
                 kwargs[pos] = value
         return args, kwargs
 
-    def execute(self, tid: int, get_fn, args_blob: bytes, deps, nret: int, name: str,
+    def execute(self, tid: int, get_fn, key, args_blob: bytes, deps, nret: int, name: str,
                 retry_exc, call: tuple | None = None) -> tuple[int, list, bool]:
         """Run one call: (status, stored results, retryable); ``call``: an actor call's
         generator kind, backpressure and owner (a task's come with its function)."""
@@ -202,7 +204,8 @@ class WorkerLoop:
         fn = None
         t0 = time.monotonic()
         try:
-            fn = get_fn()
+            fn = get_fn(key)  # (looked up in here: a failure is the call's error; a
+            #                   function and its key, not a closure: no cells per call)
             if type(fn) is Registered:  # (its arguments may need its py_modules)
                 fn.enter()
             args, kwargs = self.load_args(args_blob, deps)
@@ -369,8 +372,9 @@ class WorkerLoop:
                 delivered = self._deliver(stored)
             client.order_via_node = False
             client.send([_node_done((_NODE_DONE, tid, status, stored, retryable, delivered))])
+            client.lease_active = time.monotonic()  # a lease idles from its last task's
+            #                                         end (_finish_direct sets it too)
         client.hold(-1)
-        client.lease_active = time.monotonic()  # a lease idles from its last task's end
         if client._gone and client.owner is not None:
             client.run_owner()  # (its small values' releases: not left for an idle worker)
         client._flush_soon()
