@@ -4,6 +4,7 @@ removing a session's files, and keeping MPI away from forked processes.
 Data flow::
 
     node / worker ─ set_parent_death_signal (prctl) ─▶ the kernel kills it with its parent
+    node          ─ fork_held() ─▶ a child that gets SIGTERM only once it is set up
     node          ─ kill(pid) / remove_tree(dir) / remove_mpi_segments() ─▶ nothing left
     worker        ─ strip_mpi_environment() ─▶ it can never initialise MPI
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import time
 
 _PR_SET_PDEATHSIG = 1
@@ -25,6 +27,23 @@ def set_parent_death_signal(sig: int) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except Exception:  # noqa: BLE001 - best effort; the getppid() checks remain
         pass
+
+
+def fork_held() -> int:
+    """``os.fork()`` with SIGTERM blocked across it, and still blocked in the child: the
+    node's handler (it raises SystemExit) would otherwise fire in a child that is not set
+    up yet, even inside the interpreter's at-fork hooks, where it can only print
+    "Exception ignored".  The child unblocks it (``release_term``) once it can end
+    cleanly, or takes it with ``sigtimedwait``."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    pid = os.fork()
+    if pid != 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return pid
+
+
+def release_term() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def kill(pid: int, sig: int) -> None:

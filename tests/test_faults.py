@@ -487,3 +487,31 @@ def test_is_canceled_tells_a_task_it_was_cancelled(ray_start):
     assert mpray.get(ref, timeout=30) is True  # it caught the interrupt and returned
     with pytest.raises(RuntimeError, match="driver"):
         mpray.get_runtime_context().is_canceled()
+
+
+def test_a_child_forked_by_the_node_gets_sigterm_only_once_it_releases_it():
+    """fork_held(): a SIGTERM sent to a child the node just forked waits until the child
+    is set up (it would otherwise fire the node's SystemExit handler anywhere, even in the
+    interpreter's at-fork hooks); the parent's own mask is left as it was."""
+    from mpray.procs import fork_held, release_term
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    r, w = os.pipe()
+    pid = fork_held()
+    if pid == 0:  # the child: blocked until released, then the signal ends it
+        code = 3
+        try:
+            os.close(r)
+            blocked = signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            os.kill(os.getpid(), signal.SIGTERM)  # (pending: not delivered yet)
+            os.write(w, b"y" if blocked else b"n")
+            release_term()  # delivered now: the default action ends the process
+            code = 4  # (not reached)
+        finally:
+            os._exit(code)
+    os.close(w)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+    with os.fdopen(r, "rb") as f:
+        assert f.read() == b"y"  # it was still blocked in the child, and it lived on
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM

@@ -30,7 +30,8 @@ from . import cluster
 from .. import protocol as P
 from .actor_names import LATER
 from ..transport.mailbox import slot_bell, slot_rings
-from ..procs import kill, remove_mpi_segments, remove_tree, wait_exit
+from ..procs import (fork_held, kill, release_term, remove_mpi_segments, remove_tree,
+                     wait_exit)
 from ..transport.rings import Doorbell, Outbox, Ring, anonymous_shared, ring_bytes
 from .scheduler import Scheduler
 from .store import StoreShell, WORKER, WORKER_EXIT, hold_session
@@ -147,10 +148,11 @@ class Node:
             bell = slot_bell(self.setup.mailbox, slot, cap_d, self.setup.slot_efds[slot])
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        pid = fork_held()
         if pid == 0:  # ---- child
             code = 0
             try:
+                release_term()  # (a SIGTERM now ends it: SystemExit, below)
                 keep = {self.bell.fd, bell.fd, self.setup.driver_bell.fd}
                 for ch in self.channels.values():
                     if ch.bell.fd not in keep and not ch.shared_bell:

@@ -24,7 +24,7 @@ import time
 from ..control import sessions
 from ..control.recorder import (ACTOR, FLUSH_S, NODE, NODE_END, NOTE, OBJ, REC, TASK_LOST,
                                 USAGE, WORKER, WORKER_EXIT, error_fields)
-from ..procs import kill, remove_tree, wait_exit
+from ..procs import fork_held, kill, remove_tree, wait_exit
 
 __all__ = ["StoreShell", "WORKER", "WORKER_EXIT", "hold_session"]
 
@@ -57,7 +57,7 @@ class StoreShell:
         st = self.setup
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        pid = fork_held()  # (SIGTERM stays blocked: writer_main takes it when it waits)
         if pid == 0:  # ---- the writer
             code = 0
             try:
