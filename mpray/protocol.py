@@ -401,6 +401,9 @@ OWNER_EVENTS: list[type] = [
                       defaults={"msg": None}),
     ActorKilled := record("ActorKilled", None, "aid", _E,
                           "kill(no_restart=True) was sent: later calls go the node's way"),
+    Lending := record("Lending", None, "lent", _E,
+                      "a worker owner blocks in get and lends its CPU (lent), or runs on "
+                      "(its leases leave room for the CPU it holds)"),
 ]
 _I = "owner_actions"
 OWNER_ACTIONS: list[type] = [

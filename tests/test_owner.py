@@ -194,6 +194,30 @@ def test_short_queue_waits_for_a_free_lease_rather_than_behind_a_running_task():
     assert sub.spec.tid == 30 and sub.spec.lease and h.take_slot(0) == []
 
 
+def test_a_worker_owner_counts_its_own_cpu_until_it_lends_it_in_get():
+    """A worker owner holds one of the node's CPUs while it runs: with 2 CPUs and one
+    lease busy, its next task waits here (at the node it would only wait for a CPU);
+    when it blocks in get, one queued task goes the node's way to lease the lent CPU."""
+    h = leased(Harness(max_leases=2, depth=2))
+    h.o.own_cpu = True
+    h.submit(20)
+    assert [m.tid for m in h.take_slot(0)] == [20]
+    h.submit(30)
+    h.submit(40)
+    assert h.take_node() == [] and [r.key for r in h.o.queue] == [30, 40]
+    h.ev(P.Lending(True))  # blocks in get: its CPU is lent
+    (sub,) = h.take_node()
+    assert sub.spec.tid == 30 and sub.spec.lease and h.o.flagged == {31}
+    assert [r.key for r in h.o.queue] == [40] and h.o.own_cpu is False
+    h.grant(2, 2, 1, 31)
+    h.ev(P.Obj(31, INLINE, b"x"))  # the seeding task ended: the new lease takes 40
+    assert [m.tid for m in h.take_slot(1)] == [40]
+    h.ev(P.Lending(False))  # runs again: two leases stay, none more is asked for
+    h.submit(50)
+    h.submit(60)
+    assert h.take_node() == [] and h.o.own_cpu is True
+
+
 def test_a_task_in_flight_when_its_slot_lease_expires_comes_back_bounced():
     h = leased(Harness(max_leases=1))
     h.submit(20)

@@ -117,6 +117,10 @@ class Owner:
         self.rank = rank
         self.values = values  # the shell's value cache (read only here)
         self.max_leases = max(1, max_leases)
+        # a worker owner runs on one of its node's CPUs: while it holds it, one lease
+        # fewer can run beside it (a task flagged for another would only wait at the
+        # node, and its trip there costs the submitter); lent in get, it is one more
+        self.own_cpu = False
         self.depth = max(1, depth)
         self.max_frame = ring_cap // 4  # bigger messages go by the node (its rings fragment)
         # message bytes in flight per ring (estimated from above, so a push never waits;
@@ -153,7 +157,7 @@ class Owner:
             P.SubmitTask: self._submit, P.SubmitCall: self.actors.submit,
             P.CancelTask: self._cancel, P.RefGone: self._ref_gone,
             P.Publish: self._publish_event,
-            P.ActorKilled: self.actors.killed,
+            P.ActorKilled: self.actors.killed, P.Lending: self._on_lending,
             P.Obj: self._node_value, P.LeaseGrant: self._on_lease,
             P.NoLease: lambda ev: self._unflag(ev.first_oid),
             P.LeaseLost: self._on_lost, P.DoneD: self._on_done,
@@ -318,13 +322,24 @@ class Owner:
         for oid in range(tid + 1, tid + 1 + spec.nret):  # (its returns: PENDING)
             owned[oid] = _PENDING
         if self.queue or not self._place(rec):
-            if len(self.leases) + len(self.flagged) < self.max_leases or not (
-                    self.flagged or self._usable()):
+            if self._lease_room() or not (self.flagged or self._usable()):
                 # no room: the node runs it, and (room for one more lease) leases us the
                 # worker it starts on
                 self._to_node(rec, flag=True)
                 return
             self.queue.append(rec)  # leases (or grants on their way) will take it
+
+    def _lease_room(self) -> bool:
+        """May one more lease be asked for (leases, grants on their way, and the CPU this
+        owner holds itself, against the node's CPUs)?"""
+        return len(self.leases) + len(self.flagged) + self.own_cpu < self.max_leases
+
+    def _on_lending(self, ev) -> None:
+        """A worker owner blocks (its CPU is lent: one task of the queue goes the node's
+        way to become the lease that uses it) or runs again."""
+        self.own_cpu = not ev.lent
+        if ev.lent and self.queue and self._lease_room():
+            self._to_node(self.queue.popleft(), flag=True)
 
     def _usable(self) -> bool:
         """Does some lease take tasks (not paused while its task waits)?"""
@@ -347,7 +362,7 @@ class Owner:
         self.tasks.pop(rec.key, None)
         if rec.state is not D.ENDED:
             rec.step(D.ENDED)
-        if flag and len(self.leases) + len(self.flagged) < self.max_leases:
+        if flag and self._lease_room():
             self.flagged.add(rec.key + 1)
             spec = spec._replace(lease=True)
         self.to_node(spec)

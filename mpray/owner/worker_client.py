@@ -35,6 +35,7 @@ from .machine import Owner
 from .shell import OwnerShell
 
 _dumps = pickle.dumps
+_LENT, _RUNNING = P.Lending(True), P.Lending(False)
 
 
 class WorkerClient(OwnerShell, Client):
@@ -103,6 +104,8 @@ class WorkerClient(OwnerShell, Client):
                                mailbox=True, spill_long=st.spill_long, direct_calls=False)
             self.owner.blobs = self.func_blobs  # (functions registered before: see
             #                                      OwnerShell.register_function)
+            # (a task's worker holds a CPU while it runs; an actor's, none to count on)
+            self.owner.own_cpu = self.actor_mode is None and not self.blocked
             # (then its messages' handlers: the pumping thread may read them at once)
             self._owner_handlers(self._on)
             self._on[P.LeaseGrant.OP] = self._on_lease_grant
@@ -321,11 +324,15 @@ class WorkerClient(OwnerShell, Client):
         if epoch is not None:  # its owner holds back the lease's work meanwhile
             self.send_owner([P.ReturnD(self.proc, epoch, leased, True)])
         self.send([P.Blocked(mine)])
+        if self.owner is not None:  # (after Blocked: the CPU is lent when its task comes)
+            self.post(_LENT)
         try:
             return self.wait_until(pred, deadline)
         finally:
             self.blocked = False
             self.send([P.Unblocked()])
+            if self.owner is not None:
+                self.post(_RUNNING)
             if epoch is not None and epoch == self.lease_epoch:
                 self.send_owner([P.Resumed(self.proc, epoch)])
 
