@@ -119,7 +119,8 @@ class Owner:
         self.max_leases = max(1, max_leases)
         # a worker owner runs on one of its node's CPUs: while it holds it, one lease
         # fewer can run beside it (a task flagged for another would only wait at the
-        # node, and its trip there costs the submitter); lent in get, it is one more
+        # node, and its trip there costs the submitter); lent in get, it is one more.
+        # (Not under MPI: there the node may pass a flagged task to another rank.)
         self.own_cpu = False
         self.depth = max(1, depth)
         self.max_frame = ring_cap // 4  # bigger messages go by the node (its rings fragment)

@@ -67,6 +67,7 @@ class WorkerClient(OwnerShell, Client):
         self._w2o: dict[int, object] = {}
         # with a mailbox slot it becomes an owner when it first submits a task (most
         # workers never do: their start does not pay for the machine)
+        self._counts_cpu = False  # (its owner counts the CPU it holds: _become_owner)
         self._may_own = bool(setup is not None and slot is not None and setup.channel_count
                              and setup.lease_depth)
         self._init_owner(None, setup.mailbox if setup is not None else None,
@@ -104,8 +105,11 @@ class WorkerClient(OwnerShell, Client):
                                mailbox=True, spill_long=st.spill_long, direct_calls=False)
             self.owner.blobs = self.func_blobs  # (functions registered before: see
             #                                      OwnerShell.register_function)
-            # (a task's worker holds a CPU while it runs; an actor's, none to count on)
-            self.owner.own_cpu = self.actor_mode is None and not self.blocked
+            # (a task's worker holds a CPU while it runs; an actor's, none to count on;
+            # under MPI a task flagged the node's way may run on another rank's CPU)
+            self._counts_cpu = (self.actor_mode is None and not self.blocked
+                                and st.agent_rings is None)
+            self.owner.own_cpu = self._counts_cpu
             # (then its messages' handlers: the pumping thread may read them at once)
             self._owner_handlers(self._on)
             self._on[P.LeaseGrant.OP] = self._on_lease_grant
@@ -324,14 +328,15 @@ class WorkerClient(OwnerShell, Client):
         if epoch is not None:  # its owner holds back the lease's work meanwhile
             self.send_owner([P.ReturnD(self.proc, epoch, leased, True)])
         self.send([P.Blocked(mine)])
-        if self.owner is not None:  # (after Blocked: the CPU is lent when its task comes)
+        counts = self.owner is not None and self._counts_cpu
+        if counts:  # (after Blocked: the CPU is lent when its task comes)
             self.post(_LENT)
         try:
             return self.wait_until(pred, deadline)
         finally:
             self.blocked = False
             self.send([P.Unblocked()])
-            if self.owner is not None:
+            if counts:
                 self.post(_RUNNING)
             if epoch is not None and epoch == self.lease_epoch:
                 self.send_owner([P.Resumed(self.proc, epoch)])
