@@ -515,3 +515,90 @@ def test_a_child_forked_by_the_node_gets_sigterm_only_once_it_releases_it():
         assert f.read() == b"y"  # it was still blocked in the child, and it lived on
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
+NODE_DIES = r"""
+import json, os, signal, sys, time
+import psutil
+import mpray
+from mpray import exceptions as exc
+mpray.init(num_cpus=2)
+from mpray import _global
+sd = _global.session.session_dir
+shm0 = set(os.listdir("/dev/shm"))
+@mpray.remote
+def f(i):
+    return i
+@mpray.remote
+def slow():
+    time.sleep(60)
+@mpray.remote
+class A:
+    def pid(self):
+        return os.getpid()
+a = A.remote()
+assert mpray.get([f.remote(i) for i in range(20)]) == list(range(20))
+mpray.get(a.pid.remote())
+running = slow.remote()
+time.sleep(0.3)
+node = psutil.Process(_global.session.node_pid)
+pids = [node.pid] + [p.pid for p in node.children(recursive=True)]
+os.kill(node.pid, signal.SIGKILL)
+out = {"pids": pids, "session_dir": sd}
+for what, get in (("running", lambda: mpray.get(running, timeout=20)),
+                  ("new", lambda: mpray.get(f.remote(1), timeout=20)),
+                  ("actor", lambda: mpray.get(a.pid.remote(), timeout=20))):
+    t = time.monotonic()
+    try:
+        get()
+        out[what] = ["returned", 0]
+    except Exception as e:
+        out[what] = [type(e).__name__, time.monotonic() - t, str(e)]
+def alive(p):
+    try:
+        return psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+t = time.monotonic()
+while time.monotonic() - t < 1.0 and any(alive(p) for p in pids):
+    time.sleep(0.02)
+out["alive_after_1s"] = [p for p in pids if alive(p)]
+mpray.shutdown()
+out["shm_left"] = sorted(set(os.listdir("/dev/shm")) - shm0)
+mpray.init(num_cpus=2)
+out["again"] = mpray.get(f.remote(7))
+mpray.shutdown()
+print(json.dumps(out))
+"""
+
+
+def test_a_killed_node_fails_every_waiter_at_once_and_leaves_nothing_running(tmp_path):
+    """The node process SIGKILLed (the OOM killer's usual choice): its workers and actor
+    die with it within a second, every waiter gets RaySystemError at once, nothing is
+    left in /dev/shm, the session directory is ended like any other (logs and the store
+    kept), and init() works again."""
+    env = dict(os.environ, MPRAY_LOG_DIR=str(tmp_path))
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", NODE_DIES], capture_output=True, text=True,
+                       env=env, cwd=str(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    try:
+        for what in ("running", "new", "actor"):
+            name, waited = out[what][:2]
+            assert name == "RaySystemError", (what, out[what])
+            assert waited < 2.0, (what, out[what])
+            assert "node process" in out[what][2] and "died" in out[what][2], out[what]
+        assert out["alive_after_1s"] == [], out["alive_after_1s"]
+        assert out["shm_left"] == []
+        assert out["again"] == 7
+        assert wait_for(lambda: session_finished(out["session_dir"]), 5), \
+            sorted(os.listdir(out["session_dir"]))
+        assert os.path.isdir(os.path.join(out["session_dir"], "logs"))
+    finally:
+        for p in out["pids"]:  # (never leave one behind, even on failure)
+            if not _dead(p):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass

@@ -396,3 +396,39 @@ def test_ref_borrowed_by_task_and_returned(ray_start):
     assert digest(got) == digest(a)
     del got, result, out
     assert wait_arena(lambda u: u == base) == base
+
+
+# --------------------------------------------------------------------- owner death
+@mpray.remote
+class _Maker:
+    def make(self, seed):
+        return [mpray.put(big_array(seed)), mpray.put("small")]  # this process owns them
+
+    def pid(self):
+        return os.getpid()
+
+
+def test_a_value_outlives_the_process_that_owns_it(ray_start):
+    """mpray keeps a value whose owner (the actor that put it) died while any process
+    holds a ref to it (Ray raises OwnerDiedError there: the README's compatibility
+    table says so), and frees it when the last ref goes."""
+    import psutil
+
+    base = arena_used()
+    maker = _Maker.remote()
+    refs = mpray.get(maker.make.remote(31))
+    pid = mpray.get(maker.pid.remote())
+    mpray.kill(maker)
+    def gone() -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    assert wait_for(gone, 10)
+    big, small = mpray.get(refs, timeout=30)
+    assert digest(big) == digest(big_array(31)) and small == "small"
+    del big
+    assert arena_used() >= base + BIG  # (the ref still holds it)
+    del refs
+    assert wait_arena(lambda u: u == base) == base
