@@ -34,6 +34,8 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import signal
+import socket
 import sys
 import time
 
@@ -294,8 +296,8 @@ class Agent:
         except ChildProcessError:
             pid, status = self.node_pid, 0
         if pid:
-            abort(self.comm, f"the mpray node process (pid {self.node_pid}) of this rank died "
-                             f"(wait status {status}); ending the job")
+            abort(self.comm, f"the mpray node process (pid {self.node_pid}) of this rank "
+                             f"{how_it_ended(status)}; ending the job")
 
     def run(self, until) -> None:
         """Serve until ``until()`` is true: poll, pausing 50 µs while there was work in
@@ -354,7 +356,24 @@ class Agent:
 
 
 def abort(comm, message: str, code: int = 1) -> None:
-    """End the whole job now (a rank failed): the message once, then MPI_Abort."""
-    print(f"mpray (rank {comm.Get_rank()}, pid {os.getpid()}): {message}", file=sys.stderr,
-          flush=True)
+    """End the whole job now (a rank failed): the message once, naming the rank, its host
+    and its pid, then MPI_Abort."""
+    print(f"mpray (rank {comm.Get_rank()} on {socket.gethostname()}, pid {os.getpid()}): "
+          f"{message}", file=sys.stderr, flush=True)
     comm.Abort(code)
+
+
+def how_it_ended(status: int) -> str:
+    """A child's wait status in words (a SIGKILL is what the out-of-memory killer sends)."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        hint = " (the out-of-memory killer's signal, among others)" if sig == signal.SIGKILL \
+            else ""
+        return f"was killed by {name}{hint}"
+    if os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return f"ended (wait status {status})"

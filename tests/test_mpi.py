@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -138,6 +139,17 @@ def test_driver_exception_ends_the_job_promptly():
     took = time.monotonic() - t0
     assert r.returncode != 0
     assert r.stdout.count("RuntimeError: the driver failed on purpose") == 1, r.stdout
+    assert took < 10 + 5, f"the job took {took:.1f} s to end"  # (+ launcher start-up)
+
+
+def test_a_ranks_node_dying_ends_the_job_naming_the_rank_host_and_cause():
+    t0 = time.monotonic()
+    r = run_mpi("node_dies.py", 2)
+    took = time.monotonic() - t0
+    assert r.returncode != 0 and "FAILED" not in r.stdout, r.stdout[-3000:]
+    line = next((x for x in r.stdout.splitlines() if "node process" in x), "")
+    assert f"rank 1 on {socket.gethostname()}" in line, r.stdout[-3000:]
+    assert "killed by SIGKILL" in line, line
     assert took < 10 + 5, f"the job took {took:.1f} s to end"  # (+ launcher start-up)
 
 
