@@ -432,3 +432,28 @@ def test_a_value_outlives_the_process_that_owns_it(ray_start):
     assert arena_used() >= base + BIG  # (the ref still holds it)
     del refs
     assert wait_arena(lambda u: u == base) == base
+
+
+# --------------------------------------------------------------------- CPUs
+@mpray.remote
+def _timed_array(i):
+    import time
+
+    t0 = time.time()
+    time.sleep(0.005)
+    return time.time(), t0, os.getpid(), np.full(200_000, i)  # (1.6 MB: an arena value)
+
+
+def test_tasks_returning_arrays_never_run_more_than_the_cpus_at_once(ray_start):
+    """Storing a large result asks the node for an arena range: the task waits for that
+    reply holding its CPU (it used to lend it, as in a get, and the node started another
+    task beside it: four at once on two CPUs)."""
+    cpus = int(mpray.cluster_resources()["CPU"])
+    out = mpray.get([_timed_array.remote(i) for i in range(60)])
+    assert [int(x[3][0]) for x in out] == list(range(60))
+    events = sorted([(t0, 1) for _t1, t0, _p, _a in out] + [(t1, -1) for t1, _t0, _p, _a in out])
+    running = most = 0
+    for _t, d in events:
+        running += d
+        most = max(most, running)
+    assert most <= cpus, f"{most} tasks ran at once on {cpus} CPUs"

@@ -291,7 +291,7 @@ class Client(Waiting):
             return kind, payload, contained
         header, raws = payload
         total, places = ser.arena_layout(header, raws)
-        reply = self.request(lambda req: P.Alloc(req, total), timeout=None)
+        reply = self.request(lambda req: P.Alloc(req, total), timeout=None, lend=False)
         if reply.offset is None:
             raise exc.ObjectStoreFullError(
                 f"cannot store an object of {total} bytes in the object store: "

@@ -140,15 +140,19 @@ class Waiting:
             with self._cond:
                 self._cond.notify_all()
 
-    def request(self, msg_builder, timeout: float | None = 60.0):
-        """Send a request carrying a fresh request id; return the node's reply."""
+    def request(self, msg_builder, timeout: float | None = 60.0, lend: bool = True):
+        """Send a request carrying a fresh request id; return the node's reply.
+        ``lend=False``: a reply the node gives at once (an arena range), which a task
+        waits for holding its CPU (lending it would let another task start beside it:
+        two cores ran four tasks returning arrays)."""
         req = self.new_ids(0)
         self.send([msg_builder(req)])
-        return self.wait_reply(req, timeout)
+        return self.wait_reply(req, timeout, lend)
 
-    def wait_reply(self, req: int, timeout: float | None = 60.0):
+    def wait_reply(self, req: int, timeout: float | None = 60.0, lend: bool = True):
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._blocking_wait(lambda: req in self._replies, deadline):
+        wait = self._blocking_wait if lend else self.wait_until
+        if not wait(lambda: req in self._replies, deadline):
             raise exc.GetTimeoutError(f"no reply from the mpray node within {timeout} s")
         return self._replies.pop(req)
 
