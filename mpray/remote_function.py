@@ -95,7 +95,7 @@ def generator_kind(num_returns, is_gen: bool) -> str | None:
 _task_spec = P.TaskSpec.from_items
 
 
-_NO_ARGS = (ser.dumps_plain(([], {})), (), (), None)  # a call without arguments
+_NO_ARGS = (ser.NO_ARGS, (), (), None)  # a call without arguments
 
 
 def encode_args(client, args: tuple, kwargs: dict, fname: str) -> tuple[bytes, tuple, list]:

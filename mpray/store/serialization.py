@@ -86,6 +86,10 @@ def dumps_plain(value: Any) -> bytes:
         raise TypeError(f"cannot serialize {type(value).__name__} object: {e}") from e
 
 
+# a call's arguments when it has none: the submitter sends these bytes, and a worker that
+# sees them skips unpickling (200 ns a call)
+NO_ARGS = dumps_plain(([], {}))
+
 # values that can hold neither an ObjectRef nor an out-of-band buffer: pickled as they
 # are (a task that returns None or a number skips the buffer and ref bookkeeping)
 _SCALARS = frozenset({type(None), bool, int, float, str})

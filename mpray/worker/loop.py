@@ -39,7 +39,7 @@ from .generators import Failed, StaticValues, dynamic, failed_payload, static_va
 from ..transport.mailbox import cancel_word
 from ..procs import set_parent_death_signal, strip_mpi_environment
 from ..owner.worker_client import WorkerClient
-from ..store.serialization import ARENA, ERROR
+from ..store.serialization import ARENA, ERROR, NO_ARGS as _NO_ARGS
 
 # (built from all their items, in FIELDS order, without a Python-level call: hot)
 _done, _DONE = P.DoneD.from_items, P.DoneD.OP
@@ -184,6 +184,8 @@ class WorkerLoop:
         return fn
 
     def load_args(self, args_blob: bytes, deps) -> tuple[list, dict]:
+        if args_blob == _NO_ARGS:  # (no arguments, so no deps either: nothing to unpickle)
+            return [], {}
         args, kwargs = pickle.loads(args_blob)
         for pos, oid, kind, payload in deps:
             value = self.client.materialize(oid, kind, payload)
