@@ -89,6 +89,7 @@ def dumps_plain(value: Any) -> bytes:
 # a call's arguments when it has none: the submitter sends these bytes, and a worker that
 # sees them skips unpickling (200 ns a call)
 NO_ARGS = dumps_plain(([], {}))
+NONE = pickle.dumps(None, protocol=5)  # a call's result when it returned None
 
 # values that can hold neither an ObjectRef nor an out-of-band buffer: pickled as they
 # are (a task that returns None or a number skips the buffer and ref bookkeeping)

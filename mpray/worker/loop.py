@@ -39,7 +39,7 @@ from .generators import Failed, StaticValues, dynamic, failed_payload, static_va
 from ..transport.mailbox import cancel_word
 from ..procs import set_parent_death_signal, strip_mpi_environment
 from ..owner.worker_client import WorkerClient
-from ..store.serialization import ARENA, ERROR, NO_ARGS as _NO_ARGS
+from ..store.serialization import ARENA, ERROR, INLINE, NONE as _NONE, NO_ARGS as _NO_ARGS
 
 # (built from all their items, in FIELDS order, without a Python-level call: hot)
 _done, _DONE = P.DoneD.from_items, P.DoneD.OP
@@ -281,6 +281,9 @@ class WorkerLoop:
         return exc.RayTaskError.from_exception(e, name, self.pid, self.host)
 
     def store_results(self, tid: int, result, nret: int, name: str, stored: list) -> None:
+        if result is None and nret == 1:  # (a call that returns nothing: its value is
+            stored.append((tid + 1, INLINE, _NONE, ()))  # known, no serializer needed)
+            return
         if type(result) is StaticValues:
             outs = result
         elif nret == 1:
