@@ -60,6 +60,7 @@ from .generators import as_async, astream, collected, dynamic, static_values
 _GENERATORS = (GeneratorType, AsyncGeneratorType)
 
 GROUP_SEP = "\x1f"  # "method<GROUP_SEP>group": a call that .options() puts in a group
+ASYNC_SPIN = 4  # an async actor's ring thread polls this many times spin_us (see serve_async)
 # set inside the call that runs exit_actor() (its thread's, or its asyncio task's, context)
 _EXIT_CALL = contextvars.ContextVar("mpray_exit_call", default=False)
 
@@ -254,6 +255,10 @@ class ActorServer:
         once), each on its own thread; this thread pumps the rings and hands each loop
         what came, one wake-up of a loop per batch."""
         client = self.client
+        # this thread's wait for the next call spans a handoff to the loop's thread and
+        # back: it polls ASYNC_SPIN times as long before it sleeps (a sync loop of calls
+        # to an async actor: 16k calls/s at 1x, 20k at 4x here)
+        client.spin_max = client._spin = client.spin_max * ASYNC_SPIN
         q = client.exec_queue
         loops = self.loops
         loops[None] = _Loop("default", limit)
