@@ -5,6 +5,7 @@ Data flow::
 
     node / worker ─ set_parent_death_signal (prctl) ─▶ the kernel kills it with its parent
     node          ─ fork_held() ─▶ a child that gets SIGTERM only once it is set up
+    node / agent  ─ how_it_ended(wait status) ─▶ "was killed by SIGKILL (...)" in messages
     node          ─ kill(pid) / remove_tree(dir) / remove_mpi_segments() ─▶ nothing left
     worker        ─ strip_mpi_environment() ─▶ it can never initialise MPI
 """
@@ -44,6 +45,22 @@ def fork_held() -> int:
 
 def release_term() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def how_it_ended(status: int) -> str:
+    """A child's wait status in words (a SIGKILL is what the out-of-memory killer sends)."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        hint = " (the out-of-memory killer's signal, among others)" if sig == signal.SIGKILL \
+            else ""
+        return f"was killed by {name}{hint}"
+    if os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return f"ended (wait status {status})"
 
 
 def kill(pid: int, sig: int) -> None:

@@ -34,12 +34,12 @@ from __future__ import annotations
 import collections
 import os
 import pickle
-import signal
 import socket
 import sys
 import time
 
 from mpray import protocol as P
+from mpray.procs import how_it_ended
 from mpray.transport.rings import Ring
 
 from .inbox import MAX_FRAME, Inbox
@@ -362,18 +362,3 @@ def abort(comm, message: str, code: int = 1) -> None:
           f"{message}", file=sys.stderr, flush=True)
     comm.Abort(code)
 
-
-def how_it_ended(status: int) -> str:
-    """A child's wait status in words (a SIGKILL is what the out-of-memory killer sends)."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = f"signal {sig}"
-        hint = " (the out-of-memory killer's signal, among others)" if sig == signal.SIGKILL \
-            else ""
-        return f"was killed by {name}{hint}"
-    if os.WIFEXITED(status):
-        return f"exited with status {os.WEXITSTATUS(status)}"
-    return f"ended (wait status {status})"

@@ -140,9 +140,8 @@ def finish(ingest: "schema.Ingest", spool: str, node_dir: str, prune_root: str |
 
 def take_over(node_dir: str, max_tasks: int, prune_root: str | None, keep: int) -> None:
     """In the node, after it killed a writer that could not finish: finish its work."""
-    db = schema.open_store(os.path.join(node_dir, sessions.STORE), create=True)
-    finish(schema.Ingest(db, max_tasks), os.path.join(node_dir, "spool"), node_dir,
-           prune_root, keep)
+    finish(_open(node_dir, max_tasks, None, keep), os.path.join(node_dir, "spool"),
+           node_dir, prune_root, keep)  # (finish prunes, as the writer would have)
 
 
 def _batches(spool: str) -> list[tuple[float, str, int]]:

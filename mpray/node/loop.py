@@ -30,8 +30,8 @@ from . import cluster
 from .. import protocol as P
 from .actor_names import LATER
 from ..transport.mailbox import slot_bell, slot_rings
-from ..procs import (fork_held, kill, release_term, remove_mpi_segments, remove_tree,
-                     wait_exit)
+from ..procs import (fork_held, how_it_ended, kill, release_term, remove_mpi_segments,
+                     remove_tree, wait_exit)
 from ..transport.rings import Doorbell, Outbox, Ring, anonymous_shared, ring_bytes
 from .scheduler import Scheduler
 from .store import StoreShell, WORKER, WORKER_EXIT, hold_session
@@ -194,11 +194,7 @@ class Node:
             if wid is None:
                 self.store.reaped(pid, status)  # (the writer?)
                 continue
-            if os.WIFSIGNALED(status):
-                sig = os.WTERMSIG(status)
-                reason = f"worker pid {pid} was killed by signal {signal.Signals(sig).name}"
-            else:
-                reason = f"worker pid {pid} exited with code {os.WEXITSTATUS(status)}"
+            reason = f"worker pid {pid} {how_it_ended(status)}"
             self.store.note(WORKER_EXIT, pid, reason, time.monotonic())
             self._drop_channel(wid)
             slot = self.slot_of.pop(wid, None)
