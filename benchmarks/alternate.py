@@ -16,6 +16,8 @@ side in the same round (>1: better than the first).  Figures:
     actor_async 2,000 calls to one actor submitted, then got (calls/s)
     nn          2 caller actors x 2 target actors x 250 calls (calls/s)
     nested      a task submits 100 no-ops and gets them (tasks/s; --n to change)
+    array_arg   1,000 tasks reading one 1 MiB array from the store (tasks/s)
+    put_get_big 500 puts of a 1 MiB array, each got back (puts/s)
 
 Data flow::
 
@@ -92,6 +94,26 @@ ray.get([c.run.remote(50) for c in callers])
 def one():
     t = time.perf_counter(); n = sum(ray.get([c.run.remote(250) for c in callers]))
     return n / (time.perf_counter() - t)
+""",
+    "array_arg": """
+import numpy as np
+@ray.remote
+def first(a):
+    return float(a[0])
+arr = ray.put(np.ones(1 << 17))
+ray.get([first.remote(arr) for _ in range(200)])
+def one():
+    t = time.perf_counter(); ray.get([first.remote(arr) for _ in range(1000)])
+    return 1000 / (time.perf_counter() - t)
+""",
+    "put_get_big": """
+import numpy as np
+big = np.ones(1 << 17)
+for _ in range(100): ray.get(ray.put(big))
+def one():
+    t = time.perf_counter()
+    for _ in range(500): ray.get(ray.put(big))
+    return 500 / (time.perf_counter() - t)
 """,
     "nested": """
 for _ in range(2): ray.get(nested.remote(N))

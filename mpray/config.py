@@ -66,6 +66,7 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("lease_depth", "MPRAY_LEASE_DEPTH", "tasks in flight per leased worker, the driver's and workers' (2; 0: no leases)"),
     ("spin_us", "MPRAY_SPIN_US", "µs a waiting process polls (yielding the CPU) before it sleeps (50; 0: never)"),
     ("tmpdir", "MPRAY_TMPDIR", "parent of the session directory (TMPDIR, else /tmp)"),
+    ("object_spilling_directory", "MPRAY_SPILL_DIR", "where values go when the store is full, a directory of this session's made in it (default: the session directory, under tmpdir unless log_dir moves it: then tmpdir; off: never spill, a full store raises)"),
     ("backend", "MPRAY_BACKEND", "auto (MPI when launched by mpiexec/srun), local or mpi"),
     ("export_bytes", "MPRAY_EXPORT_BYTES", "MPI: per-rank window values are copied into when the store is not a window (256 MiB)"),
     ("mpi_arena", "MPRAY_MPI_ARENA", "MPI: window (the store is an MPI window, zero-copy reads) or copy"),
@@ -105,6 +106,7 @@ class Config:
     mpi_arena: str = "window"
     control_store: bool = True
     log_dir: str = ""
+    object_spilling_directory: str = ""  # "" the default place; "off" no spilling
     keep_sessions: int = 10
     store_max_tasks: int = 100_000
     log_to_driver: bool = True
@@ -228,6 +230,12 @@ def _resolve_tuning(c: Config, args: Mapping[str, Any], env: Mapping[str, str]) 
         c.idle_worker_timeout = float(t)
     c.tmpdir = args.get("tmpdir") or env.get("MPRAY_TMPDIR") or tempfile.gettempdir()
     c.log_dir = str(args.get("log_dir") or env.get("MPRAY_LOG_DIR") or "")
+    spill = args.get("object_spilling_directory")
+    spill = str(spill if spill is not None else env.get("MPRAY_SPILL_DIR", "")).strip()
+    if spill and spill.lower() != "off" and os.path.exists(spill) and not os.path.isdir(spill):
+        raise ValueError(f"object_spilling_directory (MPRAY_SPILL_DIR) {spill!r} is not a "
+                         "directory")
+    c.object_spilling_directory = "off" if spill.lower() == "off" else spill
     for name, envname in (("control_store", "MPRAY_CONTROL_STORE"),
                           ("log_to_driver", "MPRAY_LOG_TO_DRIVER"),
                           ("dedup_logs", "MPRAY_DEDUP_LOGS")):

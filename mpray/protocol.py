@@ -203,6 +203,9 @@ Query = record("Query", 13, "req what", _N, "a question answered with Reply")
 Shutdown = record("Shutdown", 14, "", _N, "the driver ends the session")
 FreeRange = record("FreeRange", 15, "offset", _N, "an Alloc whose value was never sealed")
 Return = record("Return", 16, "tids", _N, "pipelined tasks handed back unstarted")
+Evicted = record("Evicted", 17, "kept dropped", _N,
+                 "the answer to Evict: the ids this process still reads (kept: a view is "
+                 "mapped, or a task it sent reads it), and those it forgot")
 LeaseEnd = record("LeaseEnd", 18, "epoch", _N, "a leased worker gives its lease back")
 PutFor = record("PutFor", 19, "owner oid kind payload contained", _N,
                 "a leased task's result the node must hold for its owner (arena space, "
@@ -269,6 +272,9 @@ Leased = record("Leased", 48, "epoch channel owner owner_slot", _O,
                 "to a worker: you are leased (this epoch) to owner: through channel, "
                 "waking its slot's bell (None: to the driver, on your slot's rings)",
                 defaults={"channel": None, "owner": 0, "owner_slot": None})
+Evict = record("Evict", 27, "oids", _O,
+              "these values are leaving the arena (spilled to disk): forget their "
+              "places unless a view of one is mapped here, and answer Evicted")
 StreamItem = record("StreamItem", 30, "tid index oid", _O,
                     "streaming task tid's index-th value is object oid (you hold it; its "
                     "Obj follows); oid None: the stream ended")
@@ -379,6 +385,14 @@ ACTIONS: list[type] = [
                         "the leased worker died: LeaseLost to its owner"),
     AnnounceActor := record("AnnounceActor", None, "aid state incarnation wid death", _A,
                             "tell the driver of an actor's transition (ActorUpdate)"),
+    SpillWrite := record("SpillWrite", None, "batch path items", _A,
+                         "copy arena ranges into a new spill file, off the loop: items "
+                         "[(oid, arena offset, nbytes, file offset)]; spill_written after"),
+    SpillRead := record("SpillRead", None, "oid path file_off offset nbytes", _A,
+                        "copy a spilled value back into the arena at offset, off the loop; "
+                        "spill_read after"),
+    SpillDelete := record("SpillDelete", None, "path", _A,
+                          "remove a spill file none of whose values is left"),
 ]
 
 # What happens in an owner process (owner/machine.py), and what its machine asks its I/O shell
@@ -418,6 +432,10 @@ OWNER_ACTIONS: list[type] = [
     Signal := record("Signal", None, "pid signum", _I, "send a signal to a worker"),
     CancelWord := record("CancelWord", None, "slot tid", _I,
                          "write tid into the slot's cancel word (before SIGUSR1)"),
+    EvictLocal := record("EvictLocal", None, "oids busy", _I,
+                         "the node evicts these values: forget their places here, but for "
+                         "those a task or call of this owner still reads (busy), and "
+                         "answer Evicted"),
     TaskFailed := record("TaskFailed", None, "tid error", _I,
                          "the owner failed this task itself (its leased worker died, its "
                          "actor is gone, a cancel): for the control store"),

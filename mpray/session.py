@@ -31,7 +31,7 @@ from . import config as C
 from . import protocol as P
 from .placement import SPILL_MIN_TASK_S
 from .runtime_env import check as check_runtime_env
-from .procs import wait_exit
+from .procs import remove_tree, wait_exit
 from .control import sessions
 from .control.recorder import REC
 from .owner.driver_client import DriverClient
@@ -176,6 +176,7 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None,
     setup.node_dir, setup.store = node_dir, cfg.control_store
     setup.store_max_tasks, setup.keep_sessions = cfg.store_max_tasks, cfg.keep_sessions
     setup.prune_root = root if rank == 0 else None
+    setup.spill_dir = _spill_dir(cfg, session_dir, node_dir, rank)
     setup.node_info["runtime_env"] = job_env  # (every worker applies it at its start)
     # the node forks every worker from itself: with the worker's modules imported here,
     # before the node is forked, its first worker starts without importing them (ms)
@@ -212,6 +213,21 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None,
         REC.start(os.path.join(node_dir, "spool"),
                   {"rank": setup.rank, "node_id": setup.node_id, "role": "driver"})
     atexit.register(shutdown)
+
+
+def _spill_dir(cfg: C.Config, session_dir: str, node_dir: str, rank: int) -> str | None:
+    """This node's spill directory (made at its first spill, removed at shutdown): the
+    session's own place in the directory asked for, else in the session directory
+    when that is under tmpdir (node-local on a cluster), else under tmpdir."""
+    where = cfg.object_spilling_directory
+    if where == "off":
+        return None
+    name = os.path.basename(session_dir)
+    if where:
+        return os.path.join(where, f"mpray-spill-{os.getuid()}-{name}-r{rank}")
+    if not cfg.log_dir:
+        return os.path.join(node_dir, "spill")
+    return os.path.join(sessions.base("", cfg.tmpdir), f"spill-{name}-r{rank}")
 
 
 def _node_setup(cfg: C.Config, namespace: str | None, launch, arena,
@@ -344,6 +360,8 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
         _global.session = None
         _reap_node(s.node_pid)
         os.close(s.node_pidfd)
+        if s.setup.spill_dir:  # (the node removes it; one that was killed could not)
+            remove_tree(s.setup.spill_dir)
         if s.logs is not None:  # (the workers are gone: their last lines are in the files)
             s.logs.stop()
             bars = sys.modules.get("mpray.experimental.tqdm_ray")

@@ -29,6 +29,10 @@ class ObjState(_State):
     PENDING = "PENDING"
     INLINE = "INLINE"
     IN_ARENA = "IN_ARENA"
+    EVICTING = "EVICTING"  # still in the arena (readable), being written out / evicted
+    SPILLED = "SPILLED"  # only in a spill file
+    RESTORING = "RESTORING"  # being read back into the arena
+    LOST = "LOST"  # its spill file is gone or damaged (its value is an error now)
     FREED = "FREED"
 
 
@@ -51,7 +55,8 @@ T, O, W, A = TaskState, ObjState, WorkerState, ActorState
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     # PENDING_ARGS -> DISPATCHED: forwarded to another rank, which fetches the arguments
     T.PENDING_ARGS: frozenset({T.READY, T.DISPATCHED, T.FAILED, T.CANCELLED}),
-    T.READY: frozenset({T.DISPATCHED, T.FAILED, T.CANCELLED}),
+    # READY -> PENDING_ARGS: an argument went to disk while it waited (read back first)
+    T.READY: frozenset({T.PENDING_ARGS, T.DISPATCHED, T.FAILED, T.CANCELLED}),
     # DISPATCHED -> READY: a pipelined task handed back unstarted (its worker blocked/died)
     T.DISPATCHED: frozenset({T.READY, T.FINISHED, T.FAILED, T.RETRYING, T.CANCELLED}),
     T.RETRYING: frozenset({T.READY, T.CANCELLED}),
@@ -62,7 +67,15 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
 OBJ_TRANSITIONS: dict[ObjState, frozenset[ObjState]] = {
     O.PENDING: frozenset({O.INLINE, O.IN_ARENA, O.FREED}),
     O.INLINE: frozenset({O.FREED}),
-    O.IN_ARENA: frozenset({O.FREED}),
+    # spilling (node/spill.py): an object leaves the arena once it is on disk and no
+    # process still reads its old place (EVICTING -> IN_ARENA: a reader came, or the
+    # write failed); it comes back when somebody wants it (RESTORING, with a hold that
+    # keeps it until the copy is done)
+    O.IN_ARENA: frozenset({O.EVICTING, O.FREED}),
+    O.EVICTING: frozenset({O.IN_ARENA, O.SPILLED, O.FREED}),
+    O.SPILLED: frozenset({O.RESTORING, O.FREED}),
+    O.RESTORING: frozenset({O.IN_ARENA, O.LOST}),
+    O.LOST: frozenset({O.FREED}),
     O.FREED: frozenset(),
 }
 WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {

@@ -343,7 +343,7 @@ SCHEDULER_EVENTS = (
     "name_found", "name_free", "lookup_actor", "ask_name", "pg_op", "pg_ask",
     "pg_answered", "pg_reserve", "pg_reserved", "pg_placed", "pg_removed", "stream_yield",
     "gather_available", "avail_ask", "avail_answer",
-    "stream_ack",
+    "stream_ack", "evicted", "end_pass", "spill_written", "spill_read",
 )
 
 

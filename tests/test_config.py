@@ -60,6 +60,19 @@ def test_bad_settings_name_the_problem(args, env, message):
 
 
 def test_every_setting_has_an_environment_variable():
+    short = {"object_spilling_directory": "MPRAY_SPILL_DIR"}  # (Ray's long init name)
     for name, var, _help in C.SETTINGS:
-        assert var == "MPRAY_" + name.upper()
+        assert var == short.get(name, "MPRAY_" + name.upper())
         assert hasattr(C.Config(), name) or name == "resources"
+
+
+def test_spill_directory_setting(tmp_path):
+    assert C.resolve({}, {}).object_spilling_directory == ""
+    assert C.resolve({}, {"MPRAY_SPILL_DIR": str(tmp_path)}).object_spilling_directory \
+        == str(tmp_path)
+    assert C.resolve({"object_spilling_directory": "OFF"}, {}).object_spilling_directory \
+        == "off"
+    afile = tmp_path / "f"
+    afile.write_text("")
+    with pytest.raises(ValueError, match="is not a directory"):
+        C.resolve({"object_spilling_directory": str(afile)}, {})

@@ -522,10 +522,15 @@ import json, os, signal, sys, time
 import psutil
 import mpray
 from mpray import exceptions as exc
-mpray.init(num_cpus=2)
+shm0 = set(os.listdir("/dev/shm"))
+mpray.init(num_cpus=2, object_store_memory=32 << 20,
+           object_spilling_directory=os.environ["SPILL_TO"])
+import numpy as np
 from mpray import _global
 sd = _global.session.session_dir
-shm0 = set(os.listdir("/dev/shm"))
+spill = _global.session.setup.spill_dir
+held = [mpray.put(np.full(1 << 19, i)) for i in range(24)]  # 3x the store: spilled
+assert os.listdir(spill)
 @mpray.remote
 def f(i):
     return i
@@ -566,6 +571,7 @@ out["alive_after_1s"] = [p for p in pids if alive(p)]
 mpray.shutdown()
 # (only names that look like the engine's: other programs may use /dev/shm meanwhile)
 out["shm_left"] = sorted(n for n in set(os.listdir("/dev/shm")) - shm0 if "mpray" in n.lower())
+out["spill_left"] = os.path.exists(spill)
 mpray.init(num_cpus=2)
 out["again"] = mpray.get(f.remote(7))
 mpray.shutdown()
@@ -576,9 +582,9 @@ print(json.dumps(out))
 def test_a_killed_node_fails_every_waiter_at_once_and_leaves_nothing_running(tmp_path):
     """The node process SIGKILLed (the OOM killer's usual choice): its workers and actor
     die with it within a second, every waiter gets RaySystemError at once, nothing is
-    left in /dev/shm, the session directory is ended like any other (logs and the store
+    left in /dev/shm or in the spill directory, the session directory is ended like any other (logs and the store
     kept), and init() works again."""
-    env = dict(os.environ, MPRAY_LOG_DIR=str(tmp_path))
+    env = dict(os.environ, MPRAY_LOG_DIR=str(tmp_path), SPILL_TO=str(tmp_path))
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, "-c", NODE_DIES], capture_output=True, text=True,
                        env=env, cwd=str(tmp_path), timeout=120)
@@ -592,6 +598,7 @@ def test_a_killed_node_fails_every_waiter_at_once_and_leaves_nothing_running(tmp
             assert "node process" in out[what][2] and "died" in out[what][2], out[what]
         assert out["alive_after_1s"] == [], out["alive_after_1s"]
         assert out["shm_left"] == []
+        assert not out["spill_left"], "the killed node's spill files were left"
         assert out["again"] == 7
         assert wait_for(lambda: session_finished(out["session_dir"]), 5), \
             sorted(os.listdir(out["session_dir"]))

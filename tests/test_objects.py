@@ -307,7 +307,8 @@ def test_put_larger_than_store_raises(ray_start):
     assert wait_arena(lambda u: u == 0) == 0
 
 
-def test_store_full_while_refs_held_then_freed(ray_start):
+def test_store_full_while_refs_held_then_freed(ray_factory):
+    ray_factory(object_spilling_directory="off")  # (with spilling: tests/test_spill.py)
     chunk = np.ones(100 * MB // 8)
     r1 = mpray.put(chunk)
     r2 = mpray.put(chunk)

@@ -50,6 +50,7 @@ class Harness:
         self.words: dict[int, int] = {}
         self.delivered: list = []
         self.failed: list = []  # (tid, error class) the control store hears of
+        self.evicted: list = []  # EvictLocal: (oids, busy)
 
     def ev(self, e):
         out = self.o.handle(e)
@@ -70,6 +71,11 @@ class Harness:
                 self.words[ins.slot] = ins.tid
             elif kind is P.TaskFailed:
                 self.failed.append((ins.tid, type(ins.error).__name__))
+            elif kind is P.EvictLocal:  # (the shell forgets the places not busy)
+                self.evicted.append((list(ins.oids), list(ins.busy)))
+                for oid in ins.oids:
+                    if oid not in ins.busy:
+                        self.values.pop(oid, None)
             else:
                 raise AssertionError(f"unknown instruction {ins!r}")
         self.o.check_invariants()  # (between events: after the shell carried them out)
@@ -674,3 +680,34 @@ def test_a_channel_lease_that_expires_requeues_what_it_never_read():
     h.ev(P.Expired(1, 1))  # (it idled out before reading 30 and 40)
     assert [m.spec.tid for m in h.take_node() if type(m) is P.Submit] == [30, 40]
     assert h.o.leases == {} and not h.o.queue
+
+
+# ------------------------------------------------------------------------ spilling
+
+
+def test_an_evict_keeps_the_places_that_tasks_in_flight_read():
+    h = leased(Harness())
+    place = (4096, 16, ((64, 1000),), 1088)
+    h.values[500], h.values[600] = (ARENA, place), (ARENA, (8192,) + place[1:])
+    h.ev(P.SubmitTask(spec(20, deps=[(0, 500)]), ((0, 500, ARENA, h.values[500][1]),), None))
+    (ex,) = h.take_slot(0)
+    assert ex.deps == ((0, 500, ARENA, place),)  # its place went to the leased worker
+    h.ev(P.Evict([500, 600]))
+    assert h.evicted == [([500, 600], [500])]  # 500 is read by task 20: it stays
+    assert 500 in h.values and 600 not in h.values
+    h.finish(20)
+    h.ev(P.Evict([500]))
+    assert h.evicted[-1] == ([500], [])
+
+
+def test_a_task_whose_argument_was_evicted_after_the_shell_read_it_goes_by_the_node():
+    h = leased(Harness())
+    place = (4096, 16, ((64, 1000),), 1088)
+    h.values[500] = (ARENA, place)
+    deps = ((0, 500, ARENA, place),)  # (read by the shell before the Evict was handled)
+    h.ev(P.Evict([500]))
+    assert 500 not in h.values
+    h.ev(P.SubmitTask(spec(20, deps=[(0, 500)]), deps, None))
+    (sub,) = h.take_node()
+    assert type(sub) is P.Submit and sub.spec.tid == 20  # the node reads it back first
+    assert h.take_slot(0) == []

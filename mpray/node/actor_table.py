@@ -208,7 +208,8 @@ class ActorTable:
                 if t is None or t.state is not T.READY and t.state is not T.PENDING_ARGS:
                     q.popleft()  # ended already (cancelled, failed)
                     continue
-                if t.state is T.PENDING_ARGS:
+                if t.state is T.PENDING_ARGS or (
+                        self.spill_copy and t.spec.deps and self.args_on_disk(t)):
                     break  # this caller's later calls must wait for it (others need not)
                 q.popleft()
                 self._send_call(a, w, t)

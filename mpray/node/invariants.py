@@ -24,6 +24,7 @@ import collections
 
 from .actor_table import ACTOR_MARK
 from .cluster import AGENT
+from .spill import SPILLER
 from .worker_table import lends
 from ..states import A, G, O, T, W
 
@@ -36,6 +37,43 @@ def check_scheduler(s) -> None:
     _check_tasks(s)
     _check_workers(s)
     _check_objects(s)
+    _check_spill(s)
+
+
+def _check_spill(s) -> None:
+    """Spilling's books (node/spill.py): every value in the arena is in its LRU table,
+    bytes on their way out add up, every value on disk has its copy, files count the
+    values on them, and every range of the arena is a value's or a reservation's."""
+    in_arena, evicting, restoring = 0, 0, 0
+    copies: collections.Counter = collections.Counter()
+    ranges = set()
+    for oid, o in s.objs.items():
+        st = o.state
+        if st is O.IN_ARENA or st is O.EVICTING:
+            assert s.in_arena.get(oid) is o, f"object {oid} ({st}) not in the LRU table"
+            in_arena += 1
+            ranges.add(o.payload[0])
+            evicting += o.payload[3] if st is O.EVICTING else 0
+        elif st is O.RESTORING:
+            restoring += 1
+            ranges.add(o.payload[0])
+            assert o.pins.get(SPILLER), f"object {oid} restoring without its copy's pin"
+        if st is O.SPILLED or st is O.RESTORING:
+            assert oid in s.spill_copy, f"object {oid} ({st}) has no copy on disk"
+    assert in_arena == len(s.in_arena), "the LRU table holds objects not in the arena"
+    assert evicting == s.evicting_bytes, f"evicting {evicting} bytes, {s.evicting_bytes} counted"
+    assert restoring == s.restoring, f"{restoring} restoring, {s.restoring} counted"
+    for oid, (n, _pos) in s.spill_copy.items():
+        assert oid in s.objs, f"a copy of freed object {oid} kept"
+        copies[n] += 1
+    for n, (_path, live) in s.spill_files.items():
+        assert live == copies[n], f"spill file {n}: {live} values counted, {copies[n]} on it"
+    for oid in s.evict_acks:
+        assert s.objs[oid].state is O.EVICTING, f"answers awaited for {oid}, not evicting"
+    for offs in s.reserved.values():
+        ranges.update(offs)
+    leaked = set(s.alloc.live_ranges()) - ranges  # ((pure tests may make up places)
+    assert not leaked, f"arena ranges {sorted(leaked)} held by no value or reservation"
 
 
 def _check_resources(s) -> None:

@@ -34,6 +34,7 @@ from ..procs import (fork_held, how_it_ended, kill, release_term, remove_mpi_seg
                      remove_tree, wait_exit)
 from ..transport.rings import Doorbell, Outbox, Ring, anonymous_shared, ring_bytes
 from .scheduler import Scheduler
+from .spill_io import SpillIO
 from .store import StoreShell, WORKER, WORKER_EXIT, hold_session
 
 _FLAG_BYTES = 64
@@ -91,6 +92,7 @@ class NodeSetup:
     store_max_tasks: int = 100_000
     keep_sessions: int = 10
     prune_root: str | None = None  # (rank 0: where finished sessions are pruned)
+    spill_dir: str | None = None  # where values go when the arena is full (None: never)
 
 
 class Node:
@@ -101,9 +103,10 @@ class Node:
             setup.resources, setup.gpu_ids, setup.arena_size,
             max_workers=setup.max_workers, idle_timeout=setup.idle_timeout,
             pipeline_depth=setup.pipeline_depth, node_id=setup.node_id,
-            channels=setup.channel_count,
+            channels=setup.channel_count, spill_dir=setup.spill_dir,
         )
         self.bell = setup.node_bell
+        self.spill = SpillIO(setup.spill_dir, setup.arena, self.bell)
         self.channels: dict[int, Channel] = {
             0: Channel(setup.driver_up, Outbox(setup.driver_down), setup.driver_bell)
         }
@@ -263,6 +266,7 @@ class Node:
             P.Pin.OP: lambda proc, m: s.pin(proc, m.oids),
             P.Unpin.OP: lambda proc, m: s.unpin(proc, m.oids),
             P.Alloc.OP: lambda proc, m: s.allocate(proc, m.req, m.nbytes),
+            P.Evicted.OP: lambda proc, m: s.evicted(proc, m.kept, m.dropped),
             P.FreeRange.OP: lambda proc, m: s.free_range(proc, m.offset),
             P.Blocked.OP: lambda proc, m: s.worker_blocked(proc, m.returned),
             P.Return.OP: lambda proc, m: s.tasks_returned(proc, m.tids),
@@ -330,6 +334,7 @@ class Node:
             return {
                 **s.stats, "workers": len(s.workers), "objects": len(s.objs),
                 "tasks": len(s.tasks), "arena_used": s.alloc.used,
+                "spill": {**s.spill_stats, **self.spill.times},
                 "pids": sorted(self.pids),
             }
         return None
@@ -368,6 +373,8 @@ class Node:
                                                   ch.pid if ch is not None else 0, a.death))
                 elif kind is P.LoseLease:
                     s.out[a.owner].append(P.LeaseLost(a.wid, a.epoch, a.reason))
+                elif kind is P.SpillWrite or kind is P.SpillRead or kind is P.SpillDelete:
+                    self.spill.submit(a)
             s.schedule()
 
     def _flush(self) -> bool:
@@ -424,6 +431,11 @@ class Node:
                 self._child_exited = False
                 self._reap()
                 busy = True
+            if (self.spill.results or s.evict_acked or s.evict_confirm
+                    or (busy and s.space_waiters)):
+                self.spill.take(s)  # (copies done; evictions answered a pass ago end)
+                s.end_pass()
+                busy = True
             if busy or not flushed:
                 if s.ready or s.pg_reserving:  # (a group may wait for CPUs)
                     s.schedule()
@@ -444,7 +456,8 @@ class Node:
                 break
             # go to sleep unless something arrived meanwhile (announce first, then look)
             bell.sleep_begin()
-            if self._child_exited or any(up.has_data() for _p, up in self._inbound()):
+            if (self._child_exited or s.evict_confirm or s.evict_acked
+                    or any(up.has_data() for _p, up in self._inbound())):
                 bell.sleep_end()
                 continue
             if bell.wait(0.001 if not flushed else self.store.due(now), (self._driver_pidfd,)):
@@ -474,6 +487,7 @@ class Node:
         for pid in list(self.pids):
             wait_exit(pid, max(0.0, deadline - time.monotonic()))
         self.pids.clear()
+        self.spill.close()  # (its files and directory go)
         self.store.stop()  # (the session directory stays: store and logs)
         if self.setup.agent_rings is not None and os.getppid() != self.driver_pid:
             remove_mpi_segments()  # (our rank was killed: MPI_Finalize never ran there)

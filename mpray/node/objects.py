@@ -5,6 +5,7 @@ A mixin of ``scheduler.Scheduler`` (pure, no I/O).  Data flow::
     put / put_for / promise / seal  ─▶  Obj(state, kind, payload)  ─▶  OBJ to owner and
     refs / pin / unpin / subscribe  ─▶  holders                        subscribers; ready
     allocate / free_range           ─▶  arena ranges (Allocator)       dependent tasks
+                                        (no room: node/spill.py evicts the oldest values)
 
 Objects live while any process holds an ObjectRef (``procs``), any pending task needs
 them (``task_refs``), another live object contains a ref to them (``contained_in``) or a
@@ -71,7 +72,13 @@ class ObjectDirectory:
             return
         if o.state is O.IN_ARENA:
             self.alloc.free(o.payload[0])
+            del self.in_arena[o.key]
+            if self.spill_copy:
+                self._drop_copy(o.key)
             self.records.append((OBJ_FREE, o.key, self.now))  # (the control store's)
+        elif o.state is not O.INLINE and o.state is not O.PENDING:
+            self._free_spilled(o)  # (EVICTING, SPILLED, LOST: node/spill.py)
+            self.records.append((OBJ_FREE, o.key, self.now))
         _move(o, O.FREED, OBJ_TRANSITIONS, "object")
         del self.objs[o.key]
         if o.lent is not None:
@@ -95,6 +102,7 @@ class ObjectDirectory:
             return  # a retried task re-reporting, or a duplicate: first value wins
         if kind == ARENA:
             self.reserved[proc].discard(payload[0])
+            self.in_arena[oid] = o
             self.records.append((OBJ, oid, payload[3], o.owner, self.now))
         o.kind, o.payload = kind, payload
         o.contains = tuple(contained)
@@ -115,6 +123,12 @@ class ObjectDirectory:
                 if p != o.owner or o.owner not in o.procs:
                     self._send(p, msg)
             o.subscribers = _EMPTY
+        if o.waiting_tasks:
+            self._wake_tasks(o, kind, payload)
+        self._maybe_free(o)
+
+    def _wake_tasks(self, o: Obj, kind: int, payload) -> None:
+        """Tasks waiting for ``o``'s value: one fewer missing (failed by an error)."""
         waiting, o.waiting_tasks = o.waiting_tasks, []
         for tid in waiting:
             t = self.tasks.get(tid)
@@ -126,7 +140,6 @@ class ObjectDirectory:
             elif t.missing == 0:
                 _move(t, T.READY, TASK_TRANSITIONS, "task")
                 self._enqueue(t)
-        self._maybe_free(o)
 
     def put_for(self, proc: int, owner: int, oid: int, kind: int, payload,
                 contained=()) -> None:
@@ -195,8 +208,15 @@ class ObjectDirectory:
                 if o.subscribers is _EMPTY:
                     o.subscribers = set()
                 o.subscribers.add(proc)
-            else:
+            elif o.kind != ARENA:
                 self._send(proc, P.Obj(oid, o.kind, o.payload, o.contains))
+            elif o.state is O.IN_ARENA:
+                ia = self.in_arena  # (used now: the last to be spilled)
+                del ia[oid]
+                ia[oid] = o
+                self._send(proc, P.Obj(oid, o.kind, o.payload, o.contains))
+            else:
+                self._subscribe_spilled(proc, o)
 
     def pin(self, proc: int, oids) -> None:
         for oid in oids:
@@ -217,7 +237,7 @@ class ObjectDirectory:
         try:
             off = self.alloc.alloc(nbytes)
         except ArenaFull as e:
-            self._send(proc, P.AllocOk(req, None, str(e)))
+            self._no_room(proc, req, nbytes, e)  # (node/spill.py: it may wait)
             return
         self.reserved[proc].add(off)
         self._send(proc, P.AllocOk(req, off, None))

@@ -37,6 +37,7 @@ from ..placement import PlacementGroupSchedulingStrategy as _PGS
 from ..placement import running_mean
 from .invariants import check_scheduler
 from .objects import Obj, ObjectDirectory
+from .spill import Spiller
 from ..store.serialization import ERROR
 from ..states import (
     OBJ_TRANSITIONS,
@@ -62,8 +63,8 @@ __all__ = ["OBJ_TRANSITIONS", "TASK_TRANSITIONS", "WORKER_TRANSITIONS", "Obj", "
            "_move"]
 
 
-class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, PlacementGroups,
-                WorkerTable):
+class Scheduler(ObjectDirectory, Spiller, ActorTable, ActorNames, ClusterView,
+                PlacementGroups, WorkerTable):
     """Local scheduler + object directory of one node."""
 
     def __init__(
@@ -77,6 +78,7 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, PlacementG
         pipeline_depth: int = 2,
         node_id: str = "",
         channels: int = 0,
+        spill_dir: str | None = None,
     ) -> None:
         self.total = dict(resources)
         self.avail = dict(resources)
@@ -119,6 +121,7 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, PlacementG
         self._init_names()
         self._init_cluster()
         self._init_pgs()
+        self._init_spill(spill_dir)
         self.now = 0.0  # set by the node's loop before each batch of events
         # fid -> (tasks timed, their moving mean run time here): the spill rule's clock,
         # per function, so that one long function does not make short ones move
@@ -229,8 +232,13 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, PlacementG
             if o.state is O.PENDING:
                 o.waiting_tasks.append(t.key)
                 missing += 1
-            elif o.kind == ERROR and error is None:
-                error = o.payload
+            elif o.kind == ERROR:
+                if error is None:
+                    error = o.payload
+            elif o.state is O.SPILLED or o.state is O.RESTORING:  # read back first
+                o.waiting_tasks.append(t.key)
+                missing += 1
+                self._want(o)
         return missing, error
 
     def _affinity_error(self, spec: P.TaskSpec) -> bytes | None:
@@ -309,6 +317,9 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, PlacementG
                 if t is None or t.state is not T.READY:
                     q.popleft()
                     continue
+                if self.spill_copy and t.spec.deps and self.args_on_disk(t):
+                    q.popleft()  # (back when its arguments are read back from disk)
+                    continue
                 if not self._fits(t.resources):
                     break
                 if not self.idle:
@@ -376,7 +387,8 @@ class Scheduler(ObjectDirectory, ActorTable, ActorNames, ClusterView, PlacementG
             while q and len(w.queue) < self.depth:
                 t = self.tasks.get(q[0])
                 q.popleft()
-                if t is not None and t.state is T.READY:
+                if t is not None and t.state is T.READY and not (
+                        self.spill_copy and t.spec.deps and self.args_on_disk(t)):
                     self._dispatch(t, w)
 
     def _could_run(self, res: tuple, queued: int) -> int:

@@ -198,6 +198,8 @@ class WorkerTable:
                     f"the worker running task {t.spec.name} died: {reason}; "
                     f"retries exhausted (max_retries={t.spec.retries})")))
         # everything the dead process held goes away with it
+        if self.evict_acks:
+            self._spill_proc_gone(wid)
         for off in self.reserved.pop(wid, ()):
             self.alloc.free(off)
         for o in list(self.objs.values()):
@@ -213,6 +215,8 @@ class WorkerTable:
         kill actors that were told to end and have not: ActorTable)."""
         if self.ending:
             self._actor_tick(now)
+        if self.space_waiters:
+            self.spill_tick()
         actors = sum(1 for w in self.workers.values() if w.actor is not None)
         extra = len(self.workers) - actors - len(self.retiring) - self.idle_keep
         for wid in list(self.idle):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import sys
 import threading
 import time
 import weakref
@@ -37,7 +38,7 @@ from .. import protocol as P
 from ..object_ref import ObjectRef
 from ..store import serialization as ser
 from ..transport.rings import Doorbell, Ring, RingClosed
-from .waiting import Waiting
+from .waiting import Evicted, Waiting
 
 
 _put, _PUT = P.Put.from_items, P.Put.OP
@@ -77,6 +78,11 @@ class Client(Waiting):
         self._subscribed: set[int] = set()
         self._reborrowed: set[int] = set()
         self._mapped: dict[int, weakref.ref] = {}
+        # places the node evicted (oid -> that descriptor): a get that read one before
+        # the Evict came must not map it (node/spill.py); the lock orders the two
+        self._evicted: dict[int, tuple] = {}
+        self._map_lock = threading.Lock()
+        self.pins_out = False  # a Pin was queued since the last frame to the node
         self._pending: collections.deque = collections.deque()  # rides the next frame
         self._incref: collections.deque = collections.deque()
         self._decref: collections.deque = collections.deque()
@@ -112,7 +118,31 @@ class Client(Waiting):
 
         return {P.Obj.OP: lambda m: self.store_obj(m.oid, m.kind, m.payload),
                 P.AllocOk.OP: reply, P.Reply.OP: reply, P.Stop.OP: stop,
-                P.StreamItem.OP: self._stream_item}
+                P.StreamItem.OP: self._stream_item,
+                P.Evict.OP: lambda m: self.evict_local(m.oids, ())}
+
+    def evict_local(self, oids, busy) -> None:
+        """The node is moving these values out of the arena: forget their places, but
+        for those a live view maps (or a task of ours reads: ``busy``), and say which.
+        A view's Pin went out when it was made, before this answer."""
+        kept, dropped = [], []
+        values, mapped, refs = self._values, self._mapped, self._refs
+        with self._map_lock:
+            for oid in oids:
+                wr = mapped.get(oid)
+                if oid in busy or (wr is not None and wr() is not None):
+                    kept.append(oid)
+                    continue
+                v = values.get(oid)
+                if v is not None and v[0] == ser.ARENA:
+                    del values[oid]
+                    self._evicted[oid] = v[1]
+                    if oid in refs and not self._not_owner(oid):
+                        self._reborrowed.add(oid)  # (its value is no longer pushed here)
+                self._decoded.pop(oid, None)
+                self._subscribed.discard(oid)
+                dropped.append(oid)
+        self.send([P.Evicted(kept, dropped)])
 
     def _stream_item(self, m) -> None:
         """A streaming task's value: its ref joins the generator's (made before its Obj
@@ -159,6 +189,7 @@ class Client(Waiting):
             # hold (a task's args, a result's contained refs) that must be in place
             # before this process's own hold on the same object is dropped.
             pre = self._drain_deque(self._pending)
+            self.pins_out = False
             if self._incref:
                 pre.append(P.Refs(self._drain_deque(self._incref), ()))
             msgs[:0] = pre
@@ -214,6 +245,8 @@ class Client(Waiting):
         value = self._values.pop(oid, None)
         if self._decoded:  # (a list of refs decoded once: its refs go now)
             self._decoded.pop(oid, None)
+        if self._evicted:
+            self._evicted.pop(oid, None)
         self._subscribed.discard(oid)
         self._reborrowed.discard(oid)
         # A value known to be small and inline only costs the node a little memory: its
@@ -361,13 +394,21 @@ class Client(Waiting):
         base = wr() if wr is not None else None
         if base is None:
             off, total = desc[0], desc[3]
-            # an ndarray whose base is a (read-only) memoryview, not another ndarray: views
-            # numpy derives from it keep *this* object alive, so its finalizer fires when
-            # the user dropped the last view (numpy collapses ndarray->ndarray base chains)
-            base = np.frombuffer(self._arena_mv[off : off + total].toreadonly(), np.uint8)
-            self._mapped[oid] = weakref.ref(base)
-            self._pending.append(P.Pin([oid]))
+            with self._map_lock:
+                if self._evicted and self._evicted.get(oid) is desc:
+                    raise Evicted(oid)  # (the get reads it again, from the node)
+                # an ndarray whose base is a (read-only) memoryview, not another ndarray:
+                # views numpy derives from it keep *this* object alive, so its finalizer
+                # fires when the user dropped the last view (numpy collapses
+                # ndarray->ndarray base chains)
+                base = np.frombuffer(self._arena_mv[off : off + total].toreadonly(), np.uint8)
+                self._mapped[oid] = weakref.ref(base)
+                self._pending.append(P.Pin([oid]))
             weakref.finalize(base, self._unpin_later, oid)
+            # (its Pin rides the next frame to the node: before this process answers an
+            # Evict, and, a worker, before it reports to an owner over the mailbox: an
+            # owner answers for the places it sent there: worker_client._send_on)
+            self.pins_out = True
         return base
 
     def _check_session(self, oids) -> None:
@@ -383,8 +424,13 @@ class Client(Waiting):
         v = self._values.get(oid)
         if v is None:
             self._await([oid], 1, timeout)
-            v = self._values[oid]
-        return self.materialize(oid, *v)
+            v = self._values.get(oid)
+            if v is None:  # (evicted since it came: node/spill.py)
+                return self.get_one(oid, timeout)
+        try:
+            return self.materialize(oid, *v)
+        except Evicted:
+            return self.get_one(oid, timeout)
 
     def get(self, oids: list[int], timeout: float | None) -> list[Any]:
         values = self._values
@@ -395,7 +441,12 @@ class Client(Waiting):
                 v = values.get(o)
                 if v is not None and v[0] == ser.ERROR:
                     self.materialize(o, *v)
-        return [self.materialize(o, *values[o]) for o in oids]
+        try:
+            return [self.materialize(o, *values[o]) for o in oids]
+        except (Evicted, KeyError):
+            if all(o in values for o in oids) and sys.exc_info()[0] is KeyError:
+                raise
+            return self.get(oids, timeout)  # (evicted since they came: node/spill.py)
 
     def _await(self, missing: list[int], n_asked: int, timeout: float | None) -> None:
         """Wait until every id in ``missing`` has its value here (or GetTimeoutError)."""
@@ -441,13 +492,14 @@ class Client(Waiting):
     def wait(self, oids: list[int], num_returns: int, timeout: float | None) -> list[int]:
         """The first ``num_returns`` of ``oids`` (in their order) whose values are here,
         waiting up to ``timeout`` for that many (fewer when it runs out)."""
-        values = self._values
+        values, evicted = self._values, self._evicted
         self._check_session(oids)
 
         def ready() -> list[int]:  # (stops at num_returns: a loop of waits stays linear)
             got = []
             for o in oids:
-                if o in values:
+                # (a value that went to disk is still ready: it comes back on get)
+                if o in values or (evicted and o in evicted):
                     got.append(o)
                     if len(got) == num_returns:
                         break
@@ -457,7 +509,7 @@ class Client(Waiting):
             self._drain()
         elif len(ready()) < num_returns:
             own_key, reborrowed = self._own_key, self._reborrowed
-            self._subscribe([o for o in oids if o not in values and (
+            self._subscribe([o for o in oids if o not in values and o not in evicted and (
                 o >> P.PROC_BITS != own_key or o in reborrowed)])  # (_needs_subscription)
             deadline = None if timeout is None else time.monotonic() + timeout
             self._blocking_wait(lambda: len(ready()) == num_returns, deadline)

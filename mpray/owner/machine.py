@@ -48,7 +48,7 @@ from .. import exceptions as exc
 from .. import protocol as P
 from ..placement import running_mean
 from .actors import FRAME_SLACK, ActorChannels, message_cost
-from .entities import DirectTask, Lease
+from .entities import DirectTask, Lease, read_by, stale_places
 from .invariants import check_owner
 from ..store.serialization import ERROR
 from ..states import LEASE_TRANSITIONS, OWNED_TRANSITIONS, D, L, OW, TransitionError, _move
@@ -107,6 +107,7 @@ class Owner:
         self.run_s: dict[int, tuple[int, float]] = {}  # fid -> (runs, mean run time)
         self.long_fids: set[int] = set()
         self.out: list = []
+        self.evictions = 0  # Evicts seen (until one comes, no place read can be stale)
         self.actors = ActorChannels(self)
         self._on = {
             P.SubmitTask: self._submit, P.SubmitCall: self.actors.submit,
@@ -120,6 +121,7 @@ class Owner:
             P.Resumed: self._on_resumed, P.ADoneD: self.actors.on_done,
             P.SlotFree: self._on_slot_free,
             P.ANodeDone: self.actors.on_node_done, P.ActorUpdate: self.actors.on_update,
+            P.Evict: self._on_evict,
         }
 
     def handle(self, ev) -> list:
@@ -267,7 +269,8 @@ class Owner:
     def _submit(self, ev) -> None:
         spec = ev.spec
         deps = ev.deps  # (None from the shell: not for a lease, see SubmitTask)
-        if deps is None or not self.mailbox or spec.fid in self.long_fids:
+        if deps is None or not self.mailbox or spec.fid in self.long_fids or (
+                self.evictions and deps and stale_places(self.values, deps)):
             self.to_node(spec)  # (long functions: worth moving to another rank)
             return
         rec = DirectTask(spec, deps, ev.hold)
@@ -283,6 +286,13 @@ class Owner:
                 self._to_node(rec, flag=True)
                 return
             self.queue.append(rec)  # leases (or grants on their way) will take it
+
+    def _on_evict(self, m) -> None:
+        """The node evicts arena values: the shell forgets their places, but for those a
+        task or call of ours still reads (its Exec carries the place)."""
+        self.evictions += 1
+        reading = read_by(self.tasks.values(), self.actors.calls.values())
+        self.out.append(P.EvictLocal(m.oids, tuple(o for o in m.oids if o in reading)))
 
     def _lease_room(self) -> bool:
         """May one more lease be asked for (leases, grants on their way, and the CPU this

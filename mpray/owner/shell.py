@@ -43,7 +43,7 @@ _new = tuple.__new__
 _dumps = pickle.dumps
 # messages an owner machine decides on (from the node, or from a leased worker's ring)
 OWNER_OPS = (P.LeaseGrant, P.NoLease, P.LeaseLost, P.ActorUpdate, P.ANodeDone, P.DoneD,
-             P.ReturnD, P.Expired, P.Resumed, P.ADoneD)
+             P.ReturnD, P.Expired, P.Resumed, P.ADoneD, P.Evict)
 
 
 class OwnerShell:
@@ -65,7 +65,8 @@ class OwnerShell:
         self._to_resolve: list = []  # (oid, futures) whose values came meanwhile
         self._out: dict = {}  # a lease's ring key -> (ring, bell) (see _ring_out)
         self._apply_on = {P.Release: self._release, P.Signal: self._signal,
-                          P.CancelWord: self._word, P.TaskFailed: self._task_failed}
+                          P.CancelWord: self._word, P.TaskFailed: self._task_failed,
+                          P.EvictLocal: lambda ins: self.evict_local(ins.oids, ins.busy)}
 
     def _event_queue(self) -> collections.deque:
         """The machine's event deque (made by whichever comes first: the handlers,

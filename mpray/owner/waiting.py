@@ -27,6 +27,10 @@ from .. import exceptions as exc
 _HOST = socket.gethostname()
 
 
+
+class Evicted(Exception):
+    """A value's place was evicted while a get was about to read it: read it again."""
+
 class Waiting:
     def _init_waiting(self, spin_us: int) -> None:
         self._pump_lock = threading.Lock()
@@ -179,15 +183,25 @@ class Waiting:
         return fut
 
     def _resolve_futures(self, oid: int, futs: list) -> None:
-        kind, payload = self._values[oid]
+        v = self._values.get(oid)
+        if v is None:  # (evicted since it came: node/spill.py; it comes again)
+            self._refuture(oid, futs)
+            return
+        kind, payload = v
         for f in futs:
             if f.done():
                 continue
             try:
                 f.set_result(self.materialize(oid, kind, payload))
+            except Evicted:
+                self._refuture(oid, [f])
             except BaseException as e:  # noqa: BLE001 - delivered to the future
                 f.set_exception(e)
             f._mpray_ref = None
+
+    def _refuture(self, oid: int, futs: list) -> None:
+        self._futures.setdefault(oid, []).extend(futs)
+        self._subscribe([oid])
 
     def _background_needed(self) -> bool:
         return (bool(self._futures) or self._release_due) and not self.closed
