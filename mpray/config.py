@@ -67,6 +67,7 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("spin_us", "MPRAY_SPIN_US", "µs a waiting process polls (yielding the CPU) before it sleeps (50; 0: never)"),
     ("tmpdir", "MPRAY_TMPDIR", "parent of the session directory (TMPDIR, else /tmp)"),
     ("object_spilling_directory", "MPRAY_SPILL_DIR", "where values go when the store is full, a directory of this session's made in it (default: the session directory, under tmpdir unless log_dir moves it: then tmpdir; off: never spill, a full store raises)"),
+    ("max_lineage_bytes", "MPRAY_MAX_LINEAGE_BYTES", "lineage (task specs) a node keeps to remake values whose spill files are lost; the oldest is forgotten beyond it (1GiB)"),
     ("backend", "MPRAY_BACKEND", "auto (MPI when launched by mpiexec/srun), local or mpi"),
     ("export_bytes", "MPRAY_EXPORT_BYTES", "MPI: per-rank window values are copied into when the store is not a window (256 MiB)"),
     ("mpi_arena", "MPRAY_MPI_ARENA", "MPI: window (the store is an MPI window, zero-copy reads) or copy"),
@@ -107,6 +108,7 @@ class Config:
     control_store: bool = True
     log_dir: str = ""
     object_spilling_directory: str = ""  # "" the default place; "off" no spilling
+    max_lineage_bytes: int = 1 << 30
     keep_sessions: int = 10
     store_max_tasks: int = 100_000
     log_to_driver: bool = True
@@ -195,6 +197,13 @@ def _resolve_memory(c: Config, args: Mapping[str, Any], env: Mapping[str, str]) 
     # (ranks on one host share its memory, as they share its CPUs: each reports its part)
     c.task_memory = max(R.detect_memory_bytes() // max(1, args.get("host_ranks") or 1) - osm,
                         0)
+    mlb = args.get("max_lineage_bytes")
+    if mlb is None and env.get("MPRAY_MAX_LINEAGE_BYTES"):
+        mlb = R.parse_size(env["MPRAY_MAX_LINEAGE_BYTES"])
+    if mlb is not None:
+        if int(mlb) < 0:
+            raise ValueError(f"max_lineage_bytes must be at least 0, not {mlb!r}")
+        c.max_lineage_bytes = int(mlb)
     eb = args.get("export_bytes")
     if eb is None and env.get("MPRAY_EXPORT_BYTES"):
         eb = R.parse_size(env["MPRAY_EXPORT_BYTES"])

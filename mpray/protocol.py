@@ -206,6 +206,9 @@ Return = record("Return", 16, "tids", _N, "pipelined tasks handed back unstarted
 Evicted = record("Evicted", 17, "kept dropped", _N,
                  "the answer to Evict: the ids this process still reads (kept: a view is "
                  "mapped, or a task it sent reads it), and those it forgot")
+LineageIs = record("LineageIs", 29, "oid spec reason", _N,
+                   "the answer to LineageAsk: the task that made oid (None: none is kept "
+                   "here; reason says why)", nested={"spec": TaskSpec})
 LeaseEnd = record("LeaseEnd", 18, "epoch", _N, "a leased worker gives its lease back")
 PutFor = record("PutFor", 19, "owner oid kind payload contained", _N,
                 "a leased task's result the node must hold for its owner (arena space, "
@@ -275,6 +278,9 @@ Leased = record("Leased", 48, "epoch channel owner owner_slot", _O,
 Evict = record("Evict", 27, "oids", _O,
               "these values are leaving the arena (spilled to disk): forget their "
               "places unless a view of one is mapped here, and answer Evicted")
+LineageAsk = record("LineageAsk", 28, "oids", _O,
+                    "these values you own were lost (their spill files are gone): send "
+                    "the tasks that made them (LineageIs), which the node runs again")
 StreamItem = record("StreamItem", 30, "tid index oid", _O,
                     "streaming task tid's index-th value is object oid (you hold it; its "
                     "Obj follows); oid None: the stream ended")

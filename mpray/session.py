@@ -177,6 +177,7 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None,
     setup.store_max_tasks, setup.keep_sessions = cfg.store_max_tasks, cfg.keep_sessions
     setup.prune_root = root if rank == 0 else None
     setup.spill_dir = _spill_dir(cfg, session_dir, node_dir, rank)
+    setup.max_lineage_bytes = cfg.max_lineage_bytes
     setup.node_info["runtime_env"] = job_env  # (every worker applies it at its start)
     # the node forks every worker from itself: with the worker's modules imported here,
     # before the node is forked, its first worker starts without importing them (ms)

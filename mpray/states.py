@@ -32,7 +32,6 @@ class ObjState(_State):
     EVICTING = "EVICTING"  # still in the arena (readable), being written out / evicted
     SPILLED = "SPILLED"  # only in a spill file
     RESTORING = "RESTORING"  # being read back into the arena
-    LOST = "LOST"  # its spill file is gone or damaged (its value is an error now)
     FREED = "FREED"
 
 
@@ -74,8 +73,8 @@ OBJ_TRANSITIONS: dict[ObjState, frozenset[ObjState]] = {
     O.IN_ARENA: frozenset({O.EVICTING, O.FREED}),
     O.EVICTING: frozenset({O.IN_ARENA, O.SPILLED, O.FREED}),
     O.SPILLED: frozenset({O.RESTORING, O.FREED}),
-    O.RESTORING: frozenset({O.IN_ARENA, O.LOST}),
-    O.LOST: frozenset({O.FREED}),
+    # RESTORING -> PENDING: its file was lost; the task that made it runs again
+    O.RESTORING: frozenset({O.IN_ARENA, O.PENDING}),
     O.FREED: frozenset(),
 }
 WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {

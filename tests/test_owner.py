@@ -711,3 +711,26 @@ def test_a_task_whose_argument_was_evicted_after_the_shell_read_it_goes_by_the_n
     (sub,) = h.take_node()
     assert type(sub) is P.Submit and sub.spec.tid == 20  # the node reads it back first
     assert h.take_slot(0) == []
+
+
+def test_an_owner_keeps_the_lineage_of_leased_tasks_whose_values_went_by_the_node():
+    h = leased(Harness())
+    h.submit(20, nret=2, retries=2)
+    h.take_slot(0)
+    h.ev(P.DoneD(20, None, None, True, 0.001))  # arena values: they come by the node
+    h.ev(P.LineageAsk([21, 99]))
+    ans = h.take_node()
+    assert [type(m) for m in ans] == [P.LineageIs, P.LineageIs]
+    assert ans[0].oid == 21 and ans[0].spec.tid == 20 and ans[0].reason is None
+    assert ans[1] == P.LineageIs(99, None, None)  # not a task of ours: a put
+    h.ev(P.RefGone([21], True))
+    assert 20 in h.o.lineage.specs  # its other value is still held here
+    h.ev(P.RefGone([22], True))
+    assert h.o.lineage.specs == {} and h.o.lineage.of == {}
+    h.submit(30, retries=0)
+    h.take_slot(0)
+    h.ev(P.DoneD(30, None, None, True, 0.001))
+    h.take_node()
+    h.ev(P.LineageAsk([31]))
+    (ans,) = h.take_node()
+    assert ans.spec is None and "max_retries=0" in ans.reason

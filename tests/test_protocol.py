@@ -35,7 +35,7 @@ def _sample(cls):
 @pytest.mark.parametrize("cls", sorted(P.KINDS.values(), key=lambda c: c.OP),
                          ids=lambda c: c.__name__)
 def test_every_message_survives_a_frame_typed(cls):
-    nested = {"Submit", "Fwd", "RTask", "ToRank", "RNode", "RStream"}
+    nested = {"Submit", "Fwd", "RTask", "ToRank", "RNode", "RStream", "LineageIs"}
     if cls.__name__ in nested:
         inner = (P.TaskSpec(1, 2, "f", b"a", (), 1, (("CPU", 1.0),), 0, False, (), None)
                  if "spec" in cls.FIELDS else P.KillActor(5, True))
@@ -47,6 +47,8 @@ def test_every_message_survives_a_frame_typed(cls):
     raw = pickle.loads(frame)[0]
     assert type(raw) is tuple  # plain on the wire: a tuple subclass pickles 4x slower
     (back,) = P.decode(frame)
+    if cls is P.LineageIs:  # (its spec may be None: it stays None)
+        assert P.decode(P.encode([P.LineageIs(5, None, "why")]))[0].spec is None
     assert type(back) is cls and back == m
     for f in cls.FIELDS:
         assert getattr(back, f) == getattr(m, f)

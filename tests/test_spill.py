@@ -157,3 +157,53 @@ def test_spilling_off_raises_when_the_store_is_full(ray_factory):
         for _ in range(3):
             refs.append(mpray.put(value(0)))
     assert spill_stats()["spilled"] == 0
+
+
+@mpray.remote
+def plus(a, k):
+    return a + k
+
+
+def lose_spill_files() -> None:
+    """Every spill file goes (a disk wiped, a node-local directory cleaned)."""
+    where = spill_dir()
+    for name in os.listdir(where):
+        os.unlink(os.path.join(where, name))
+
+
+@pytest.mark.parametrize("path", ["leased", "node"])
+def test_a_chain_whose_spilled_values_were_deleted_is_made_again(ray_factory, path):
+    ray_factory(object_store_memory=STORE)
+    opts = {} if path == "leased" else {"scheduling_strategy": "SPREAD"}  # (the node's)
+    a = produce.options(**opts).remote(1)
+    b = plus.options(**opts).remote(a, 1)
+    c = plus.options(**opts).remote(b, 1)
+    assert intact(mpray.get(c, timeout=60), 3)
+    filler = [mpray.put(value(100 + i)) for i in range(2 * STORE // VALUE)]
+    assert wait_for(lambda: spill_stats()["evicted"] >= 3, 10)
+    lose_spill_files()
+    assert intact(mpray.get(c, timeout=60), 3)
+    assert intact(mpray.get(a, timeout=60), 1)
+    assert intact(mpray.get(b, timeout=60), 2)
+    st = spill_stats()
+    assert st["lost"] >= 3 and st["remade"] >= 3, st  # (each of a, b, c ran again)
+    lost = 0
+    for i, r in enumerate(filler):  # puts: no task can make them again
+        try:
+            assert intact(mpray.get(r, timeout=60), 100 + i)
+        except exc.ObjectLostError as e:
+            assert type(e) is exc.ObjectLostError and "put" in str(e)
+            lost += 1
+    assert lost > 0
+
+
+def test_a_lost_value_of_a_task_without_retries_is_reconstruction_failed(ray_factory):
+    ray_factory(object_store_memory=STORE)
+    r = produce.options(max_retries=0).remote(5)
+    mpray.wait([r], timeout=60)
+    filler = [mpray.put(value(i)) for i in range(2 * STORE // VALUE)]
+    assert wait_for(lambda: spill_stats()["evicted"] >= 2, 10)
+    lose_spill_files()
+    with pytest.raises(exc.ObjectReconstructionFailedError, match="max_retries=0"):
+        mpray.get(r, timeout=60)
+    del filler

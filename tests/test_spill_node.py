@@ -54,7 +54,7 @@ def put(s: Scheduler, oid: int, proc: int = 0) -> int:
 def fill(s: Scheduler, oids=(10, 20, 30, 40)) -> None:
     for oid in oids:
         put(s, oid)
-    assert s.alloc.used == 4 * N
+    assert s.alloc.used == 4 * N  # (full)
 
 
 def evict_round(s: Scheduler, answers: dict[int, tuple]) -> P.SpillWrite:
@@ -193,7 +193,7 @@ def test_a_task_whose_argument_is_on_disk_waits_for_it():
     assert ex.deps[0][:3] == (0, 10, ARENA) and ex.deps[0][3][0] == r.offset
 
 
-def test_a_missing_spill_file_makes_the_value_lost():
+def test_a_put_whose_spill_file_is_lost_is_an_object_lost_error():
     s = make()
     fill(s)
     s.allocate(0, 99, N)
@@ -203,14 +203,75 @@ def test_a_missing_spill_file_makes_the_value_lost():
     s.subscribe(0, [10])
     (r,) = actions(s, P.SpillRead)
     s.spill_read(10, "No such file or directory")
+    assert s.objs[10].state is O.PENDING  # lost: its owner is asked how it was made
+    (ask,) = take(s, 0, P.LineageAsk)
+    assert ask.oids == [10]
+    s.lineage_is(0, 10, None, None)  # a put: no task made it
     (obj,) = take(s, 0, P.Obj)
     assert obj.kind == ERROR
     err = pickle.loads(obj.payload)
     assert isinstance(err, exc.ObjectLostError) and "No such file" in str(err)
-    assert s.objs[10].state is O.LOST
+    assert "put" in str(err) and r.path in str(err)
     s.refs(0, [], [10])
     assert 10 not in s.objs and s.spill_files == {}
     assert actions(s, P.SpillDelete) == [P.SpillDelete(r.path)]
+
+
+def lose(s: Scheduler, oid: int) -> None:
+    """``oid`` is evicted to disk, then its file is found missing as it is read back."""
+    s.allocate(0, 99, N)
+    evict_round(s, {0: ([], [oid])})
+    (m,) = take(s, 0, P.AllocOk)
+    s.free_range(0, m.offset)
+    s.subscribe(0, [oid])
+    (r,) = actions(s, P.SpillRead)
+    assert r.oid == oid
+    s.spill_read(oid, "No such file or directory")
+
+
+def task_result(s: Scheduler, tid: int, deps=(), retries=2) -> int:
+    """A node task with one ARENA result, run on worker 1; returns the result's id."""
+    sp = spec(tid, deps=deps)._replace(retries=retries)
+    s.submit(0, sp)
+    s.schedule()
+    (ex,) = take(s, 1, P.Exec)
+    s.allocate(1, 5, N)
+    (m,) = take(s, 1, P.AllocOk)
+    s.task_done(1, tid, P.OK, [(tid + 1, ARENA, (m.offset, 16, ((64, N - 64),), N), ())],
+                False)
+    take(s, 0, P.Obj)
+    return tid + 1
+
+
+def test_a_lost_task_result_is_made_again_by_its_task():
+    s = make(workers=1)
+    oid = task_result(s, 100)  # (the oldest value: the first to go)
+    fill(s, (20, 30, 40))
+    assert s.lineage_of[oid] == 100
+    lose(s, oid)
+    assert s.objs[oid].state is O.PENDING and s.tasks[100].state is T.READY
+    s.schedule()
+    (ex,) = take(s, 1, P.Exec)
+    assert ex.tid == 100
+    s.allocate(1, 6, N)
+    (m,) = take(s, 1, P.AllocOk)
+    s.task_done(1, 100, P.OK, [(oid, ARENA, (m.offset, 16, ((64, N - 64),), N), ())], False)
+    (obj,) = [o for o in take(s, 0, P.Obj) if o.oid == oid]
+    assert obj.kind == ARENA and obj.payload[0] == m.offset  # the subscriber has it again
+    assert s.objs[oid].state is O.IN_ARENA and s.reruns == {100: 1}
+    s.refs(0, [], [oid])
+    assert s.lineage == {} and s.lineage_of == {}
+
+
+def test_a_task_with_no_retries_left_or_none_gives_reconstruction_failed():
+    s = make(workers=1)
+    oid = task_result(s, 100, retries=0)
+    fill(s, (20, 30, 40))
+    lose(s, oid)
+    (obj,) = [o for o in take(s, 0, P.Obj) if o.oid == oid]
+    err = pickle.loads(obj.payload)
+    assert type(err) is exc.ObjectReconstructionFailedError
+    assert "max_retries=0" in str(err)
 
 
 def test_a_failed_write_keeps_the_values_and_names_the_directory():

@@ -43,6 +43,9 @@ class ClusterView:
         self.fids_sent: dict[int, set] = {}  # rank -> functions it has from this node
         self.gathers: dict[int, list] = {}  # req -> [proc, answers due, sum so far]
         self.stream_ranks: dict[int, int] = {}  # forwarded streaming task -> its rank
+        # fid -> (tasks timed, their moving mean run time here): the spill rule's clock,
+        # per function, so that one long function does not make short ones move
+        self.task_time: dict = {}
 
     def attach_cluster(self, rank: int, ranks: list) -> None:
         self.rank = rank

@@ -70,6 +70,13 @@ def _check_spill(s) -> None:
         assert live == copies[n], f"spill file {n}: {live} values counted, {copies[n]} on it"
     for oid in s.evict_acks:
         assert s.objs[oid].state is O.EVICTING, f"answers awaited for {oid}, not evicting"
+    per_task: collections.Counter = collections.Counter()
+    for oid, tid in s.lineage_of.items():
+        assert oid in s.objs, f"lineage kept for freed object {oid}"
+        per_task[tid] += 1
+    for tid, e in s.lineage.items():
+        assert e[2] == per_task[tid] > 0, f"lineage of {tid}: {e[2]} results, {per_task[tid]}"
+    assert s.lineage_bytes == sum(e[3] for e in s.lineage.values()), "lineage bytes"
     for offs in s.reserved.values():
         ranges.update(offs)
     leaked = set(s.alloc.live_ranges()) - ranges  # ((pure tests may make up places)

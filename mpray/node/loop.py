@@ -93,6 +93,7 @@ class NodeSetup:
     keep_sessions: int = 10
     prune_root: str | None = None  # (rank 0: where finished sessions are pruned)
     spill_dir: str | None = None  # where values go when the arena is full (None: never)
+    max_lineage_bytes: int = 1 << 30  # lineage kept to remake lost values (node/lineage.py)
 
 
 class Node:
@@ -104,6 +105,7 @@ class Node:
             max_workers=setup.max_workers, idle_timeout=setup.idle_timeout,
             pipeline_depth=setup.pipeline_depth, node_id=setup.node_id,
             channels=setup.channel_count, spill_dir=setup.spill_dir,
+            max_lineage_bytes=setup.max_lineage_bytes,
         )
         self.bell = setup.node_bell
         self.spill = SpillIO(setup.spill_dir, setup.arena, self.bell)
@@ -267,6 +269,7 @@ class Node:
             P.Unpin.OP: lambda proc, m: s.unpin(proc, m.oids),
             P.Alloc.OP: lambda proc, m: s.allocate(proc, m.req, m.nbytes),
             P.Evicted.OP: lambda proc, m: s.evicted(proc, m.kept, m.dropped),
+            P.LineageIs.OP: lambda proc, m: s.lineage_is(proc, m.oid, m.spec, m.reason),
             P.FreeRange.OP: lambda proc, m: s.free_range(proc, m.offset),
             P.Blocked.OP: lambda proc, m: s.worker_blocked(proc, m.returned),
             P.Return.OP: lambda proc, m: s.tasks_returned(proc, m.tids),

@@ -75,9 +75,11 @@ class ObjectDirectory:
             del self.in_arena[o.key]
             if self.spill_copy:
                 self._drop_copy(o.key)
+            if self.lineage_of:
+                self._lineage_gone(o.key)
             self.records.append((OBJ_FREE, o.key, self.now))  # (the control store's)
         elif o.state is not O.INLINE and o.state is not O.PENDING:
-            self._free_spilled(o)  # (EVICTING, SPILLED, LOST: node/spill.py)
+            self._free_spilled(o)  # (EVICTING, SPILLED: node/spill.py)
             self.records.append((OBJ_FREE, o.key, self.now))
         _move(o, O.FREED, OBJ_TRANSITIONS, "object")
         del self.objs[o.key]

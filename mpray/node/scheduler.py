@@ -37,8 +37,9 @@ from ..placement import PlacementGroupSchedulingStrategy as _PGS
 from ..placement import running_mean
 from .invariants import check_scheduler
 from .objects import Obj, ObjectDirectory
+from .lineage import LineageBook
 from .spill import Spiller
-from ..store.serialization import ERROR
+from ..store.serialization import ARENA, ERROR
 from ..states import (
     OBJ_TRANSITIONS,
     TASK_TRANSITIONS,
@@ -63,7 +64,7 @@ __all__ = ["OBJ_TRANSITIONS", "TASK_TRANSITIONS", "WORKER_TRANSITIONS", "Obj", "
            "_move"]
 
 
-class Scheduler(ObjectDirectory, Spiller, ActorTable, ActorNames, ClusterView,
+class Scheduler(ObjectDirectory, Spiller, LineageBook, ActorTable, ActorNames, ClusterView,
                 PlacementGroups, WorkerTable):
     """Local scheduler + object directory of one node."""
 
@@ -79,6 +80,7 @@ class Scheduler(ObjectDirectory, Spiller, ActorTable, ActorNames, ClusterView,
         node_id: str = "",
         channels: int = 0,
         spill_dir: str | None = None,
+        max_lineage_bytes: int = 1 << 30,
     ) -> None:
         self.total = dict(resources)
         self.avail = dict(resources)
@@ -122,10 +124,8 @@ class Scheduler(ObjectDirectory, Spiller, ActorTable, ActorNames, ClusterView,
         self._init_cluster()
         self._init_pgs()
         self._init_spill(spill_dir)
+        self._init_lineage(max_lineage_bytes)
         self.now = 0.0  # set by the node's loop before each batch of events
-        # fid -> (tasks timed, their moving mean run time here): the spill rule's clock,
-        # per function, so that one long function does not make short ones move
-        self.task_time: dict = {}
 
     # ------------------------------------------------------------------ helpers
     def _send(self, proc: int, msg: P.Record) -> None:
@@ -158,7 +158,9 @@ class Scheduler(ObjectDirectory, Spiller, ActorTable, ActorNames, ClusterView,
             res = tuple(sorted(res + (ACTOR_MARK,)))
         return res
 
-    def submit(self, proc: int, spec: P.TaskSpec) -> None:
+    def submit(self, proc: int, spec: P.TaskSpec, rerun: bool = False) -> None:
+        """A task to run (``rerun``: made again, node/lineage.py: its returns keep
+        their holders, and no process is its parent)."""
         tid = spec.tid
         res = spec.res
         actor = None
@@ -169,7 +171,7 @@ class Scheduler(ObjectDirectory, Spiller, ActorTable, ActorNames, ClusterView,
         elif spec.actor is not None:
             actor = spec.actor
         parent = None
-        if proc != 0:
+        if proc != 0 and not rerun:
             w = self.workers.get(proc)
             parent = w.task if w else None
         t = Task(tid, spec, proc, parent, res, spec.retries)
@@ -180,7 +182,8 @@ class Scheduler(ObjectDirectory, Spiller, ActorTable, ActorNames, ClusterView,
         objs = self.objs
         for oid in P.return_ids(tid, spec.nret):
             o = objs.get(oid) or self._obj(oid, proc)
-            o.procs.add(proc)
+            if not rerun:
+                o.procs.add(proc)
         if spec.create is not None:
             t.creating = True
             self._actor_created_anchor(self.actors[tid])
@@ -461,6 +464,8 @@ class Scheduler(ObjectDirectory, Spiller, ActorTable, ActorNames, ClusterView,
     def _store_results(self, t: Task, proc: int, results, delivered: bool = False) -> None:
         for oid, kind, payload, contained in results:
             self.seal(proc, oid, kind, payload, contained, delivered)
+            if kind == ARENA and self.spill_dir is not None:
+                self._keep_lineage(t, oid)  # (node/lineage.py: made again if lost)
 
     def _fail(self, t: Task, payload: bytes, state: TaskState = T.FAILED) -> None:
         # a READY task may still sit in its queue: schedule() skips non-READY entries

@@ -57,7 +57,7 @@ class Spiller:
         self._spill_ticks = -1  # (spill_tick's view of progress)
         self.spill_error: str | None = None  # the last write's failure (disk full…)
         self.spill_stats = {"spilled": 0, "spilled_bytes": 0, "evicted": 0, "restored": 0,
-                            "restored_bytes": 0, "files": 0}
+                            "restored_bytes": 0, "files": 0, "lost": 0, "remade": 0}
 
     # ------------------------------------------------------------------ room
     def _no_room(self, proc: int, req: int, nbytes: int, err: ArenaFull) -> None:
@@ -359,16 +359,14 @@ class Spiller:
         self._maybe_free(o)
 
     def _restore_failed(self, oid: int, why: str) -> None:
-        """Its spill file is gone or damaged: the value is lost (an error from now on)."""
+        """Its spill file is gone or short: the value is lost (node/lineage.py makes it
+        again, or makes its error the value)."""
         o = self.objs[oid]
         self.alloc.free(o.payload[0])
         where = self.spill_copy.get(oid)
         path = self.spill_files[where[0]][0] if where is not None else self.spill_dir
-        err = exc.ObjectLostError(P.id_hex(oid), f"its value was spilled to {path} and "
-                                  f"cannot be read back: {why}")
-        _move(o, O.LOST, OBJ_TRANSITIONS, "object")
-        o.kind, o.payload = ERROR, self._error_payload(err)
-        self._deliver(o, ERROR, o.payload)
+        self._drop_copy(oid)
+        self._lost(o, f"was spilled to {path} and cannot be read back ({why})")
 
     def _no_room_to_restore(self, oid: int, why: str) -> None:
         """A spilled value cannot come back (the arena is full of values in use): its
@@ -407,7 +405,7 @@ class Spiller:
         self._want(o)
 
     def _free_spilled(self, o) -> None:
-        """The last hold on an EVICTING, SPILLED or LOST value went."""
+        """The last hold on an EVICTING or SPILLED value went."""
         st = o.state
         if st is O.EVICTING:
             self.alloc.free(o.payload[0])
@@ -415,6 +413,8 @@ class Spiller:
             self.evict_acks.pop(o.key, None)
             del self.in_arena[o.key]
         self._drop_copy(o.key)
+        if self.lineage_of:
+            self._lineage_gone(o.key)
 
     def _drop_copy(self, oid: int) -> None:
         where = self.spill_copy.pop(oid, None)

@@ -119,7 +119,10 @@ class Client(Waiting):
         return {P.Obj.OP: lambda m: self.store_obj(m.oid, m.kind, m.payload),
                 P.AllocOk.OP: reply, P.Reply.OP: reply, P.Stop.OP: stop,
                 P.StreamItem.OP: self._stream_item,
-                P.Evict.OP: lambda m: self.evict_local(m.oids, ())}
+                P.Evict.OP: lambda m: self.evict_local(m.oids, ()),
+                # (an owner with no machine ran no task of its own: its values are puts)
+                P.LineageAsk.OP: lambda m: self.send([P.LineageIs(o, None, None)
+                                                      for o in m.oids])}
 
     def evict_local(self, oids, busy) -> None:
         """The node is moving these values out of the arena: forget their places, but

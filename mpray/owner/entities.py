@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from .. import protocol as P
 from ..states import DIRECT_TRANSITIONS, D, L, TransitionError
-from ..store.serialization import ARENA
 
 
 class DirectTask:
@@ -60,20 +59,3 @@ class Lease:
         self.state = L.ACTIVE
         self.history = [L.ACTIVE]
 
-
-def read_by(tasks, calls) -> set:
-    """The objects these direct tasks and actor calls (each ``(channel, Call)``) read."""
-    reading = {oid for rec in tasks for _pos, oid in rec.spec.deps}
-    reading.update(oid for _ch, call in calls for _pos, oid in call.spec.deps)
-    return reading
-
-
-def stale_places(values: dict, deps) -> bool:
-    """Was an arena value among ``deps`` (the shell read them before the submit event)
-    evicted since?  Its place may be reused: the node's path reads it back."""
-    for _pos, oid, kind, payload in deps:
-        if kind == ARENA:
-            v = values.get(oid)
-            if v is None or v[1] is not payload:
-                return True
-    return False

@@ -48,8 +48,9 @@ from .. import exceptions as exc
 from .. import protocol as P
 from ..placement import running_mean
 from .actors import FRAME_SLACK, ActorChannels, message_cost
-from .entities import DirectTask, Lease, read_by, stale_places
+from .entities import DirectTask, Lease
 from .invariants import check_owner
+from .lineage import OwnerLineage
 from ..store.serialization import ERROR
 from ..states import LEASE_TRANSITIONS, OWNED_TRANSITIONS, D, L, OW, TransitionError, _move
 
@@ -107,9 +108,13 @@ class Owner:
         self.run_s: dict[int, tuple[int, float]] = {}  # fid -> (runs, mean run time)
         self.long_fids: set[int] = set()
         self.out: list = []
-        self.evictions = 0  # Evicts seen (until one comes, no place read can be stale)
+        self.lineage = OwnerLineage()  # Evict answers; leased tasks' specs (lost values)
         self.actors = ActorChannels(self)
-        self._on = {
+        self._on = self._handlers()
+
+    def _handlers(self) -> dict:
+        """Event type -> its handler."""
+        return {
             P.SubmitTask: self._submit, P.SubmitCall: self.actors.submit,
             P.CancelTask: self._cancel, P.RefGone: self._ref_gone,
             P.Publish: self._publish_event,
@@ -121,7 +126,11 @@ class Owner:
             P.Resumed: self._on_resumed, P.ADoneD: self.actors.on_done,
             P.SlotFree: self._on_slot_free,
             P.ANodeDone: self.actors.on_node_done, P.ActorUpdate: self.actors.on_update,
-            P.Evict: self._on_evict,
+            # (the node's spilling: node/spill.py, node/lineage.py; owner/lineage.py)
+            P.Evict: lambda m: self.out.append(self.lineage.evict(
+                m.oids, self.tasks.values(), self.actors.calls.values())),
+            P.LineageAsk: lambda m: self.out.extend(
+                P.ToNode(msg) for msg in self.lineage.answer(m.oids)),
         }
 
     def handle(self, ev) -> list:
@@ -180,6 +189,8 @@ class Owner:
             self.out.append(P.ToNode(ev.msg))
 
     def _ref_gone(self, ev) -> None:
+        if self.lineage.of:
+            self.lineage.gone(ev.oids)
         owned, released = self.owned, None
         for oid in ev.oids:
             st = owned.get(oid)
@@ -270,7 +281,7 @@ class Owner:
         spec = ev.spec
         deps = ev.deps  # (None from the shell: not for a lease, see SubmitTask)
         if deps is None or not self.mailbox or spec.fid in self.long_fids or (
-                self.evictions and deps and stale_places(self.values, deps)):
+                self.lineage.evictions and deps and self.lineage.stale(self.values, deps)):
             self.to_node(spec)  # (long functions: worth moving to another rank)
             return
         rec = DirectTask(spec, deps, ev.hold)
@@ -286,13 +297,6 @@ class Owner:
                 self._to_node(rec, flag=True)
                 return
             self.queue.append(rec)  # leases (or grants on their way) will take it
-
-    def _on_evict(self, m) -> None:
-        """The node evicts arena values: the shell forgets their places, but for those a
-        task or call of ours still reads (its Exec carries the place)."""
-        self.evictions += 1
-        reading = read_by(self.tasks.values(), self.actors.calls.values())
-        self.out.append(P.EvictLocal(m.oids, tuple(o for o in m.oids if o in reading)))
 
     def _lease_room(self) -> bool:
         """May one more lease be asked for (leases, grants on their way, and the CPU this
@@ -514,6 +518,7 @@ class Owner:
                     self.direct_value(oid, ERROR, m.error)
             elif m.via_node:
                 self.values_by_node(m.tid, spec.nret)
+                self.lineage.keep(spec)  # (its values may be spilled, and lost)
         if self.queue:
             self._refill()
 
