@@ -337,7 +337,9 @@ class Node:
             return {
                 **s.stats, "workers": len(s.workers), "objects": len(s.objs),
                 "tasks": len(s.tasks), "arena_used": s.alloc.used,
-                "spill": {**s.spill_stats, **self.spill.times},
+                "spill": {**s.spill_stats, **self.spill.times,
+                          "evicting_bytes": s.evicting_bytes, "waiting": len(s.space_waiters),
+                          "unanswered": len(s.evict_acks), "restoring": s.restoring},
                 "pids": sorted(self.pids),
             }
         return None

@@ -459,11 +459,13 @@ class Client(Waiting):
         self._subscribe([o for o in missing if o >> P.PROC_BITS != own_key
                          or o in self._reborrowed])  # (_needs_subscription, inlined)
         deadline = None if timeout is None else time.monotonic() + timeout
+        evicted = self._evicted  # (a value that came meanwhile may be evicted again:
+        #                            then it is asked for, as a borrower asks)
         if len(missing) == 1:  # (a round trip: the cheapest test)
             oid = missing[0]
 
             def arrived() -> bool:
-                return oid in values
+                return oid in values or (evicted and self._ask_again(missing, 0))
         else:
             pos = [0]
             errors = [self.errors_in]
@@ -479,12 +481,21 @@ class Client(Waiting):
                 while i < len(missing) and missing[i] in values:
                     i += 1
                 pos[0] = i
+                if evicted and i < len(missing):
+                    self._ask_again(missing, i)
                 return i == len(missing)
 
         if not self._blocking_wait(arrived, deadline):
             n = sum(1 for o in missing if o not in values)
             raise exc.GetTimeoutError(
                 f"get timed out after {timeout} s: {n} of {n_asked} objects not ready")
+
+    def _ask_again(self, missing: list, i: int) -> bool:
+        """The next value a get waits for came and was evicted before the get saw it
+        (its owner's push is spent): subscribe to it and to the others like it."""
+        if missing[i] in self._evicted and missing[i] not in self._subscribed:
+            self._subscribe([o for o in missing[i:] if o in self._evicted])
+        return False
 
     def _not_owner(self, oid: int) -> bool:
         return oid >> P.PROC_BITS != self._own_key  # (its rank and process are not ours)
