@@ -96,6 +96,13 @@ def test_objects_move_by_copying_into_export_windows_too():
     assert r.returncode == 0 and r.stdout.count("OK basics") == 1, r.stdout[-4000:]
 
 
+def test_spilled_values_move_by_copying_into_export_windows_too():
+    """Spilling with MPRAY_MPI_ARENA=copy: a value read back at its home rank is copied
+    into the export window for its reader."""
+    r = run_mpi("spill.py", 2, env={"MPRAY_MPI_ARENA": "copy"})
+    assert r.returncode == 0 and r.stdout.count("OK spill") == 1, r.stdout[-4000:]
+
+
 def test_lines_of_ranks_whose_disks_rank_0_cannot_read_reach_its_driver():
     """Ranks > 0 with log directories of their own (as hosts with local disks): their
     agents send their workers' lines to rank 0, which prints them labelled."""

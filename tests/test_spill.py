@@ -207,3 +207,26 @@ def test_a_lost_value_of_a_task_without_retries_is_reconstruction_failed(ray_fac
     with pytest.raises(exc.ObjectReconstructionFailedError, match="max_retries=0"):
         mpray.get(r, timeout=60)
     del filler
+
+
+def test_the_control_store_shows_spilled_values_and_their_files(ray_factory):
+    from mpray.util.state import list_objects
+
+    ray_factory(object_store_memory=STORE)
+    refs = [mpray.put(value(i)) for i in range(2 * STORE // VALUE)]
+    first = refs[0].hex()
+
+    def row():
+        rows = [o for o in list_objects(limit=10_000, detail=True) if o.object_id == first]
+        return rows[0] if rows and rows[0].state == "SPILLED" else None
+
+    r = wait_for(row, 20)
+    assert r is not None, "the first value never showed as spilled"
+    assert r.spilled_path.startswith(spill_dir()) and r.object_size >= VALUE
+    assert intact(mpray.get(refs[0]), 0)  # read back: in the store again
+
+    def back():
+        rows = [o for o in list_objects(limit=10_000, detail=True) if o.object_id == first]
+        return rows and rows[0].state == "IN_STORE"
+
+    assert wait_for(back, 20), "the value read back still shows as spilled"

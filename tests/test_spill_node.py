@@ -344,3 +344,14 @@ def test_values_freed_while_being_written_free_their_file_at_the_end_of_the_writ
     assert actions(s, P.SpillDelete) == [P.SpillDelete(w.path)]
     (m,) = take(s, 0, P.AllocOk)
     assert m.error is None
+
+
+def test_a_waiter_holding_a_reservation_of_its_own_fails_rather_than_waits_for_it():
+    s = make(workers=1)
+    s.allocate(1, 1, 2 * N)  # a worker's first result: written, not sealed yet
+    take(s, 1, P.AllocOk)
+    fill(s, (20, 30))
+    s.pin(0, [20, 30])
+    s.allocate(1, 2, N)  # its second: nothing can leave, and its own first stays
+    (m,) = take(s, 1, P.AllocOk)
+    assert m.offset is None and "no value left in it can be spilled" in m.error

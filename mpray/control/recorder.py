@@ -7,7 +7,7 @@ Data flow::
         execute (worker) RUNS((tid, name, t0, t1, ok, actor, error type, message))
                                                                       ─▶ REC.runs
     the rest ─ if REC.on: NOTE((kind, ...)) ─▶ REC.buf (a list of tuples)
-        the node's loop  WORKER / WORKER_EXIT / ACTOR / OBJ / OBJ_FREE / NODE / EVENT /
+        the node's loop  WORKER / WORKER_EXIT / ACTOR / OBJ / OBJ_FREE / OBJ_SPILL / NODE / EVENT /
                          USAGE (resources, store and workers in use, when they change)
     flusher thread (driver, workers: every FLUSH_S) / the node's tick
         ─ marshal.dumps((header, clock offset, batch, subs, runs))
@@ -35,7 +35,7 @@ FLUSH_S = 0.25  # how stale the store may be (plus the writer's pass)
 
 # the first item of every record
 (SUBMIT, RUN, START, CANCEL, FUNC, WORKER, WORKER_EXIT, ACTOR, OBJ, OBJ_FREE, NODE,
- NODE_END, EVENT, TASK_LOST, USAGE) = range(15)
+ NODE_END, EVENT, TASK_LOST, USAGE, OBJ_SPILL) = range(16)
 SUBMIT_FIELDS, RUN_FIELDS = 6, 8  # (the flat records' lengths, their kind left out)
 
 

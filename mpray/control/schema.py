@@ -8,7 +8,7 @@ Data flow::
           in one transaction:
             nodes ◀ NODE/NODE_END     workers ◀ WORKER/WORKER_EXIT     functions ◀ FUNC
             tasks ◀ SUBMIT (owner) + START/RUN (worker) + CANCEL + TASK_LOST + WORKER_EXIT
-            actors ◀ ACTOR            objects ◀ OBJ/OBJ_FREE           events ◀ EVENT
+            actors ◀ ACTOR            objects ◀ OBJ/OBJ_SPILL/OBJ_FREE events ◀ EVENT
             usage ◀ USAGE (a node's resources, store and workers in use over time)
 
 Each event of a task is an upsert that only moves its row forward, so a task's events
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 
-from .recorder import (ACTOR, CANCEL, EVENT, FUNC, NODE, NODE_END, OBJ, OBJ_FREE, RUN,
+from .recorder import (ACTOR, CANCEL, EVENT, FUNC, NODE, NODE_END, OBJ, OBJ_FREE, OBJ_SPILL,
+                       RUN,
                        RUN_FIELDS, START, SUBMIT, SUBMIT_FIELDS, TASK_LOST, USAGE, WORKER,
                        WORKER_EXIT)
 
@@ -114,6 +115,10 @@ SQL = {
     OBJ: "INSERT OR REPLACE INTO objects (object_id, size, owner_pid, rank, node_id, state, "
          "created) VALUES (?, ?, ?, ?, ?, 'IN_STORE', ?)",
     OBJ_FREE: "UPDATE objects SET state = 'FREED', freed = ? WHERE object_id = ?",
+    # (a spill, path set; or its way back into the store, path None: the path stays)
+    OBJ_SPILL: "UPDATE objects SET state = CASE WHEN ? IS NULL THEN 'IN_STORE' ELSE "
+               "'SPILLED' END, spilled_path = coalesce(?, spilled_path) "
+               "WHERE object_id = ? AND state != 'FREED'",
     WORKER_EXIT: "UPDATE workers SET ended = ?, exit_cause = ? WHERE rank = ? AND pid = ?",
     EVENT: "INSERT INTO events (time, rank, pid, severity, message) VALUES (?, ?, ?, ?, ?)",
     USAGE: "INSERT INTO usage (time, rank, available, store_used, store_total, workers, "
@@ -123,8 +128,8 @@ SQL = {
 WORKER_DIED_SQL = ("UPDATE tasks SET state = 'FAILED', error_type = 'WORKER_DIED', "
                    "error_message = ?, finished = ?, attempts = attempts + 1 "
                    "WHERE rank = ? AND worker_pid = ? AND state = 'RUNNING'")
-ORDER = (NODE, WORKER, FUNC, SUBMIT, START, RUN, CANCEL, TASK_LOST, ACTOR, OBJ, OBJ_FREE,
-         WORKER_EXIT, NODE_END, EVENT, USAGE)
+ORDER = (NODE, WORKER, FUNC, SUBMIT, START, RUN, CANCEL, TASK_LOST, ACTOR, OBJ, OBJ_SPILL,
+         OBJ_FREE, WORKER_EXIT, NODE_END, EVENT, USAGE)
 
 
 def open_store(path: str, create: bool = False):
@@ -252,6 +257,8 @@ class Ingest:
                 by[OBJ].append((_hex(e[1]), e[2], e[3], rank, node, e[4] + off))
             elif k == OBJ_FREE:  # (oid, t)
                 by[OBJ_FREE].append((e[2] + off, _hex(e[1])))
+            elif k == OBJ_SPILL:  # (oid, spill file or None: back in the store)
+                by[OBJ_SPILL].append((e[2], e[2], _hex(e[1])))
             elif k == FUNC:  # (fid, name, module)
                 by[FUNC].append((_hex(e[1]), e[2], e[3], rank))
             elif k == NODE:  # (node_id, host, resources, t)

@@ -28,6 +28,7 @@ import os
 
 from .. import exceptions as exc
 from .. import protocol as P
+from ..control.recorder import OBJ_SPILL
 from ..store.allocator import ArenaFull, align_up
 from ..store.serialization import ARENA, ERROR
 from ..states import O, OBJ_TRANSITIONS, T, TASK_TRANSITIONS, _move
@@ -101,7 +102,7 @@ class Spiller:
         if self.evicting_bytes >= need and not stalled:
             return  # (enough is on its way out; its end serves the waiters)
         target = max(need, min(self.alloc.size // 8, BATCH_MAX))
-        batch, got = [], self.evicting_bytes
+        batch, got = [], 0 if stalled else self.evicting_bytes
         busy = self._busy_deps()
         agent = self.agent
         for o in self.in_arena.values():
@@ -120,8 +121,10 @@ class Spiller:
     def _room_may_come(self, busy: set) -> bool:
         """Is anything leaving or coming, or will a holder let go of its own accord (a
         running task, another rank reading a result of a task that ran here)?"""
-        if self.evicting_bytes or self.spill_writing or self.restoring or \
-                any(self.reserved.values()):
+        if self.evicting_bytes or self.spill_writing or self.restoring:
+            return True
+        waiting = {w[0] for w in self.space_waiters}  # (a reservation of one of these
+        if any(offs for p, offs in self.reserved.items() if p not in waiting):  # stays)
             return True
         agent = self.agent
         return any(oid in busy or (agent is not None and agent in o.procs)
@@ -182,8 +185,8 @@ class Spiller:
         if self.spill_error is not None:
             return (f"{err}; spilling to {self.spill_dir} failed: {self.spill_error} "
                     f"({self.spill_stats['spilled_bytes']} bytes spilled so far)")
-        return (f"{err}; no value left in it can be spilled (each is read by a pending "
-                "task or mapped by a live view)")
+        return (f"{err}; no value left in it can be spilled (each is read by a running "
+                "task or another rank, or mapped by a live view)")
 
     # ------------------------------------------------------------------ evicting
     def _evict(self, batch: list) -> None:
@@ -298,6 +301,7 @@ class Spiller:
             del self.in_arena[oid]
             _move(o, O.SPILLED, OBJ_TRANSITIONS, "object")
             self.spill_stats["evicted"] += 1
+            self.records.append((OBJ_SPILL, oid, self.spill_files[self.spill_copy[oid][0]][0]))
         if self.space_waiters:
             self._serve_space()
 
@@ -352,6 +356,7 @@ class Spiller:
             self.in_arena[oid] = o
             self.spill_stats["restored"] += 1
             self.spill_stats["restored_bytes"] += o.payload[3]
+            self.records.append((OBJ_SPILL, oid, None))  # (the control store's)
             self._deliver(o, ARENA, o.payload)
         else:
             self._restore_failed(oid, error)

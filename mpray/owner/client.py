@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 import os
 import pickle
-import sys
 import threading
 import time
 import weakref
@@ -446,9 +445,9 @@ class Client(Waiting):
                     self.materialize(o, *v)
         try:
             return [self.materialize(o, *values[o]) for o in oids]
-        except (Evicted, KeyError):
-            if all(o in values for o in oids) and sys.exc_info()[0] is KeyError:
-                raise
+        except (Evicted, KeyError) as e:
+            if type(e) is KeyError and all(o in values for o in oids):
+                raise  # (not an eviction: the value's own unpickling raised it)
             return self.get(oids, timeout)  # (evicted since they came: node/spill.py)
 
     def _await(self, missing: list[int], n_asked: int, timeout: float | None) -> None:
