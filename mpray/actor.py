@@ -415,6 +415,7 @@ class ActorClass(BlobRegistration):
             "held": held, "get_if_exists": bool(opts.get("get_if_exists")), "req": None,
             "runtime_env": opts.get("runtime_env"),  # (checked; applied for good)
             "pg": strategy if pg_of(strategy) is not None else None,  # (its group)
+            "checkpoint_interval": _checkpoint_interval(opts, meta, self.__name__),
         }
         blob, deps, contained, keep = encode_args(client, args, kwargs, f"{self.__name__}")
         if name:  # the node answers: the name is ours, or taken (maybe by the one we want)
@@ -518,3 +519,14 @@ def lookup_actor(name: str, namespace: str | None = None) -> ActorHandle:
                          "created, it died, or it lives in another namespace)")
     aid, meta = reply
     return ActorHandle(aid, ObjectRef(aid + 1, owned=True, tid=aid), meta)
+
+
+def _checkpoint_interval(opts: dict, meta: dict, cls_name: str):
+    """``checkpoint_interval`` (node/checkpoints.py): a checkpoint is the state between
+    two calls, so the actor must run one call at a time."""
+    n = opts.get("checkpoint_interval")
+    if n is not None and (meta["is_async"] or meta["groups"]
+                          or (opts.get("max_concurrency") or 1) > 1):
+        raise ValueError(f"checkpoint_interval needs an actor that runs one call at a time; "
+                         f"{cls_name} is async, has concurrency groups or max_concurrency > 1")
+    return n

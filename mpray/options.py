@@ -24,7 +24,8 @@ TASK_OPTIONS = {
     "object_store_memory", "_generator_backpressure_num_objects",
 }
 ACTOR_ONLY = {"max_restarts", "max_task_retries", "max_concurrency", "namespace",
-              "lifetime", "get_if_exists", "concurrency_groups", "max_pending_calls"}
+              "lifetime", "get_if_exists", "concurrency_groups", "max_pending_calls",
+              "checkpoint_interval"}
 
 
 def _check_number(name: str, v: Any, integer: bool = False) -> None:
@@ -46,6 +47,10 @@ def validate_options(opts: dict, allowed: set[str], what: str) -> dict:
             _check_number(k, v)
             if k == "num_gpus" and v > 1 and v != int(v):
                 raise ValueError(f"num_gpus above 1 must be a whole number, not {v!r}")
+        elif k == "checkpoint_interval":
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"option checkpoint_interval must be an integer >= 1 (calls "
+                                 f"between checkpoints), not {v!r}")
         elif k == "max_calls":
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"option max_calls must be an integer >= 0, not {v!r}")

@@ -210,6 +210,9 @@ LineageIs = record("LineageIs", 29, "oid spec reason", _N,
                    "the answer to LineageAsk: the task that made oid (None: none is kept "
                    "here; reason says why)", nested={"spec": TaskSpec})
 LeaseEnd = record("LeaseEnd", 18, "epoch", _N, "a leased worker gives its lease back")
+Checkpoint = record("Checkpoint", 58, "aid incarnation oid calls", _N,
+                    "this actor's state after its calls-th call is object oid (hold it; "
+                    "a restart restores it)")
 PutFor = record("PutFor", 19, "owner oid kind payload contained", _N,
                 "a leased task's result the node must hold for its owner (arena space, "
                 "or refs inside)")
@@ -257,8 +260,11 @@ LeaseLost = record("LeaseLost", 41, "wid epoch reason", _O, "the leased worker d
 Reclaim = record("Reclaim", 42, "epoch", _O, "others wait for CPUs: end lease ``epoch`` "
                  "once idle (it may come just before that lease's Leased)")
 ACreate = record("ACreate", 43,
-                 "tid fid fblob name args deps gpus aid incarnation opts owner", _O,
-                 "become this actor: run the constructor, then serve calls")
+                 "tid fid fblob name args deps gpus aid incarnation opts owner restore", _O,
+                 "become this actor: run the constructor, then serve calls; restore: "
+                 "(its last checkpoint's (oid, kind, payload) or None, the calls to run "
+                 "again [(method, args, deps)], the calls it ended so far), or None",
+                 defaults={"restore": None})
 ACall = record("ACall", 44,
                "tid method args deps nret retry_exc owner retries aid incarnation direct "
                "stream", _O, "one method call (direct: from the driver's mailbox ring; "

@@ -310,3 +310,48 @@ def test_impossible_actor_transition_raises():
     _move(a, A.DEAD, ACTOR_TRANSITIONS, "actor")
     with pytest.raises(TransitionError, match="DEAD -> ALIVE"):
         _move(a, A.ALIVE, ACTOR_TRANSITIONS, "actor")
+
+
+# ----------------------------------------------------------------------- checkpoints
+
+
+def test_a_checkpointed_actor_restarts_from_its_checkpoint_with_the_calls_after_it():
+    from mpray.node.checkpoints import CKPT
+
+    s = sched()
+    s.put(0, 50, INLINE, b"arg")  # an argument of a logged call: held for the replay
+    create(s, 100, max_restarts=1, checkpoint_interval=2)
+    wid = constructed(s, 100)
+    for i, tid in enumerate((110, 120, 130)):
+        call(s, 100, tid, retries=-1, deps=[(0, 50)] if tid == 130 else ())
+        s.schedule()
+        s.task_done(wid, tid, P.OK, [(tid + 1, INLINE, NONE, ())], False)
+        assert s.actors[100].ncalls == i + 1
+    a = s.actors[100]
+    assert [n for n, _spec in a.log] == [1, 2, 3] and s.objs[50].pins == {CKPT: 1}
+    s.put(wid, 90, INLINE, b"state")  # its state after call 2
+    s.actor_checkpoint(wid, 100, a.incarnation, 90, 2)
+    assert a.checkpoint == (90, 2) and s.objs[90].pins == {CKPT: 1}
+    assert [spec.tid for _n, spec in a.log] == [130]  # only the call after it is kept
+    s.refs(wid, [], [90])
+    assert 90 in s.objs  # (the node holds it now)
+    s.worker_died(wid, "killed by SIGKILL")
+    s.schedule()
+    (m,) = [m for p in list(s.out) for m in msgs(s, p, P.ACreate)]
+    state, replay, calls = m.restore
+    assert state == (90, INLINE, b"state") and calls == 3
+    assert replay == [("m", b"args", [(0, 50, INLINE, b"arg")])]
+    w2 = a.worker
+    s.kill_actor(100, no_restart=True)
+    s.worker_died(w2, "killed by SIGKILL")
+    assert a.state is ActorState.DEAD and a.log == [] and a.checkpoint is None
+    assert 90 not in s.objs and s.objs[50].pins == {}
+
+
+def test_a_checkpoint_from_an_earlier_process_is_ignored():
+    s = sched()
+    create(s, 100, max_restarts=1, checkpoint_interval=1)
+    wid = constructed(s, 100)
+    s.put(wid, 90, INLINE, b"state")
+    s.actor_checkpoint(wid, 100, s.actors[100].incarnation + 1, 90, 1)
+    assert s.actors[100].checkpoint is None and s.objs[90].pins == {}

@@ -41,7 +41,7 @@ ACTOR_MARK = ("~actor", 0.0)  # in a creation task's shape: its own ready queue,
 class Actor:
     __slots__ = ("remote_rank", "key", "anchor", "state", "spec", "owner", "opts", "restarts_left",
                  "worker", "queue", "incarnation", "death", "killed", "terminating",
-                 "history", "name_key")
+                 "history", "name_key", "ncalls", "log", "checkpoint")
 
     def __init__(self, key: int, spec: tuple, owner: int) -> None:
         self.key = key
@@ -62,6 +62,11 @@ class Actor:
         self.name_key: tuple | None = None
         self.remote_rank: int | None = None  # (MPI) placed on that rank: calls go there
         self.history = [A.PENDING_CREATION]
+        # (node/checkpoints.py, with checkpoint_interval: calls ended well, those logged
+        # since the last checkpoint, and that checkpoint's (oid, calls))
+        self.ncalls = 0
+        self.log: list = []
+        self.checkpoint: tuple | None = None
 
     @property
     def class_name(self) -> str:
@@ -95,6 +100,7 @@ class ActorTable:
         self.anchors: dict[int, int] = {}  # anchor oid -> actor id
         self.names: dict[tuple, int] = {}  # (namespace, name) -> actor id
         self.ending: dict[int, float] = {}  # worker of an actor told to end -> kill time
+        self.ckpt_actors: set[int] = set()  # actors with checkpoint_interval (checkpoints.py)
 
     # ------------------------------------------------------------------ creation
     def _actor_admit(self, proc: int, spec: tuple) -> bool:
@@ -119,6 +125,8 @@ class ActorTable:
                 self._send(proc, P.Reply(req, ("exists", aid2, meta)))
             return False
         a = self.actors[aid] = Actor(aid, spec, proc)
+        if self.checkpointed(a):
+            self.ckpt_actors.add(aid)
         self.anchors[a.anchor] = aid
         if key is not None:
             self.names[key] = aid
@@ -345,6 +353,9 @@ class ActorTable:
         if o is not None and NODE_HOLDER in o.procs:
             o.procs.discard(NODE_HOLDER)
             self._maybe_free(o)
+        if a.key in self.ckpt_actors:
+            self.ckpt_actors.discard(a.key)
+            self._ckpt_dead(a)
         self._announce(a)
         if a.worker is not None:
             self.actions.append(P.Kill(a.worker))

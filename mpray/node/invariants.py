@@ -24,6 +24,7 @@ import collections
 
 from .actor_table import ACTOR_MARK
 from .cluster import AGENT
+from .checkpoints import CKPT
 from .spill import SPILLER
 from .worker_table import lends
 from ..states import A, G, O, T, W
@@ -38,6 +39,24 @@ def check_scheduler(s) -> None:
     _check_workers(s)
     _check_objects(s)
     _check_spill(s)
+    _check_checkpoints(s)
+
+
+def _check_checkpoints(s) -> None:
+    """An actor's checkpoint and its logged calls' arguments are pinned once each
+    (node/checkpoints.py), and only checkpointed actors have them."""
+    want: collections.Counter = collections.Counter()
+    for aid, a in s.actors.items():
+        if a.log or a.checkpoint is not None:
+            assert aid in s.ckpt_actors, f"actor {aid} has a log without the option"
+        if a.checkpoint is not None:
+            want[a.checkpoint[0]] += 1
+        for _n, spec in a.log:
+            for _pos, oid in spec.deps:
+                want[oid] += 1
+    for oid, o in s.objs.items():
+        assert o.pins.get(CKPT, 0) == want[oid], (
+            f"object {oid}: {o.pins.get(CKPT, 0)} checkpoint pins, {want[oid]} wanted")
 
 
 def _check_spill(s) -> None:

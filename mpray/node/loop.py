@@ -270,6 +270,8 @@ class Node:
             P.Alloc.OP: lambda proc, m: s.allocate(proc, m.req, m.nbytes),
             P.Evicted.OP: lambda proc, m: s.evicted(proc, m.kept, m.dropped),
             P.LineageIs.OP: lambda proc, m: s.lineage_is(proc, m.oid, m.spec, m.reason),
+            P.Checkpoint.OP: lambda proc, m: s.actor_checkpoint(proc, m.aid, m.incarnation,
+                                                                m.oid, m.calls),
             P.FreeRange.OP: lambda proc, m: s.free_range(proc, m.offset),
             P.Blocked.OP: lambda proc, m: s.worker_blocked(proc, m.returned),
             P.Return.OP: lambda proc, m: s.tasks_returned(proc, m.tids),
@@ -373,8 +375,10 @@ class Node:
                 elif kind is P.AnnounceActor:
                     ch = self.channels.get(a.wid) if a.wid is not None else None
                     self.store.actor(a, ch.pid if ch is not None else None)
+                    # (a checkpointed actor's calls go by the node: no mailbox slot)
+                    slot = None if a.aid in s.ckpt_actors else self.slot_of.get(a.wid)
                     s.out[0].append(P.ActorUpdate(a.aid, a.state, a.incarnation, a.wid,
-                                                  self.slot_of.get(a.wid),
+                                                  slot,
                                                   ch.pid if ch is not None else 0, a.death))
                 elif kind is P.LoseLease:
                     s.out[a.owner].append(P.LeaseLost(a.wid, a.epoch, a.reason))

@@ -37,6 +37,7 @@ from ..placement import PlacementGroupSchedulingStrategy as _PGS
 from ..placement import running_mean
 from .invariants import check_scheduler
 from .objects import Obj, ObjectDirectory
+from .checkpoints import ActorCheckpoints
 from .lineage import LineageBook
 from .spill import Spiller
 from ..store.serialization import ARENA, ERROR
@@ -64,8 +65,8 @@ __all__ = ["OBJ_TRANSITIONS", "TASK_TRANSITIONS", "WORKER_TRANSITIONS", "Obj", "
            "_move"]
 
 
-class Scheduler(ObjectDirectory, Spiller, LineageBook, ActorTable, ActorNames, ClusterView,
-                PlacementGroups, WorkerTable):
+class Scheduler(ObjectDirectory, Spiller, LineageBook, ActorTable, ActorCheckpoints,
+                ActorNames, ClusterView, PlacementGroups, WorkerTable):
     """Local scheduler + object directory of one node."""
 
     def __init__(
@@ -437,7 +438,7 @@ class Scheduler(ObjectDirectory, Spiller, LineageBook, ActorTable, ActorNames, C
             self._actor_placed(a, w)
             self._send(w.key, P.ACreate(t.key, fid, fblob, spec.name, spec.args, deps,
                                         tuple(g for g, _ in w.gpus), a.key, a.incarnation,
-                                        spec.create, t.owner))
+                                        spec.create, t.owner, self._ckpt_restore(a)))
             return
         # (P.Exec from all its items: once per task)
         self._send(w.key, _exec((_EXEC, t.key, fid, fblob, spec.name, spec.args, deps,
@@ -490,6 +491,9 @@ class Scheduler(ObjectDirectory, Spiller, LineageBook, ActorTable, ActorNames, C
             # that placed the actor here ships it home: the creator learns it is alive
             delivered = t.owner != self.agent
         self._store_results(t, t.worker or t.owner, results, delivered)
+        if self.ckpt_actors and t.actor in self.ckpt_actors and t.state is T.FINISHED \
+                and not t.creating:
+            self._ckpt_call_ended(self.actors[t.actor], t)  # (before its holds go)
         if not t.creating:  # an actor keeps its constructor's arguments for restarts
             self._release_task_refs(t)
         if t.actor is not None:

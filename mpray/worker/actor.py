@@ -55,6 +55,7 @@ from .. import runtime_env
 from ..store.serialization import ERROR
 from ..exceptions import ActorExit
 from ..envelope import in_group
+from ..object_ref import ObjectRef
 from .generators import as_async, astream, collected, dynamic, static_values
 
 _GENERATORS = (GeneratorType, AsyncGeneratorType)
@@ -91,6 +92,10 @@ class ActorServer:
         # the exit_actor() call's report, sent last: its ref resolves once the actor is
         # gone, as in Ray (a shutdown that waits on it then knows the actor ended)
         self.exit_reports: list[tuple] = []
+        # checkpoints (node/checkpoints.py): every `interval` calls that end well
+        self.interval = self.opts.get("checkpoint_interval") or 0
+        self.restore = msg.restore  # (state, calls to run again, calls ended so far)
+        self.calls_done = 0
 
     # ------------------------------------------------------------------ creation
     def create(self) -> bool:
@@ -111,8 +116,42 @@ class ActorServer:
                                              self.deps, 1, f"{self.class_name}.__init__",
                                              False)
         self.args_blob = self.deps = None
+        if status == P.OK and self.restore is not None:
+            status, stored = self._restored(status, stored)
         self.wl.report(self.tid, status, stored, False, -1, False)  # (-1: not to the owner)
         return status == P.OK
+
+    def _restored(self, status: int, stored: list) -> tuple[int, list]:
+        """A restart of a checkpointed actor: its last checkpoint restored, the calls
+        that ended after it run again (their results are not wanted: errors are
+        dropped), in the order they ran.  A restore that raises fails the restart."""
+        state, replay, self.calls_done = self.restore
+        self.restore = None
+        client, inst = self.client, self.instance
+        if state is not None:
+            try:
+                inst.__mpray_restore__(client.materialize(*state))
+            except Exception as e:  # noqa: BLE001 - the restart's error, for the creator
+                err = exc.RayTaskError.from_exception(
+                    e, f"{self.class_name}.__mpray_restore__", os.getpid())
+                payload = pickle.dumps(err, protocol=5)
+                return P.APP_ERROR, [(oid, ERROR, payload, ()) for oid, *_r in stored]
+        for method, args_blob, deps in replay:
+            try:
+                args, kwargs = self.wl.load_args(args_blob, deps)
+                self.method(method)(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - it raised the first time too, or not
+                pass
+        return status, stored
+
+    def _checkpoint(self) -> None:
+        """Every ``interval`` calls: the state to the store, its id to the node."""
+        fn = getattr(type(self.instance), "__mpray_checkpoint__", None)
+        if fn is None:
+            return  # (no checkpoints: a restart replays every call)
+        ref = ObjectRef(self.client.put(fn(self.instance)), owned=True)
+        self.client.send([P.Checkpoint(self.aid, self.inc, ref.id, self.calls_done)])
+        del ref  # (its release goes after the message: the node holds it by then)
 
     def method(self, name: str):
         fn = self.bound.get(name)
@@ -179,6 +218,10 @@ class ActorServer:
             self.exit_reports.append((tid, status, stored, False, owner, direct))
             return
         wl.report(tid, status, stored, False, owner, direct, actor=True)
+        if self.interval and status == P.OK:
+            self.calls_done += 1
+            if self.calls_done % self.interval == 0:
+                self._checkpoint()
 
     def cancelled(self, tid: int, nret: int, owner: int, direct: bool) -> None:
         err = pickle.dumps(exc.TaskCancelledError(P.id_hex(tid)), protocol=5)
