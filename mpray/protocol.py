@@ -405,6 +405,10 @@ ACTIONS: list[type] = [
                         "spill_read after"),
     SpillDelete := record("SpillDelete", None, "path", _A,
                           "remove a spill file none of whose values is left"),
+    LineageLoad := record("LineageLoad", None, "tid oid", _A,
+                          "read task tid's spec back from the control store (it was moved "
+                          "there past max_lineage_bytes) to make oid again; lineage_loaded "
+                          "after"),
 ]
 
 # What happens in an owner process (owner/machine.py), and what its machine asks its I/O shell

@@ -344,7 +344,7 @@ SCHEDULER_EVENTS = (
     "pg_answered", "pg_reserve", "pg_reserved", "pg_placed", "pg_removed", "stream_yield",
     "gather_available", "avail_ask", "avail_answer",
     "stream_ack", "evicted", "end_pass", "spill_written", "spill_read",
-    "lineage_is", "actor_checkpoint",
+    "lineage_is", "actor_checkpoint", "lineage_loaded",
 )
 
 

@@ -171,9 +171,10 @@ def lose_spill_files() -> None:
         os.unlink(os.path.join(where, name))
 
 
-@pytest.mark.parametrize("path", ["leased", "node"])
-def test_a_chain_whose_spilled_values_were_deleted_is_made_again(ray_factory, path):
-    ray_factory(object_store_memory=STORE)
+@pytest.mark.parametrize("path, lineage", [("leased", None), ("node", None), ("node", 1)])
+def test_a_chain_whose_spilled_values_were_deleted_is_made_again(ray_factory, path, lineage):
+    # (max_lineage_bytes=1: every spec the node keeps is moved to the control store)
+    ray_factory(object_store_memory=STORE, max_lineage_bytes=lineage)
     opts = {} if path == "leased" else {"scheduling_strategy": "SPREAD"}  # (the node's)
     a = produce.options(**opts).remote(1)
     b = plus.options(**opts).remote(a, 1)
@@ -187,6 +188,8 @@ def test_a_chain_whose_spilled_values_were_deleted_is_made_again(ray_factory, pa
     assert intact(mpray.get(b, timeout=60), 2)
     st = spill_stats()
     assert st["lost"] >= 3 and st["remade"] >= 3, st  # (each of a, b, c ran again)
+    if lineage is not None:  # (their specs read back from the control store)
+        assert st["lineage_read_back"] >= 3, st
     lost = 0
     for i, r in enumerate(filler):  # puts: no task can make them again
         try:

@@ -355,3 +355,21 @@ def test_a_waiter_holding_a_reservation_of_its_own_fails_rather_than_waits_for_i
     s.allocate(1, 2, N)  # its second: nothing can leave, and its own first stays
     (m,) = take(s, 1, P.AllocOk)
     assert m.offset is None and "no value left in it can be spilled" in m.error
+
+
+def test_lineage_past_its_bound_goes_to_the_control_store_and_comes_back_from_it():
+    from mpray.control.recorder import LINEAGE
+    from mpray.node.lineage import STORED
+
+    s = make(workers=1)
+    s.lineage_store, s.max_lineage_bytes = True, 1
+    oid = task_result(s, 100)
+    fill(s, (20, 30, 40))
+    (rec,) = [r for r in s.records if r[0] == LINEAGE]
+    assert rec[1] == 100 and pickle.loads(rec[3])[0] == 100  # (tid, owner, its spec)
+    assert s.lineage[100][0] is STORED
+    lose(s, oid)
+    (load,) = actions(s, P.LineageLoad)
+    assert (load.tid, load.oid) == (100, oid) and s.objs[oid].state is O.PENDING
+    s.lineage_loaded(oid, tuple.__new__(P.TaskSpec, pickle.loads(rec[3])))
+    assert s.tasks[100].state is T.READY  # it runs again

@@ -35,7 +35,7 @@ FLUSH_S = 0.25  # how stale the store may be (plus the writer's pass)
 
 # the first item of every record
 (SUBMIT, RUN, START, CANCEL, FUNC, WORKER, WORKER_EXIT, ACTOR, OBJ, OBJ_FREE, NODE,
- NODE_END, EVENT, TASK_LOST, USAGE, OBJ_SPILL) = range(16)
+ NODE_END, EVENT, TASK_LOST, USAGE, OBJ_SPILL, LINEAGE) = range(17)
 SUBMIT_FIELDS, RUN_FIELDS = 6, 8  # (the flat records' lengths, their kind left out)
 
 

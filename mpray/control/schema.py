@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 
-from .recorder import (ACTOR, CANCEL, EVENT, FUNC, NODE, NODE_END, OBJ, OBJ_FREE, OBJ_SPILL,
-                       RUN,
+from .recorder import (ACTOR, CANCEL, EVENT, FUNC, LINEAGE, NODE, NODE_END, OBJ, OBJ_FREE,
+                       OBJ_SPILL, RUN,
                        RUN_FIELDS, START, SUBMIT, SUBMIT_FIELDS, TASK_LOST, USAGE, WORKER,
                        WORKER_EXIT)
 
@@ -49,8 +49,11 @@ TABLES = {
                None),
     "usage": ({"time": float, "rank": int, "available": str, "store_used": int,
                "store_total": int, "workers": int, "tasks": int}, None),
+    # task specs a node moved out of memory (max_lineage_bytes): to make lost values again
+    "lineage": ({"task_id": int, "rank": int, "owner": int, "spec": bytes}, None),
 }
-INDEXES = {"actors": (["state"],), "objects": (["state"],), "usage": (["rank", "time"],)}
+INDEXES = {"actors": (["state"],), "objects": (["state"],), "usage": (["rank", "time"],),
+           "lineage": (["task_id", "rank"],)}
 UNIQUE = {"tasks": ["task_id"]}  # (the one index tasks have: what upserts look up)
 
 # SUBMIT and RUN (two per task: the bulk of the events) are joined here when one pass
@@ -123,13 +126,14 @@ SQL = {
     EVENT: "INSERT INTO events (time, rank, pid, severity, message) VALUES (?, ?, ?, ?, ?)",
     USAGE: "INSERT INTO usage (time, rank, available, store_used, store_total, workers, "
            "tasks) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    LINEAGE: "INSERT INTO lineage (task_id, rank, owner, spec) VALUES (?, ?, ?, ?)",
 }
 # (WORKER_EXIT also fails the tasks it was running: the second statement)
 WORKER_DIED_SQL = ("UPDATE tasks SET state = 'FAILED', error_type = 'WORKER_DIED', "
                    "error_message = ?, finished = ?, attempts = attempts + 1 "
                    "WHERE rank = ? AND worker_pid = ? AND state = 'RUNNING'")
 ORDER = (NODE, WORKER, FUNC, SUBMIT, START, RUN, CANCEL, TASK_LOST, ACTOR, OBJ, OBJ_SPILL,
-         OBJ_FREE, WORKER_EXIT, NODE_END, EVENT, USAGE)
+         OBJ_FREE, WORKER_EXIT, NODE_END, EVENT, USAGE, LINEAGE)
 
 
 def open_store(path: str, create: bool = False):
@@ -259,6 +263,8 @@ class Ingest:
                 by[OBJ_FREE].append((e[2] + off, _hex(e[1])))
             elif k == OBJ_SPILL:  # (oid, spill file or None: back in the store)
                 by[OBJ_SPILL].append((e[2], e[2], _hex(e[1])))
+            elif k == LINEAGE:  # (tid, owner, pickled spec)
+                by[LINEAGE].append((signed(e[1]), rank, e[2], e[3]))
             elif k == FUNC:  # (fid, name, module)
                 by[FUNC].append((_hex(e[1]), e[2], e[3], rank))
             elif k == NODE:  # (node_id, host, resources, t)
@@ -275,7 +281,7 @@ class Ingest:
         GCS flushes: a long run's file stays bounded."""
         cap = self.max_tasks
         for table, extra in (("tasks", ""), ("objects", " AND state = 'FREED'"),
-                             ("usage", "")):  # (rowids grow: the oldest rows are first)
+                             ("lineage", ""), ("usage", "")):  # (the oldest rows first)
             lo, hi = conn.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
             if lo is not None and hi - lo + 1 > cap + cap // 10:
                 conn.execute(f"DELETE FROM {table} WHERE rowid <= ?{extra}", (hi - cap,))

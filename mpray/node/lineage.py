@@ -16,19 +16,25 @@ Data flow::
       retries used up, an argument freed, lineage forgotten), ObjectLostError (no task
       made it: a put)
 
-Lineage beyond ``max_lineage_bytes`` is forgotten, the oldest first (its values stay;
-a lost one is then an error that says so).
+Lineage beyond ``max_lineage_bytes`` moves to the control store, the oldest first
+(``LINEAGE`` records, the ``lineage`` table: read back with ``LineageLoad`` when one of
+its values is lost); with the store off it is forgotten (a lost value is then an error
+that says so).
 """
 
 from __future__ import annotations
 
+import pickle
+
 from .. import exceptions as exc
 from .. import protocol as P
+from ..control.recorder import LINEAGE
 from ..store.serialization import ERROR, INLINE
 from ..states import O, OBJ_TRANSITIONS, _move
 
 ENTRY_BYTES = 256  # what an entry costs beside its arguments (an estimate)
-FORGOTTEN = "its lineage was forgotten (max_lineage_bytes)"
+FORGOTTEN = "its lineage was forgotten (max_lineage_bytes, and no control store)"
+STORED = "its lineage is in the control store"  # (a spec moved there: read it back)
 
 
 class LineageBook:
@@ -42,6 +48,8 @@ class LineageBook:
         self.max_lineage_bytes = max_bytes
         self.reruns: dict[int, int] = {}  # tid -> times it ran again
         self.asked: dict[int, str] = {}  # oid -> how it was lost (its owner was asked)
+        self.loading: dict[int, tuple] = {}  # oid -> (tid, owner, how it was lost)
+        self.lineage_store = False  # specs past the bound go to the control store
 
     def _keep_lineage(self, t, oid: int) -> None:
         """``oid``, an ARENA result of node task ``t``, was sealed."""
@@ -63,11 +71,14 @@ class LineageBook:
         self.lineage_of[oid] = t.key
 
     def _forget_oldest(self) -> None:
-        for e in self.lineage.values():
+        """Past the bound: the oldest specs go to the control store (or are forgotten)."""
+        for tid, e in self.lineage.items():
             if self.lineage_bytes <= self.max_lineage_bytes // 2:
                 return
             if type(e[0]) is not str:
-                e[0] = FORGOTTEN
+                if self.lineage_store:
+                    self.records.append((LINEAGE, tid, e[1], pickle.dumps(tuple(e[0]), 5)))
+                e[0] = STORED if self.lineage_store else FORGOTTEN
                 self.lineage_bytes -= e[3] - ENTRY_BYTES
                 e[3] = ENTRY_BYTES
 
@@ -105,6 +116,19 @@ class LineageBook:
             self._fail_lost(o, why, "no lineage of it is kept here (a copy of another "
                             "rank's value, or its owner is gone)")
 
+    def lineage_loaded(self, oid: int, spec) -> None:
+        """The loop read a spec back from the control store (None: not there)."""
+        tid, owner, why = self.loading.pop(oid)
+        o = self.objs.get(oid)
+        if o is None or o.state is not O.PENDING:
+            return
+        if spec is None:
+            self._fail_lost(o, why, "its lineage was moved to the control store "
+                            "(max_lineage_bytes) and is not there (trimmed: store_max_tasks)")
+        else:
+            self.spill_stats["lineage_read_back"] += 1
+            self._rerun(tid, spec, owner, o, why)
+
     def lineage_is(self, proc: int, oid: int, spec, reason) -> None:
         """The owner's answer to LineageAsk."""
         why = self.asked.pop(oid, None)
@@ -117,6 +141,10 @@ class LineageBook:
             self._rerun(spec.tid, spec, proc, o, why)
 
     def _rerun(self, tid: int, spec, owner: int, o, why: str) -> None:
+        if spec is STORED:  # (its spec is read back first: lineage_loaded)
+            self.loading[o.key] = (tid, owner, why)
+            self.actions.append(P.LineageLoad(tid, o.key))
+            return
         if type(spec) is str:
             self._fail_lost(o, why, spec)
             return

@@ -129,6 +129,7 @@ class Node:
         self.free_slots = list(range(setup.mailbox_slots - 1, -1, -1))
         self.slot_of: dict[int, int] = {}  # wid -> mailbox slot
         self.store = StoreShell(self, setup)  # the control store's side of the loop
+        self.sched.lineage_store = self.store.on  # (lineage past its bound goes there)
         self._on = self._handlers()
 
     # ------------------------------------------------------------------ workers
@@ -384,6 +385,8 @@ class Node:
                     s.out[a.owner].append(P.LeaseLost(a.wid, a.epoch, a.reason))
                 elif kind is P.SpillWrite or kind is P.SpillRead or kind is P.SpillDelete:
                     self.spill.submit(a)
+                elif kind is P.LineageLoad:
+                    self.store.load_lineage(a.tid, a.oid)
             s.schedule()
 
     def _flush(self) -> bool:
@@ -445,6 +448,9 @@ class Node:
                 self.spill.take(s)  # (copies done; evictions answered a pass ago end)
                 s.end_pass()
                 busy = True
+            if self.store.loads:  # (specs read back from the control store)
+                self.store.poll_loads(s)
+                busy = True
             if busy or not flushed:
                 if s.ready or s.pg_reserving:  # (a group may wait for CPUs)
                     s.schedule()
@@ -469,7 +475,8 @@ class Node:
                     or any(up.has_data() for _p, up in self._inbound())):
                 bell.sleep_end()
                 continue
-            if bell.wait(0.001 if not flushed else self.store.due(now), (self._driver_pidfd,)):
+            wait = 0.001 if not flushed else 0.02 if self.store.loads else self.store.due(now)
+            if bell.wait(wait, (self._driver_pidfd,)):
                 break  # the driver is gone: clean up below
         self.shutdown()
 

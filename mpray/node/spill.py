@@ -58,7 +58,8 @@ class Spiller:
         self._spill_ticks = -1  # (spill_tick's view of progress)
         self.spill_error: str | None = None  # the last write's failure (disk full…)
         self.spill_stats = {"spilled": 0, "spilled_bytes": 0, "evicted": 0, "restored": 0,
-                            "restored_bytes": 0, "files": 0, "lost": 0, "remade": 0}
+                            "restored_bytes": 0, "files": 0, "lost": 0, "remade": 0,
+                            "lineage_read_back": 0}
 
     # ------------------------------------------------------------------ room
     def _no_room(self, proc: int, req: int, nbytes: int, err: ArenaFull) -> None:

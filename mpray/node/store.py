@@ -10,6 +10,9 @@ Data flow::
     before the loop sleeps, and each tick ─ due() ─▶ spool/<node pid>-<n>.ev
     Node.shutdown ─ stop() ─▶ last batch; SIGTERM to the writer, which ingests what is
                               left and exits; the spool removed
+    LineageLoad ─ load_lineage() ─▶ flush, ask the writer for a pass (a request file in
+        spool/) ─ poll_loads(), each pass ─▶ answered: the spec read from store.db
+        ─▶ Scheduler.lineage_loaded (node/lineage.py)
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ import os
 import pickle
 import signal
 import socket
+import sqlite3
 import sys
 import time
 
 from ..control import sessions
 from ..control.recorder import (ACTOR, FLUSH_S, NODE, NODE_END, NOTE, OBJ, REC, TASK_LOST,
                                 USAGE, WORKER, WORKER_EXIT, error_fields)
+from ..control.reader import SYNC_TIMEOUT_S, _ask, _unask
+from ..control.schema import signed
 from ..procs import fork_held, kill, remove_tree, wait_exit
+from .. import protocol as P
 
 __all__ = ["StoreShell", "WORKER", "WORKER_EXIT", "hold_session"]
 
@@ -41,6 +48,7 @@ class StoreShell:
         self.writer_pid: int | None = None
         self.flushed = 0.0  # when its events were last written out
         self.last_usage: tuple | None = None
+        self.loads: list = []  # [request file, deadline, tid, oid]: specs to read back
 
     def start(self) -> None:
         st = self.setup
@@ -127,6 +135,40 @@ class StoreShell:
             REC.flush()
             return 1.0
         return FLUSH_S - (now - self.flushed)
+
+    def load_lineage(self, tid: int, oid: int) -> None:
+        """Read a spec moved to the store back (node/lineage.py): once this node's
+        records are written and the writer has made a pass (asked for now)."""
+        REC.flush()
+        asked = _ask([self.setup.node_dir])
+        self.loads.append([asked[0] if asked else None, time.monotonic() + SYNC_TIMEOUT_S,
+                           tid, oid])
+
+    def poll_loads(self, sched) -> None:
+        """Answer the loads whose writer pass is done (or overdue)."""
+        now, left = time.monotonic(), []
+        for load in self.loads:
+            path, deadline, tid, oid = load
+            if path is not None and os.path.exists(path) and now < deadline:
+                left.append(load)
+                continue
+            _unask([path] if path else [])
+            sched.lineage_loaded(oid, self._spec(tid))
+        self.loads = left
+
+    def _spec(self, tid: int):
+        path = os.path.join(self.setup.node_dir, sessions.STORE)
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+            try:
+                row = conn.execute("SELECT spec FROM lineage WHERE task_id = ? AND rank = ? "
+                                   "ORDER BY rowid DESC LIMIT 1",
+                                   (signed(tid), self.setup.rank)).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return None
+        return None if row is None else tuple.__new__(P.TaskSpec, pickle.loads(row[0]))
 
     def reaped(self, pid: int, status: int) -> None:
         """A child that is not a worker ended: the writer, before its time."""
