@@ -206,9 +206,11 @@ Return = record("Return", 16, "tids", _N, "pipelined tasks handed back unstarted
 Evicted = record("Evicted", 17, "kept dropped", _N,
                  "the answer to Evict: the ids this process still reads (kept: a view is "
                  "mapped, or a task it sent reads it), and those it forgot")
-LineageIs = record("LineageIs", 29, "oid spec reason", _N,
+LineageIs = record("LineageIs", 29, "oid spec reason stored", _N,
                    "the answer to LineageAsk: the task that made oid (None: none is kept "
-                   "here; reason says why)", nested={"spec": TaskSpec})
+                   "here; reason says why; stored: the id of the task whose spec this "
+                   "owner moved to the control store)", nested={"spec": TaskSpec},
+                   defaults={"stored": None})
 LeaseEnd = record("LeaseEnd", 18, "epoch", _N, "a leased worker gives its lease back")
 Checkpoint = record("Checkpoint", 58, "aid incarnation oid calls", _N,
                     "this actor's state after its calls-th call is object oid (hold it; "
@@ -399,10 +401,11 @@ ACTIONS: list[type] = [
                             "tell the driver of an actor's transition (ActorUpdate)"),
     SpillWrite := record("SpillWrite", None, "batch path items", _A,
                          "copy arena ranges into a new spill file, off the loop: items "
-                         "[(oid, arena offset, nbytes, file offset)]; spill_written after"),
-    SpillRead := record("SpillRead", None, "oid path file_off offset nbytes", _A,
-                        "copy a spilled value back into the arena at offset, off the loop; "
-                        "spill_read after"),
+                         "[(oid, arena offset, nbytes, file offset)]; spill_written after, "
+                         "with each value's checksum"),
+    SpillRead := record("SpillRead", None, "oid path file_off offset nbytes csum", _A,
+                        "copy a spilled value back into the arena at offset, off the loop, "
+                        "and check its checksum (None: none); spill_read after"),
     SpillDelete := record("SpillDelete", None, "path", _A,
                           "remove a spill file none of whose values is left"),
     LineageLoad := record("LineageLoad", None, "tid oid", _A,
@@ -448,6 +451,9 @@ OWNER_ACTIONS: list[type] = [
     Signal := record("Signal", None, "pid signum", _I, "send a signal to a worker"),
     CancelWord := record("CancelWord", None, "slot tid", _I,
                          "write tid into the slot's cancel word (before SIGUSR1)"),
+    StoreLineage := record("StoreLineage", None, "tid blob", _I,
+                           "record this leased task's pickled spec in the control store "
+                           "(past max_lineage_bytes): LineageIs says stored when asked"),
     EvictLocal := record("EvictLocal", None, "oids busy", _I,
                          "the node evicts these values: forget their places here, but for "
                          "those a task or call of this owner still reads (busy), and "

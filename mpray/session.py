@@ -191,6 +191,7 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None,
         spin_us=cfg.spin_us, mailbox=setup.mailbox if setup.mailbox_slots else None,
         mailbox_cap=cfg.direct_ring_bytes, slot_efds=setup.slot_efds,
         max_leases=cfg.num_cpus, lease_depth=cfg.lease_depth, spill_long=setup.spill_long,
+        max_lineage_bytes=cfg.max_lineage_bytes,
     )
     pid = _fork_node(setup, launch)
     node_pidfd = os.pidfd_open(pid)

@@ -71,6 +71,8 @@ class Harness:
                 self.words[ins.slot] = ins.tid
             elif kind is P.TaskFailed:
                 self.failed.append((ins.tid, type(ins.error).__name__))
+            elif kind is P.StoreLineage:
+                pass  # (the shell's recorder: the control store)
             elif kind is P.EvictLocal:  # (the shell forgets the places not busy)
                 self.evicted.append((list(ins.oids), list(ins.busy)))
                 for oid in ins.oids:
@@ -734,3 +736,16 @@ def test_an_owner_keeps_the_lineage_of_leased_tasks_whose_values_went_by_the_nod
     h.ev(P.LineageAsk([31]))
     (ans,) = h.take_node()
     assert ans.spec is None and "max_retries=0" in ans.reason
+
+
+def test_an_owners_lineage_past_its_bound_goes_to_the_control_store():
+    h = leased(Harness())
+    h.o.lineage.max_bytes = 1
+    h.submit(20, retries=2)
+    h.take_slot(0)
+    out = h.o.handle(P.DoneD(20, None, None, True, 0.001))
+    (st,) = [i for i in out if type(i) is P.StoreLineage]
+    assert st.tid == 20 and pickle.loads(st.blob)[0] == 20
+    h.ev(P.LineageAsk([21]))
+    (ans,) = h.take_node()
+    assert ans == P.LineageIs(21, None, None, 20)  # the node reads it from the store

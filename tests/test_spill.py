@@ -171,7 +171,8 @@ def lose_spill_files() -> None:
         os.unlink(os.path.join(where, name))
 
 
-@pytest.mark.parametrize("path, lineage", [("leased", None), ("node", None), ("node", 1)])
+@pytest.mark.parametrize("path, lineage", [("leased", None), ("node", None), ("node", 1),
+                                           ("leased", 1)])
 def test_a_chain_whose_spilled_values_were_deleted_is_made_again(ray_factory, path, lineage):
     # (max_lineage_bytes=1: every spec the node keeps is moved to the control store)
     ray_factory(object_store_memory=STORE, max_lineage_bytes=lineage)
@@ -233,3 +234,21 @@ def test_the_control_store_shows_spilled_values_and_their_files(ray_factory):
         return rows and rows[0].state == "IN_STORE"
 
     assert wait_for(back, 20), "the value read back still shows as spilled"
+
+
+def test_a_damaged_spill_file_is_caught_by_its_checksum(ray_factory):
+    ray_factory(object_store_memory=STORE)
+    refs = [mpray.put(value(i)) for i in range(2 * STORE // VALUE)]
+    r = produce.remote(7)
+    mpray.wait([r], timeout=60)
+    more = [mpray.put(value(50 + i)) for i in range(STORE // VALUE)]
+    assert wait_for(lambda: spill_stats()["evicted"] >= STORE // VALUE, 10)
+    where = spill_dir()
+    for name in os.listdir(where):  # the same size, other bytes: only a checksum sees it
+        with open(os.path.join(where, name), "r+b") as f:
+            f.seek(4096)
+            f.write(b"\xff" * 64)
+    with pytest.raises(exc.ObjectLostError, match="checksum"):
+        mpray.get(refs[0], timeout=60)
+    assert intact(mpray.get(r, timeout=60), 7)  # a task's value is made again
+    del more

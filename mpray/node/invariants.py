@@ -82,7 +82,7 @@ def _check_spill(s) -> None:
     assert in_arena == len(s.in_arena), "the LRU table holds objects not in the arena"
     assert evicting == s.evicting_bytes, f"evicting {evicting} bytes, {s.evicting_bytes} counted"
     assert restoring == s.restoring, f"{restoring} restoring, {s.restoring} counted"
-    for oid, (n, _pos) in s.spill_copy.items():
+    for oid, (n, _pos, _sum) in s.spill_copy.items():
         assert oid in s.objs, f"a copy of freed object {oid} kept"
         copies[n] += 1
     for n, (_path, live) in s.spill_files.items():

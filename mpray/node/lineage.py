@@ -129,13 +129,15 @@ class LineageBook:
             self.spill_stats["lineage_read_back"] += 1
             self._rerun(tid, spec, owner, o, why)
 
-    def lineage_is(self, proc: int, oid: int, spec, reason) -> None:
-        """The owner's answer to LineageAsk."""
+    def lineage_is(self, proc: int, oid: int, spec, reason, stored=None) -> None:
+        """The owner's answer to LineageAsk (``stored``: read it from the store)."""
         why = self.asked.pop(oid, None)
         o = self.objs.get(oid)
         if why is None or o is None or o.state is not O.PENDING:
             return
-        if spec is None:
+        if stored is not None:
+            self._rerun(stored, STORED, proc, o, why)
+        elif spec is None:
             self._fail_lost(o, why, reason)
         else:
             self._rerun(spec.tid, spec, proc, o, why)

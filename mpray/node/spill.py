@@ -124,8 +124,10 @@ class Spiller:
         running task, another rank reading a result of a task that ran here)?"""
         if self.evicting_bytes or self.spill_writing or self.restoring:
             return True
-        waiting = {w[0] for w in self.space_waiters}  # (a reservation of one of these
-        if any(offs for p, offs in self.reserved.items() if p not in waiting):  # stays)
+        # (a process waiting for room keeps its reservations till then; not the agent,
+        # whose imports land one after another whatever else it waits for)
+        waiting = {w[0] for w in self.space_waiters if w[0] != self.agent}
+        if any(offs for p, offs in self.reserved.items() if p not in waiting):
             return True
         agent = self.agent
         return any(oid in busy or (agent is not None and agent in o.procs)
@@ -211,16 +213,17 @@ class Spiller:
             self.actions.append(P.SpillWrite(n, path, items))
         self._ask_evict([o for o in batch if o.key in self.spill_copy])
 
-    def spill_written(self, n: int, error: str | None) -> None:
-        """The I/O thread wrote batch ``n`` (or failed: ``error``)."""
+    def spill_written(self, n: int, error: str | None, sums=None) -> None:
+        """The I/O thread wrote batch ``n`` (or failed: ``error``); ``sums``: each
+        value's checksum (checked when it is read back)."""
         writes = self.spill_writing[n]  # (popped below: until then the file stays)
         f = self.spill_files[n]
         self.spill_error = error
         ready = []
         pos = 0
-        for o in writes:
+        for i, o in enumerate(writes):
             if error is None:
-                self.spill_copy[o.key] = (n, pos)
+                self.spill_copy[o.key] = (n, pos, sums[i] if sums else None)
                 f[1] += 1
                 self.spill_stats["spilled"] += 1
                 self.spill_stats["spilled_bytes"] += o.payload[3]
@@ -345,8 +348,9 @@ class Spiller:
         o.pins[SPILLER] = 1
         _move(o, O.RESTORING, OBJ_TRANSITIONS, "object")
         self.restoring += 1
-        n, pos = self.spill_copy[oid]
-        self.actions.append(P.SpillRead(oid, self.spill_files[n][0], pos, off, o.payload[3]))
+        n, pos, csum = self.spill_copy[oid]
+        self.actions.append(P.SpillRead(oid, self.spill_files[n][0], pos, off, o.payload[3],
+                                        csum))
 
     def spill_read(self, oid: int, error: str | None) -> None:
         """The I/O thread copied ``oid`` back (or could not: its value is lost)."""

@@ -3,15 +3,18 @@
 Data flow::
 
     Scheduler.actions: SpillWrite / SpillRead / SpillDelete ─ SpillIO.submit ─▶ queue
-    the I/O thread: arena range ─ os.writev ─▶ <spill dir>/<n>.spill   (one file a batch)
-                    <n>.spill ─ os.preadv ─▶ arena range
+    the I/O thread: arena range ─ checksum, os.write ─▶ <spill dir>/<n>.spill  (a file
+                    a batch);  <n>.spill ─ os.preadv ─▶ arena range ─ checksum checked
                     done ─▶ results deque, the node's doorbell rung
     the loop: SpillIO.take() ─▶ Scheduler.spill_written / spill_read
     shutdown: the thread ends, the spill directory is removed
 
 Large copies release the GIL (the kernel does them), so the loop keeps scheduling
-while a batch is written.  A read that finds its file missing or short fails, and the
-scheduler reports the value lost (never garbage).
+while a batch is written.  A read that finds its file missing or short, or whose bytes
+do not add up to the checksum taken when they were written, fails, and the scheduler
+makes the value again or reports it lost (never garbage).  The checksum is the sum of
+the value's 64-bit words (modulo 2**64): about 25 GB/s with numpy, where a CRC32 pass
+(3.6 GB/s here) would halve the spill bandwidth.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import queue
 import shutil
 import threading
 import time
+
+import numpy as np
 
 from .. import protocol as P
 
@@ -51,9 +56,9 @@ class SpillIO:
         """Hand finished copies to the scheduler (the loop's thread)."""
         results = self.results
         while results:
-            kind, key, error = results.popleft()
+            kind, key, error, sums = results.popleft()
             if kind is P.SpillWrite:
-                sched.spill_written(key, error)
+                sched.spill_written(key, error, sums)
             else:
                 sched.spill_read(key, error)
 
@@ -67,9 +72,10 @@ class SpillIO:
                 _unlink(a.path)
                 continue
             t0 = time.perf_counter()
+            sums = None
             try:
                 if kind is P.SpillWrite:
-                    self._write(a)
+                    sums = self._write(a)
                     self._count("write", time.perf_counter() - t0,
                                 sum(item[2] for item in a.items))
                 else:
@@ -80,7 +86,8 @@ class SpillIO:
                 error = f"{e.strerror or e} ({type(e).__name__}, errno {e.errno})"
             except Exception as e:  # noqa: BLE001 - reported to the scheduler, not lost
                 error = f"{type(e).__name__}: {e}"
-            self.results.append((kind, a.batch if kind is P.SpillWrite else a.oid, error))
+            self.results.append((kind, a.batch if kind is P.SpillWrite else a.oid, error,
+                                 sums))
             try:
                 os.eventfd_write(self.bell.fd, 1)
             except OSError:
@@ -95,9 +102,11 @@ class SpillIO:
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
             self._made = True
         mv = self.arena
+        sums = []
         fd = os.open(a.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             for _oid, off, nbytes, _pos in a.items:
+                sums.append(checksum(mv[off: off + nbytes]))
                 done = 0
                 while done < nbytes:
                     n = min(CHUNK, nbytes - done)
@@ -107,6 +116,7 @@ class SpillIO:
             _unlink(a.path)
             raise
         os.close(fd)
+        return sums
 
     def _read(self, a) -> None:
         mv = self.arena
@@ -121,6 +131,9 @@ class SpillIO:
                 done += n
         finally:
             os.close(fd)
+        if a.csum is not None and checksum(mv[a.offset: a.offset + a.nbytes]) != a.csum:
+            raise OSError(0, "its bytes do not match the checksum taken when they were "
+                             "written (the file was changed or damaged)")
 
     def close(self) -> None:
         """End the thread (after what it was given) and remove the directory."""
@@ -130,6 +143,13 @@ class SpillIO:
             self._thread = None
         if self.dir and os.path.isdir(self.dir):
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def checksum(mv) -> int:
+    """The sum of a range's 64-bit words, modulo 2**64 (ranges are 64-byte aligned)."""
+    n = len(mv) - len(mv) % 8
+    total = int(np.add.reduce(np.frombuffer(mv[:n], np.uint64), dtype=np.uint64)) if n else 0
+    return total + sum(bytes(mv[n:]))
 
 
 def _unlink(path: str) -> None:

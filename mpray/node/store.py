@@ -137,18 +137,28 @@ class StoreShell:
         return FLUSH_S - (now - self.flushed)
 
     def load_lineage(self, tid: int, oid: int) -> None:
-        """Read a spec moved to the store back (node/lineage.py): once this node's
-        records are written and the writer has made a pass (asked for now)."""
+        """Read a spec moved to the store back (node/lineage.py, owner/lineage.py):
+        once every process's records are written (this node's now, an owner's within
+        its flush) and the writer has made a pass, asked for then."""
         REC.flush()
-        asked = _ask([self.setup.node_dir])
-        self.loads.append([asked[0] if asked else None, time.monotonic() + SYNC_TIMEOUT_S,
-                           tid, oid])
+        now = time.monotonic()
+        self.loads.append([False, None, now + FLUSH_S + 0.05, now + SYNC_TIMEOUT_S, tid, oid])
 
     def poll_loads(self, sched) -> None:
-        """Answer the loads whose writer pass is done (or overdue)."""
+        """Ask the writer for a pass when a load's records are out; answer the loads
+        whose pass is done (or overdue)."""
         now, left = time.monotonic(), []
         for load in self.loads:
-            path, deadline, tid, oid = load
+            asked, path, not_before, deadline, tid, oid = load
+            if now < not_before:
+                left.append(load)
+                continue
+            if not asked:
+                load[0] = True
+                paths = _ask([self.setup.node_dir])
+                load[1] = paths[0] if paths else None
+                left.append(load)
+                continue
             if path is not None and os.path.exists(path) and now < deadline:
                 left.append(load)
                 continue

@@ -68,7 +68,8 @@ class Owner(LeaseEnds):
 
     def __init__(self, proc: int, rank: int, values: dict, *, max_leases: int = 1,
                  depth: int = 2, ring_cap: int = 1 << 18, mailbox: bool = True,
-                 spill_long: float = 0.0, direct_calls: bool | None = None) -> None:
+                 spill_long: float = 0.0, direct_calls: bool | None = None,
+                 max_lineage_bytes: int = 1 << 30) -> None:
         self.proc = proc
         self.rank = rank
         self.values = values  # the shell's value cache (read only here)
@@ -109,7 +110,8 @@ class Owner(LeaseEnds):
         self.run_s: dict[int, tuple[int, float]] = {}  # fid -> (runs, mean run time)
         self.long_fids: set[int] = set()
         self.out: list = []
-        self.lineage = OwnerLineage()  # Evict answers; leased tasks' specs (lost values)
+        # Evict answers; leased tasks' specs (to make lost values again)
+        self.lineage = OwnerLineage(max_lineage_bytes)
         self.actors = ActorChannels(self)
         self._on = self._handlers()
 
@@ -455,7 +457,7 @@ class Owner(LeaseEnds):
                     self.direct_value(oid, ERROR, m.error)
             elif m.via_node:
                 self.values_by_node(m.tid, spec.nret)
-                self.lineage.keep(spec)  # (its values may be spilled, and lost)
+                self.lineage.keep(spec, self.out)  # (its values may be spilled, and lost)
         if self.queue:
             self._refill()
 

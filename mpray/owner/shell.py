@@ -31,7 +31,8 @@ import threading
 import time
 
 from .. import protocol as P
-from ..control.recorder import NOTE as _NOTE, REC as _REC, TASK_LOST as _TASK_LOST, error_fields
+from ..control.recorder import LINEAGE as _LINEAGE, NOTE as _NOTE, REC as _REC, \
+    TASK_LOST as _TASK_LOST, error_fields
 from ..transport.mailbox import cancel_word
 from .machine import Owner
 from .actors import resolve
@@ -66,7 +67,8 @@ class OwnerShell:
         self._out: dict = {}  # a lease's ring key -> (ring, bell) (see _ring_out)
         self._apply_on = {P.Release: self._release, P.Signal: self._signal,
                           P.CancelWord: self._word, P.TaskFailed: self._task_failed,
-                          P.EvictLocal: lambda ins: self.evict_local(ins.oids, ins.busy)}
+                          P.EvictLocal: lambda ins: self.evict_local(ins.oids, ins.busy),
+                          P.StoreLineage: self._store_lineage}
 
     def _event_queue(self) -> collections.deque:
         """The machine's event deque (made by whichever comes first: the handlers,
@@ -169,6 +171,10 @@ class OwnerShell:
                 self._apply_on[kind](ins)
         if node_msgs is not None:
             self.send(node_msgs)
+
+    def _store_lineage(self, ins) -> None:
+        if _REC.on:  # (off: the spec is gone, a lost value's error will say so)
+            _NOTE((_LINEAGE, ins.tid, self.proc, ins.blob))
 
     @staticmethod
     def _task_failed(ins) -> None:

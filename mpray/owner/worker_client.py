@@ -102,7 +102,8 @@ class WorkerClient(OwnerShell, Client):
             st = self._setup
             self.owner = Owner(self.proc, self.rank, self._values, max_leases=st.max_leases,
                                depth=st.lease_depth, ring_cap=st.mailbox_ring_bytes,
-                               mailbox=True, spill_long=st.spill_long, direct_calls=False)
+                               mailbox=True, spill_long=st.spill_long, direct_calls=False,
+                               max_lineage_bytes=st.max_lineage_bytes)
             self.owner.blobs = self.func_blobs  # (functions registered before: see
             #                                      OwnerShell.register_function)
             # (a task's worker holds a CPU while it runs; an actor's, none to count on;
