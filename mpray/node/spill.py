@@ -177,7 +177,7 @@ class Spiller:
                 if proc is None:
                     self.restore_wait.discard(key)
                     self._no_room_to_restore(key, why)
-                elif proc == 0 or proc in self.workers or proc == self.agent:
+                else:  # (_send drops it for a process that died waiting)
                     self._send(proc, P.AllocOk(key, None, why))
                 continue
             self.alloc.free(off)
@@ -385,13 +385,7 @@ class Spiller:
         if o is not None and o.state is O.SPILLED:
             err = exc.ObjectStoreFullError(f"cannot read object {P.id_hex(oid)} back from "
                                            f"disk into the object store: {why}")
-            payload = self._error_payload(err)
-            if o.subscribers:
-                msg = P.Obj(oid, ERROR, payload, ())
-                for p in o.subscribers:
-                    self._send(p, msg)
-                o.subscribers = _EMPTY
-            self._wake_tasks(o, ERROR, payload)
+            self._deliver(o, ERROR, self._error_payload(err))
 
     def _deliver(self, o, kind: int, payload) -> None:
         """A value is here again: to its subscribers and waiting tasks (seal's way)."""
