@@ -81,7 +81,8 @@ def _run_launcher(cmd: list, timeout: float, env: dict) -> tuple[str, int]:
 @pytest.mark.parametrize("ranks", [2, 4])
 @pytest.mark.parametrize("script", ["basics.py", "actors_spill.py", "inbox.py",
                                     "placement_groups.py", "util_queue.py", "pool.py",
-                                    "generators.py", "control_store.py", "spill.py"])
+                                    "generators.py", "control_store.py", "spill.py",
+                                    "collective.py"])
 def test_script_passes_under_mpiexec(script: str, ranks: int):
     r = run_mpi(script, ranks)
     name = script[:-3]
