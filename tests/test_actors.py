@@ -136,6 +136,37 @@ def test_refs_inside_arguments_keep_order(ray_module):
     assert mpray.get([v[0] for v in inner]) == list(range(0, 30, 3))
 
 
+def test_a_chain_of_calls_whose_refs_are_dropped_while_pending_frees_every_value(
+        ray_module):
+    """x = c.take(p.make(x)), submitted without waiting (a synchronous parameter
+    server): each value is the argument of a call to another actor before it exists, and
+    its last ref here goes before that call leaves.  Every value is freed in the end (a
+    release once overtook the Submit of the call returning it: the node then held the
+    value for the driver for ever)."""
+    import numpy as np
+
+    @mpray.remote
+    class Producer:
+        def make(self, w):
+            return np.ones(1 << 18, np.float32) + (0 if np.ndim(w) == 0 else w[0])
+
+    @mpray.remote
+    class Consumer:
+        def take(self, a):
+            return a + 1
+
+    p, c = Producer.remote(), Consumer.remote()
+    mpray.get([p.make.remote(0), c.take.remote(np.ones(1))])
+    base = mpray.api._node_stats()["arena_used"]
+    x = mpray.put(np.zeros(1 << 18, np.float32))
+    for _ in range(6):
+        x = c.take.remote(p.make.remote(x))
+    assert mpray.get(x)[0] == 12.0
+    del x
+    assert wait_for(lambda: mpray.api._node_stats()["arena_used"] == base, 10), \
+        mpray.api._node_stats()["arena_used"] - base
+
+
 def test_runtime_context_inside_actor(ray_module):
     @mpray.remote
     class Who:

@@ -38,6 +38,7 @@ from .machine import Owner
 from .actors import resolve
 
 _ToSlot, _ToNode, _RefGone, _ChannelFree = P.ToSlot, P.ToNode, P.RefGone, P.ChannelFree
+_Release = P.Release
 _Deliver = P.Deliver
 _submit_task, _submit_call = P.SubmitTask.from_items, P.SubmitCall.from_items
 _new = tuple.__new__
@@ -65,7 +66,7 @@ class OwnerShell:
         self._owner_lock = threading.Lock()
         self._to_resolve: list = []  # (oid, futures) whose values came meanwhile
         self._out: dict = {}  # a lease's ring key -> (ring, bell) (see _ring_out)
-        self._apply_on = {P.Release: self._release, P.Signal: self._signal,
+        self._apply_on = {P.Signal: self._signal,
                           P.CancelWord: self._word, P.TaskFailed: self._task_failed,
                           P.EvictLocal: lambda ins: self.evict_local(ins.oids, ins.busy),
                           P.StoreLineage: self._store_lineage}
@@ -152,6 +153,7 @@ class OwnerShell:
 
     def _apply(self, instrs: list) -> None:
         node_msgs = None
+        flush = False
         for ins in instrs:
             kind = type(ins)
             if kind is _ToSlot:
@@ -167,10 +169,14 @@ class OwnerShell:
                     node_msgs.append(ins.msg)
                 if type(ins.msg) is _ChannelFree:  # (a worker owner's lease channel)
                     self._channel_done(ins.msg.channel)
+            elif kind is _Release:
+                flush = self._release(ins) or flush
             else:
                 self._apply_on[kind](ins)
         if node_msgs is not None:
-            self.send(node_msgs)
+            self.send(node_msgs)  # (releases go after them, in the same frame)
+        elif flush:
+            self._flush_soon()
 
     def _store_lineage(self, ins) -> None:
         if _REC.on:  # (off: the spec is gone, a lost value's error will say so)
@@ -199,13 +205,15 @@ class OwnerShell:
             oid, futs = self._to_resolve.pop()
             self._resolve_futures(oid, futs)
 
-    def _release(self, ins) -> None:
+    def _release(self, ins) -> bool:
+        """Queue the decrefs; True if they should go now.  (Not sent from here: this
+        event's messages to the node go first, and a release that overtook the Submit of
+        a call returning the object let the node count the owner's hold again: a leak.)"""
         refs, decref = self._refs, self._decref
         for oid in ins.oids:
             if oid not in refs:  # (else a ref came back meanwhile; its incref went out)
                 decref.append(oid)
-        if ins.urgent or len(decref) >= 512:
-            self._flush_soon()
+        return ins.urgent or len(decref) >= 512
 
     def _signal(self, ins) -> None:
         try:
