@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from . import resources as R
+from .transport.atomics import CHOICES as RING_ATOMICS
 
 KB = 1024
 MB = 1024 * KB
@@ -74,6 +75,7 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("driver_ring_bytes", "MPRAY_DRIVER_RING_BYTES", "ring size driver <-> node (8 MiB)"),
     ("worker_ring_bytes", "MPRAY_WORKER_RING_BYTES", "ring size worker <-> node (1 MiB)"),
     ("direct_ring_bytes", "MPRAY_DIRECT_RING_BYTES", "ring size of each mailbox slot and lease channel: bounds the leased tasks and direct actor calls in flight (256 KiB)"),
+    ("ring_atomics", "MPRAY_RING_ATOMICS", "memory ordering of the rings: auto (tso on x86-64, portable elsewhere), tso or portable (acquire/release atomics compiled with numba)"),
     ("control_store", "MPRAY_CONTROL_STORE", "record tasks, actors, objects and workers in the session's SQLite store (1; 0: off)"),
     ("log_dir", "MPRAY_LOG_DIR", "where sessions (store, logs) are kept after shutdown (default: <tmpdir>/mpray-<uid>)"),
     ("keep_sessions", "MPRAY_KEEP_SESSIONS", "finished sessions kept in that directory, the newest (10)"),
@@ -101,6 +103,7 @@ class Config:
     tmpdir: str = "/tmp"
     driver_ring_bytes: int = 8 * MB
     worker_ring_bytes: int = 1 * MB
+    ring_atomics: str = "auto"  # (transport/atomics.py turns it into tso or portable)
     task_memory: int = 0
     backend: str = "auto"
     export_bytes: int = 256 * MB
@@ -250,7 +253,8 @@ def _resolve_tuning(c: Config, args: Mapping[str, Any], env: Mapping[str, str]) 
                           ("dedup_logs", "MPRAY_DEDUP_LOGS")):
         setattr(c, name, _flag(args, env, name, envname, getattr(c, name)))
     for name, envname, allowed in (("backend", "MPRAY_BACKEND", ("auto", "local", "mpi")),
-                                   ("mpi_arena", "MPRAY_MPI_ARENA", ("window", "copy"))):
+                                   ("mpi_arena", "MPRAY_MPI_ARENA", ("window", "copy")),
+                                   ("ring_atomics", "MPRAY_RING_ATOMICS", RING_ATOMICS)):
         v = args.get(name) or env.get(envname) or getattr(c, name)
         v = str(v).strip().lower()
         if v not in allowed:

@@ -35,6 +35,7 @@ from .procs import remove_tree, wait_exit
 from .control import sessions
 from .control.recorder import REC
 from .owner.driver_client import DriverClient
+from .transport import atomics as ring_atomics
 from .transport.mailbox import channel_bytes, slot_bytes
 from .node.loop import NodeSetup, node_main
 from .transport.rings import Doorbell, Ring, anonymous_shared, ring_bytes
@@ -114,6 +115,9 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         if launch is not None:
             args = _rank_share(args, launch.local_size)
         cfg = C.resolve(args)
+        # before anything is started: the rings' memory ordering for this CPU (refuses
+        # one it cannot order: no numba off x86-64); the node and workers inherit it
+        ring_atomics.configure(cfg.ring_atomics)
         job_env = check_runtime_env(runtime_env)
         conn = None
         if launch is not None:  # MPI starts before the node is forked (see mpray_mpi)

@@ -1,7 +1,10 @@
 """Tests for mpray.transport.rings: SPSC byte rings (fragments, wrap-around), Outbox and Doorbell.
 
-Everything runs in this process except ``test_cross_process_*``, which forks one producer,
-bounds it with deadlines and reaps it with ``waitpid``.
+Every test runs in both memory-ordering modes (the ``mode`` fixture: ``tso``, x86-64's
+plain words, where the CPU allows it, and ``portable``, numba's acquire/release atomics),
+so one process checks both kinds of rings.  Everything runs in this process except
+``test_cross_process_*``, which forks one producer, bounds it with deadlines and reaps it
+with ``waitpid``.
 """
 
 from __future__ import annotations
@@ -13,20 +16,35 @@ import time
 
 import pytest
 
+from mpray.transport import atomics
 from mpray.transport.rings import (Doorbell, Outbox, Ring, RingClosed, anonymous_shared,
-                         ring_bytes)
+                                   ring_bytes)
 
 FLAG = 64  # bytes reserved in front of a ring for a doorbell's flag word
 
 
+def _modes() -> list[str]:
+    """Both modes where the CPU is x86-64; elsewhere ``tso`` is refused, so portable only."""
+    try:
+        atomics.select("tso")
+    except ValueError:
+        return ["portable"]
+    return ["tso", "portable"]
+
+
+@pytest.fixture(params=_modes())
+def mode(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def make_ring():
+def make_ring(mode):
     """make_ring(capacity) -> Ring over a fresh shared mapping; everything closed after."""
     made = []
 
     def make(capacity: int) -> Ring:
         mem = anonymous_shared(FLAG + ring_bytes(capacity))
-        ring = Ring(mem, FLAG, capacity)
+        ring = Ring(mem, FLAG, capacity, mode)
         made.append((ring, mem))
         return ring
 
@@ -44,14 +62,14 @@ def frame_for(i: int, size: int) -> bytes:
     return (pattern * (size // len(pattern) + 1))[:size]
 
 
-def test_ring_bytes_and_capacity_validation():
+def test_ring_bytes_and_capacity_validation(mode):
     assert ring_bytes(1024) == 1024 + 128
     mem = anonymous_shared(4096)
     try:
         for bad in (0, 32, 100, 1000):
             with pytest.raises(ValueError, match="power of two"):
-                Ring(mem, 0, bad)
-        Ring(mem, 0, 64).release()
+                Ring(mem, 0, bad, mode)
+        Ring(mem, 0, 64, mode).release()
     finally:
         mem.close()
 
@@ -77,11 +95,11 @@ def test_single_frames_and_accounting(make_ring):
     assert r.pop_all() == []
 
 
-def test_two_views_of_one_mapping_see_each_other(make_ring):
+def test_two_views_of_one_mapping_see_each_other(mode):
     """Producer and consumer objects over the same memory (as in two processes)."""
     mem = anonymous_shared(FLAG + ring_bytes(128))
-    prod = Ring(mem, FLAG, 128)
-    cons = Ring(mem, FLAG, 128)
+    prod = Ring(mem, FLAG, 128, mode)
+    cons = Ring(mem, FLAG, 128, mode)
     try:
         assert prod.try_push(b"abc") == 3
         assert cons.has_data()
@@ -339,9 +357,9 @@ def test_empty_frame_into_full_ring_is_queued_by_outbox(make_ring):
 
 
 @pytest.fixture
-def bell():
+def bell(mode):
     mem = anonymous_shared(64)
-    b = Doorbell.create(mem, 0)
+    b = Doorbell.create(mem, 0, mode)
     yield b
     b.close()
     mem.close()
@@ -407,10 +425,10 @@ def _producer(ring: Ring, bell: Doorbell) -> int:
     return 0
 
 
-def test_cross_process_producer_consumer_with_doorbell():
+def test_cross_process_producer_consumer_with_doorbell(mode):
     mem = anonymous_shared(FLAG + ring_bytes(CAP))
-    bell = Doorbell.create(mem, 0)
-    ring = Ring(mem, FLAG, CAP)
+    bell = Doorbell.create(mem, 0, mode)
+    ring = Ring(mem, FLAG, CAP, mode)
     pid = os.fork()
     if pid == 0:  # ---- child: producer only, never returns into pytest
         code = 1

@@ -5,19 +5,34 @@ Data flow::
     producer process                 shared mapping (MAP_SHARED)             consumer process
     ─────────────────                ───────────────────────────             ────────────────
     Ring.push(frame) ──memcpy──▶ [head | tail | data ........ ] ──memcpy──▶ Ring.pop_all()
+                     data, then head ─(release)─▶        ─(acquire)─▶ head, then data
+                     tail (acquire) ◀─────────────────── tail ◀─(release)─ after the copy
     Doorbell.ring()  ──eventfd_write (only if the consumer sleeps)──▶ Doorbell.wait() (poll)
+      head; fence; flag?                  [flag]                flag = 1; fence; head?
 
 A ring carries *frames*: byte strings, each prefixed by an 8-byte header (length and a
 "more fragments follow" bit).  Frames are 8-byte aligned so a header never wraps.  A frame
 larger than a quarter of the ring is cut into fragments; the consumer reassembles them.
 
-Ordering: indices are plain 64-bit words written after the data.  That is correct on x86
-(TSO keeps store→store and load→load order).  The doorbell needs store→load ordering too
-(Dekker: "I published data, is the consumer asleep?" vs "I am asleep, is there data?"),
-which TSO does not give; ``_barrier()`` issues one locked instruction through an
-uncontended ``threading.Lock`` (glibc's sem_post/sem_trywait use ``lock``-prefixed
-atomics), a full fence on x86 for ~0.1 µs.  Consumers additionally wake up on a timeout,
-so even a lost wake-up could never hang a waiter.
+Ordering: a producer writes the data, then publishes the head index; a consumer reads the
+head, then the data, and publishes the tail only after it has copied the data out.  The
+doorbell needs store→load ordering too (Dekker: "I published data, is the consumer
+asleep?" vs "I am asleep, is there data?").  Two modes (``atomics.py`` picks one per
+process; ``Ring``/``Doorbell`` take an explicit ``mode`` too), one ring code:
+
+* ``tso`` (x86-64's default): ``_idx``/``_flag`` are plain ``memoryview.cast`` words.
+  TSO keeps every order but store→load (store→store, load→load, load→store), so a
+  plain index store after the data is a release and a plain index load an acquire.
+  For the doorbell's store→load order, ``_barrier()`` issues one locked instruction
+  through an uncontended ``threading.Lock`` (glibc's sem_post/sem_trywait use
+  ``lock``-prefixed atomics), a full fence on x86 for ~0.1 µs.
+* ``portable`` (every other CPU; ``MPRAY_RING_ATOMICS=portable`` forces it on x86):
+  ``_idx``/``_flag`` are ``atomics_numba.Words`` views whose reads are acquire loads and
+  writes release stores (numba intrinsics, ~0.2 µs a call), and the doorbell is a
+  ``_FencedDoorbell``, whose fence is a real seq_cst fence (``dmb ish`` on aarch64).
+
+Consumers additionally wake up on a timeout, so even a lost wake-up could never hang a
+waiter.
 
 The consumer blocks in ``poll()`` on an eventfd (futex-style kernel wait queue): an idle
 engine uses no CPU.  Producers write the eventfd only when the consumer has announced
@@ -32,6 +47,8 @@ import select
 import struct
 import threading
 import time
+
+from . import atomics
 
 __all__ = ["Ring", "Doorbell", "Outbox", "ring_bytes", "RingClosed"]
 
@@ -52,6 +69,12 @@ def _barrier() -> None:
     _fence_lock.release()
 
 
+def _words(mv: memoryview, mode: str, fmt: str):
+    """A ring's index words or a doorbell's flag: a plain cast view (tso), or a view whose
+    reads are acquire loads and writes release stores (portable).  Both index alike."""
+    return mv.cast(fmt) if mode == "tso" else atomics.jit().Words(mv)
+
+
 def ring_bytes(capacity: int) -> int:
     """Bytes of shared memory one ring of ``capacity`` data bytes occupies."""
     return _HDR + capacity
@@ -65,17 +88,19 @@ class Ring:
     """One SPSC ring over ``buf[offset : offset + ring_bytes(capacity)]``.
 
     ``capacity`` must be a power of two and a multiple of 8.  The same object type serves
-    both ends; each end only calls its own half of the methods.
+    both ends; each end only calls its own half of the methods.  ``mode``: ``tso`` or
+    ``portable`` (see the module's docstring), default this process's mode.
     """
 
     __slots__ = ("_idx", "_data", "_cap", "_mask", "_max_frag", "_min_frag", "_partial", "_mv")
 
-    def __init__(self, buf, offset: int, capacity: int) -> None:
+    def __init__(self, buf, offset: int, capacity: int, mode: str | None = None) -> None:
         if capacity & (capacity - 1) or capacity < 64:
             raise ValueError(f"ring capacity must be a power of two >= 64, not {capacity}")
+        mode = atomics.pick(mode)
         mv = memoryview(buf)[offset : offset + _HDR + capacity]
         self._mv = mv
-        self._idx = mv[:_HDR].cast("Q")  # [0] = head (producer), [8] = tail (consumer)
+        self._idx = _words(mv[:_HDR], mode, "Q")  # [0] = head (producer), [8] = tail
         self._data = mv[_HDR:]
         self._cap = capacity
         self._mask = capacity - 1
@@ -105,7 +130,7 @@ class Ring:
             data = self._data
             _pack_q(data, pos, n)
             data[pos + 8 : pos + 8 + n] = frame
-            idx[0] = head + ((8 + n + 7) & ~7)  # publish after the data (TSO)
+            idx[0] = head + ((8 + n + 7) & ~7)  # publish after the data (a release)
             return n
         done = 0
         wrote = False
@@ -138,7 +163,7 @@ class Ring:
                 break
         if not wrote:
             return -1
-        idx[0] = head  # publish after the data (TSO keeps the order)
+        idx[0] = head  # publish after the data (TSO, or a release store, keeps the order)
         return done
 
     def push(self, frame: bytes, wake=None, deadline: float | None = None) -> None:
@@ -205,19 +230,31 @@ class Ring:
 
 
 class Doorbell:
-    """An eventfd plus a shared "I am going to sleep" word for one consuming process."""
+    """An eventfd plus a shared "I am going to sleep" word for one consuming process.
+
+    ``Doorbell(...)`` in the portable mode makes a ``_FencedDoorbell`` (its own flag view
+    and fence): a subclass, so that this class's methods stay exactly the x86 ones.
+    """
 
     __slots__ = ("fd", "_flag", "_poll", "_watched")
+    _MODE = "tso"
 
-    def __init__(self, fd: int, flag_buf, flag_offset: int) -> None:
+    def __new__(cls, fd: int, flag_buf, flag_offset: int, mode: str | None = None):
+        if cls is Doorbell and atomics.pick(mode) == "portable":
+            cls = _FencedDoorbell
+        return super().__new__(cls)
+
+    def __init__(self, fd: int, flag_buf, flag_offset: int, mode: str | None = None) -> None:
         self.fd = fd
-        self._flag = memoryview(flag_buf)[flag_offset : flag_offset + 8].cast("q")
+        self._flag = _words(memoryview(flag_buf)[flag_offset : flag_offset + 8], self._MODE,
+                            "q")
         self._poll = None  # made lazily in the consuming process (after fork)
         self._watched: tuple[int, ...] = ()
 
     @classmethod
-    def create(cls, flag_buf, flag_offset: int) -> "Doorbell":
-        return cls(os.eventfd(0, os.EFD_NONBLOCK), flag_buf, flag_offset)
+    def create(cls, flag_buf, flag_offset: int, mode: str | None = None) -> "Doorbell":
+        mode = atomics.pick(mode)  # (refused before an eventfd exists to leak)
+        return cls(os.eventfd(0, os.EFD_NONBLOCK), flag_buf, flag_offset, mode)
 
     # producer
     def ring(self) -> None:
@@ -280,6 +317,34 @@ class Doorbell:
             os.close(self.fd)
         except OSError:
             pass
+
+
+class _FencedDoorbell(Doorbell):
+    """The portable mode's doorbell: its flag is a ``Words`` view (acquire/release) and
+    its fence numba's seq_cst fence, where x86's locked instruction would not order
+    the flag and the rings' indices on a weakly ordered CPU."""
+
+    __slots__ = ("_fence",)
+    _MODE = "portable"
+
+    def __init__(self, fd: int, flag_buf, flag_offset: int, mode: str | None = None) -> None:
+        super().__init__(fd, flag_buf, flag_offset)
+        self._fence = atomics.jit().fence
+
+    # producer (Doorbell.ring with the fence)
+    def ring(self) -> None:
+        self._fence()
+        if self._flag[0]:
+            self._flag[0] = 0
+            try:
+                os.eventfd_write(self.fd, 1)
+            except OSError:
+                pass
+
+    # consumer (Doorbell.sleep_begin with the fence)
+    def sleep_begin(self) -> None:
+        self._flag[0] = 1
+        self._fence()
 
 
 class Outbox:
