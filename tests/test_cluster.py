@@ -250,18 +250,74 @@ def test_another_ranks_object_is_fetched_once_and_freed_with_its_holders():
     assert other not in s.objs
 
 
-def test_queued_work_spills_once_tasks_are_known_to_be_long():
+def test_a_first_batch_of_untimed_tasks_goes_to_idle_ranks_only():
+    """The paper's local scheduler forwards when overloaded: tasks of a function not timed
+    yet that wait past this node's CPUs go to ranks with an idle CPU, one per idle CPU
+    (each counted there until its next load report), and no further."""
     s = sched(workers=1)
     for i in range(6):
         s.submit(0, spec(100 + 10 * i))
     s.schedule()
-    assert fwds(s) == []  # nothing known about these tasks yet: all wait here
+    moved = fwds(s)
+    assert sorted(m.rank for m in moved) == [1, 2]  # one per idle CPU there
+    assert all(m.spec.tid > 100 for m in moved)  # (the first waits for the CPU here)
+    s.schedule()
+    assert fwds(s) == []  # (counted busy until they report)
+    s.update_load([(4, 0.0), (0, 1.0), (0, 1.0)])  # (a report from before they came)
+    s.schedule()
+    assert fwds(s) == []  # (what it moved lately counts on top)
+    s.now += 1.0
+    s.update_load([(4, 0.0), (1, 0.0), (0, 1.0)])  # rank 1 busy, rank 2 idle again
+    s.schedule()
+    assert [m.rank for m in fwds(s)] == [2]
+
+
+def test_a_task_forwarded_after_failing_here_carries_the_retries_it_has_left():
+    s = sched(workers=1)
+    s.update_load([(0, 0.0), (2, 0.0), (2, 0.0)])  # (nowhere to go at first)
+    s.submit(0, spec(100)._replace(retries=2, retry_exc=True))
+    s.schedule()
+    s.submit(0, spec(110))  # (it takes this node's CPU next)
+    s.task_done(1, 100, P.APP_ERROR, [(101, ERROR, b"e", ())], True)  # retried: queued
+    s.schedule()
+    s.update_load([(0, 0.0), (0, 1.0), (0, 1.0)])
+    s.task_time[FID] = (1, 0.05)
+    s.schedule()
+    (fwd,) = [m for m in fwds(s) if m.spec.tid == 100]
+    assert fwd.spec.retries == 1
+
+
+def test_untimed_tasks_stay_while_this_node_has_free_cpus():
+    s = sched(cpus=2.0, workers=0)  # (workers still starting: the CPUs are free)
+    for i in range(2):
+        s.submit(0, spec(100 + 10 * i))
+    s.schedule()
+    assert fwds(s) == []
+
+
+def test_queued_work_spills_once_tasks_are_known_to_be_long():
+    s = sched(workers=1)
+    s.update_load([(0, 0.0), (2, 0.0), (2, 0.0)])  # every other rank busy
+    for i in range(6):
+        s.submit(0, spec(100 + 10 * i))
+    s.schedule()
+    assert fwds(s) == []  # not timed yet, and no rank is idle: all wait here
     s.update_load([(5, 0.0), (0, 1.0), (0, 1.0)])
     s.task_time[FID] = (1, 0.05)
     s.schedule()
     moved = fwds(s)
     assert {m.rank for m in moved} == {1, 2} and 2 <= len(moved) <= 4
-    assert all(m.spec.tid >= 130 for m in moved)  # from the tail of the queue
+    tids = sorted(m.spec.tid for m in moved)  # from the tail of the queue
+    assert tids == list(range(160 - 10 * len(tids), 160, 10))
+
+
+def test_short_tasks_stay_once_timed():
+    s = sched(workers=1)
+    s.task_time[FID] = (5, 0.0001)
+    for i in range(6):
+        s.submit(0, spec(100 + 10 * i))
+    s.schedule()
+    assert fwds(s) == []  # idle ranks, but moving would cost more than running here
 
 
 def create_spec(aid, strategy=None) -> P.TaskSpec:

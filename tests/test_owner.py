@@ -451,6 +451,30 @@ def test_long_functions_go_by_the_node_queued_ones_too():
     assert [m.spec.tid for m in h.take_node()] == [50]
 
 
+def test_an_untimed_functions_first_tasks_past_the_leases_go_by_the_node():
+    """Under MPI, a function not timed yet: tasks that find no lease free here go the
+    node's way (which gives them to idle ranks), up to ``first_spread``; the rest wait
+    for the lease, and when the task that made the lease ends (timed by the node, not
+    here) all but one go the node's way too.  Once timed short, its tasks stay direct."""
+    h = Harness(max_leases=1, depth=1, spill_long=0.002, first_spread=3)
+    h.submit(10)
+    (sub,) = h.take_node()
+    assert sub.spec.lease  # this rank's CPU: the lease
+    for tid in (20, 30, 40, 50, 60):
+        h.submit(tid)
+    subs = h.take_node()
+    assert [(m.spec.tid, m.spec.lease) for m in subs] == [(20, False), (30, False),
+                                                           (40, False)]
+    h.grant(1, 1, 0, 11)
+    h.ev(P.Obj(11, INLINE, b"seed"))  # the lease is free; the node timed the seed, we not:
+    assert [m.tid for m in h.take_slot(0)] == [50]  # one runs here, the rest go its way
+    assert [m.spec.tid for m in h.take_node()] == [60]
+    h.finish(50, run_s=0.0001)  # short: from now on its tasks stay direct
+    h.submit(70)
+    h.submit(80)
+    assert [m.tid for m in h.take_slot(0)] == [70] and h.take_node() == []
+
+
 # ------------------------------------------------------------------------ actors
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 
 from .. import protocol as P
-from ..placement import SPILL_MIN_TASK_S
+from ..placement import SPILL_MIN_TASK_S, running_mean
 from ..store.serialization import ARENA, ERROR
 from ..states import TASK_TRANSITIONS, O, T, _move
 
@@ -28,6 +28,8 @@ AGENT = (1 << (P.RANK_SHIFT - P.PROC_BITS)) - 1  # the rank's MPI process, as se
 # (the messages between a node and its rank's agent are protocol's ``cluster`` channel)
 LENT_HOLDER = -2  # pseudo process that holds what this rank lent
 MOVE_BYTES_PER_S = 5e9  # a fetch between ranks (100 MiB in ~20 ms here, benchmarks/)
+MOVE_MEMORY_S = 0.06  # a move counts this long on top of load reports (they come every
+#                       20 ms while busy, and travel through rank 0's window)
 
 
 class ClusterView:
@@ -38,6 +40,7 @@ class ClusterView:
         self.agent: int | None = None
         self.ranks: list[tuple[str, dict]] = []  # per rank: (node_id, total resources)
         self.load: list[tuple[int, float]] = []  # per rank: (queued, free CPUs)
+        self.moves: dict[int, list[float]] = {}  # rank -> when tasks were moved there
         self._spread = 0
         self.fetching: set[int] = set()
         self.fids_sent: dict[int, set] = {}  # rank -> functions it has from this node
@@ -54,7 +57,16 @@ class ClusterView:
         self.load = [(0, float(res.get("CPU", 0))) for _nid, res in self.ranks]
 
     def update_load(self, load: list) -> None:
-        self.load = [tuple(x) for x in load]
+        """Every rank's (queued, free CPUs), as last published; the tasks this node moved
+        there lately count on top (a report may predate their arrival: without them, a
+        burst would go to a rank already given one)."""
+        now, moves = self.now, self.moves
+        for r in list(moves):
+            moves[r] = [t for t in moves[r] if now - t < MOVE_MEMORY_S]
+            if not moves[r]:
+                del moves[r]
+        self.load = [(q + len(moves.get(r, ())), free - len(moves.get(r, ())))
+                     for r, (q, free) in enumerate(load)]
 
     # ------------------------------------------------------------------ placement
     def _placement(self, t):
@@ -111,10 +123,19 @@ class ClusterView:
         """Work waits here: the rank with the lowest estimated wait (the paper's rule:
         queued work × mean task time, plus the cost of moving the task and the bytes of
         its arguments that rank lacks), if it is lower than here.  Tasks shorter than
-        moving them costs stay (they would only slow)."""
+        moving them costs stay (they would only slow); those of a function not timed yet
+        go to a rank with an idle CPU, if there is one (the paper's local scheduler
+        forwards when overloaded: a first batch of long tasks must not pile up here)."""
         backlog = len(self.ready.get(t.resources, ()))
-        mean = self.task_time.get(t.spec.fid, (0, 0.0))[1]  # (unknown yet: stays)
-        if not backlog or mean < SPILL_MIN_TASK_S or not self.load:
+        if not backlog or not self.load or t.spec.lease:
+            return None  # (a task its owner sent to become a lease here waits for a CPU
+            #               here: moved, it would leave the owner without its lease, and
+            #               the owner would send all it queued the node's way)
+        timed = self.task_time.get(t.spec.fid)
+        if timed is None:  # (only past this node's free CPUs: workers may be starting)
+            return self._idle_rank(t) if backlog > self.avail.get("CPU", 0.0) else None
+        mean = timed[1]
+        if mean < SPILL_MIN_TASK_S:
             return None
         cpus = max(1.0, self.total.get("CPU", 1.0))
         best, best_wait = None, backlog / cpus * mean
@@ -128,10 +149,42 @@ class ClusterView:
                     + moved / MOVE_BYTES_PER_S)
             if wait < best_wait:
                 best, best_wait = r, wait
-        if best is not None:  # count it there until the next load report
-            q, free = self.load[best]
-            self.load[best] = (q + 1, free - 1)
+        if best is not None:
+            self._count_move(best)
         return best
+
+    def _idle_rank(self, t) -> int | None:
+        """The rank with the most idle CPUs (free, nothing queued) that fits ``t``."""
+        best, most = None, 0.0
+        for r, (queued, free) in enumerate(self.load):
+            idle = free - queued
+            if r != self.rank and idle >= 1.0 and idle > most and \
+                    _fits_total(self.ranks[r][1], t.resources):
+                best, most = r, idle
+        if best is not None:
+            self._count_move(best)
+        return best
+
+    def _count_move(self, r: int) -> None:
+        """Count a task moved to ``r`` (so that a burst does not all go to one rank)
+        until reports have had time to include it."""
+        q, free = self.load[r]
+        self.load[r] = (q + 1, free - 1)
+        self.moves.setdefault(r, []).append(self.now)
+
+    def _short(self, t) -> bool:
+        """Are ``t``'s function's tasks known to be shorter than moving one costs?  (Only
+        those may queue behind a running task: another would wait there for a task of
+        unknown length while a rank idles.)"""
+        timed = self.task_time.get(t.spec.fid)
+        return timed is not None and timed[1] < SPILL_MIN_TASK_S
+
+    def _learn_time(self, fid: int, took: float) -> None:
+        """A task of ``fid`` ran ``took`` seconds here.  (Not a forwarded task's round
+        trip: on a loaded machine that alone passes the spill threshold, and a short
+        function would start moving.)"""
+        n, mean = self.task_time.get(fid, (0, 0.0))
+        self.task_time[fid] = (n + 1, running_mean(n + 1, mean, took, 0.05))
 
     def _arg_sizes(self, t) -> list[tuple[int, int]]:
         """(home rank, bytes) of ``t``'s arguments in this rank's store: what moving it
@@ -145,8 +198,8 @@ class ClusterView:
 
     def _spill_queue(self, q) -> None:
         """Move tasks from the tail of a ready queue that waits here to ranks where
-        they would start sooner (each move counts against that rank until its next
-        load report, so a burst does not all go to one rank)."""
+        they would start sooner (each move counts against that rank, on top of its load
+        reports for ``MOVE_MEMORY_S``, so a burst does not all go to one rank)."""
         if len(self.ranks) < 2:
             return
         for _ in range(len(q)):
@@ -180,6 +233,8 @@ class ClusterView:
         if spec.lease:  # (leases are of workers here)
             self._send(t.owner, P.NoLease(t.key + 1))
             spec = spec._replace(lease=False)
+        if spec.retries != t.retries_left and spec.retries >= 0:
+            spec = spec._replace(retries=t.retries_left)  # (what runs here used some)
         self.out[AGENT].append(P.Fwd(rank, spec, blob))
         if a is not None:  # calls made while it waited for its arguments follow it, in order
             for tid in a.take_queued():

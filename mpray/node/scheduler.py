@@ -34,7 +34,6 @@ from .actor_table import ACTOR_MARK, ActorTable
 from ..store.allocator import Allocator
 from .cluster import AGENT, ClusterView
 from ..placement import PlacementGroupSchedulingStrategy as _PGS
-from ..placement import running_mean
 from .invariants import check_scheduler
 from .objects import Obj, ObjectDirectory
 from .checkpoints import ActorCheckpoints
@@ -390,6 +389,8 @@ class Scheduler(ObjectDirectory, Spiller, LineageBook, ActorTable, ActorCheckpoi
                 continue
             while q and len(w.queue) < self.depth:
                 t = self.tasks.get(q[0])
+                if t is not None and self.agent is not None and not self._short(t):
+                    return  # (under MPI a long or untimed task waits to move instead)
                 q.popleft()
                 if t is not None and t.state is T.READY and not (
                         self.spill_copy and t.spec.deps and self.args_on_disk(t)):
@@ -539,9 +540,7 @@ class Scheduler(ObjectDirectory, Spiller, LineageBook, ActorTable, ActorCheckpoi
 
     def _ended(self, t: Task, wid: int, status: int, results, delivered: bool) -> None:
         if t.started and wid != AGENT and t.actor is None and not t.creating:
-            fid = t.spec.fid
-            n, mean = self.task_time.get(fid, (0, 0.0))
-            self.task_time[fid] = (n + 1, running_mean(n + 1, mean, self.now - t.started, 0.05))
+            self._learn_time(t.spec.fid, self.now - t.started)
         if status == P.APP_ERROR:
             _move(t, T.FAILED, TASK_TRANSITIONS, "task")
             self.stats["failed"] += 1

@@ -26,7 +26,8 @@ with this owner, still holding that task's CPU), and given back by the worker af
 direct: resources exactly one CPU, default strategy, no ref pickled inside the
 arguments, every top-level ref argument's value here and not an error.  Under MPI
 (``spill_long``) a function whose tasks run long enough to be worth moving to another
-rank goes by the node, which may move it.
+rank goes by the node, which may move it; so do the first tasks of a function not timed
+yet that find no free lease here (``first_spread`` of them: the other ranks' CPUs).
 
 Owned objects (``OwnedState``): a direct task's return is PENDING until its value
 comes; a ref that leaves this process first makes the node wait for it (PROMISED, then
@@ -69,7 +70,7 @@ class Owner(LeaseEnds):
     def __init__(self, proc: int, rank: int, values: dict, *, max_leases: int = 1,
                  depth: int = 2, ring_cap: int = 1 << 18, mailbox: bool = True,
                  spill_long: float = 0.0, direct_calls: bool | None = None,
-                 max_lineage_bytes: int = 1 << 30) -> None:
+                 first_spread: int = 0, max_lineage_bytes: int = 1 << 30) -> None:
         self.proc = proc
         self.rank = rank
         self.values = values  # the shell's value cache (read only here)
@@ -109,6 +110,11 @@ class Owner(LeaseEnds):
         self.spill_long = spill_long
         self.run_s: dict[int, tuple[int, float]] = {}  # fid -> (runs, mean run time)
         self.long_fids: set[int] = set()
+        # tasks of a function not timed yet that found no free lease here: this many go
+        # the node's way, which gives them to idle ranks (the paper's local scheduler
+        # forwards when overloaded); once timed, short ones stay direct, long ones move
+        self.first_spread = first_spread
+        self.spread: dict[int, int] = {}  # fid -> its untimed tasks sent the node's way
         self.out: list = []
         # Evict answers; leased tasks' specs (to make lost values again)
         self.lineage = OwnerLineage(max_lineage_bytes)
@@ -258,6 +264,8 @@ class Owner(LeaseEnds):
                 if lease is not None:
                     lease.inflight.pop(oid - 1, None)
                     self._refill()
+                    if self.first_spread and self.queue:
+                        self._untimed_to_node()
         if oid in self.owned:  # (a direct result the node registered: PutFor)
             self._disown(oid)
             if oid in self.dropped:
@@ -298,6 +306,12 @@ class Owner(LeaseEnds):
                 # no room: the node runs it, and (room for one more lease) leases us the
                 # worker it starts on
                 self._to_node(rec, flag=True)
+                return
+            fid = spec.fid
+            if self.first_spread and fid not in self.run_s and \
+                    self.spread.get(fid, 0) < self.first_spread:
+                self.spread[fid] = self.spread.get(fid, 0) + 1
+                self._to_node(rec)
                 return
             self.queue.append(rec)  # leases (or grants on their way) will take it
 
@@ -365,6 +379,9 @@ class Owner(LeaseEnds):
             return False
         spec = rec.spec
         fid = spec.fid
+        if n_best and self.spill_long and fid not in self.run_s:
+            return False  # (under MPI, not before it is timed: a long one would wait
+            #                behind the running task instead of moving to another rank)
         fblob = None if fid in best.fids else self.blobs.get(fid)
         deps = rec.deps
         cost = message_cost(spec.args, spec.name, fblob, deps) if fblob or deps else \
@@ -467,6 +484,22 @@ class Owner(LeaseEnds):
             self.flagged.discard(first_oid)
             if self.queue:  # what waited for that lease may have to go by the node
                 self._refill()
+
+    def _untimed_to_node(self) -> None:
+        """A task that made a lease ended: the node timed it, this owner did not (its
+        value came without a run time).  Up to ``first_spread`` queued tasks of functions
+        not timed here go the node's way, which knows whether they are worth moving to
+        idle ranks; the rest stay for the lease (short ones: thousands of them would only
+        slow down by the node)."""
+        keep = collections.deque()
+        room = self.first_spread
+        for queued in self.queue:
+            if room and queued.spec.fid not in self.run_s:
+                room -= 1
+                self._to_node(queued)
+            else:
+                keep.append(queued)
+        self.queue = keep
 
     def _timed(self, fid: int, took: float) -> None:
         """Learn how long ``fid``'s tasks run; when that reaches the spill threshold, its
