@@ -24,8 +24,9 @@ OPS = [ReduceOp.SUM, ReduceOp.PRODUCT, ReduceOp.MIN, ReduceOp.MAX]
 UFUNC = {ReduceOp.SUM: np.add, ReduceOp.PRODUCT: np.multiply, ReduceOp.MIN: np.minimum,
          ReduceOp.MAX: np.maximum}
 # one element; not a multiple of 3 members or of a cache line; past the whole-array path
-# (256 KiB) into the chunked and cross-memory paths
-SIZES = [1, 1001, 70_001]
+# (256 KiB) into the chunked and cross-memory paths, and (float64) past the store's
+# one-exchange path (1 MiB)
+SIZES = [1, 1001, 140_001]
 MODES = {"shm": "shm", "copy": "shm", "store": "store"}
 
 
