@@ -299,6 +299,9 @@ LeaseRevoked = record("LeaseRevoked", 49, "epoch", _O,
 
 # ----------------------------------------------------------------------------- mailbox slot
 _M = "mailbox"
+SeedTime = record("SeedTime", 59, "fid run_s", _M,
+                  "(MPI) from your new lease: the task that made it ran run_s seconds (its "
+                  "value came without a time, and a function's first batch may wait on it)")
 DoneD = record("DoneD", 50, "tid values error via_node run_s", _M,
                "a leased task ended after run_s seconds: its values [(oid, kind, payload)] "
                "come with it, or from the node (via_node: arena space or refs inside); "

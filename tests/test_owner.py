@@ -444,7 +444,7 @@ def test_long_functions_go_by_the_node_queued_ones_too():
     h.submit(40, fid=8)
     h.o.blobs[8] = b"<g>"
     h.take_slot(0)
-    h.finish(20, run_s=0.01)  # f is long: 30 (queued) goes to the node; g stays
+    h.finish(20, run_s=0.05)  # f is long: 30 (queued) goes to the node; g stays
     subs = [m.spec.tid for m in h.take_node() if type(m) is P.Submit]
     assert subs == [30] and [m.tid for m in h.take_slot(0)] == [40]
     h.submit(50)
@@ -454,8 +454,7 @@ def test_long_functions_go_by_the_node_queued_ones_too():
 def test_an_untimed_functions_first_tasks_past_the_leases_go_by_the_node():
     """Under MPI, a function not timed yet: tasks that find no lease free here go the
     node's way (which gives them to idle ranks), up to ``first_spread``; the rest wait
-    for the lease, and when the task that made the lease ends (timed by the node, not
-    here) all but one go the node's way too.  Once timed short, its tasks stay direct."""
+    for the lease.  Once timed short, its tasks stay direct."""
     h = Harness(max_leases=1, depth=1, spill_long=0.002, first_spread=3)
     h.submit(10)
     (sub,) = h.take_node()
@@ -466,13 +465,32 @@ def test_an_untimed_functions_first_tasks_past_the_leases_go_by_the_node():
     assert [(m.spec.tid, m.spec.lease) for m in subs] == [(20, False), (30, False),
                                                            (40, False)]
     h.grant(1, 1, 0, 11)
-    h.ev(P.Obj(11, INLINE, b"seed"))  # the lease is free; the node timed the seed, we not:
-    assert [m.tid for m in h.take_slot(0)] == [50]  # one runs here, the rest go its way
-    assert [m.spec.tid for m in h.take_node()] == [60]
-    h.finish(50, run_s=0.0001)  # short: from now on its tasks stay direct
+    h.ev(P.Obj(11, INLINE, b"seed"))
+    assert [m.tid for m in h.take_slot(0)] == [50] and h.take_node() == []
+    h.ev(P.SeedTime(FID, 0.0001))  # the lease's first task was short: 60 waits here
+    assert h.take_node() == []
+    h.finish(50, run_s=0.0001)
+    assert [m.tid for m in h.take_slot(0)] == [60]
     h.submit(70)
     h.submit(80)
-    assert [m.tid for m in h.take_slot(0)] == [70] and h.take_node() == []
+    assert h.take_node() == []  # (timed: no more spreading)
+
+
+def test_a_long_first_task_sends_what_waits_for_its_lease_by_the_node():
+    """The task that made the lease ran long (its lease says, ``SeedTime``: its value
+    came without a time): what waits here for that lease goes the node's way at once,
+    not after the next task on the lease ends."""
+    h = Harness(max_leases=1, depth=1, spill_long=0.002, first_spread=1)
+    h.submit(10)
+    h.take_node()
+    for tid in (20, 30, 40):
+        h.submit(tid)
+    assert [m.spec.tid for m in h.take_node()] == [20]  # (first_spread: 1)
+    h.grant(1, 1, 0, 11)
+    h.ev(P.Obj(11, INLINE, b"seed"))
+    assert [m.tid for m in h.take_slot(0)] == [30]
+    h.ev(P.SeedTime(FID, 0.5))
+    assert [m.spec.tid for m in h.take_node()] == [40]
 
 
 # ------------------------------------------------------------------------ actors

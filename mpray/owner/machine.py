@@ -62,6 +62,7 @@ _SENT, _ENDED = D.SENT, D.ENDED
 _slot_msg, _exec, _deliver = P.ToSlot.from_items, P.Exec.from_items, P.Deliver.from_items
 _EXEC = P.Exec.OP
 RUN_WEIGHT = 0.25  # weight of the newest run time in a function's moving mean
+LONG_AT_ONCE = 10  # a single run this many times the spill threshold marks it long
 
 
 class Owner(LeaseEnds):
@@ -130,6 +131,7 @@ class Owner(LeaseEnds):
             P.ActorKilled: self.actors.killed, P.Lending: self._on_lending,
             P.Obj: self._node_value, P.LeaseGrant: self._on_lease,
             P.NoLease: lambda ev: self._unflag(ev.first_oid),
+            P.SeedTime: lambda ev: self.spill_long and self._timed(ev.fid, ev.run_s),
             P.LeaseLost: self._on_lost, P.DoneD: self._on_done,
             P.ReturnD: self._on_returned, P.Expired: self._on_expired,
             P.Resumed: self._on_resumed, P.ADoneD: self.actors.on_done,
@@ -264,8 +266,6 @@ class Owner(LeaseEnds):
                 if lease is not None:
                     lease.inflight.pop(oid - 1, None)
                     self._refill()
-                    if self.first_spread and self.queue:
-                        self._untimed_to_node()
         if oid in self.owned:  # (a direct result the node registered: PutFor)
             self._disown(oid)
             if oid in self.dropped:
@@ -379,9 +379,6 @@ class Owner(LeaseEnds):
             return False
         spec = rec.spec
         fid = spec.fid
-        if n_best and self.spill_long and fid not in self.run_s:
-            return False  # (under MPI, not before it is timed: a long one would wait
-            #                behind the running task instead of moving to another rank)
         fblob = None if fid in best.fids else self.blobs.get(fid)
         deps = rec.deps
         cost = message_cost(spec.args, spec.name, fblob, deps) if fblob or deps else \
@@ -485,29 +482,16 @@ class Owner(LeaseEnds):
             if self.queue:  # what waited for that lease may have to go by the node
                 self._refill()
 
-    def _untimed_to_node(self) -> None:
-        """A task that made a lease ended: the node timed it, this owner did not (its
-        value came without a run time).  Up to ``first_spread`` queued tasks of functions
-        not timed here go the node's way, which knows whether they are worth moving to
-        idle ranks; the rest stay for the lease (short ones: thousands of them would only
-        slow down by the node)."""
-        keep = collections.deque()
-        room = self.first_spread
-        for queued in self.queue:
-            if room and queued.spec.fid not in self.run_s:
-                room -= 1
-                self._to_node(queued)
-            else:
-                keep.append(queued)
-        self.queue = keep
-
     def _timed(self, fid: int, took: float) -> None:
         """Learn how long ``fid``'s tasks run; when that reaches the spill threshold, its
         tasks (the ones queued here too) go by the node from now on."""
         n, mean = self.run_s.get(fid, (0, 0.0))
         mean = running_mean(n + 1, mean, took, RUN_WEIGHT)
         self.run_s[fid] = (n + 1, mean)
-        if mean >= self.spill_long and fid not in self.long_fids:
+        # (one run decides only when it is clearly long: a short function's first run
+        # carries the function's unpickling, and on a loaded machine a few ms more)
+        if mean >= self.spill_long and fid not in self.long_fids and (
+                n or took >= LONG_AT_ONCE * self.spill_long):
             self.long_fids.add(fid)
             keep = collections.deque()
             for queued in self.queue:

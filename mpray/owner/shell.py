@@ -45,7 +45,7 @@ _new = tuple.__new__
 _dumps = pickle.dumps
 # messages an owner machine decides on (from the node, or from a leased worker's ring)
 OWNER_OPS = (P.LeaseGrant, P.NoLease, P.LeaseLost, P.ActorUpdate, P.ANodeDone, P.DoneD,
-             P.ReturnD, P.Expired, P.Resumed, P.ADoneD, P.Evict, P.LineageAsk)
+             P.ReturnD, P.Expired, P.Resumed, P.ADoneD, P.Evict, P.LineageAsk, P.SeedTime)
 
 
 class OwnerShell:

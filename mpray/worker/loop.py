@@ -377,6 +377,9 @@ class WorkerLoop:
                 delivered = self._deliver(stored)
             client.order_via_node = False
             client.send([_node_done((_NODE_DONE, tid, status, stored, retryable, delivered))])
+            if client.lease_epoch is not None and client._setup.spill_long:
+                # (MPI) the task that made this worker a lease: its owner times it here
+                client.send_owner([P.SeedTime(self.current.fid, time.monotonic() - self.started)])
             client.lease_active = time.monotonic()  # a lease idles from its last task's
             #                                         end (_finish_direct sets it too)
         client.hold(-1)
