@@ -13,8 +13,13 @@ Figures (medians of the repeats; ratios > 1 mean mpray is better):
 * no-op task throughput at N ranks, beside ``mpi4py.futures.MPICommExecutor`` (root
   submits, N-1 workers run): mpray from the driver (default placement, and SPREAD over
   every rank) and with one submitting task per rank (each rank's node runs its own);
-* allreduce of a 100 MiB float64 array over N ranks: a ring allreduce written with mpray
-  actors (one per rank, chunks passed actor to actor), beside ``comm.Allreduce``.
+* allreduce of a 100 MiB float64 array over N ranks: ``mpray.util.collective.allreduce``
+  among one actor per rank (the backend chosen automatically: shared memory on one host;
+  and through the object store, as between hosts), beside ``comm.Allreduce``.
+
+``--network`` turns shared memory between ranks off for every run, raw MPI's too (MPICH
+``MPIR_CVAR_NOLOCAL=1``; Open MPI TCP only; mpray copies into export windows): the
+"across hosts" figures, measured on one machine.  ``--figs`` picks figures.
 
 ``--peers mpray,mpray@REV`` also runs every mpray figure with mpray at git revision REV
 (a temporary git worktree, or ``--rev-dir``), right after the working tree's, and adds a
@@ -41,6 +46,9 @@ from bench.revs import REV_DIR_HELP, Trees, check_import, is_rev_peer, python_pa
 SIZES = [1 << 10, 1 << 20, 100 << 20]
 N_TASKS = 4000
 ALLREDUCE_BYTES = 100 << 20
+# shared memory between ranks off, for both MPIs (each ignores the other's variables)
+NETWORK = {"MPIR_CVAR_NOLOCAL": "1", "OMPI_MCA_btl": "tcp,self", "OMPI_MCA_pml": "ob1",
+           "MPRAY_MPI_ARENA": "copy"}
 
 
 def emit(**rec) -> None:
@@ -202,78 +210,49 @@ def mpray_tput(repeat: int) -> None:
     ray.shutdown()
 
 
-def _ring_members(ray, nodes: list[dict], length: int) -> list:
-    """One ``Member`` actor per rank, each holding a ``length`` float64 array, in a ring."""
+def mpray_allreduce(repeat: int) -> None:
+    """``mpray.util.collective.allreduce`` among one actor per rank, with the backend
+    chosen automatically (shared memory: these ranks share a host) and through the
+    object store (arrays cross ranks by RMA, as between hosts)."""
     import numpy as np
 
-    from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    n = len(nodes)
-
-    # two threads: a member waits in send() for the next member's take(), which must
-    # run while that member itself waits in its own send()
-    @ray.remote(max_concurrency=2)
-    class Member:
-        def __init__(self, i, n, length):
-            self.i, self.n = i, n
-            self.a = np.full(length, float(i))
-            self.chunks = np.array_split(self.a, n)  # views into self.a
-            self.next = None
-
-        def set_next(self, h):
-            self.next = h
-
-        def reset(self):
-            self.a[:] = float(self.i)
-
-        def send(self, idx, add):
-            # the chunk goes to the next member's rank by RMA (a large argument)
-            return ray.get(self.next.take.remote(idx, self.chunks[idx], add))
-
-        def take(self, idx, chunk, add):
-            if add:
-                self.chunks[idx] += chunk
-            else:
-                self.chunks[idx][:] = chunk
-            return idx
-
-        def check(self):
-            return float(self.a[0]), float(self.a[-1])
-
-    @ray.remote
-    def create(i, n, length):
-        return Member.remote(i, n, length)
-
-    members = ray.get([create.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-        nodes[i]["NodeID"], soft=False)).remote(i, n, length) for i in range(n)])
-    ray.get([m.set_next.remote(members[(i + 1) % n]) for i, m in enumerate(members)])
-    return members
-
-
-def mpray_allreduce(repeat: int) -> None:
     import mpray as ray
+    import mpray.util.collective as col
+    from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     ray.init()
     nodes = ray.nodes()
     n = len(nodes)
-    members = _ring_members(ray, nodes, ALLREDUCE_BYTES // 8)
 
-    def ring_allreduce():
-        for step in range(n - 1):  # reduce-scatter
-            ray.get([m.send.remote((i - step) % n, True) for i, m in enumerate(members)])
-        for step in range(n - 1):  # all-gather
-            ray.get([m.send.remote((i + 1 - step) % n, False) for i, m in enumerate(members)])
+    @ray.remote(num_cpus=0)
+    class Member:
+        def __init__(self, rank, backend):
+            self.rank, self.g = rank, f"bench-{backend}"
+            col.init_collective_group(n, rank, backend=backend, group_name=self.g)
+            self.a = np.full(ALLREDUCE_BYTES // 8, float(rank))
 
-    ts = []
-    for k in range(repeat + 1):
-        ray.get([m.reset.remote() for m in members])
-        t = time.perf_counter()
-        ring_allreduce()
-        if k:
-            ts.append(time.perf_counter() - t)
-    want = float(sum(range(n)))
-    assert all(c == (want, want) for c in ray.get([m.check.remote() for m in members]))
-    emit(fig="allreduce", peer="mpray", ranks=n, ms=[x * 1e3 for x in ts])
+        def run(self, reps):
+            col.allreduce(self.a, self.g)  # warm
+            ts = []
+            for _ in range(reps):
+                self.a[:] = self.rank
+                col.barrier(self.g)
+                t = time.perf_counter()
+                col.allreduce(self.a, self.g)
+                ts.append(time.perf_counter() - t)
+            assert self.a[0] == self.a[-1] == sum(range(n))
+            col.destroy_collective_group(self.g)
+            return ts
+
+    for backend in ("auto", "store"):
+        members = [Member.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            nodes[r]["NodeID"], soft=False)).remote(r, backend) for r in range(n)]
+        per = ray.get([m.run.remote(repeat) for m in members])
+        ms = [max(ts) * 1e3 for ts in zip(*per)]
+        emit(fig="allreduce", peer="mpray" if backend == "auto" else "mpray:store",
+             ranks=n, ms=ms)
+        for m in members:
+            ray.kill(m)
     ray.shutdown()
 
 
@@ -368,11 +347,16 @@ def print_tput(res: list[dict], ranks: list[int], base: str) -> None:
 
 
 def print_allreduce(res: list[dict], reduce_ranks: list[int], base: str) -> None:
-    print("\nallreduce 100 MiB      comm.Allreduce   mpray ring (actors)   Allreduce/mpray")
+    print("\nallreduce 100 MiB      comm.Allreduce   mpray (auto)   mpray (store)   "
+          "Allreduce/mpray (auto, store)")
     for n in reduce_ranks:
         if both := raw_and_mine(res, "allreduce", base, ranks=n):
             rm, mm = both
-            print(f"  {n:2d} ranks   {rm:10.1f} ms   {mm:12.1f} ms        {rm / mm:6.2f}x")
+            st = find(res, fig="allreduce", peer=f"{base}:store", ranks=n)
+            sm = med(st["ms"]) if st else None
+            print(f"  {n:2d} ranks   {rm:10.1f} ms   {mm:9.1f} ms   "
+                  f"{sm or float('nan'):9.1f} ms     {rm / mm:6.2f}x "
+                  f"{rm / sm if sm else float('nan'):6.2f}x")
 
 
 def _size(nbytes: int) -> str:
@@ -441,6 +425,10 @@ def _args():
                          "raw-MPI tables and the ratios are about (default: mpray)")
     ap.add_argument("--rev-dir", action="append", metavar="[REV=]PATH", help=REV_DIR_HELP)
     ap.add_argument("--json", metavar="PATH", help="also write the raw results here")
+    ap.add_argument("--network", action="store_true",
+                    help="shared memory between ranks off (as across hosts)")
+    ap.add_argument("--figs", default="fetch,tput,allreduce",
+                    help="comma list of figures: fetch, tput, allreduce")
     ap.add_argument("--_fig", help=argparse.SUPPRESS)
     ap.add_argument("--_mpray-root", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -469,19 +457,24 @@ def main() -> int:
         FIGS[a._fig](a.repeat)
         return 0
     res: list[dict] = []
+    if a.network:
+        os.environ.update(NETWORK)
+    figs = set(a.figs.split(","))
     with Trees(a.labels, a.rev_dir) as trees:
         peers = Peers(a.labels, trees, a)
-        res += peers.run("fetch", 2)
-        for n in a.ranks:
+        if "fetch" in figs:
+            res += peers.run("fetch", 2)
+        for n in a.ranks if "tput" in figs else ():
             res += peers.run("tput", n)
-        for n in a.reduce_ranks:
+        for n in a.reduce_ranks if "allreduce" in figs else ():
             if n >= 2:
                 res += peers.run("allreduce", n)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f)
     base = a.labels[0]
-    print(f"\nmpray over MPI beside raw MPI; medians of {a.repeat}; {os.cpu_count()} CPUs\n")
+    print(f"\nmpray over MPI beside raw MPI; medians of {a.repeat}; {os.cpu_count()} CPUs"
+          f"{'; shared memory between ranks off (as across hosts)' if a.network else ''}\n")
     if base != "mpray":
         print(f"(mpray in the three tables below is {base})\n")
     print_fetch(res, base)

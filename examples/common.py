@@ -65,6 +65,9 @@ def run_baseline(args, baseline) -> dict | None:
         # (as mpray_mpi does before it first imports mpi4py: its store window lives until
         # MPI_Finalize, which UCX would report at exit as a leak, on every rank)
         os.environ.setdefault("UCX_LOG_LEVEL", "error")
+        from mpray_mpi import quiet_open_mpi
+
+        quiet_open_mpi()  # (mpray would, but this imports mpi4py first)
         from mpi4py import MPI
 
         comm = MPI.COMM_WORLD

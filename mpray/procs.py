@@ -120,3 +120,13 @@ def wait_exit(pid: int, timeout: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.0005)
+
+
+def cpu_ticks(pid: int):
+    """A process's CPU time so far (clock ticks; None where /proc cannot say)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # (utime, stime)
+    except (OSError, ValueError, IndexError):
+        return None

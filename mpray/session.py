@@ -31,7 +31,7 @@ from . import config as C
 from . import protocol as P
 from .placement import SPILL_MIN_TASK_S
 from .runtime_env import check as check_runtime_env
-from .procs import remove_tree, wait_exit
+from .procs import cpu_ticks, remove_tree, wait_exit
 from .control import sessions
 from .control.recorder import REC
 from .owner.driver_client import DriverClient
@@ -385,10 +385,26 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
             pass
 
 
+REAP_IDLE_S = 5.0  # a node ending that uses no CPU for this long is killed...
+REAP_MAX_S = 60.0  # ...and one still there after this long (its writer may take 30 s)
+
+
 def _reap_node(pid: int) -> None:
-    """Wait for the node to exit (it ends its workers first); SIGKILL it after 5 s."""
-    while not wait_exit(pid, 5.0):
-        os.kill(pid, 9)
+    """Wait for the node to exit (it ends its workers and its writer first): SIGKILL it
+    once it has used no CPU for REAP_IDLE_S, or after REAP_MAX_S.  (A node is not killed
+    just for being slow: 64 ranks sharing 2 busy cores took up to 10 s to end their
+    nodes, and one killed while finishing its writer's work left its session unended.)"""
+    deadline = time.monotonic() + REAP_MAX_S
+    last, since = cpu_ticks(pid), time.monotonic()
+    while not wait_exit(pid, 0.1):
+        now, ticks = time.monotonic(), cpu_ticks(pid)
+        if ticks != last:
+            last, since = ticks, now
+        elif now - since > REAP_IDLE_S or now > deadline:
+            os.kill(pid, 9)
+            while not wait_exit(pid, 5.0):
+                os.kill(pid, 9)
+            return
 
 
 def _release_memory(s, client) -> None:

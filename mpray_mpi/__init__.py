@@ -20,6 +20,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import traceback
 
 from mpray.control.sessions import new_name
@@ -49,7 +50,8 @@ class MPISession:
                 from .agent import abort
 
                 missing = sorted(set(range(1, agent.size)) - agent.stopped)
-                abort(self.comm, f"ranks {missing} did not stop within 10 s; ending the job")
+                abort(self.comm, f"ranks {missing} did not stop (no rank answered for "
+                                 f"10 s); ending the job")
             agent.close()
         except BaseException:  # noqa: BLE001 - a bug here must end the job, loudly
             from .agent import abort
@@ -57,9 +59,16 @@ class MPISession:
             abort(self.comm, "the MPI agent thread failed:\n" + traceback.format_exc())
 
     def stop(self) -> None:
-        """Rank 0's shutdown(): stop every other rank, free the windows (collective)."""
+        """Rank 0's shutdown(): stop every other rank, free the windows (collective).
+        Waits while ranks keep stopping (``Agent.stop_all``), up to 30 s past the last."""
         self.stopping = True
-        self.thread.join(30.0)
+        seen, until = -1, 0.0
+        while self.thread.is_alive():
+            if len(self.agent.stopped) != seen:
+                seen, until = len(self.agent.stopped), time.monotonic() + 30.0
+            if time.monotonic() > until:
+                break
+            self.thread.join(0.1)
 
 
 class Connection:
@@ -86,6 +95,7 @@ def connect(launch: Launch, cfg) -> Connection:
     # The arena window is never freed before MPI_Finalize (the driver's zero-copy arrays
     # may point into it after shutdown()); UCX reports that at exit as a leak warning.
     os.environ.setdefault("UCX_LOG_LEVEL", "error")
+    quiet_open_mpi()
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD.Dup()
@@ -113,6 +123,19 @@ def _stream_logs(comm, rank: int, agent, session, setup) -> None:
         # (stopped by this rank's shutdown, after its workers: their last lines too)
         session.logs = LogMonitor(session.session_dir, False, True, sink=agent.log_lines.append,
                                   only=setup.node_dir).start()
+
+
+def quiet_open_mpi(env=os.environ, rdma_dir: str = "/sys/class/infiniband") -> None:
+    """Open MPI 5's UCX one-sided component prints an error line on every rank at
+    MPI_Init where there is no RDMA device (it cannot run there, and Open MPI goes on with
+    another): leave it out there, unless the user chose the components.  (MPICH ignores
+    OMPI_ variables; with an RDMA device UCX is what carries RMA well.)"""
+    try:
+        rdma = bool(os.listdir(rdma_dir))
+    except OSError:
+        rdma = False
+    if not rdma:
+        env.setdefault("OMPI_MCA_osc", "^ucx")
 
 
 def _connect_arena(MPI, comm, cfg) -> Connection:

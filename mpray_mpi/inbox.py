@@ -11,6 +11,9 @@ Data flow::
     owner agent  ─ poll(): ready mark == claim + 1 ? copy the frame out, clear the marks,
                    head += n (published in the window for senders) ─▶ frames, in order
 
+A sender's ``flush`` does each step for every rank it has frames for before it waits
+(``Flush``) for any: the claims, then the frames' bytes, then their ready marks.
+
 Layout (bytes): [0:8] tail (claims so far), [8:16] head (slots read so far), then
 ``NSLOTS`` slots of ``SLOT`` bytes: [0:8] ready mark (its claim number + 1), [8:16] the
 frame's length (first slot of a frame), then up to ``SLOT - 16`` bytes of the frame.
@@ -46,41 +49,62 @@ class Inbox:
         comm.Barrier()
         self.words = self.mem[:HDR].view(np.int64)  # [tail, head, ...]
         self.head = 0  # claims read here so far
-        self.pending: collections.deque = collections.deque()  # [rank, claim, frame]
+        # [rank, claim (None until claimed), frame], in the order posted
+        self.pending: collections.deque = collections.deque()
         self.heads: dict[int, int] = {}  # rank -> its head as last read
-        self._one = np.zeros(1, dtype=np.int64)
         self._got = np.zeros(1, dtype=np.int64)
-        self._mark = np.zeros(1, dtype=np.int64)
-        self._len = np.zeros(1, dtype=np.int64)
 
     # ------------------------------------------------------------------ sender
     def post(self, rank: int, frame: bytes) -> None:
-        """Claim slots for ``frame`` in ``rank``'s inbox and write them (now, or on a
-        later ``flush`` if the ring is full there)."""
-        MPI = self.MPI
-        n = -(-len(frame) // CHUNK)
-        assert 0 < n <= NSLOTS // 2, len(frame)
-        self._one[0] = n
-        self.win.Fetch_and_op([self._one, MPI.INT64_T], [self._got, MPI.INT64_T], rank, 0,
-                              MPI.SUM)
-        self.win.Flush(rank)
-        self.pending.append([rank, int(self._got[0]), frame])
-        self.flush()
+        """Queue ``frame`` for ``rank``'s inbox: ``flush`` claims its slots and writes it
+        (then, or on a later ``flush`` if the ring is full there)."""
+        assert 0 < _slots(frame) <= NSLOTS // 2, len(frame)
+        self.pending.append([rank, None, frame])
 
     def flush(self) -> bool:
-        """Write claimed frames whose slots are free; True when none is left."""
+        """Claim slots for the frames posted since the last call, and write the claimed
+        frames whose slots are free; True when none is left.  The claims, and the writes,
+        of one call go to every rank at once before any is waited for: across a network
+        each completes only when its target's agent next polls (up to 4 ms when idle), so
+        one after the other they cost a pass that reaches N idle ranks N such waits."""
+        self._claim()
         blocked: set[int] = set()
-        left = collections.deque()
+        left, ready = collections.deque(), []
         while self.pending:
             rec = self.pending.popleft()
             rank, claim, frame = rec
-            if rank in blocked or not self._room(rank, claim + -(-len(frame) // CHUNK)):
+            if rank in blocked or not self._room(rank, claim + _slots(frame)):
                 blocked.add(rank)  # (its later frames wait too: they were claimed later)
                 left.append(rec)
                 continue
-            self._write(rank, claim, frame)
+            ready.append(rec)
         self.pending = left
+        if ready:
+            self._write(ready)
         return not left
+
+    def _claim(self) -> None:
+        """One Fetch_and_op per rank for all its frames not claimed yet (consecutive
+        slots, in the order they were posted), every rank's before the first Flush."""
+        want: dict[int, int] = {}
+        for rank, claim, frame in self.pending:
+            if claim is None:
+                want[rank] = want.get(rank, 0) + _slots(frame)
+        if not want:
+            return
+        MPI, np = self.MPI, self.np
+        got = {}
+        for rank, n in want.items():  # (each op its own buffers until the Flush)
+            got[rank] = (np.array([n], dtype=np.int64), np.zeros(1, dtype=np.int64))
+            self.win.Fetch_and_op([got[rank][0], MPI.INT64_T], [got[rank][1], MPI.INT64_T],
+                                  rank, 0, MPI.SUM)
+        for rank in got:
+            self.win.Flush(rank)
+        nxt = {rank: int(g[1][0]) for rank, g in got.items()}
+        for rec in self.pending:
+            if rec[1] is None:
+                rec[1] = nxt[rec[0]]
+                nxt[rec[0]] += _slots(rec[2])
 
     def _room(self, rank: int, end: int) -> bool:
         if end - self.heads.get(rank, 0) <= NSLOTS:
@@ -91,23 +115,35 @@ class Inbox:
         self.heads[rank] = int(self._got[0])
         return end - self.heads[rank] <= NSLOTS
 
-    def _write(self, rank: int, claim: int, frame: bytes) -> None:
-        MPI, win = self.MPI, self.win
-        view = memoryview(frame)
-        n = -(-len(frame) // CHUNK)
-        self._len[0] = len(frame)
-        for i in range(n):
-            base = HDR + ((claim + i) % NSLOTS) * SLOT
-            if i == 0:
-                win.Put([self._len, MPI.INT64_T], rank, (base + 8, 1, MPI.INT64_T))
-            chunk = view[i * CHUNK:(i + 1) * CHUNK]
-            win.Put([chunk, MPI.BYTE], rank, (base + 16, len(chunk), MPI.BYTE))
-        win.Flush(rank)  # the bytes are there before any ready mark is
-        for i in range(n):
-            self._mark[0] = claim + i + 1
-            base = HDR + ((claim + i) % NSLOTS) * SLOT
-            win.Put([self._mark, MPI.INT64_T], rank, (base, 1, MPI.INT64_T))
-        win.Flush(rank)
+    def _write(self, frames: list) -> None:
+        """Every frame's bytes, Flush, then every frame's ready marks, Flush: a frame's
+        bytes are there before any of its marks is.  Each Put has an origin buffer of
+        its own (a length, a mark per slot): a Put may read it any time until the Flush
+        (across a network it does; a reused mark buffer once marked all of a frame's
+        slots with its last mark, and the owner waited for ever)."""
+        MPI, np, win = self.MPI, self.np, self.win
+        held, ranks = [], list(dict.fromkeys(rank for rank, _c, _f in frames))
+        for rank, claim, frame in frames:
+            view = memoryview(frame)
+            length = np.array([len(frame)], dtype=np.int64)
+            held.append(length)
+            for i in range(_slots(frame)):
+                base = HDR + ((claim + i) % NSLOTS) * SLOT
+                if i == 0:
+                    win.Put([length, MPI.INT64_T], rank, (base + 8, 1, MPI.INT64_T))
+                chunk = view[i * CHUNK:(i + 1) * CHUNK]
+                win.Put([chunk, MPI.BYTE], rank, (base + 16, len(chunk), MPI.BYTE))
+        for rank in ranks:
+            win.Flush(rank)
+        for rank, claim, frame in frames:
+            n = _slots(frame)
+            marks = np.arange(claim + 1, claim + n + 1, dtype=np.int64)
+            held.append(marks)
+            for i in range(n):
+                base = HDR + ((claim + i) % NSLOTS) * SLOT
+                win.Put([marks[i:i + 1], MPI.INT64_T], rank, (base, 1, MPI.INT64_T))
+        for rank in ranks:
+            win.Flush(rank)
 
     # ------------------------------------------------------------------ owner
     def poll(self) -> list[bytes]:
@@ -141,3 +177,7 @@ class Inbox:
         """Collective."""
         self.mem = self.words = None
         self.win.Free()
+
+
+def _slots(frame: bytes) -> int:
+    return -(-len(frame) // CHUNK)

@@ -369,3 +369,22 @@ def test_a_task_whose_leased_worker_died_is_failed_in_the_store(tmp_path):
     finally:
         mpray.shutdown()
     assert t["state"] == "FAILED" and t["error_type"] == "WORKER_DIED", t
+
+
+def test_the_writers_plain_tables_are_those_sqlite_utils_makes(tmp_path):
+    """The writer makes the tables without sqlite-utils (its import cost every node
+    9 MiB): the same statements, so the file is the one sqlite-utils would make."""
+    sqlite_utils = pytest.importorskip("sqlite_utils")
+    ref = sqlite_utils.Database(str(tmp_path / "ref.db"))
+    for name, (columns, pk) in schema.TABLES.items():
+        ref[name].create(columns, pk=pk)
+        for cols in schema.INDEXES.get(name, ()):
+            ref[name].create_index(cols, if_not_exists=True)
+        if name in schema.UNIQUE:
+            ref[name].create_index(schema.UNIQUE[name], unique=True, if_not_exists=True)
+    ref.execute("CREATE TABLE IF NOT EXISTS spool_done (name TEXT PRIMARY KEY)")
+    plain = schema.open_store(str(tmp_path / "plain.db"), create=True, plain=True)
+    schema.open_store(str(tmp_path / "plain.db"), create=True, plain=True)  # (again: no-op)
+    master = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
+    assert plain.execute(master).fetchall() == ref.execute(master).fetchall()
+    assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -19,6 +19,7 @@ Times are wall-clock seconds (each batch's monotonic times plus its offset).
 from __future__ import annotations
 
 import json
+import sqlite3
 
 from .recorder import (ACTOR, CANCEL, EVENT, FUNC, LINEAGE, NODE, NODE_END, OBJ, OBJ_FREE,
                        OBJ_SPILL, RUN,
@@ -136,24 +137,69 @@ ORDER = (NODE, WORKER, FUNC, SUBMIT, START, RUN, CANCEL, TASK_LOST, ACTOR, OBJ, 
          OBJ_FREE, WORKER_EXIT, NODE_END, EVENT, USAGE, LINEAGE)
 
 
-def open_store(path: str, create: bool = False):
-    """The store at ``path`` through sqlite-utils (WAL; tables made when ``create``)."""
+def open_store(path: str, create: bool = False, plain: bool = False):
+    """The store at ``path`` (WAL; tables made when ``create``): through sqlite-utils,
+    or with ``plain`` a bare connection (``Plain``) for the writer, which needs no more:
+    importing sqlite-utils (some 70 modules) cost every node's writer about 8 MiB and
+    0.1 s of CPU: an eighth of an idle MPI rank's memory (benchmarks/README.md, "Many
+    ranks")."""
+    conn = sqlite3.connect(path)
+    if create:
+        make_tables(conn)
+    if plain:
+        return Plain(conn)
     import sqlite_utils
 
-    db = sqlite_utils.Database(path)
-    if create:
-        db.enable_wal()
-        db.execute("PRAGMA synchronous = NORMAL")  # (WAL: safe against crashes, fast)
-        for name, (columns, pk) in TABLES.items():
-            if name not in db.table_names():
-                db[name].create(columns, pk=pk)
-            for cols in INDEXES.get(name, ()):
-                db[name].create_index(cols, if_not_exists=True)
-            if name in UNIQUE:
-                db[name].create_index(UNIQUE[name], unique=True, if_not_exists=True)
-        # the writer's ledger: the spool files its last transaction applied (writer.py)
-        db.execute("CREATE TABLE IF NOT EXISTS spool_done (name TEXT PRIMARY KEY)")
-    return db
+    return sqlite_utils.Database(conn)
+
+
+class Plain:
+    """What the writer uses of a sqlite-utils ``Database``: ``conn`` and ``execute``."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params=()):
+        return self.conn.execute(sql, params)
+
+
+_SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bytes: "BLOB"}
+
+
+def make_tables(conn) -> None:
+    """WAL, and the tables and indexes (if not there): the statements sqlite-utils's
+    ``create``/``create_index`` would run (tests/test_control_store.py compares them)."""
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        conn.execute("PRAGMA journal_mode = wal")
+    conn.execute("PRAGMA synchronous = NORMAL")  # (WAL: safe against crashes, fast)
+    for stmt in table_statements():
+        conn.execute(stmt)
+    # the writer's ledger: the spool files its last transaction applied (writer.py)
+    conn.execute("CREATE TABLE IF NOT EXISTS spool_done (name TEXT PRIMARY KEY)")
+    conn.commit()
+
+
+def table_statements() -> list[str]:
+    """CREATE TABLE / INDEX IF NOT EXISTS of every table in TABLES, sqlite-utils's way."""
+    out = []
+    for name, (columns, pk) in TABLES.items():
+        pks = [pk] if isinstance(pk, str) else list(pk or ())
+        cols = [f"   {_q(c)} {_SQL_TYPES[t]}" + (" PRIMARY KEY" if pks == [c] else "")
+                for c, t in columns.items()]
+        if len(pks) > 1:
+            cols.append(f"   PRIMARY KEY ({', '.join(map(_q, pks))})")
+        out.append(f"CREATE TABLE IF NOT EXISTS {_q(name)} (\n" + ",\n".join(cols) + "\n)")
+        indexes = [(cols, "") for cols in INDEXES.get(name, ())]
+        if name in UNIQUE:
+            indexes.append((UNIQUE[name], "UNIQUE "))
+        for cols, unique in indexes:
+            out.append(f"CREATE {unique}INDEX IF NOT EXISTS {_q('_'.join(['idx', name, *cols]))}"
+                       f"\n    ON {_q(name)} ({', '.join(map(_q, cols))})")
+    return out
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'
 
 
 def _hex(i):

@@ -87,10 +87,10 @@ def writer_main(node_dir: str, max_tasks: int, prune_root: str | None, keep: int
 
 
 def _open(node_dir: str, max_tasks: int, prune_root: str | None, keep: int) -> "schema.Ingest":
-    """The store's file, made now (not at the writer's start: importing sqlite_utils and
-    making the tables cost about 50 ms of CPU, which a session that starts working at
-    once would share its cores with); readers wait for the file or ask for it."""
-    db = schema.open_store(os.path.join(node_dir, sessions.STORE), create=True)
+    """The store's file, made now (not at the writer's start: making the tables costs
+    CPU, which a session that starts working at once would share its cores with);
+    readers wait for the file or ask for it.  A plain connection: see open_store."""
+    db = schema.open_store(os.path.join(node_dir, sessions.STORE), create=True, plain=True)
     if prune_root is not None:  # (rank 0: finished sessions beyond the newest `keep` go)
         sessions.prune(prune_root, keep, current=node_dir)
     return schema.Ingest(db, max_tasks)

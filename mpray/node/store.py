@@ -30,7 +30,7 @@ from ..control.recorder import (ACTOR, FLUSH_S, NODE, NODE_END, NOTE, OBJ, REC, 
                                 USAGE, WORKER, WORKER_EXIT, error_fields)
 from ..control.reader import SYNC_TIMEOUT_S, _ask, _unask
 from ..control.schema import signed
-from ..procs import fork_held, kill, remove_tree, wait_exit
+from ..procs import cpu_ticks, fork_held, kill, remove_tree, wait_exit
 from .. import protocol as P
 
 __all__ = ["StoreShell", "WORKER", "WORKER_EXIT", "hold_session"]
@@ -207,9 +207,9 @@ class StoreShell:
         programs keep the CPUs busy) is killed and its work finished here."""
         kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + WRITER_WAIT_S
-        last, since = _cpu_ticks(pid), time.monotonic()
+        last, since = cpu_ticks(pid), time.monotonic()
         while not wait_exit(pid, 0.1):
-            now, ticks = time.monotonic(), _cpu_ticks(pid)
+            now, ticks = time.monotonic(), cpu_ticks(pid)
             if ticks != last:
                 last, since = ticks, now
             elif now - since > STARVED_S or now > deadline:
@@ -220,16 +220,6 @@ class StoreShell:
                 st = self.setup
                 take_over(st.node_dir, st.store_max_tasks, st.prune_root, st.keep_sessions)
                 return
-
-
-def _cpu_ticks(pid: int):
-    """A process's CPU time so far (clock ticks; None where /proc cannot say)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # (utime, stime)
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _error(payload) -> tuple:

@@ -4,7 +4,6 @@ Prints "OK basics" on rank 0 when every check held (ranks > 0 never get past ini
 
 import faulthandler
 import gc
-import os
 import signal
 import time
 
@@ -12,12 +11,13 @@ import numpy as np
 import psutil
 
 import mpray as ray
+from mpray_mpi.launch import detect
 from mpray import exceptions as exc
 from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
 
 faulthandler.register(signal.SIGUSR2, all_threads=True)  # a hang: kill -USR2 dumps stacks
 ray.init()
-size = int(os.environ.get("PMI_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 0)
+size = detect().size  # (the launcher's own count: MPICH, Open MPI, srun)
 nodes = ray.nodes()
 assert len(nodes) == size, (len(nodes), size)
 assert [n["MPIRank"] for n in nodes] == list(range(size))

@@ -8,19 +8,19 @@ object store (arrays cross ranks by RMA, as between hosts).  Prints "OK collecti
 rank 0 when every check held (ranks > 0 never get past init)."""
 
 import faulthandler
-import os
 import signal
 
 import numpy as np
 
 import mpray as ray
+from mpray_mpi.launch import detect
 import mpray.util.collective as col
 from mpray.util.collective import ReduceOp
 from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 faulthandler.register(signal.SIGUSR2, all_threads=True)  # a hang: kill -USR2 dumps stacks
 ray.init()
-size = int(os.environ.get("PMI_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 0)
+size = detect().size  # (the launcher's own count: MPICH, Open MPI, srun)
 nodes = ray.nodes()
 assert len(nodes) == size >= 2, (nodes, size)
 

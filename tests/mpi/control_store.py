@@ -2,17 +2,17 @@
 file per rank in one session directory), and the state API, the timeline, the CLI and
 the report read them all."""
 
-import os
 import subprocess
 import sys
 import time
 
 import mpray
 from mpray.util import state
+from mpray_mpi.launch import detect
 
 mpray.init(num_cpus=2)
 n = mpray.cluster_resources().get("CPU", 0)
-ranks = int(os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE") or 1)
+ranks = detect().size
 
 
 @mpray.remote(scheduling_strategy="SPREAD")

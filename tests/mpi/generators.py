@@ -4,15 +4,15 @@ A streaming generator runs where its placement puts it (its values stream home, 
 order); its refs, and a dynamic generator's, travel between ranks like any refs.
 Prints "OK generators" on rank 0 when every check held."""
 
-import os
 
 import numpy as np
 
 import mpray as ray
+from mpray_mpi.launch import detect
 from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
 
 ray.init()
-size = int(os.environ.get("PMI_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 0)
+size = detect().size  # (the launcher's own count: MPICH, Open MPI, srun)
 ids = [n["NodeID"] for n in ray.nodes()]
 assert len(ids) == size >= 2
 here = ray.get_runtime_context().get_node_id()

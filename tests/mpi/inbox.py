@@ -9,9 +9,13 @@ Prints "OK inbox" on rank 0."""
 import time
 
 import numpy as np
-from mpi4py import MPI
 
-from mpray_mpi.inbox import CHUNK, MAX_FRAME, NSLOTS, Inbox
+from mpray_mpi import quiet_open_mpi
+
+quiet_open_mpi()  # (before MPI_Init, as mpray.init() does)
+from mpi4py import MPI  # noqa: E402
+
+from mpray_mpi.inbox import CHUNK, MAX_FRAME, NSLOTS, Inbox  # noqa: E402
 
 comm = MPI.COMM_WORLD
 rank, size = comm.rank, comm.size

@@ -5,9 +5,9 @@ another rank (by a task) is seen from rank 0; removal frees every rank's bundles
 group that needs more ranks than the job has stays pending.
 Prints "OK placement_groups" on rank 0 when every check held."""
 
-import os
 
 import mpray as ray
+from mpray_mpi.launch import detect
 from mpray import exceptions as exc
 from mpray.util import (get_placement_group, placement_group, placement_group_table,
                         remove_placement_group)
@@ -15,7 +15,7 @@ from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as A
 from mpray.util.scheduling_strategies import PlacementGroupSchedulingStrategy as PGS
 
 ray.init()
-size = int(os.environ.get("PMI_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 0)
+size = detect().size  # (the launcher's own count: MPICH, Open MPI, srun)
 ids = [n["NodeID"] for n in ray.nodes()]
 assert len(ids) == size >= 2
 

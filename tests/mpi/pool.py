@@ -7,16 +7,16 @@ never get past init)."""
 
 import faulthandler
 import itertools
-import os
 import signal
 import time
 
 import mpray as ray
+from mpray_mpi.launch import detect
 from mpray.util.multiprocessing import Pool
 
 faulthandler.register(signal.SIGUSR2, all_threads=True)  # a hang: kill -USR2 dumps stacks
 ray.init()
-size = int(os.environ.get("PMI_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 0)
+size = detect().size  # (the launcher's own count: MPICH, Open MPI, srun)
 ids = [n["NodeID"] for n in ray.nodes()]
 assert len(ids) == size >= 2, (ids, size)
 cpus = int(ray.cluster_resources()["CPU"])
