@@ -279,10 +279,10 @@ def _node_setup(cfg: C.Config, namespace: str | None, launch, arena,
         channel_count=nchannels, lease_depth=cfg.lease_depth, max_leases=cfg.num_cpus,
         # (with other ranks, tasks long enough to be worth moving go by the node)
         spill_long=SPILL_MIN_TASK_S if launch is not None and launch.size > 1 else 0.0,
-        # (and the first tasks of a function not timed yet, past this rank's CPUs, go by
-        # the node too, which gives them to idle ranks: up to the CPUs of the others)
-        first_spread=(launch.size - 1) * cfg.num_cpus
-        if launch is not None and launch.size > 1 else 0,
+        # (first_spread: off. Sending a first batch's tasks to idle ranks before they are
+        # timed met its target, but made a task's nested leasing fail now and then in
+        # the behaviour suite under mpiexec; not understood yet: docs/architecture.md)
+        first_spread=0,
     )
 
 

@@ -123,17 +123,16 @@ class ClusterView:
         """Work waits here: the rank with the lowest estimated wait (the paper's rule:
         queued work × mean task time, plus the cost of moving the task and the bytes of
         its arguments that rank lacks), if it is lower than here.  Tasks shorter than
-        moving them costs stay (they would only slow); those of a function not timed yet
-        go to a rank with an idle CPU, if there is one (the paper's local scheduler
-        forwards when overloaded: a first batch of long tasks must not pile up here)."""
+        moving them costs stay (they would only slow), and so do those of a function not
+        timed yet."""
         backlog = len(self.ready.get(t.resources, ()))
         if not backlog or not self.load or t.spec.lease:
             return None  # (a task its owner sent to become a lease here waits for a CPU
             #               here: moved, it would leave the owner without its lease, and
             #               the owner would send all it queued the node's way)
         timed = self.task_time.get(t.spec.fid)
-        if timed is None:  # (only past this node's free CPUs: workers may be starting)
-            return self._idle_rank(t) if backlog > self.avail.get("CPU", 0.0) else None
+        if timed is None:
+            return None  # (unknown yet: stays; see docs/architecture.md, placement)
         mean = timed[1]
         if mean < SPILL_MIN_TASK_S:
             return None
@@ -149,18 +148,6 @@ class ClusterView:
                     + moved / MOVE_BYTES_PER_S)
             if wait < best_wait:
                 best, best_wait = r, wait
-        if best is not None:
-            self._count_move(best)
-        return best
-
-    def _idle_rank(self, t) -> int | None:
-        """The rank with the most idle CPUs (free, nothing queued) that fits ``t``."""
-        best, most = None, 0.0
-        for r, (queued, free) in enumerate(self.load):
-            idle = free - queued
-            if r != self.rank and idle >= 1.0 and idle > most and \
-                    _fits_total(self.ranks[r][1], t.resources):
-                best, most = r, idle
         if best is not None:
             self._count_move(best)
         return best

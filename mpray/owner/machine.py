@@ -63,6 +63,7 @@ _slot_msg, _exec, _deliver = P.ToSlot.from_items, P.Exec.from_items, P.Deliver.f
 _EXEC = P.Exec.OP
 RUN_WEIGHT = 0.25  # weight of the newest run time in a function's moving mean
 LONG_AT_ONCE = 10  # a single run this many times the spill threshold marks it long
+SEED_LONG_S = 0.1  # a lease's first task this long marks its function long
 
 
 class Owner(LeaseEnds):
@@ -131,7 +132,7 @@ class Owner(LeaseEnds):
             P.ActorKilled: self.actors.killed, P.Lending: self._on_lending,
             P.Obj: self._node_value, P.LeaseGrant: self._on_lease,
             P.NoLease: lambda ev: self._unflag(ev.first_oid),
-            P.SeedTime: lambda ev: self.spill_long and self._timed(ev.fid, ev.run_s),
+            P.SeedTime: self._seed_time,
             P.LeaseLost: self._on_lost, P.DoneD: self._on_done,
             P.ReturnD: self._on_returned, P.Expired: self._on_expired,
             P.Resumed: self._on_resumed, P.ADoneD: self.actors.on_done,
@@ -481,6 +482,14 @@ class Owner(LeaseEnds):
             self.flagged.discard(first_oid)
             if self.queue:  # what waited for that lease may have to go by the node
                 self._refill()
+
+    def _seed_time(self, ev) -> None:
+        """How long the task that made a lease ran (its value came without a time).  A
+        first run in a new worker carries the function's unpickling and the worker's
+        start, so it counts only when clearly short or clearly long (``SEED_LONG_S``: a
+        first batch of long tasks waiting for this lease moves at once)."""
+        if self.spill_long and (ev.run_s < self.spill_long or ev.run_s >= SEED_LONG_S):
+            self._timed(ev.fid, ev.run_s)
 
     def _timed(self, fid: int, took: float) -> None:
         """Learn how long ``fid``'s tasks run; when that reaches the spill threshold, its
