@@ -15,6 +15,7 @@ version and the other ranks serve as nodes.  On one host the baseline runs as a 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -82,9 +83,7 @@ def run_baseline(args, baseline) -> dict | None:
 
 def _child_baseline(args) -> dict | None:
     mpiexec = shutil.which("mpiexec")
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("mpi4py") is None:
         mpiexec = None
     if mpiexec is None:
         print("(no mpiexec and mpi4py here: the MPI baseline is skipped)")

@@ -115,8 +115,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         if launch is not None:
             args = _rank_share(args, launch.local_size)
         cfg = C.resolve(args)
-        # before anything is started: the rings' memory ordering for this CPU (refuses
-        # one it cannot order: no numba off x86-64); the node and workers inherit it
+        # (first: the rings' ordering for this CPU; forked processes inherit it)
         ring_atomics.configure(cfg.ring_atomics)
         job_env = check_runtime_env(runtime_env)
         conn = None
