@@ -122,6 +122,24 @@ def wait_exit(pid: int, timeout: float) -> bool:
         time.sleep(0.0005)
 
 
+def end_when_idle(pid: int, idle_s: float, max_s: float) -> bool:
+    """Wait for child ``pid`` to exit; SIGKILL it once it has used no CPU for ``idle_s``
+    (stuck, not slow: a process on a busy machine may take long to end its work) or
+    after ``max_s``, then reap it.  True if it had to be killed."""
+    deadline = time.monotonic() + max_s
+    last, since = cpu_ticks(pid), time.monotonic()
+    while not wait_exit(pid, 0.1):
+        now, ticks = time.monotonic(), cpu_ticks(pid)
+        if ticks != last:
+            last, since = ticks, now
+        elif now - since > idle_s or now > deadline:
+            kill(pid, signal.SIGKILL)
+            while not wait_exit(pid, 5.0):
+                kill(pid, signal.SIGKILL)
+            return True
+    return False
+
+
 def cpu_ticks(pid: int):
     """A process's CPU time so far (clock ticks; None where /proc cannot say)."""
     try:

@@ -31,7 +31,7 @@ from . import config as C
 from . import protocol as P
 from .placement import SPILL_MIN_TASK_S
 from .runtime_env import check as check_runtime_env
-from .procs import cpu_ticks, remove_tree, wait_exit
+from .procs import end_when_idle, remove_tree
 from .control import sessions
 from .control.recorder import REC
 from .owner.driver_client import DriverClient
@@ -393,17 +393,7 @@ def _reap_node(pid: int) -> None:
     once it has used no CPU for REAP_IDLE_S, or after REAP_MAX_S.  (A node is not killed
     just for being slow: 64 ranks sharing 2 busy cores took up to 10 s to end their
     nodes, and one killed while finishing its writer's work left its session unended.)"""
-    deadline = time.monotonic() + REAP_MAX_S
-    last, since = cpu_ticks(pid), time.monotonic()
-    while not wait_exit(pid, 0.1):
-        now, ticks = time.monotonic(), cpu_ticks(pid)
-        if ticks != last:
-            last, since = ticks, now
-        elif now - since > REAP_IDLE_S or now > deadline:
-            os.kill(pid, 9)
-            while not wait_exit(pid, 5.0):
-                os.kill(pid, 9)
-            return
+    end_when_idle(pid, REAP_IDLE_S, REAP_MAX_S)
 
 
 def _release_memory(s, client) -> None:

@@ -30,7 +30,7 @@ from ..control.recorder import (ACTOR, FLUSH_S, NODE, NODE_END, NOTE, OBJ, REC, 
                                 USAGE, WORKER, WORKER_EXIT, error_fields)
 from ..control.reader import SYNC_TIMEOUT_S, _ask, _unask
 from ..control.schema import signed
-from ..procs import cpu_ticks, fork_held, kill, remove_tree, wait_exit
+from ..procs import end_when_idle, fork_held, kill, remove_tree
 from .. import protocol as P
 
 __all__ = ["StoreShell", "WORKER", "WORKER_EXIT", "hold_session"]
@@ -206,20 +206,11 @@ class StoreShell:
         """SIGTERM: its last pass.  It runs on idle CPU only: one that gets none (other
         programs keep the CPUs busy) is killed and its work finished here."""
         kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + WRITER_WAIT_S
-        last, since = cpu_ticks(pid), time.monotonic()
-        while not wait_exit(pid, 0.1):
-            now, ticks = time.monotonic(), cpu_ticks(pid)
-            if ticks != last:
-                last, since = ticks, now
-            elif now - since > STARVED_S or now > deadline:
-                kill(pid, signal.SIGKILL)
-                wait_exit(pid, 5.0)
-                from ..control.writer import take_over
+        if end_when_idle(pid, STARVED_S, WRITER_WAIT_S):
+            from ..control.writer import take_over
 
-                st = self.setup
-                take_over(st.node_dir, st.store_max_tasks, st.prune_root, st.keep_sessions)
-                return
+            st = self.setup
+            take_over(st.node_dir, st.store_max_tasks, st.prune_root, st.keep_sessions)
 
 
 def _error(payload) -> tuple:
