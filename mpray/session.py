@@ -194,7 +194,7 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None,
         spin_us=cfg.spin_us, mailbox=setup.mailbox if setup.mailbox_slots else None,
         mailbox_cap=cfg.direct_ring_bytes, slot_efds=setup.slot_efds,
         max_leases=cfg.num_cpus, lease_depth=cfg.lease_depth, spill_long=setup.spill_long,
-        first_spread=setup.first_spread, max_lineage_bytes=cfg.max_lineage_bytes,
+        max_lineage_bytes=cfg.max_lineage_bytes,
     )
     pid = _fork_node(setup, launch)
     node_pidfd = os.pidfd_open(pid)
@@ -278,10 +278,6 @@ def _node_setup(cfg: C.Config, namespace: str | None, launch, arena,
         channel_count=nchannels, lease_depth=cfg.lease_depth, max_leases=cfg.num_cpus,
         # (with other ranks, tasks long enough to be worth moving go by the node)
         spill_long=SPILL_MIN_TASK_S if launch is not None and launch.size > 1 else 0.0,
-        # (first_spread: off. Sending a first batch's tasks to idle ranks before they are
-        # timed met its target, but made a task's nested leasing fail now and then in
-        # the behaviour suite under mpiexec; not understood yet: docs/architecture.md)
-        first_spread=0,
     )
 
 

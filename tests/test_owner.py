@@ -451,19 +451,16 @@ def test_long_functions_go_by_the_node_queued_ones_too():
     assert [m.spec.tid for m in h.take_node()] == [50]
 
 
-def test_an_untimed_functions_first_tasks_past_the_leases_go_by_the_node():
-    """Under MPI, a function not timed yet: tasks that find no lease free here go the
-    node's way (which gives them to idle ranks), up to ``first_spread``; the rest wait
-    for the lease.  Once timed short, its tasks stay direct."""
-    h = Harness(max_leases=1, depth=1, spill_long=0.002, first_spread=3)
+def test_a_short_first_task_keeps_what_waits_for_its_lease_direct():
+    """Under MPI, tasks of a function not timed yet wait here for the lease; its first
+    task was short (its lease says, ``SeedTime``): they stay direct."""
+    h = Harness(max_leases=1, depth=1, spill_long=0.002)
     h.submit(10)
     (sub,) = h.take_node()
     assert sub.spec.lease  # this rank's CPU: the lease
-    for tid in (20, 30, 40, 50, 60):
+    for tid in (50, 60):
         h.submit(tid)
-    subs = h.take_node()
-    assert [(m.spec.tid, m.spec.lease) for m in subs] == [(20, False), (30, False),
-                                                           (40, False)]
+    assert h.take_node() == []
     h.grant(1, 1, 0, 11)
     h.ev(P.Obj(11, INLINE, b"seed"))
     assert [m.tid for m in h.take_slot(0)] == [50] and h.take_node() == []
@@ -473,19 +470,19 @@ def test_an_untimed_functions_first_tasks_past_the_leases_go_by_the_node():
     assert [m.tid for m in h.take_slot(0)] == [60]
     h.submit(70)
     h.submit(80)
-    assert h.take_node() == []  # (timed: no more spreading)
+    assert h.take_node() == []
 
 
 def test_a_long_first_task_sends_what_waits_for_its_lease_by_the_node():
     """The task that made the lease ran long (its lease says, ``SeedTime``: its value
     came without a time): what waits here for that lease goes the node's way at once,
     not after the next task on the lease ends."""
-    h = Harness(max_leases=1, depth=1, spill_long=0.002, first_spread=1)
+    h = Harness(max_leases=1, depth=1, spill_long=0.002)
     h.submit(10)
     h.take_node()
-    for tid in (20, 30, 40):
+    for tid in (30, 40):
         h.submit(tid)
-    assert [m.spec.tid for m in h.take_node()] == [20]  # (first_spread: 1)
+    assert h.take_node() == []
     h.grant(1, 1, 0, 11)
     h.ev(P.Obj(11, INLINE, b"seed"))
     assert [m.tid for m in h.take_slot(0)] == [30]

@@ -26,8 +26,7 @@ with this owner, still holding that task's CPU), and given back by the worker af
 direct: resources exactly one CPU, default strategy, no ref pickled inside the
 arguments, every top-level ref argument's value here and not an error.  Under MPI
 (``spill_long``) a function whose tasks run long enough to be worth moving to another
-rank goes by the node, which may move it; so do the first tasks of a function not timed
-yet that find no free lease here (``first_spread`` of them: the other ranks' CPUs).
+rank goes by the node, which may move it.
 
 Owned objects (``OwnedState``): a direct task's return is PENDING until its value
 comes; a ref that leaves this process first makes the node wait for it (PROMISED, then
@@ -72,7 +71,7 @@ class Owner(LeaseEnds):
     def __init__(self, proc: int, rank: int, values: dict, *, max_leases: int = 1,
                  depth: int = 2, ring_cap: int = 1 << 18, mailbox: bool = True,
                  spill_long: float = 0.0, direct_calls: bool | None = None,
-                 first_spread: int = 0, max_lineage_bytes: int = 1 << 30) -> None:
+                 max_lineage_bytes: int = 1 << 30) -> None:
         self.proc = proc
         self.rank = rank
         self.values = values  # the shell's value cache (read only here)
@@ -112,11 +111,6 @@ class Owner(LeaseEnds):
         self.spill_long = spill_long
         self.run_s: dict[int, tuple[int, float]] = {}  # fid -> (runs, mean run time)
         self.long_fids: set[int] = set()
-        # tasks of a function not timed yet that found no free lease here: this many go
-        # the node's way, which gives them to idle ranks (the paper's local scheduler
-        # forwards when overloaded); once timed, short ones stay direct, long ones move
-        self.first_spread = first_spread
-        self.spread: dict[int, int] = {}  # fid -> its untimed tasks sent the node's way
         self.out: list = []
         # Evict answers; leased tasks' specs (to make lost values again)
         self.lineage = OwnerLineage(max_lineage_bytes)
@@ -307,12 +301,6 @@ class Owner(LeaseEnds):
                 # no room: the node runs it, and (room for one more lease) leases us the
                 # worker it starts on
                 self._to_node(rec, flag=True)
-                return
-            fid = spec.fid
-            if self.first_spread and fid not in self.run_s and \
-                    self.spread.get(fid, 0) < self.first_spread:
-                self.spread[fid] = self.spread.get(fid, 0) + 1
-                self._to_node(rec)
                 return
             self.queue.append(rec)  # leases (or grants on their way) will take it
 
