@@ -326,7 +326,8 @@ RemoteDone = record("RemoteDone", 62, "tid results rank", _C,
                     "lent)]")
 ClusterInfo = record("ClusterInfo", 63, "rank ranks", _C,
                      "the ranks: [(node_id, resources), ...], and which one this is")
-Load = record("Load", 64, "load", _C, "[(queued, free CPUs)] per rank")
+Load = record("Load", 64, "load", _C, "[(queued, free CPUs)] per rank (None: that rank has "
+             "not reported yet)")
 ToRank = record("ToRank", 65, "rank msg lent", _C,
                 "give msg to that rank's node (lent: holds taken for that rank)",
                 defaults={"lent": ()}, nested={"msg": None})

@@ -194,7 +194,7 @@ def _start(cfg: C.Config, namespace: str | None, launch=None, arena=None,
         spin_us=cfg.spin_us, mailbox=setup.mailbox if setup.mailbox_slots else None,
         mailbox_cap=cfg.direct_ring_bytes, slot_efds=setup.slot_efds,
         max_leases=cfg.num_cpus, lease_depth=cfg.lease_depth, spill_long=setup.spill_long,
-        max_lineage_bytes=cfg.max_lineage_bytes,
+        first_spread=setup.first_spread, max_lineage_bytes=cfg.max_lineage_bytes,
     )
     pid = _fork_node(setup, launch)
     node_pidfd = os.pidfd_open(pid)
@@ -278,6 +278,10 @@ def _node_setup(cfg: C.Config, namespace: str | None, launch, arena,
         channel_count=nchannels, lease_depth=cfg.lease_depth, max_leases=cfg.num_cpus,
         # (with other ranks, tasks long enough to be worth moving go by the node)
         spill_long=SPILL_MIN_TASK_S if launch is not None and launch.size > 1 else 0.0,
+        # (and the first tasks of a function not timed yet, past this rank's CPUs, go by
+        # the node too, which gives them to idle ranks: up to the CPUs of the others)
+        first_spread=(launch.size - 1) * cfg.num_cpus
+        if launch is not None and launch.size > 1 else 0,
     )
 
 

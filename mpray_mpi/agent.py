@@ -81,6 +81,11 @@ class Agent:
         self.link = RankLink(rank, size, arena_window=arena_win is not None,
                              export_bytes=export_bytes if self.expmem is not None else 0)
         self.loadwin = MPI.Win.Allocate(16 * size if rank == 0 else 0, 8, comm=comm)
+        if rank == 0:  # (NaN: a rank not reported yet.  Zeros would read as "busy, no free
+            #            CPU", and a first batch would not move to ranks that are idle)
+            import numpy as np
+
+            np.frombuffer(self.loadwin.tomemory(), dtype=np.float64)[:] = np.nan
         import numpy as np
 
         self.inbox = Inbox(MPI, comm, np)  # (tasks and node messages come this way)
@@ -172,7 +177,8 @@ class Agent:
         w.Get([self.load_table, MPI.DOUBLE], 0, target=(0, 2 * self.size, MPI.DOUBLE))
         w.Flush(0)
         t = self.load_table
-        self.node_out.append(P.Load([(int(t[2 * r]), float(t[2 * r + 1]))
+        self.node_out.append(P.Load([None if t[2 * r] != t[2 * r]  # (NaN: not yet)
+                                     else (int(t[2 * r]), float(t[2 * r + 1]))
                                      for r in range(self.size)]))
 
     # ------------------------------------------------------------------ sending

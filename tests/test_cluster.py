@@ -9,7 +9,7 @@ import pytest
 
 from mpray import exceptions as exc
 from mpray import protocol as P
-from mpray.node.cluster import AGENT, LENT_HOLDER
+from mpray.node.cluster import AGENT, LENT_HOLDER, MOVE_CHANCE_S
 from mpray.node.scheduler import Scheduler, TaskState
 from mpray.store.serialization import ARENA, ERROR, INLINE
 from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
@@ -266,6 +266,80 @@ def test_moves_count_on_top_of_load_reports_for_a_while():
     s.now += 1.0
     s.update_load([(4, 0.0), (0, 1.0), (0, 1.0)])
     assert s.load[1] == (0, 1.0) and s.load[2] == (0, 1.0)
+
+
+def test_a_first_batch_of_untimed_tasks_goes_to_idle_ranks_only():
+    """The paper's local scheduler forwards when overloaded: tasks of a function not timed
+    yet that wait past this node's CPUs go to ranks with an idle CPU, one per idle CPU
+    (each counted there until its next load report), and no further."""
+    s = sched(workers=1)
+    for i in range(6):
+        s.submit(0, spec(100 + 10 * i))
+    s.schedule()
+    moved = fwds(s)
+    assert sorted(m.rank for m in moved) == [1, 2]  # one per idle CPU there
+    assert all(m.spec.tid > 100 for m in moved)  # (the first waits for the CPU here)
+    s.schedule()
+    assert fwds(s) == []  # (counted busy until they report)
+    s.update_load([(4, 0.0), (0, 1.0), (0, 1.0)])  # (a report from before they came)
+    s.schedule()
+    assert fwds(s) == []  # (what it moved lately counts on top)
+    s.now += 1.0
+    s.update_load([(4, 0.0), (1, 0.0), (0, 1.0)])  # rank 1 busy, rank 2 idle again
+    s.schedule()
+    assert [m.rank for m in fwds(s)] == [2]
+
+
+def test_untimed_tasks_stay_while_this_node_has_free_cpus():
+    s = sched(cpus=2.0, workers=0)  # (workers still starting: the CPUs are free)
+    for i in range(2):
+        s.submit(0, spec(100 + 10 * i))
+    s.schedule()
+    assert fwds(s) == []
+
+
+def test_a_rank_not_reported_yet_counts_as_idle_not_busy():
+    """Rank 0's load window starts as NaN (the agent reads None): a rank that has not
+    reported yet keeps its total CPUs as free, so a first batch can go there (zeros read
+    as "no free CPU", and it stayed here)."""
+    s = sched(workers=1)
+    s.update_load([(0, 1.0), None, (0, 0.0)])  # rank 1 silent so far, rank 2 busy
+    assert s.load == [(0, 1.0), (0, 1.0), (0, 0.0)]
+    for i in range(3):
+        s.submit(0, spec(100 + 10 * i))
+    s.schedule()
+    assert [m.rank for m in fwds(s)] == [1]
+
+
+def test_a_waiting_task_gets_a_chance_to_move_before_a_lease_is_taken_back():
+    """Under MPI a plain task that just came to wait here may move to a rank whose
+    report says idle a moment later: leases are taken back for it only once it has
+    waited ``MOVE_CHANCE_S`` (a lease taken back for nothing made its owner's queue go
+    the node's way, or wait for a new lease)."""
+    s = sched(workers=2, nranks=2)
+    s.leasable.update({1, 2})
+    s.submit(0, spec(10)._replace(lease=True))
+    s.schedule()
+    (grant,) = [a for a in s.actions if type(a) is P.GrantLease]
+    s.actions.clear()
+    s.update_load([(0, 0.0), (0, 0.0)])  # (rank 1's report: busy, maybe stale)
+    s.submit(0, spec(20))  # the owner's untimed task: no idle rank, it waits here
+    s.schedule()
+    assert s.tasks[20].state is TaskState.READY and fwds(s) == []
+    assert [m for m in s.out.get(grant.wid, []) if type(m) is P.Reclaim] == []
+    s.now += MOVE_CHANCE_S / 2
+    s.update_load([(0, 0.0), (0, 1.0)])  # rank 1 went idle: it moves there
+    s.schedule()
+    assert [m.spec.tid for m in fwds(s)] == [20]
+    assert [m for m in s.out.get(grant.wid, []) if type(m) is P.Reclaim] == []
+    s.submit(0, spec(30))  # another waits, and no rank takes it: its lease goes back
+    s.now += 0.5
+    s.update_load([(0, 0.0), (1, 0.0)])
+    s.schedule()
+    s.now += MOVE_CHANCE_S * 2
+    s.schedule()
+    assert [m for m in s.out.get(grant.wid, []) if type(m) is P.Reclaim] == \
+        [P.Reclaim(grant.epoch)]
 
 
 def test_a_task_forwarded_after_failing_here_carries_the_retries_it_has_left():

@@ -451,16 +451,19 @@ def test_long_functions_go_by_the_node_queued_ones_too():
     assert [m.spec.tid for m in h.take_node()] == [50]
 
 
-def test_a_short_first_task_keeps_what_waits_for_its_lease_direct():
-    """Under MPI, tasks of a function not timed yet wait here for the lease; its first
-    task was short (its lease says, ``SeedTime``): they stay direct."""
-    h = Harness(max_leases=1, depth=1, spill_long=0.002)
+def test_an_untimed_functions_first_tasks_past_the_leases_go_by_the_node():
+    """Under MPI, a function not timed yet: tasks that find no lease free here go the
+    node's way (which gives them to idle ranks), up to ``first_spread``; the rest wait
+    for the lease.  Once timed short, its tasks stay direct."""
+    h = Harness(max_leases=1, depth=1, spill_long=0.002, first_spread=3)
     h.submit(10)
     (sub,) = h.take_node()
     assert sub.spec.lease  # this rank's CPU: the lease
-    for tid in (50, 60):
+    for tid in (20, 30, 40, 50, 60):
         h.submit(tid)
-    assert h.take_node() == []
+    subs = h.take_node()
+    assert [(m.spec.tid, m.spec.lease) for m in subs] == [(20, False), (30, False),
+                                                           (40, False)]
     h.grant(1, 1, 0, 11)
     h.ev(P.Obj(11, INLINE, b"seed"))
     assert [m.tid for m in h.take_slot(0)] == [50] and h.take_node() == []
@@ -470,19 +473,39 @@ def test_a_short_first_task_keeps_what_waits_for_its_lease_direct():
     assert [m.tid for m in h.take_slot(0)] == [60]
     h.submit(70)
     h.submit(80)
-    assert h.take_node() == []
+    assert h.take_node() == []  # (timed: no more spreading)
+
+
+def test_an_untimed_function_does_not_queue_behind_a_running_task_under_mpi():
+    """Under MPI a task of a function not timed yet waits for a free lease rather than
+    queueing behind a running task (a long one would wait there while ranks idle);
+    once timed short, they queue behind each other as usual."""
+    def run(h):
+        h.o.blobs[8] = b"<g>"
+        h.submit(15, fid=8)
+        assert [m.tid for m in h.take_slot(0)] == [15]
+        for tid in (20, 30, 40):
+            h.submit(tid)
+        h.finish(15, run_s=0.0001)  # (g is timed, f is not)
+        return [m.tid for m in h.take_slot(0)]
+
+    mpi = leased(Harness(max_leases=1, depth=2, spill_long=0.002))
+    assert run(mpi) == [20]
+    mpi.finish(20, run_s=0.0001)
+    assert [m.tid for m in mpi.take_slot(0)] == [30, 40]  # (timed short: two in flight)
+    assert run(leased(Harness(max_leases=1, depth=2))) == [20, 30]  # (one host)
 
 
 def test_a_long_first_task_sends_what_waits_for_its_lease_by_the_node():
     """The task that made the lease ran long (its lease says, ``SeedTime``: its value
     came without a time): what waits here for that lease goes the node's way at once,
     not after the next task on the lease ends."""
-    h = Harness(max_leases=1, depth=1, spill_long=0.002)
+    h = Harness(max_leases=1, depth=1, spill_long=0.002, first_spread=1)
     h.submit(10)
     h.take_node()
-    for tid in (30, 40):
+    for tid in (20, 30, 40):
         h.submit(tid)
-    assert h.take_node() == []
+    assert [m.spec.tid for m in h.take_node()] == [20]  # (first_spread: 1)
     h.grant(1, 1, 0, 11)
     h.ev(P.Obj(11, INLINE, b"seed"))
     assert [m.tid for m in h.take_slot(0)] == [30]
@@ -719,8 +742,32 @@ def test_a_channel_lease_that_expires_requeues_what_it_never_read():
     h.ev(P.DoneD(20, [(21, INLINE, b"v")], None, False, 0.0))
     assert [m.tid for m in h.take_slot(5)] == [20, 30, 40]
     h.ev(P.Expired(1, 1))  # (it idled out before reading 30 and 40)
-    assert [m.spec.tid for m in h.take_node() if type(m) is P.Submit] == [30, 40]
-    assert h.o.leases == {} and not h.o.queue
+    # no lease left: 30 asks for a new one, 40 waits for it
+    assert [(m.spec.tid, m.spec.lease) for m in h.take_node() if type(m) is P.Submit] == \
+        [(30, True)]
+    assert h.o.leases == {} and [r.key for r in h.o.queue] == [40]
+    h.ev(P.LeaseGrant(2, 2, 0, 1002, 31, 6))
+    h.ev(P.Obj(31, INLINE, b"v"))
+    assert [m.tid for m in h.take_slot(6)] == [40] and not h.o.queue
+
+
+def test_the_last_lease_taken_back_with_tasks_queued_asks_for_a_new_one():
+    """The node took the lease back (another task waits for its CPU): what is queued
+    here waits for a new lease rather than all going the node's way (that flooded the
+    node with a task's 300 nested tasks); if the node has none to lend (NoLease), the
+    rest goes its way after all."""
+    h = leased(Harness(max_leases=1, depth=1))
+    for tid in (20, 30, 40, 50):
+        h.submit(tid)
+    assert [m.tid for m in h.take_slot(0)] == [20]
+    h.ev(P.Expired(1, 1))  # taken back: 20 was in flight (it comes back, or ends)
+    assert [(m.spec.tid, m.spec.lease) for m in h.take_node()] == [(30, True)]
+    assert [r.key for r in h.o.queue] == [40, 50]
+    h.finish(20)  # (it ran after all: no lease to take the queue yet)
+    assert h.take_node() == [] and [r.key for r in h.o.queue] == [40, 50]
+    h.ev(P.NoLease(31))  # none to lend: the node takes the rest
+    assert [(m.spec.tid, m.spec.lease) for m in h.take_node()] == [(40, False), (50, False)]
+    assert not h.o.queue and not h.o.flagged
 
 
 # ------------------------------------------------------------------------ spilling

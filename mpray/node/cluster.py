@@ -30,6 +30,8 @@ LENT_HOLDER = -2  # pseudo process that holds what this rank lent
 MOVE_BYTES_PER_S = 5e9  # a fetch between ranks (100 MiB in ~20 ms here, benchmarks/)
 MOVE_MEMORY_S = 0.06  # a move counts this long on top of load reports (they come every
 #                       20 ms while busy, and travel through rank 0's window)
+MOVE_CHANCE_S = 0.05  # a task that waits here gets this long (two load reports) to move
+#                       to a rank that just went idle before leases are taken back for it
 
 
 class ClusterView:
@@ -40,6 +42,7 @@ class ClusterView:
         self.agent: int | None = None
         self.ranks: list[tuple[str, dict]] = []  # per rank: (node_id, total resources)
         self.load: list[tuple[int, float]] = []  # per rank: (queued, free CPUs)
+        self.load_base: list[tuple[int, float]] = []
         self.moves: dict[int, list[float]] = {}  # rank -> when tasks were moved there
         self._spread = 0
         self.fetching: set[int] = set()
@@ -55,6 +58,7 @@ class ClusterView:
         self.agent = AGENT
         self.ranks = [(nid, dict(res)) for nid, res in ranks]
         self.load = [(0, float(res.get("CPU", 0))) for _nid, res in self.ranks]
+        self.load_base = list(self.load)  # (what a rank not reported yet counts as)
 
     def update_load(self, load: list) -> None:
         """Every rank's (queued, free CPUs), as last published; the tasks this node moved
@@ -65,8 +69,12 @@ class ClusterView:
             moves[r] = [t for t in moves[r] if now - t < MOVE_MEMORY_S]
             if not moves[r]:
                 del moves[r]
-        self.load = [(q + len(moves.get(r, ())), free - len(moves.get(r, ())))
-                     for r, (q, free) in enumerate(load)]
+        out = []
+        for r, report in enumerate(load):
+            q, free = report or self.load_base[r]  # (None: that rank has not reported yet)
+            n = len(moves.get(r, ()))
+            out.append((q + n, free - n))
+        self.load = out
 
     # ------------------------------------------------------------------ placement
     def _placement(self, t):
@@ -123,16 +131,17 @@ class ClusterView:
         """Work waits here: the rank with the lowest estimated wait (the paper's rule:
         queued work × mean task time, plus the cost of moving the task and the bytes of
         its arguments that rank lacks), if it is lower than here.  Tasks shorter than
-        moving them costs stay (they would only slow), and so do those of a function not
-        timed yet."""
+        moving them costs stay (they would only slow); those of a function not timed yet
+        go to a rank with an idle CPU, if there is one (the paper's local scheduler
+        forwards when overloaded: a first batch of long tasks must not pile up here)."""
         backlog = len(self.ready.get(t.resources, ()))
         if not backlog or not self.load or t.spec.lease:
             return None  # (a task its owner sent to become a lease here waits for a CPU
             #               here: moved, it would leave the owner without its lease, and
             #               the owner would send all it queued the node's way)
         timed = self.task_time.get(t.spec.fid)
-        if timed is None:
-            return None  # (unknown yet: stays; see docs/architecture.md, placement)
+        if timed is None:  # (only past this node's free CPUs: workers may be starting)
+            return self._idle_rank(t) if backlog > self.avail.get("CPU", 0.0) else None
         mean = timed[1]
         if mean < SPILL_MIN_TASK_S:
             return None
@@ -148,6 +157,18 @@ class ClusterView:
                     + moved / MOVE_BYTES_PER_S)
             if wait < best_wait:
                 best, best_wait = r, wait
+        if best is not None:
+            self._count_move(best)
+        return best
+
+    def _idle_rank(self, t) -> int | None:
+        """The rank with the most idle CPUs (free, nothing queued) that fits ``t``."""
+        best, most = None, 0.0
+        for r, (queued, free) in enumerate(self.load):
+            idle = free - queued
+            if r != self.rank and idle >= 1.0 and idle > most and \
+                    _fits_total(self.ranks[r][1], t.resources):
+                best, most = r, idle
         if best is not None:
             self._count_move(best)
         return best
@@ -357,4 +378,4 @@ def _fits_total(total: dict, res: tuple) -> bool:
     return all(amount <= total.get(name, 0) + 1e-9 for name, amount in res if amount)
 
 
-__all__ = ["AGENT", "ClusterView", "LENT_HOLDER", "O", "SPILL_MIN_TASK_S"]
+__all__ = ["AGENT", "ClusterView", "LENT_HOLDER", "MOVE_CHANCE_S", "O", "SPILL_MIN_TASK_S"]

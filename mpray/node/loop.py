@@ -84,6 +84,7 @@ class NodeSetup:
     channels: object = None  # lease channels (mailbox.channel_rings), made by the driver
     channel_count: int = 0
     spill_long: float = 0.0  # (MPI) owners send tasks this long by the node: may move
+    first_spread: int = 0  # (MPI) tasks of a function not timed yet sent by the node
     lease_depth: int = 0  # a worker owner's leases: tasks in flight each, and how many
     max_leases: int = 1
     # the control store and logs (control/): this rank's directory in the session

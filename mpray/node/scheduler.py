@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
 import pickle
 
 from .. import exceptions as exc
@@ -32,7 +33,7 @@ from .actor_names import ActorNames
 from .placement_groups import PARKED, PlacementGroups
 from .actor_table import ACTOR_MARK, ActorTable
 from ..store.allocator import Allocator
-from .cluster import AGENT, ClusterView
+from .cluster import AGENT, MOVE_CHANCE_S, ClusterView
 from ..placement import PlacementGroupSchedulingStrategy as _PGS
 from .invariants import check_scheduler
 from .objects import Obj, ObjectDirectory
@@ -297,6 +298,7 @@ class Scheduler(ObjectDirectory, Spiller, LineageBook, ActorTable, ActorCheckpoi
             if target is not None:
                 self._forward(t, target)
                 return
+            t.waits_since = self.now
         key = t.resources
         q = self.ready.get(key)
         if q is None:
@@ -367,10 +369,14 @@ class Scheduler(ObjectDirectory, Spiller, LineageBook, ActorTable, ActorCheckpoi
             return
         limit = int(self.total.get("CPU", 1)) + 1
         waiting = set()  # (owner, a lease request) of the tasks that wait
+        # (under MPI a plain task that just came may still move to an idle rank, whose
+        # report may be a little late: not worth taking a lease back for yet)
+        recent = self.now - MOVE_CHANCE_S if self.agent is not None else math.inf
         for q in self.ready.values():
             for tid in itertools.islice(q, limit):
                 t = self.tasks.get(tid)
-                if t is not None and t.state is T.READY:
+                if t is not None and t.state is T.READY and (
+                        t.spec.lease or t.waits_since <= recent):
                     waiting.add((t.owner, bool(t.spec.lease)))
         for w in leased:
             if waiting - {(w.lease[0], True)}:  # someone else's task (or a plain one)

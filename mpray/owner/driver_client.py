@@ -24,14 +24,15 @@ from .shell import OwnerShell
 class DriverClient(OwnerShell, Client):
     def __init__(self, *args, mailbox=None, mailbox_cap: int = 0, slot_efds=(),
                  max_leases: int = 1, lease_depth: int = 0, spill_long: float = 0.0,
-                 max_lineage_bytes: int = 1 << 30, **kwargs) -> None:
+                 first_spread: int = 0, max_lineage_bytes: int = 1 << 30, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._slot_efds = list(slot_efds)
         self._w2d: dict[int, object] = {}  # slot -> ring it polls (worker -> driver)
         owner = Owner(self.proc, self.rank, self._values, max_leases=max_leases,
                       depth=lease_depth or 1, ring_cap=mailbox_cap or (1 << 18),
                       mailbox=bool(mailbox is not None and lease_depth),
-                      spill_long=spill_long, max_lineage_bytes=max_lineage_bytes)
+                      spill_long=spill_long, first_spread=first_spread,
+                      max_lineage_bytes=max_lineage_bytes)
         self._init_owner(owner, mailbox, mailbox_cap)
 
     def _handlers(self) -> dict:

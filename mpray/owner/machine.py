@@ -26,7 +26,8 @@ with this owner, still holding that task's CPU), and given back by the worker af
 direct: resources exactly one CPU, default strategy, no ref pickled inside the
 arguments, every top-level ref argument's value here and not an error.  Under MPI
 (``spill_long``) a function whose tasks run long enough to be worth moving to another
-rank goes by the node, which may move it.
+rank goes by the node, which may move it; so do the first tasks of a function not timed
+yet that find no free lease here (``first_spread`` of them: the other ranks' CPUs).
 
 Owned objects (``OwnedState``): a direct task's return is PENDING until its value
 comes; a ref that leaves this process first makes the node wait for it (PROMISED, then
@@ -71,7 +72,7 @@ class Owner(LeaseEnds):
     def __init__(self, proc: int, rank: int, values: dict, *, max_leases: int = 1,
                  depth: int = 2, ring_cap: int = 1 << 18, mailbox: bool = True,
                  spill_long: float = 0.0, direct_calls: bool | None = None,
-                 max_lineage_bytes: int = 1 << 30) -> None:
+                 first_spread: int = 0, max_lineage_bytes: int = 1 << 30) -> None:
         self.proc = proc
         self.rank = rank
         self.values = values  # the shell's value cache (read only here)
@@ -111,6 +112,11 @@ class Owner(LeaseEnds):
         self.spill_long = spill_long
         self.run_s: dict[int, tuple[int, float]] = {}  # fid -> (runs, mean run time)
         self.long_fids: set[int] = set()
+        # tasks of a function not timed yet that found no free lease here: this many go
+        # the node's way, which gives them to idle ranks (the paper's local scheduler
+        # forwards when overloaded); once timed, short ones stay direct, long ones move
+        self.first_spread = first_spread
+        self.spread: dict[int, int] = {}  # fid -> its untimed tasks sent the node's way
         self.out: list = []
         # Evict answers; leased tasks' specs (to make lost values again)
         self.lineage = OwnerLineage(max_lineage_bytes)
@@ -125,7 +131,7 @@ class Owner(LeaseEnds):
             P.Publish: self._publish_event,
             P.ActorKilled: self.actors.killed, P.Lending: self._on_lending,
             P.Obj: self._node_value, P.LeaseGrant: self._on_lease,
-            P.NoLease: lambda ev: self._unflag(ev.first_oid),
+            P.NoLease: lambda ev: self._unflag(ev.first_oid, relet=False),
             P.SeedTime: self._seed_time,
             P.LeaseLost: self._on_lost, P.DoneD: self._on_done,
             P.ReturnD: self._on_returned, P.Expired: self._on_expired,
@@ -302,6 +308,12 @@ class Owner(LeaseEnds):
                 # worker it starts on
                 self._to_node(rec, flag=True)
                 return
+            fid = spec.fid
+            if self.first_spread and fid not in self.run_s and \
+                    self.spread.get(fid, 0) < self.first_spread:
+                self.spread[fid] = self.spread.get(fid, 0) + 1
+                self._to_node(rec)
+                return
             self.queue.append(rec)  # leases (or grants on their way) will take it
 
     def _lease_room(self) -> bool:
@@ -368,6 +380,9 @@ class Owner(LeaseEnds):
             return False
         spec = rec.spec
         fid = spec.fid
+        if n_best and self.spill_long and fid not in self.run_s:
+            return False  # (under MPI, not before it is timed: a long one would wait
+            #                behind the running task instead of moving to an idle rank)
         fblob = None if fid in best.fids else self.blobs.get(fid)
         deps = rec.deps
         cost = message_cost(spec.args, spec.name, fblob, deps) if fblob or deps else \
@@ -391,15 +406,25 @@ class Owner(LeaseEnds):
             spec.retry_exc, self.proc, best.epoch)))))
         return True
 
-    def _refill(self) -> None:
+    def _refill(self, relet: bool = True) -> None:
         q = self.queue
         while q:
             if not self._place(q[0]):
                 break
             q.popleft()  # (_place never touches the queue itself)
         if q and not self.flagged and not self._usable():
-            # no lease to run them (none left, or all wait in get, maybe for these very
-            # tasks) and none coming: the node takes over (it starts workers as needed)
+            # no lease takes them and none is coming.  Leases ended (given back: the
+            # node wanted their CPUs for other work, or a task waits in get): ask for
+            # new ones, and the rest waits for them (the node's way would cost each a
+            # message through the node, and make the node a scheduler of short tasks).
+            # None may be asked for (the CPUs are ours already), or the node just said
+            # it has none to lend (``relet`` False): the node takes them all over (it
+            # starts workers as needed)
+            if relet:
+                while q and self._lease_room():
+                    self._to_node(q.popleft(), flag=True)
+                if self.flagged:
+                    return
             while q:
                 self._to_node(q.popleft())
 
@@ -464,12 +489,12 @@ class Owner(LeaseEnds):
         if self.queue:
             self._refill()
 
-    def _unflag(self, first_oid: int) -> None:
+    def _unflag(self, first_oid: int, relet: bool = True) -> None:
         """A task sent to become a lease ended, or runs without one (NoLease)."""
         if first_oid in self.flagged:
             self.flagged.discard(first_oid)
             if self.queue:  # what waited for that lease may have to go by the node
-                self._refill()
+                self._refill(relet)
 
     def _seed_time(self, ev) -> None:
         """How long the task that made a lease ran (its value came without a time).  A

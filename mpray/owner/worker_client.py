@@ -103,6 +103,7 @@ class WorkerClient(OwnerShell, Client):
             self.owner = Owner(self.proc, self.rank, self._values, max_leases=st.max_leases,
                                depth=st.lease_depth, ring_cap=st.mailbox_ring_bytes,
                                mailbox=True, spill_long=st.spill_long, direct_calls=False,
+                               first_spread=st.first_spread,
                                max_lineage_bytes=st.max_lineage_bytes)
             self.owner.blobs = self.func_blobs  # (functions registered before: see
             #                                      OwnerShell.register_function)

@@ -41,6 +41,22 @@ out = ray.get([where.options(scheduling_strategy="SPREAD").remote(i) for i in ra
 assert {o[0] for o in out} == set(ids), out
 assert [o[1] for o in out] == [2 * i for i in range(4 * size)]
 
+
+
+# a function's first batch, before its run time is known, goes to ranks with an idle CPU
+# once this rank's are taken (the paper's local scheduler forwards when overloaded): one
+# 0.5 s task a rank (a CPU each), all running at once, not waiting for the first's time
+@ray.remote
+def nap(_i):
+    start = time.time()
+    time.sleep(0.5)
+    return ray.get_runtime_context().get_node_id(), start, time.time()
+
+
+runs = ray.get([nap.remote(i) for i in range(size)])
+assert sorted(r[0] for r in runs) == sorted(ids), runs
+assert max(r[1] for r in runs) < min(r[2] for r in runs), runs  # (their runs overlap)
+
 # node affinity pins a task to a rank; a hard affinity to a missing node fails clearly
 for nid in ids:
     assert ray.get(where.options(scheduling_strategy=Affinity(nid, soft=False)).remote(1))[0] == nid
