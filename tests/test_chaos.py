@@ -74,3 +74,43 @@ def test_results_are_right_while_processes_are_killed_and_values_spill(ray_facto
     del refs, calls
     mpray.shutdown()
     assert not os.path.exists(where)
+
+
+@mpray.remote(max_retries=1)
+def _big(flag: str):
+    if os.path.exists(flag):  # (the retry: slow, so that the driver reads first)
+        time.sleep(3.0)
+    return np.full(KIB8, 7, dtype=np.int64)
+
+
+def test_a_worker_dying_right_after_its_task_ends_leaves_its_value_right(ray_factory,
+                                                                        tmp_path,
+                                                                        monkeypatch):
+    """A node task's worker hands its value to the driver and dies before the node hears
+    that the task ended: the node frees the value's arena space (nobody registered it)
+    and runs the task again.  The driver must not keep the first place: reused, it read
+    another value (chaos above: one task in 5,000 got another's array)."""
+    from mpray.store.serialization import ARENA
+    from mpray.worker.loop import WorkerLoop
+
+    flag = str(tmp_path / "died")
+    deliver = WorkerLoop._deliver
+
+    def deliver_then_die(self, stored):  # (the forked node and its workers inherit it)
+        sent = deliver(self, stored)
+        if any(kind == ARENA for _o, kind, _p, _c in stored) and not os.path.exists(flag):
+            open(flag, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return sent
+
+    monkeypatch.setattr(WorkerLoop, "_deliver", deliver_then_die)
+    ray_factory(inline_max=4096)
+    ref = _big.remote(flag)  # (a first task goes by the node: it makes the lease)
+    deadline = time.monotonic() + 1.0  # (it hands its value on at once, if at all)
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # (the node has seen the worker die)
+    fillers = [mpray.put(np.full(KIB8, -1, dtype=np.int64)) for _ in range(8)]
+    value = mpray.get(ref, timeout=60)
+    assert (value == 7).all(), np.unique(value)
+    del value, fillers

@@ -369,11 +369,13 @@ class WorkerLoop:
         else:
             delivered = False
             # Direct delivery skips the node's FIFO, so only for values that carry no
-            # refs: a ref inside must reach the node (its PUT/SUBMIT) before anyone can
-            # ask for it.
+            # refs (a ref inside must reach the node, its PUT/SUBMIT, before anyone can
+            # ask for it) and hold no arena space: the node hears of that with NodeDone,
+            # after; if this worker died in between, the node would free the space and
+            # run the task again while the driver read the first place, reused
             if (owner == 0 and client._to_driver is not None and not retryable
                     and not client.order_via_node and not streamed
-                    and not any(r[3] for r in stored)):
+                    and not any(r[3] or r[1] == ARENA for r in stored)):
                 delivered = self._deliver(stored)
             client.order_via_node = False
             client.send([_node_done((_NODE_DONE, tid, status, stored, retryable, delivered))])
