@@ -9,7 +9,7 @@ import pytest
 
 from mpray import exceptions as exc
 from mpray import protocol as P
-from mpray.node.cluster import AGENT, LENT_HOLDER, MOVE_CHANCE_S
+from mpray.node.cluster import AGENT, LENT_HOLDER
 from mpray.node.scheduler import Scheduler, TaskState
 from mpray.store.serialization import ARENA, ERROR, INLINE
 from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
@@ -311,32 +311,38 @@ def test_a_rank_not_reported_yet_counts_as_idle_not_busy():
     assert [m.rank for m in fwds(s)] == [1]
 
 
-def test_a_waiting_task_gets_a_chance_to_move_before_a_lease_is_taken_back():
-    """Under MPI a plain task that just came to wait here may move to a rank whose
-    report says idle a moment later: leases are taken back for it only once it has
-    waited ``MOVE_CHANCE_S`` (a lease taken back for nothing made its owner's queue go
-    the node's way, or wait for a new lease)."""
+def test_an_owners_own_waiting_task_does_not_take_its_lease_back():
+    """An owner's plain one-CPU task that waits here (sent this way to move: untimed or
+    long, and no rank idle) is its own work, as its leases' are: its lease stays (taken
+    back, its owner sent all it queued this way: a task's 300 nested tasks).  Another
+    owner's task, or the owner's task of another shape, takes the lease back."""
+    s = sched(workers=2, nranks=2)
+    s.leasable.update({1, 2})
+    s.submit(0, spec(10)._replace(lease=True))  # (the driver's lease)
+    s.schedule()
+    (grant,) = [a for a in s.actions if type(a) is P.GrantLease]
+    s.update_load([(0, 0.0), (1, 0.0)])  # (rank 1 busy: nothing moves)
+
+    def reclaims():
+        return [m for m in s.out.get(grant.wid, []) if type(m) is P.Reclaim]
+
+    s.submit(0, spec(20))  # its own untimed task: waits for a CPU here
+    s.schedule()
+    assert s.tasks[20].state is TaskState.READY and fwds(s) == [] and reclaims() == []
+    s.submit(0, spec(30, res={"CPU": 0.5}))  # its task of another shape waits too
+    s.schedule()
+    assert s.tasks[30].state is TaskState.READY
+    assert reclaims() == [P.Reclaim(grant.epoch)]
+
+
+def test_another_owners_waiting_task_takes_a_lease_back_under_mpi_too():
     s = sched(workers=2, nranks=2)
     s.leasable.update({1, 2})
     s.submit(0, spec(10)._replace(lease=True))
     s.schedule()
     (grant,) = [a for a in s.actions if type(a) is P.GrantLease]
-    s.actions.clear()
-    s.update_load([(0, 0.0), (0, 0.0)])  # (rank 1's report: busy, maybe stale)
-    s.submit(0, spec(20))  # the owner's untimed task: no idle rank, it waits here
-    s.schedule()
-    assert s.tasks[20].state is TaskState.READY and fwds(s) == []
-    assert [m for m in s.out.get(grant.wid, []) if type(m) is P.Reclaim] == []
-    s.now += MOVE_CHANCE_S / 2
-    s.update_load([(0, 0.0), (0, 1.0)])  # rank 1 went idle: it moves there
-    s.schedule()
-    assert [m.spec.tid for m in fwds(s)] == [20]
-    assert [m for m in s.out.get(grant.wid, []) if type(m) is P.Reclaim] == []
-    s.submit(0, spec(30))  # another waits, and no rank takes it: its lease goes back
-    s.now += 0.5
     s.update_load([(0, 0.0), (1, 0.0)])
-    s.schedule()
-    s.now += MOVE_CHANCE_S * 2
+    s.submit(2, spec(20))  # a task's nested one (worker 2 owns it): the lease goes
     s.schedule()
     assert [m for m in s.out.get(grant.wid, []) if type(m) is P.Reclaim] == \
         [P.Reclaim(grant.epoch)]

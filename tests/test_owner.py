@@ -742,32 +742,8 @@ def test_a_channel_lease_that_expires_requeues_what_it_never_read():
     h.ev(P.DoneD(20, [(21, INLINE, b"v")], None, False, 0.0))
     assert [m.tid for m in h.take_slot(5)] == [20, 30, 40]
     h.ev(P.Expired(1, 1))  # (it idled out before reading 30 and 40)
-    # no lease left: 30 asks for a new one, 40 waits for it
-    assert [(m.spec.tid, m.spec.lease) for m in h.take_node() if type(m) is P.Submit] == \
-        [(30, True)]
-    assert h.o.leases == {} and [r.key for r in h.o.queue] == [40]
-    h.ev(P.LeaseGrant(2, 2, 0, 1002, 31, 6))
-    h.ev(P.Obj(31, INLINE, b"v"))
-    assert [m.tid for m in h.take_slot(6)] == [40] and not h.o.queue
-
-
-def test_the_last_lease_taken_back_with_tasks_queued_asks_for_a_new_one():
-    """The node took the lease back (another task waits for its CPU): what is queued
-    here waits for a new lease rather than all going the node's way (that flooded the
-    node with a task's 300 nested tasks); if the node has none to lend (NoLease), the
-    rest goes its way after all."""
-    h = leased(Harness(max_leases=1, depth=1))
-    for tid in (20, 30, 40, 50):
-        h.submit(tid)
-    assert [m.tid for m in h.take_slot(0)] == [20]
-    h.ev(P.Expired(1, 1))  # taken back: 20 was in flight (it comes back, or ends)
-    assert [(m.spec.tid, m.spec.lease) for m in h.take_node()] == [(30, True)]
-    assert [r.key for r in h.o.queue] == [40, 50]
-    h.finish(20)  # (it ran after all: no lease to take the queue yet)
-    assert h.take_node() == [] and [r.key for r in h.o.queue] == [40, 50]
-    h.ev(P.NoLease(31))  # none to lend: the node takes the rest
-    assert [(m.spec.tid, m.spec.lease) for m in h.take_node()] == [(40, False), (50, False)]
-    assert not h.o.queue and not h.o.flagged
+    assert [m.spec.tid for m in h.take_node() if type(m) is P.Submit] == [30, 40]
+    assert h.o.leases == {} and not h.o.queue
 
 
 # ------------------------------------------------------------------------ spilling

@@ -30,8 +30,6 @@ LENT_HOLDER = -2  # pseudo process that holds what this rank lent
 MOVE_BYTES_PER_S = 5e9  # a fetch between ranks (100 MiB in ~20 ms here, benchmarks/)
 MOVE_MEMORY_S = 0.06  # a move counts this long on top of load reports (they come every
 #                       20 ms while busy, and travel through rank 0's window)
-MOVE_CHANCE_S = 0.05  # a task that waits here gets this long (two load reports) to move
-#                       to a rank that just went idle before leases are taken back for it
 
 
 class ClusterView:
@@ -378,4 +376,4 @@ def _fits_total(total: dict, res: tuple) -> bool:
     return all(amount <= total.get(name, 0) + 1e-9 for name, amount in res if amount)
 
 
-__all__ = ["AGENT", "ClusterView", "LENT_HOLDER", "MOVE_CHANCE_S", "O", "SPILL_MIN_TASK_S"]
+__all__ = ["AGENT", "ClusterView", "LENT_HOLDER", "O", "SPILL_MIN_TASK_S"]

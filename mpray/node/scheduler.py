@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import math
 import pickle
 
 from .. import exceptions as exc
@@ -33,7 +32,7 @@ from .actor_names import ActorNames
 from .placement_groups import PARKED, PlacementGroups
 from .actor_table import ACTOR_MARK, ActorTable
 from ..store.allocator import Allocator
-from .cluster import AGENT, MOVE_CHANCE_S, ClusterView
+from .cluster import AGENT, ClusterView
 from ..placement import PlacementGroupSchedulingStrategy as _PGS
 from .invariants import check_scheduler
 from .objects import Obj, ObjectDirectory
@@ -58,6 +57,7 @@ from .task import Task
 from .worker_table import Worker, WorkerTable, _amount, _wants_gpu
 
 _exec, _EXEC = P.Exec.from_items, P.Exec.OP
+_ONE_CPU = (("CPU", 1.0),)  # a task's resources as an owner may run it on its leases
 
 
 __all__ = ["OBJ_TRANSITIONS", "TASK_TRANSITIONS", "WORKER_TRANSITIONS", "Obj", "ObjState",
@@ -298,7 +298,6 @@ class Scheduler(ObjectDirectory, Spiller, LineageBook, ActorTable, ActorCheckpoi
             if target is not None:
                 self._forward(t, target)
                 return
-            t.waits_since = self.now
         key = t.resources
         q = self.ready.get(key)
         if q is None:
@@ -363,23 +362,25 @@ class Scheduler(ObjectDirectory, Spiller, LineageBook, ActorTable, ActorCheckpoi
         as soon as they have nothing of their owner's to do.  Not for an owner's own lease
         requests: its queued tasks run on the leases it has, and taking one back only to
         lease a worker to it again churns (an owner has at most ``cpus`` requests out, so
-        the first ``cpus + 1`` waiting tasks of a queue tell whether another's wait too)."""
+        the first ``cpus + 1`` waiting tasks of a queue tell whether another's wait too).
+        Nor for an owner's own plain one-CPU tasks: it could have run them on its leases
+        and sent them this way to move to another rank (under MPI: long, or not timed
+        yet); waiting here, they are its work as much as what its leases run (taken back,
+        a lease left its owner sending its whole queue this way: 300 nested tasks)."""
         leased = [w for w in self.workers.values() if w.lease is not None and not w.reclaim]
         if not leased:
             return
         limit = int(self.total.get("CPU", 1)) + 1
-        waiting = set()  # (owner, a lease request) of the tasks that wait
-        # (under MPI a plain task that just came may still move to an idle rank, whose
-        # report may be a little late: not worth taking a lease back for yet)
-        recent = self.now - MOVE_CHANCE_S if self.agent is not None else math.inf
+        waiting = set()  # (owner, a lease request or its own kind of work) that wait
         for q in self.ready.values():
             for tid in itertools.islice(q, limit):
                 t = self.tasks.get(tid)
-                if t is not None and t.state is T.READY and (
-                        t.spec.lease or t.waits_since <= recent):
-                    waiting.add((t.owner, bool(t.spec.lease)))
+                if t is not None and t.state is T.READY:
+                    spec = t.spec
+                    waiting.add((t.owner, bool(spec.lease) or (
+                        t.resources == _ONE_CPU and spec.strategy in (None, "DEFAULT"))))
         for w in leased:
-            if waiting - {(w.lease[0], True)}:  # someone else's task (or a plain one)
+            if waiting - {(w.lease[0], True)}:  # someone else's task (or another kind)
                 w.reclaim = True
                 self._send(w.key, P.Reclaim(w.lease[1]))
 

@@ -131,7 +131,7 @@ class Owner(LeaseEnds):
             P.Publish: self._publish_event,
             P.ActorKilled: self.actors.killed, P.Lending: self._on_lending,
             P.Obj: self._node_value, P.LeaseGrant: self._on_lease,
-            P.NoLease: lambda ev: self._unflag(ev.first_oid, relet=False),
+            P.NoLease: lambda ev: self._unflag(ev.first_oid),
             P.SeedTime: self._seed_time,
             P.LeaseLost: self._on_lost, P.DoneD: self._on_done,
             P.ReturnD: self._on_returned, P.Expired: self._on_expired,
@@ -406,25 +406,15 @@ class Owner(LeaseEnds):
             spec.retry_exc, self.proc, best.epoch)))))
         return True
 
-    def _refill(self, relet: bool = True) -> None:
+    def _refill(self) -> None:
         q = self.queue
         while q:
             if not self._place(q[0]):
                 break
             q.popleft()  # (_place never touches the queue itself)
         if q and not self.flagged and not self._usable():
-            # no lease takes them and none is coming.  Leases ended (given back: the
-            # node wanted their CPUs for other work, or a task waits in get): ask for
-            # new ones, and the rest waits for them (the node's way would cost each a
-            # message through the node, and make the node a scheduler of short tasks).
-            # None may be asked for (the CPUs are ours already), or the node just said
-            # it has none to lend (``relet`` False): the node takes them all over (it
-            # starts workers as needed)
-            if relet:
-                while q and self._lease_room():
-                    self._to_node(q.popleft(), flag=True)
-                if self.flagged:
-                    return
+            # no lease to run them (none left, or all wait in get, maybe for these very
+            # tasks) and none coming: the node takes over (it starts workers as needed)
             while q:
                 self._to_node(q.popleft())
 
@@ -489,12 +479,12 @@ class Owner(LeaseEnds):
         if self.queue:
             self._refill()
 
-    def _unflag(self, first_oid: int, relet: bool = True) -> None:
+    def _unflag(self, first_oid: int) -> None:
         """A task sent to become a lease ended, or runs without one (NoLease)."""
         if first_oid in self.flagged:
             self.flagged.discard(first_oid)
             if self.queue:  # what waited for that lease may have to go by the node
-                self._refill(relet)
+                self._refill()
 
     def _seed_time(self, ev) -> None:
         """How long the task that made a lease ran (its value came without a time).  A
