@@ -10,7 +10,7 @@ import pytest
 from mpray import exceptions as exc
 from mpray import protocol as P
 from mpray.node.cluster import AGENT, LENT_HOLDER
-from mpray.node.scheduler import Scheduler, TaskState
+from mpray.node.scheduler import OWN_WAIT_S, Scheduler, TaskState
 from mpray.store.serialization import ARENA, ERROR, INLINE
 from mpray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
 from mpray_mpi.launch import detect
@@ -311,17 +311,25 @@ def test_a_rank_not_reported_yet_counts_as_idle_not_busy():
     assert [m.rank for m in fwds(s)] == [1]
 
 
-def test_an_owners_own_waiting_task_does_not_take_its_lease_back():
-    """An owner's plain one-CPU task that waits here (sent this way to move: untimed or
-    long, and no rank idle) is its own work, as its leases' are: its lease stays (taken
-    back, its owner sent all it queued this way: a task's 300 nested tasks).  Another
-    owner's task, or the owner's task of another shape, takes the lease back."""
+def _driver_leased():
+    """Rank 0 of 2, its one CPU the driver's lease; rank 1 busy (nothing moves)."""
     s = sched(workers=2, nranks=2)
     s.leasable.update({1, 2})
-    s.submit(0, spec(10)._replace(lease=True))  # (the driver's lease)
+    s.submit(0, spec(10)._replace(lease=True))
     s.schedule()
     (grant,) = [a for a in s.actions if type(a) is P.GrantLease]
-    s.update_load([(0, 0.0), (1, 0.0)])  # (rank 1 busy: nothing moves)
+    s.update_load([(0, 0.0), (1, 0.0)])
+    return s, grant
+
+
+def test_an_owners_own_waiting_task_takes_its_lease_back_only_after_a_while():
+    """Under MPI an owner's plain one-CPU task that waits here (sent this way to move:
+    untimed or long, and no rank idle) is its own work, as its leases' are: its lease
+    stays for ``OWN_WAIT_S`` (taken back at once, its owner sent all it queued this way:
+    a task's 300 nested tasks), then goes (an owner keeping its leases busy must not
+    keep its own task waiting for ever).  The owner's task of another shape takes the
+    lease back at once."""
+    s, grant = _driver_leased()
 
     def reclaims():
         return [m for m in s.out.get(grant.wid, []) if type(m) is P.Reclaim]
@@ -329,19 +337,25 @@ def test_an_owners_own_waiting_task_does_not_take_its_lease_back():
     s.submit(0, spec(20))  # its own untimed task: waits for a CPU here
     s.schedule()
     assert s.tasks[20].state is TaskState.READY and fwds(s) == [] and reclaims() == []
-    s.submit(0, spec(30, res={"CPU": 0.5}))  # its task of another shape waits too
+    s.now += OWN_WAIT_S / 2
     s.schedule()
-    assert s.tasks[30].state is TaskState.READY
+    assert reclaims() == []
+    s.now += OWN_WAIT_S
+    s.schedule()
     assert reclaims() == [P.Reclaim(grant.epoch)]
 
 
-def test_another_owners_waiting_task_takes_a_lease_back_under_mpi_too():
-    s = sched(workers=2, nranks=2)
-    s.leasable.update({1, 2})
-    s.submit(0, spec(10)._replace(lease=True))
+def test_an_owners_own_task_of_another_shape_takes_its_lease_back_at_once():
+    s, grant = _driver_leased()
+    s.submit(0, spec(30, res={"CPU": 0.5}))
     s.schedule()
-    (grant,) = [a for a in s.actions if type(a) is P.GrantLease]
-    s.update_load([(0, 0.0), (1, 0.0)])
+    assert s.tasks[30].state is TaskState.READY
+    assert [m for m in s.out.get(grant.wid, []) if type(m) is P.Reclaim] == \
+        [P.Reclaim(grant.epoch)]
+
+
+def test_another_owners_waiting_task_takes_a_lease_back_under_mpi_too():
+    s, grant = _driver_leased()
     s.submit(2, spec(20))  # a task's nested one (worker 2 owns it): the lease goes
     s.schedule()
     assert [m for m in s.out.get(grant.wid, []) if type(m) is P.Reclaim] == \

@@ -1120,6 +1120,17 @@ def test_another_owners_waiting_task_takes_the_lease_back_when_idle():
     assert drain(s, other, P.Reclaim) == []  # asked once per lease
 
 
+def test_an_owners_own_plain_task_takes_its_lease_back_on_one_host():
+    """(Under MPI it may wait a while first: tests/test_cluster.py.)  On one host an
+    owner sends a plain task this way only when it cannot run it on its leases (refs
+    inside, big arguments, a retry): it must not wait for them to idle."""
+    s, owner, other, epoch = _leased_setup()
+    s.submit(owner, spec(40))
+    s.schedule()
+    assert s.tasks[40].state is T.READY
+    assert drain(s, other, P.Reclaim) == [P.Reclaim(epoch)]
+
+
 def test_a_gpu_task_runs_in_a_worker_that_never_ran_a_task():
     """As Ray keeps GPU and CPU work in different worker processes: a GPU task does not
     inherit a CPU task's worker (its imports, its CUDA state)."""

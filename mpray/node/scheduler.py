@@ -57,7 +57,8 @@ from .task import Task
 from .worker_table import Worker, WorkerTable, _amount, _wants_gpu
 
 _exec, _EXEC = P.Exec.from_items, P.Exec.OP
-_ONE_CPU = (("CPU", 1.0),)  # a task's resources as an owner may run it on its leases
+_ONE_CPU, _DEFAULT = (("CPU", 1.0),), (None, "DEFAULT")  # what an owner's leases may run
+OWN_WAIT_S = 1.0  # (MPI) an owner's own task waits this long, not more, for its leases
 
 
 __all__ = ["OBJ_TRANSITIONS", "TASK_TRANSITIONS", "WORKER_TRANSITIONS", "Obj", "ObjState",
@@ -298,6 +299,7 @@ class Scheduler(ObjectDirectory, Spiller, LineageBook, ActorTable, ActorCheckpoi
             if target is not None:
                 self._forward(t, target)
                 return
+            t.waits_since = self.now
         key = t.resources
         q = self.ready.get(key)
         if q is None:
@@ -363,22 +365,22 @@ class Scheduler(ObjectDirectory, Spiller, LineageBook, ActorTable, ActorCheckpoi
         requests: its queued tasks run on the leases it has, and taking one back only to
         lease a worker to it again churns (an owner has at most ``cpus`` requests out, so
         the first ``cpus + 1`` waiting tasks of a queue tell whether another's wait too).
-        Nor for an owner's own plain one-CPU tasks: it could have run them on its leases
-        and sent them this way to move to another rank (under MPI: long, or not timed
-        yet); waiting here, they are its work as much as what its leases run (taken back,
-        a lease left its owner sending its whole queue this way: 300 nested tasks)."""
+        Under MPI, nor for ``OWN_WAIT_S`` for an owner's own plain one-CPU tasks, sent
+        this way to move to another rank (taken back, a lease left its owner sending its
+        whole queue this way: a task's 300 nested tasks)."""
         leased = [w for w in self.workers.values() if w.lease is not None and not w.reclaim]
         if not leased:
             return
         limit = int(self.total.get("CPU", 1)) + 1
-        waiting = set()  # (owner, a lease request or its own kind of work) that wait
+        waiting = set()  # (owner, a lease request or its own work that may wait) waiting
+        patient = self.now - OWN_WAIT_S if self.agent is not None else None
         for q in self.ready.values():
             for tid in itertools.islice(q, limit):
                 t = self.tasks.get(tid)
                 if t is not None and t.state is T.READY:
-                    spec = t.spec
-                    waiting.add((t.owner, bool(spec.lease) or (
-                        t.resources == _ONE_CPU and spec.strategy in (None, "DEFAULT"))))
+                    waiting.add((t.owner, bool(t.spec.lease) or (
+                        patient is not None and t.waits_since > patient
+                        and t.resources == _ONE_CPU and t.spec.strategy in _DEFAULT)))
         for w in leased:
             if waiting - {(w.lease[0], True)}:  # someone else's task (or another kind)
                 w.reclaim = True

@@ -14,7 +14,8 @@ from ..states import T
 
 class Task:
     __slots__ = ("key", "spec", "owner", "parent", "resources", "retries_left", "state",
-                 "missing", "worker", "cancel", "history", "actor", "creating", "started")
+                 "missing", "worker", "cancel", "history", "actor", "creating", "started",
+                 "waits_since")
 
     def __init__(self, key: int, spec: tuple, owner: int, parent: int | None,
                  resources: tuple, retries_left: int) -> None:
@@ -27,6 +28,7 @@ class Task:
         self.state = T.PENDING_ARGS
         self.missing = 0
         self.started = 0.0
+        self.waits_since = 0.0  # (MPI) when it came to wait here for a CPU
         self.worker: int | None = None
         self.cancel = False
         self.history = [T.PENDING_ARGS]
