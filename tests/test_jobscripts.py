@@ -43,7 +43,13 @@ def _cluster(nodes: int):
     d = tempfile.mkdtemp(prefix=f"mpray-slurm{nodes}-")
     try:
         env = slurm_cluster.up(d, nodes=nodes)
-        yield {**os.environ, **env}, d
+        # (Debian's SLURM pmi2 plugin garbles long key values: MPICH's UCX address with
+        # every transport UCX finds here can pass its limit, and MPI_Init then fails on
+        # every rank ("mpi/pmi2: value not properly terminated").  These "nodes" share
+        # one host: shared memory and TCP are all they use; the README says what to do
+        # on a real cluster)
+        tls = {"UCX_TLS": os.environ.get("UCX_TLS", "self,sm,tcp")} if nodes > 1 else {}
+        yield {**os.environ, **tls, **env}, d
     finally:
         slurm_cluster.down(d)  # cancels jobs left, stops the daemons: raises if one stays
         shutil.rmtree(d, ignore_errors=True)
