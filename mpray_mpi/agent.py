@@ -81,12 +81,11 @@ class Agent:
         self.link = RankLink(rank, size, arena_window=arena_win is not None,
                              export_bytes=export_bytes if self.expmem is not None else 0)
         self.loadwin = MPI.Win.Allocate(16 * size if rank == 0 else 0, 8, comm=comm)
+        import numpy as np
+
         if rank == 0:  # (NaN: a rank not reported yet.  Zeros would read as "busy, no free
             #            CPU", and a first batch would not move to ranks that are idle)
-            import numpy as np
-
             np.frombuffer(self.loadwin.tomemory(), dtype=np.float64)[:] = np.nan
-        import numpy as np
 
         self.inbox = Inbox(MPI, comm, np)  # (tasks and node messages come this way)
         # One passive epoch for the whole run, without locks (MODE_NOCHECK: messages
