@@ -40,7 +40,6 @@ class ClusterView:
         self.agent: int | None = None
         self.ranks: list[tuple[str, dict]] = []  # per rank: (node_id, total resources)
         self.load: list[tuple[int, float]] = []  # per rank: (queued, free CPUs)
-        self.load_base: list[tuple[int, float]] = []
         self.moves: dict[int, list[float]] = {}  # rank -> when tasks were moved there
         self._spread = 0
         self.fetching: set[int] = set()
@@ -56,7 +55,6 @@ class ClusterView:
         self.agent = AGENT
         self.ranks = [(nid, dict(res)) for nid, res in ranks]
         self.load = [(0, float(res.get("CPU", 0))) for _nid, res in self.ranks]
-        self.load_base = list(self.load)  # (what a rank not reported yet counts as)
 
     def update_load(self, load: list) -> None:
         """Every rank's (queued, free CPUs), as last published; the tasks this node moved
@@ -69,7 +67,8 @@ class ClusterView:
                 del moves[r]
         out = []
         for r, report in enumerate(load):
-            q, free = report or self.load_base[r]  # (None: that rank has not reported yet)
+            # (None: that rank has not reported yet: idle, as attach_cluster counts it)
+            q, free = report or (0, float(self.ranks[r][1].get("CPU", 0)))
             n = len(moves.get(r, ()))
             out.append((q + n, free - n))
         self.load = out
